@@ -1,0 +1,341 @@
+//! Plain-data types shared by podtrace's kernel programs and its userspace.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, free of `bool` and of implicit
+//! padding (each has an explicit `_pad` field where alignment needs it), and
+//! its size is asserted at compile time so that the kernel and userspace can
+//! never disagree on a layout. Userspace reads them with the `user` feature,
+//! which implements `aya::Pod`.
+#![no_std]
+
+/// Most bytes of a packet, from its L2 header on, that one event can carry.
+pub const MAX_SNAPLEN: usize = 256;
+/// Bytes captured per event unless the user asks for another amount.
+pub const DEFAULT_SNAPLEN: u32 = 128;
+
+/// Names of the objects in the eBPF ELF file, so userspace and kernel agree.
+pub mod names {
+    /// TC program attached at ingress and egress of every hooked interface.
+    pub const PROG_TC: &str = "podtrace_tc";
+    /// Ring buffer of [`crate::PacketEvent`]s.
+    pub const MAP_EVENTS: &str = "EVENTS";
+    /// Per-CPU LRU hash of [`crate::FlowKey`] -> [`crate::FlowStats`].
+    pub const MAP_FLOWS: &str = "FLOWS";
+    /// Per-CPU LRU hash of [`crate::HookKey`] -> [`crate::HookStats`].
+    pub const MAP_HOOKS: &str = "HOOKS";
+    /// Global holding the [`crate::Config`].
+    pub const GLOBAL_CONFIG: &str = "CONFIG";
+}
+
+/// What kind of record an event is. Kinds are numbered in ranges and a number
+/// is never reused: 1-99 packet events, 100-199 reserved for kernel state
+/// events (drops, conntrack), 200-299 for userspace-made records.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A packet seen at a TC hook: [`PacketEvent`].
+    Packet = 1,
+}
+
+/// Direction of a TC hook, as seen by the interface.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Packet arriving on the interface (TC ingress).
+    Ingress = 0,
+    /// Packet leaving through the interface (TC egress).
+    Egress = 1,
+}
+
+impl Direction {
+    /// Decodes the value the kernel wrote, `None` for anything unknown.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Ingress),
+            1 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// Why the kernel chose to report a packet (bit set in [`PacketEvent::reason`]).
+pub mod reason {
+    /// Reported because the mode is `packets`: every matching packet.
+    pub const MATCH: u32 = 1 << 0;
+    /// One of the first packets of its flow at this hook (`flows` mode).
+    pub const FLOW_START: u32 = 1 << 1;
+    /// Carries podtrace's probe tag: always reported.
+    pub const PROBE: u32 = 1 << 2;
+    /// Picked by 1-in-N sampling (`flows` mode).
+    pub const SAMPLED: u32 = 1 << 3;
+}
+
+/// Marker at the start of the L4 payload of every probe podtrace sends.
+/// Survives NAT (which rewrites headers, never payload), so the kernel can
+/// always report podtrace's own packets whatever the filter says.
+pub const PROBE_MAGIC: [u8; 8] = *b"PODTRACE";
+
+/// One packet seen at one hook. The envelope is the first two fields: `kind`
+/// says what follows, so new kinds can share the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PacketEvent {
+    /// Always [`EventKind::Packet`].
+    pub kind: u32,
+    /// Bits of [`reason`].
+    pub reason: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, in nanoseconds.
+    pub ts_ns: u64,
+    /// `bpf_get_netns_cookie()` of the hook's namespace: unique per netns for
+    /// the kernel's lifetime, so two namespaces reusing an ifindex stay apart.
+    pub netns_cookie: u64,
+    /// Interface index, within that namespace.
+    pub ifindex: u32,
+    /// [`Direction`] as a `u32`.
+    pub direction: u32,
+    /// Length of the whole packet (`skb->len`).
+    pub pkt_len: u32,
+    /// Bytes of it copied into `data`.
+    pub cap_len: u32,
+    /// `skb->mark` at this hook.
+    pub mark: u32,
+    /// IPv4 header offset from the start of `data` (14 for Ethernet), or 0.
+    pub l3_offset: u16,
+    /// EtherType of the packet, host order.
+    pub ethertype: u16,
+    /// The first `cap_len` bytes of the packet, from the L2 header.
+    pub data: [u8; MAX_SNAPLEN],
+}
+
+/// What identifies one hook: a direction on an interface in a namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HookKey {
+    /// Namespace cookie, as in [`PacketEvent::netns_cookie`].
+    pub netns_cookie: u64,
+    /// Interface index in that namespace.
+    pub ifindex: u32,
+    /// [`Direction`] as a `u32`.
+    pub direction: u32,
+}
+
+/// Per-hook counters, one copy per CPU; userspace sums them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookStats {
+    /// Packets that ran through the program.
+    pub seen: u64,
+    /// Packets that passed the filter (or carried the probe tag).
+    pub matched: u64,
+    /// Packets the hook chose to report (reserve attempted).
+    pub reported: u64,
+    /// Of those, reserves that failed because the ring buffer was full.
+    pub lost: u64,
+}
+
+/// Key of the exact per-flow counters: hook plus IPv4 5-tuple as seen there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Namespace cookie of the hook.
+    pub netns_cookie: u64,
+    /// Interface index of the hook.
+    pub ifindex: u32,
+    /// Source IPv4 address, network byte order as in the packet.
+    pub src: [u8; 4],
+    /// Destination IPv4 address, network byte order.
+    pub dst: [u8; 4],
+    /// TCP/UDP source port, or ICMP echo identifier (0 for other ICMP).
+    pub sport: u16,
+    /// TCP/UDP destination port, or ICMP type << 8 | code.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`Direction`] as a `u8`.
+    pub direction: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 6],
+}
+
+/// Exact per-flow counters, one copy per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted (`skb->len`).
+    pub bytes: u64,
+    /// Kernel time of the first packet on this CPU.
+    pub first_ns: u64,
+    /// Kernel time of the last packet on this CPU.
+    pub last_ns: u64,
+    /// OR of the TCP flags seen.
+    pub tcp_flags: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+
+/// Kernel-side mode: what packets become events.
+pub mod mode {
+    /// Every packet that matches the filter.
+    pub const PACKETS: u32 = 0;
+    /// First packets of each flow at each hook, probes, and 1-in-N samples.
+    pub const FLOWS: u32 = 1;
+}
+
+/// An IPv4 prefix for the in-kernel filter, network byte order. A zero mask
+/// matches everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cidr4 {
+    /// Network address, already masked, network byte order.
+    pub addr: [u8; 4],
+    /// Netmask, network byte order.
+    pub mask: [u8; 4],
+}
+
+impl Cidr4 {
+    /// True if `ip` (network byte order) lies in this prefix.
+    #[inline(always)]
+    pub fn contains(&self, ip: [u8; 4]) -> bool {
+        u32::from_ne_bytes(ip) & u32::from_ne_bytes(self.mask) == u32::from_ne_bytes(self.addr)
+    }
+}
+
+/// Runtime configuration of the kernel programs, set before they load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// One of [`mode`].
+    pub mode: u32,
+    /// Bytes to copy per event, 1..=[`MAX_SNAPLEN`].
+    pub snaplen: u32,
+    /// In `flows` mode, how many packets of each flow each hook reports.
+    pub flow_first_n: u32,
+    /// In `flows` mode, also report 1 in this many packets (0: never).
+    pub sample_every: u32,
+    /// Source address must be in this prefix.
+    pub src: Cidr4,
+    /// Destination address must be in this prefix.
+    pub dst: Cidr4,
+    /// Source or destination must be in this prefix.
+    pub host: Cidr4,
+    /// IP protocol to keep (0: any).
+    pub proto: u32,
+    /// TCP/UDP port to keep, either side (0: any).
+    pub port: u32,
+    /// Wake userspace once this many bytes wait in the ring buffer; below
+    /// that, userspace drains on its own timer (wakeups cost ~1 us each).
+    pub wakeup_bytes: u32,
+    /// Non-zero: report only probe-tagged packets (still count all flows).
+    pub probes_only: u32,
+    /// Explicit padding to a round size, always zero.
+    pub _reserved: [u32; 2],
+}
+
+impl Config {
+    /// Report every packet, copy [`DEFAULT_SNAPLEN`] bytes, no filter.
+    pub const DEFAULT: Self = Self {
+        mode: mode::PACKETS,
+        snaplen: DEFAULT_SNAPLEN,
+        flow_first_n: 2,
+        sample_every: 0,
+        src: Cidr4 {
+            addr: [0; 4],
+            mask: [0; 4],
+        },
+        dst: Cidr4 {
+            addr: [0; 4],
+            mask: [0; 4],
+        },
+        host: Cidr4 {
+            addr: [0; 4],
+            mask: [0; 4],
+        },
+        proto: 0,
+        port: 0,
+        wakeup_bytes: 64 * 1024,
+        probes_only: 0,
+        _reserved: [0; 2],
+    };
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<PacketEvent>() == 48 + MAX_SNAPLEN);
+    assert!(core::mem::size_of::<PacketEvent>() % 8 == 0);
+    assert!(core::mem::size_of::<HookKey>() == 16);
+    assert!(core::mem::size_of::<HookStats>() == 32);
+    assert!(core::mem::size_of::<FlowKey>() == 32);
+    assert!(core::mem::size_of::<FlowStats>() == 40);
+    assert!(core::mem::size_of::<Config>() == 64);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C), Copy, with no padding and no
+    // invalid bit patterns (enums are stored as plain u32).
+    unsafe impl aya::Pod for super::PacketEvent {}
+    unsafe impl aya::Pod for super::HookKey {}
+    unsafe impl aya::Pod for super::HookStats {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_contains() {
+        let any = Cidr4::default();
+        assert!(any.contains([10, 1, 2, 3]));
+        let c = Cidr4 {
+            addr: [192, 168, 1, 0],
+            mask: [255, 255, 255, 0],
+        };
+        assert!(c.contains([192, 168, 1, 77]));
+        assert!(!c.contains([192, 168, 2, 77]));
+    }
+
+    #[test]
+    fn direction_round_trip() {
+        for d in [Direction::Ingress, Direction::Egress] {
+            assert_eq!(Direction::from_u32(d as u32), Some(d));
+        }
+        assert_eq!(Direction::from_u32(7), None);
+    }
+
+    #[test]
+    fn event_bytes_round_trip() {
+        let mut ev = PacketEvent {
+            kind: EventKind::Packet as u32,
+            reason: reason::PROBE | reason::MATCH,
+            ts_ns: 0x0102_0304_0506_0708,
+            netns_cookie: 42,
+            ifindex: 7,
+            direction: Direction::Egress as u32,
+            pkt_len: 98,
+            cap_len: 3,
+            mark: 0x80,
+            l3_offset: 14,
+            ethertype: 0x0800,
+            data: [0; MAX_SNAPLEN],
+        };
+        ev.data[..3].copy_from_slice(&[1, 2, 3]);
+        // What the kernel writes is a byte copy of the struct: read it back
+        // the way userspace does, from an unaligned byte buffer.
+        let bytes: [u8; core::mem::size_of::<PacketEvent>()] = unsafe { core::mem::transmute(ev) };
+        let back: PacketEvent = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        assert_eq!(back.ts_ns, ev.ts_ns);
+        assert_eq!(back.netns_cookie, 42);
+        assert_eq!(back.direction, 1);
+        assert_eq!(&back.data[..3], &[1, 2, 3]);
+        assert_eq!(back.l3_offset, 14);
+    }
+}

@@ -1,0 +1,340 @@
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    check_bounds_signed,
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::{classifier, map},
+    maps::{LruPerCpuHashMap, RingBuf},
+    programs::TcContext,
+};
+use tracer_common::{
+    Cidr4, Config, Direction, EventKind, FlowKey, FlowStats, HookKey, HookStats, MAX_SNAPLEN,
+    PROBE_MAGIC, PacketEvent, mode, reason,
+};
+
+/// Default 4 MiB; userspace resizes it before load (`--ring-size`).
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map(name = "FLOWS")]
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+
+#[map(name = "HOOKS")]
+static HOOKS: LruPerCpuHashMap<HookKey, HookStats> = LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// Set by userspace before load (`EbpfLoader::override_global`). Read field
+/// by field with volatile loads: the compiler must not fold the defaults in,
+/// and copying the whole struct would cost stack the verifier counts.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::DEFAULT;
+
+macro_rules! cfg {
+    ($($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.$($field)+)) }
+    };
+}
+
+static ZERO_HOOK: HookStats = HookStats {
+    seen: 0,
+    matched: 0,
+    reported: 0,
+    lost: 0,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// `BPF_RB_AVAIL_DATA` for `bpf_ringbuf_query`.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Bytes of IPv4 + L4 header (+ probe tag) read in one helper call.
+const HDR_PEEK: usize = 48;
+
+#[classifier]
+pub fn podtrace_ingress(ctx: TcContext) -> i32 {
+    trace(&ctx, Direction::Ingress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn podtrace_egress(ctx: TcContext) -> i32 {
+    trace(&ctx, Direction::Egress);
+    TC_ACT_UNSPEC
+}
+
+/// What the packet's headers say, as far as the filter and counters need.
+struct Parsed {
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    probe: bool,
+    ipv4: bool,
+}
+
+#[inline(always)]
+fn trace(ctx: &TcContext, dir: Direction) {
+    let skb = ctx.skb.skb;
+    let cookie = unsafe { bpf_get_netns_cookie(skb.cast()) };
+    let ifindex = unsafe { (*skb).ifindex };
+    let hook = HookKey {
+        netns_cookie: cookie,
+        ifindex,
+        direction: dir as u32,
+    };
+    let Some(stats) = hook_stats(&hook) else {
+        return;
+    };
+    // SAFETY: per-CPU value, only this program on this CPU touches it.
+    let stats = unsafe { &mut *stats };
+    stats.seen += 1;
+
+    let parsed = parse(ctx);
+    if !parsed.probe && !filter_matches(&parsed) {
+        return;
+    }
+    stats.matched += 1;
+
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = ctx.len();
+    let mut why = 0;
+    if parsed.probe {
+        why |= reason::PROBE;
+    }
+    if parsed.ipv4 {
+        let per_cpu_count = count_flow(cookie, ifindex, dir, &parsed, now, len);
+        if cfg!(mode) == mode::FLOWS && per_cpu_count <= u64::from(cfg!(flow_first_n)) {
+            why |= reason::FLOW_START;
+        }
+    }
+    let sample_every = cfg!(sample_every);
+    if cfg!(mode) == mode::PACKETS {
+        why |= reason::MATCH;
+    } else if sample_every != 0 && unsafe { bpf_get_prandom_u32() } % sample_every == 0 {
+        why |= reason::SAMPLED;
+    }
+    if cfg!(probes_only) != 0 {
+        why &= reason::PROBE;
+    }
+    if why == 0 {
+        return;
+    }
+    stats.reported += 1;
+    if !report(skb, &hook, why, now, len) {
+        stats.lost += 1;
+    }
+}
+
+#[inline(always)]
+fn hook_stats(hook: &HookKey) -> Option<*mut HookStats> {
+    if let Some(p) = HOOKS.get_ptr_mut(hook) {
+        return Some(p);
+    }
+    let _ = HOOKS.insert(hook, &ZERO_HOOK, 0);
+    HOOKS.get_ptr_mut(hook)
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Parsed {
+    let mut p = Parsed {
+        src: [0; 4],
+        dst: [0; 4],
+        proto: 0,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        probe: false,
+        ipv4: false,
+    };
+    let Ok(ethertype) = ctx.load::<[u8; 2]>(12) else {
+        return p;
+    };
+    if u16::from_be_bytes(ethertype) != ETH_P_IP {
+        return p;
+    }
+    // One helper call for the IPv4 header, the L4 header and the probe tag;
+    // fall back to the bare IPv4 header for short packets.
+    // One helper call, with a constant length the verifier can check, reads
+    // the IPv4 header, the L4 header and the probe tag; short packets get
+    // the bare IPv4 header. Nothing is zero-filled first: the helper writes
+    // every byte or fails.
+    let mut buf = core::mem::MaybeUninit::<[u8; HDR_PEEK]>::uninit();
+    let skb = ctx.skb.skb.cast();
+    let have = if unsafe {
+        bpf_skb_load_bytes(
+            skb,
+            ETH_HLEN as u32,
+            buf.as_mut_ptr().cast(),
+            HDR_PEEK as u32,
+        )
+    } == 0
+    {
+        HDR_PEEK
+    } else if unsafe { bpf_skb_load_bytes(skb, ETH_HLEN as u32, buf.as_mut_ptr().cast(), 20) } == 0
+    {
+        20
+    } else {
+        return p;
+    };
+    // SAFETY: at least the first `have` bytes are written; bytes past 20 are
+    // read only when `have == HDR_PEEK`.
+    let h = unsafe { &*buf.as_ptr() };
+    if h[0] >> 4 != 4 {
+        return p;
+    }
+    p.ipv4 = true;
+    p.proto = h[9];
+    p.src = [h[12], h[13], h[14], h[15]];
+    p.dst = [h[16], h[17], h[18], h[19]];
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    // Only the first fragment of a datagram carries the L4 header; peek
+    // fields only when the header has no IP options (the common case), so
+    // every index below is constant for the verifier.
+    if ihl != 20 || frag_off != 0 || have < HDR_PEEK {
+        return p;
+    }
+    match p.proto {
+        IPPROTO_TCP => {
+            p.sport = u16::from_be_bytes([h[20], h[21]]);
+            p.dport = u16::from_be_bytes([h[22], h[23]]);
+            p.tcp_flags = h[33];
+            // Probe tag after a TCP header without options (as podtrace
+            // builds its probes).
+            p.probe = h[32] >> 4 == 5 && h[40..48] == PROBE_MAGIC;
+        }
+        IPPROTO_UDP => {
+            p.sport = u16::from_be_bytes([h[20], h[21]]);
+            p.dport = u16::from_be_bytes([h[22], h[23]]);
+            p.probe = h[28..36] == PROBE_MAGIC;
+        }
+        IPPROTO_ICMP => {
+            let (ty, code) = (h[20], h[21]);
+            // Echo request/reply: the id identifies the conversation.
+            if ty == 8 || ty == 0 {
+                p.sport = u16::from_be_bytes([h[24], h[25]]);
+            }
+            p.dport = u16::from_be_bytes([ty, code]);
+            p.probe = h[28..36] == PROBE_MAGIC;
+        }
+        _ => {}
+    }
+    p
+}
+
+#[inline(always)]
+fn filter_matches(p: &Parsed) -> bool {
+    let proto = cfg!(proto);
+    let port = cfg!(port);
+    let src: Cidr4 = cfg!(src);
+    let dst: Cidr4 = cfg!(dst);
+    let host: Cidr4 = cfg!(host);
+    let filtered = proto != 0
+        || port != 0
+        || u32::from_ne_bytes(src.mask) != 0
+        || u32::from_ne_bytes(dst.mask) != 0
+        || u32::from_ne_bytes(host.mask) != 0;
+    if !p.ipv4 {
+        // Non-IPv4 traffic (ARP, IPv6) is shown only when nothing is filtered.
+        return !filtered;
+    }
+    if proto != 0 && proto != u32::from(p.proto) {
+        return false;
+    }
+    if port != 0
+        && (p.proto == IPPROTO_ICMP || (port != u32::from(p.sport) && port != u32::from(p.dport)))
+    {
+        return false;
+    }
+    src.contains(p.src) && dst.contains(p.dst) && (host.contains(p.src) || host.contains(p.dst))
+}
+
+/// Adds the packet to its flow's per-CPU counters; returns this CPU's count.
+#[inline(always)]
+fn count_flow(cookie: u64, ifindex: u32, dir: Direction, p: &Parsed, now: u64, len: u32) -> u64 {
+    let key = FlowKey {
+        netns_cookie: cookie,
+        ifindex,
+        src: p.src,
+        dst: p.dst,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        direction: dir as u8,
+        _pad: [0; 6],
+    };
+    if let Some(s) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value of this CPU.
+        let s = unsafe { &mut *s };
+        if s.packets == 0 {
+            s.first_ns = now;
+        }
+        s.packets += 1;
+        s.bytes += u64::from(len);
+        s.last_ns = now;
+        s.tcp_flags |= u32::from(p.tcp_flags);
+        return s.packets;
+    }
+    let fresh = FlowStats {
+        packets: 1,
+        bytes: u64::from(len),
+        first_ns: now,
+        last_ns: now,
+        tcp_flags: u32::from(p.tcp_flags),
+        _pad: 0,
+    };
+    let _ = FLOWS.insert(&key, &fresh, 0);
+    1
+}
+
+/// Copies the packet's first bytes into a ring buffer record. False when the
+/// ring buffer is full (the caller counts the loss).
+#[inline(always)]
+fn report(skb: *mut __sk_buff, hook: &HookKey, why: u32, now: u64, len: u32) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
+        return false;
+    };
+    let ev = entry.as_mut_ptr();
+    let snaplen = cfg!(snaplen);
+    let snap = if snaplen < len { snaplen } else { len };
+    // SAFETY: `ev` points to a reserved, exclusively owned record.
+    unsafe {
+        (*ev).kind = EventKind::Packet as u32;
+        (*ev).reason = why;
+        (*ev).ts_ns = now;
+        (*ev).netns_cookie = hook.netns_cookie;
+        (*ev).ifindex = hook.ifindex;
+        (*ev).direction = hook.direction;
+        (*ev).pkt_len = len;
+        (*ev).mark = (*skb).mark;
+        (*ev).ethertype = u16::from_be(((*skb).protocol & 0xffff) as u16);
+        (*ev).l3_offset = ETH_HLEN as u16;
+        (*ev).cap_len = 0;
+        if check_bounds_signed(i64::from(snap), 1, MAX_SNAPLEN as i64)
+            && bpf_skb_load_bytes(skb.cast(), 0, (*ev).data.as_mut_ptr().cast(), snap) == 0
+        {
+            (*ev).cap_len = snap;
+        }
+    }
+    let flags = if why & reason::PROBE != 0
+        || EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(cfg!(wakeup_bytes))
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
+    true
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

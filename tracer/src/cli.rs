@@ -1,0 +1,242 @@
+//! Command-line flags shared by the subcommands (clap derive).
+
+use std::{net::Ipv4Addr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Args, ValueEnum};
+use tracer_common::{Cidr4, Config, MAX_SNAPLEN, mode};
+
+/// Where to trace: namespaces and interfaces.
+#[derive(Args, Clone, Debug, Default)]
+pub struct WhereArgs {
+    /// Network namespace to trace, by `ip netns` name or path
+    /// (/run/netns/X, /proc/PID/ns/net). Repeat for several; default: the
+    /// namespace podtrace runs in.
+    #[arg(long = "netns", value_name = "NAME|PATH")]
+    pub netns: Vec<String>,
+    /// Trace exactly these interfaces instead of discovering ENIs and pod
+    /// veths. Repeat for several; applies in every --netns.
+    #[arg(long = "iface", value_name = "NAME")]
+    pub iface: Vec<String>,
+}
+
+/// What to trace: the in-kernel filter, applied before any byte is copied.
+#[derive(Args, Clone, Debug, Default)]
+pub struct FilterArgs {
+    /// Keep packets whose source is in this prefix (e.g. 192.168.1.0/24).
+    #[arg(long = "filter-src", value_name = "CIDR")]
+    pub src: Option<Cidr>,
+    /// Keep packets whose destination is in this prefix.
+    #[arg(long = "filter-dst", value_name = "CIDR")]
+    pub dst: Option<Cidr>,
+    /// Keep packets whose source or destination is in this prefix.
+    #[arg(long = "filter-host", value_name = "CIDR")]
+    pub host: Option<Cidr>,
+    /// Keep only this protocol.
+    #[arg(long = "filter-proto", value_name = "PROTO")]
+    pub proto: Option<Proto>,
+    /// Keep TCP/UDP packets with this port on either side.
+    #[arg(long = "filter-port", value_name = "PORT")]
+    pub port: Option<u16>,
+}
+
+/// How the kernel reports packets.
+#[derive(Args, Clone, Debug)]
+pub struct ReportArgs {
+    /// `packets`: every matching packet becomes an event (tcpdump-like).
+    /// `flows`: only the first packets of each flow at each hook, podtrace's
+    /// probes and 1-in-N samples; counters stay exact either way.
+    #[arg(long, value_enum, default_value_t = Mode::Packets)]
+    pub mode: Mode,
+    /// Bytes of each packet to copy, from the Ethernet header (1-256).
+    #[arg(long, default_value_t = tracer_common::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=MAX_SNAPLEN as i64))]
+    pub snaplen: u32,
+    /// In `flows` mode, also report 1 in N packets (0: no sampling).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub sample: u32,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long = "ring-size", default_value_t = 4096, value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
+impl Default for ReportArgs {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Packets,
+            snaplen: tracer_common::DEFAULT_SNAPLEN,
+            sample: 0,
+            ring_kib: 4096,
+        }
+    }
+}
+
+/// Kernel report mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Every matching packet.
+    Packets,
+    /// First packets per flow and hook, probes, samples.
+    Flows,
+}
+
+/// Protocols the filter knows by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    /// ICMP (1).
+    Icmp,
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+}
+
+impl Proto {
+    /// IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Icmp => 1,
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+}
+
+/// An IPv4 prefix from the command line: `10.0.0.0/8` or a bare address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address (host bits cleared).
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (
+                ip,
+                len.parse::<u8>()
+                    .map_err(|_| format!("bad prefix length in {s:?}"))?,
+            ),
+            None => (s, 32),
+        };
+        if len > 32 {
+            return Err(format!("prefix length {len} is over 32 in {s:?}"));
+        }
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let mask = mask(len);
+        Ok(Self {
+            addr: Ipv4Addr::from(u32::from(ip) & mask),
+            len,
+        })
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+impl From<Cidr> for Cidr4 {
+    fn from(c: Cidr) -> Self {
+        Self {
+            addr: c.addr.octets(),
+            mask: mask(c.len).to_be_bytes(),
+        }
+    }
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v < 4 || !v.is_power_of_two() || v > 1 << 20 {
+        return Err("must be a power of two between 4 and 1048576".into());
+    }
+    Ok(v)
+}
+
+/// Parses `500ms`, `2s`, `1m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 2s, 1m)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Written once every hook is attached, for scripts and tests.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ReadyArgs {
+    /// Write this file once every hook is attached (for scripts and tests).
+    #[arg(long = "ready-file", value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Builds the kernel configuration from the flags.
+pub fn kernel_config(filter: &FilterArgs, report: &ReportArgs) -> Config {
+    let mut c = Config::DEFAULT;
+    c.mode = match report.mode {
+        Mode::Packets => mode::PACKETS,
+        Mode::Flows => mode::FLOWS,
+    };
+    c.snaplen = report.snaplen;
+    c.sample_every = report.sample;
+    c.src = filter.src.map(Into::into).unwrap_or_default();
+    c.dst = filter.dst.map(Into::into).unwrap_or_default();
+    c.host = filter.host.map(Into::into).unwrap_or_default();
+    c.proto = filter.proto.map_or(0, |p| u32::from(p.number()));
+    c.port = filter.port.map_or(0, u32::from);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parses_and_masks() {
+        let c: Cidr = "192.168.1.77/24".parse().unwrap();
+        assert_eq!(c.addr, Ipv4Addr::new(192, 168, 1, 0));
+        let k: Cidr4 = c.into();
+        assert_eq!(k.mask, [255, 255, 255, 0]);
+        assert!(k.contains([192, 168, 1, 3]));
+        let host: Cidr = "10.0.0.1".parse().unwrap();
+        assert_eq!(host.len, 32);
+        assert!("10.0.0.1/33".parse::<Cidr>().is_err());
+        assert!("nonsense".parse::<Cidr>().is_err());
+        let all: Cidr4 = "0.0.0.0/0".parse::<Cidr>().unwrap().into();
+        assert!(all.contains([1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn ring_size_must_be_power_of_two() {
+        assert!(parse_ring_kib("4").is_ok());
+        assert!(parse_ring_kib("3").is_err());
+        assert!(parse_ring_kib("2").is_err());
+    }
+}

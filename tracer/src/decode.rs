@@ -1,0 +1,425 @@
+//! Decoding of kernel records into [`Packet`]s: pure, no I/O, no clock.
+//!
+//! Headers are parsed with etherparse's lax parser, because a record holds
+//! only the first `snaplen` bytes of a packet.
+
+use std::{fmt, net::Ipv4Addr};
+
+use etherparse::{LaxNetSlice, LaxSlicedPacket, LinkSlice, TransportSlice};
+use tracer_common::{Direction, EventKind, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent};
+
+/// Where a packet was seen: one direction of one interface of one netns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HookId {
+    /// Kernel netns cookie.
+    pub netns_cookie: u64,
+    /// Interface index inside that netns.
+    pub ifindex: u32,
+    /// TC ingress or egress.
+    pub dir: Direction,
+}
+
+/// The network layer of a packet, as far as podtrace explains it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L3 {
+    /// IPv4 header fields that NAT leaves alone (id, total length) and the
+    /// addresses it may rewrite.
+    Ipv4 {
+        /// Source address.
+        src: Ipv4Addr,
+        /// Destination address.
+        dst: Ipv4Addr,
+        /// IP identification.
+        id: u16,
+        /// IP total length.
+        total_len: u16,
+        /// Time to live.
+        ttl: u8,
+        /// Protocol number.
+        proto: u8,
+    },
+    /// ARP request or reply.
+    Arp {
+        /// 1 request, 2 reply.
+        op: u16,
+        /// Sender protocol address.
+        sender: Ipv4Addr,
+        /// Target protocol address.
+        target: Ipv4Addr,
+    },
+    /// IPv6 (addresses not kept yet).
+    Ipv6,
+    /// Anything else, by EtherType.
+    Other(u16),
+}
+
+/// The transport layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP header fields.
+    Tcp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+        /// Sequence number.
+        seq: u32,
+        /// Acknowledgment number.
+        ack: u32,
+        /// Flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10).
+        flags: u8,
+    },
+    /// UDP ports.
+    Udp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+    },
+    /// ICMPv4; id and seq are meaningful for echo (type 8 and 0).
+    Icmp {
+        /// ICMP type.
+        ty: u8,
+        /// ICMP code.
+        code: u8,
+        /// Echo identifier.
+        id: u16,
+        /// Echo sequence number.
+        seq: u16,
+    },
+    /// No transport header decoded.
+    None,
+}
+
+/// One packet seen at one hook, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// Kernel CLOCK_MONOTONIC time, ns.
+    pub ts_ns: u64,
+    /// Where it was seen.
+    pub hook: HookId,
+    /// Why the kernel reported it ([`tracer_common::reason`] bits).
+    pub reason: u32,
+    /// Whole packet length on the wire.
+    pub len: u32,
+    /// Bytes captured.
+    pub cap_len: u32,
+    /// skb mark.
+    pub mark: u32,
+    /// Network layer.
+    pub l3: L3,
+    /// Transport layer.
+    pub l4: L4,
+    /// FNV-1a of the first (up to 32) payload bytes: NAT does not touch them.
+    pub payload_hash: u64,
+    /// Carries podtrace's probe tag.
+    pub probe: bool,
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than the fixed header.
+    #[error("record of {0} bytes is shorter than a packet event")]
+    Short(usize),
+    /// A kind this version does not know.
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    /// Corrupt direction or length.
+    #[error("corrupt packet event")]
+    Corrupt,
+}
+
+/// Reads the raw kernel record out of a ring buffer item.
+pub fn raw_event(bytes: &[u8]) -> Result<PacketEvent, DecodeError> {
+    if bytes.len() < size_of::<PacketEvent>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; PacketEvent is plain data valid for any bits.
+    let ev: PacketEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if ev.kind != EventKind::Packet as u32 {
+        return Err(DecodeError::UnknownKind(ev.kind));
+    }
+    Ok(ev)
+}
+
+/// Decodes a kernel record.
+pub fn decode(ev: &PacketEvent) -> Result<Packet, DecodeError> {
+    let dir = Direction::from_u32(ev.direction).ok_or(DecodeError::Corrupt)?;
+    let cap = usize::try_from(ev.cap_len).map_err(|_| DecodeError::Corrupt)?;
+    if cap > MAX_SNAPLEN {
+        return Err(DecodeError::Corrupt);
+    }
+    let mut pkt = decode_frame(&ev.data[..cap]);
+    pkt.ts_ns = ev.ts_ns;
+    pkt.hook = HookId {
+        netns_cookie: ev.netns_cookie,
+        ifindex: ev.ifindex,
+        dir,
+    };
+    pkt.reason = ev.reason;
+    pkt.len = ev.pkt_len;
+    pkt.cap_len = ev.cap_len;
+    pkt.mark = ev.mark;
+    Ok(pkt)
+}
+
+/// Decodes an Ethernet frame (or its first bytes); hook fields are zero.
+pub fn decode_frame(frame: &[u8]) -> Packet {
+    let mut pkt = Packet {
+        ts_ns: 0,
+        hook: HookId {
+            netns_cookie: 0,
+            ifindex: 0,
+            dir: Direction::Ingress,
+        },
+        reason: 0,
+        len: frame.len() as u32,
+        cap_len: frame.len() as u32,
+        mark: 0,
+        l3: L3::Other(0),
+        l4: L4::None,
+        payload_hash: 0,
+        probe: false,
+    };
+    let Ok(sliced) = LaxSlicedPacket::from_ethernet(frame) else {
+        return pkt;
+    };
+    if let Some(LinkSlice::Ethernet2(eth)) = &sliced.link {
+        pkt.l3 = L3::Other(eth.ether_type().0);
+    }
+    match &sliced.net {
+        Some(LaxNetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            pkt.l3 = L3::Ipv4 {
+                src: h.source_addr(),
+                dst: h.destination_addr(),
+                id: h.identification(),
+                total_len: h.total_len(),
+                ttl: h.ttl(),
+                proto: h.protocol().0,
+            };
+        }
+        Some(LaxNetSlice::Ipv6(_)) => pkt.l3 = L3::Ipv6,
+        Some(LaxNetSlice::Arp(arp)) => {
+            let ip4 = |b: &[u8]| <[u8; 4]>::try_from(b).map(Ipv4Addr::from).ok();
+            if let (Some(sender), Some(target)) = (
+                ip4(arp.sender_protocol_addr()),
+                ip4(arp.target_protocol_addr()),
+            ) {
+                pkt.l3 = L3::Arp {
+                    op: arp.operation().0,
+                    sender,
+                    target,
+                };
+            }
+        }
+        None => {}
+    }
+    let payload: &[u8] = match &sliced.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            pkt.l4 = L4::Tcp {
+                sport: t.source_port(),
+                dport: t.destination_port(),
+                seq: t.sequence_number(),
+                ack: t.acknowledgment_number(),
+                flags: t.slice()[13],
+            };
+            t.payload()
+        }
+        Some(TransportSlice::Udp(u)) => {
+            pkt.l4 = L4::Udp {
+                sport: u.source_port(),
+                dport: u.destination_port(),
+            };
+            u.payload()
+        }
+        Some(TransportSlice::Icmpv4(i)) => {
+            let b = i.bytes5to8();
+            pkt.l4 = L4::Icmp {
+                ty: i.type_u8(),
+                code: i.code_u8(),
+                id: u16::from_be_bytes([b[0], b[1]]),
+                seq: u16::from_be_bytes([b[2], b[3]]),
+            };
+            i.payload()
+        }
+        _ => &[],
+    };
+    pkt.probe = payload.starts_with(&PROBE_MAGIC);
+    pkt.payload_hash = fnv1a(&payload[..payload.len().min(32)]);
+    pkt
+}
+
+/// 64-bit FNV-1a: cheap, stable across runs, good enough for fingerprints.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+impl fmt::Display for Packet {
+    /// tcpdump-like summary of L3/L4: `IP a > b: ICMP echo request, id 1, seq 2, length 64`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.l3 {
+            L3::Ipv4 {
+                src,
+                dst,
+                total_len,
+                proto,
+                ..
+            } => match self.l4 {
+                L4::Tcp {
+                    sport,
+                    dport,
+                    seq,
+                    ack,
+                    flags,
+                } => write!(
+                    f,
+                    "IP {src}.{sport} > {dst}.{dport}: Flags [{}], seq {seq}, ack {ack}, length {total_len}",
+                    tcp_flags(flags)
+                ),
+                L4::Udp { sport, dport } => {
+                    write!(
+                        f,
+                        "IP {src}.{sport} > {dst}.{dport}: UDP, length {total_len}"
+                    )
+                }
+                L4::Icmp { ty, code, id, seq } => {
+                    write!(f, "IP {src} > {dst}: ICMP ")?;
+                    match ty {
+                        8 => write!(f, "echo request, id {id}, seq {seq}"),
+                        0 => write!(f, "echo reply, id {id}, seq {seq}"),
+                        3 => write!(f, "unreachable, code {code}"),
+                        11 => write!(f, "time exceeded"),
+                        _ => write!(f, "type {ty} code {code}"),
+                    }?;
+                    write!(f, ", length {total_len}")
+                }
+                L4::None => write!(f, "IP {src} > {dst}: proto {proto}, length {total_len}"),
+            },
+            L3::Arp {
+                op: 1,
+                sender,
+                target,
+            } => {
+                write!(f, "ARP, Request who-has {target} tell {sender}")
+            }
+            L3::Arp { sender, .. } => write!(f, "ARP, Reply {sender} is-at ..."),
+            L3::Ipv6 => write!(f, "IP6, length {}", self.len),
+            L3::Other(et) => write!(f, "ethertype 0x{et:04x}, length {}", self.len),
+        }
+    }
+}
+
+/// tcpdump's flag letters: S F R P . (ack).
+pub fn tcp_flags(flags: u8) -> String {
+    let mut s = String::new();
+    for (bit, c) in [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x10, '.'),
+    ] {
+        if flags & bit != 0 {
+            s.push(c);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+
+    use super::*;
+
+    fn frame(builder: PacketBuilder, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+    }
+
+    #[test]
+    fn icmp_echo_with_probe_tag() {
+        let mut payload = PROBE_MAGIC.to_vec();
+        payload.extend_from_slice(&[0; 24]);
+        let f = frame(
+            eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .icmpv4_echo_request(0x1234, 7)
+                .into(),
+            &payload,
+        );
+        let p = decode_frame(&f);
+        assert!(matches!(p.l3, L3::Ipv4 { proto: 1, .. }));
+        assert_eq!(
+            p.l4,
+            L4::Icmp {
+                ty: 8,
+                code: 0,
+                id: 0x1234,
+                seq: 7
+            }
+        );
+        assert!(p.probe);
+        assert_eq!(
+            p.to_string(),
+            "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 60"
+        );
+    }
+
+    #[test]
+    fn truncated_tcp_still_gives_ports() {
+        let f = frame(
+            eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(40000, 80, 1000, 512)
+                .syn()
+                .into(),
+            &[0xaa; 400],
+        );
+        let p = decode_frame(&f[..80]);
+        match p.l4 {
+            L4::Tcp {
+                sport: 40000,
+                dport: 80,
+                seq: 1000,
+                flags,
+                ..
+            } => assert_eq!(flags & 0x02, 2),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!p.probe);
+    }
+
+    #[test]
+    fn udp_and_payload_hash_ignores_headers() {
+        let a = decode_frame(&frame(
+            eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .udp(1, 2)
+                .into(),
+            b"hello",
+        ));
+        let b = decode_frame(&frame(
+            eth().ipv4([9, 9, 9, 9], [10, 0, 0, 2], 63).udp(7, 2).into(),
+            b"hello",
+        ));
+        assert_eq!(a.l4, L4::Udp { sport: 1, dport: 2 });
+        assert_eq!(a.payload_hash, b.payload_hash);
+    }
+
+    #[test]
+    fn raw_event_rejects_short_and_unknown() {
+        assert_eq!(raw_event(&[0; 10]).unwrap_err(), DecodeError::Short(10));
+        let bytes = vec![0u8; size_of::<PacketEvent>()];
+        assert_eq!(raw_event(&bytes).unwrap_err(), DecodeError::UnknownKind(0));
+    }
+}

@@ -1,0 +1,413 @@
+//! Loading the kernel programs and attaching them to interfaces in any
+//! namespace. Everything attached is detached when the [`Kernel`] drops,
+//! on every exit path (return, error, panic); TCX links also go away if the
+//! process is killed, since the kernel drops them with their last fd.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuHashMap, RingBuf},
+    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use tracer_common::{Config, Direction, FlowKey, FlowStats, HookKey, HookStats, names};
+
+use crate::{ebpf, netns::Netns};
+
+/// Programs, one per direction.
+const PROGRAMS: [(&str, Direction); 2] = [
+    ("podtrace_ingress", Direction::Ingress),
+    ("podtrace_egress", Direction::Egress),
+];
+
+/// What can go wrong loading or attaching, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// Built with `AYA_BUILD_SKIP=1`.
+    #[error(
+        "this podtrace was built without its kernel programs (AYA_BUILD_SKIP=1); rebuild with \
+         `cargo xtask build` to trace"
+    )]
+    NoPrograms,
+    /// Missing privileges.
+    #[error(
+        "needs CAP_BPF and CAP_NET_ADMIN (run as root, or in a debug pod with --profile=sysadmin)"
+    )]
+    NotPermitted,
+    /// Loading failed for another reason.
+    #[error("loading the kernel programs failed: {0}")]
+    Load(String),
+    /// The interface does not exist in that namespace.
+    #[error("interface \"{iface}\" does not exist in netns \"{netns}\"")]
+    NoSuchInterface {
+        /// Namespace name.
+        netns: String,
+        /// Interface name.
+        iface: String,
+    },
+    /// Attaching failed.
+    #[error("attaching to {netns}/{iface} ({dir:?}) failed: {reason}")]
+    Attach {
+        /// Namespace name.
+        netns: String,
+        /// Interface name.
+        iface: String,
+        /// Direction.
+        dir: Direction,
+        /// Kernel or library message.
+        reason: String,
+    },
+    /// Namespace trouble.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    /// A map could not be read.
+    #[error("reading map {map}: {reason}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// How to load the programs.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Filter, mode and snap length, fixed before load.
+    pub config: Config,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// Entries of the per-flow counter map.
+    pub flow_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            config: Config::DEFAULT,
+            ring_bytes: 4 << 20,
+            flow_entries: 65536,
+        }
+    }
+}
+
+/// One interface with both programs attached.
+#[derive(Debug)]
+pub struct Attached {
+    /// Namespace it lives in.
+    pub netns: Arc<Netns>,
+    /// Interface name.
+    pub iface: String,
+    /// Interface index in that namespace.
+    pub ifindex: u32,
+    links: [SchedClassifierLinkId; 2],
+}
+
+/// The loaded programs and everything attached to them.
+pub struct Kernel {
+    bpf: Ebpf,
+    attached: BTreeMap<(u64, u32), Attached>,
+}
+
+impl Kernel {
+    /// Loads the embedded programs with `opts`.
+    pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
+        let object = ebpf::OBJECT.ok_or(KernelError::NoPrograms)?;
+        if !nix::unistd::geteuid().is_root() {
+            return Err(KernelError::NotPermitted);
+        }
+        let mut bpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_CONFIG, &opts.config, true)
+            .map_max_entries(names::MAP_EVENTS, opts.ring_bytes)
+            .map_max_entries(names::MAP_FLOWS, opts.flow_entries)
+            .load(object)
+            .map_err(|e| load_error(&e))?;
+        for (name, _) in PROGRAMS {
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| KernelError::Load(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| KernelError::Load(e.to_string()))?;
+            prog.load().map_err(|e| load_error(&e))?;
+        }
+        Ok(Self {
+            bpf,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// Attaches both directions to `iface` in `netns` (TCX where the kernel
+    /// has it, clsact otherwise). Attaching twice is a no-op.
+    pub fn attach(&mut self, netns: &Arc<Netns>, iface: &str) -> Result<&Attached, KernelError> {
+        let ifindex = netns
+            .run(|| nix::net::if_::if_nametoindex(iface))?
+            .map_err(|_| KernelError::NoSuchInterface {
+                netns: netns.name.clone(),
+                iface: iface.to_owned(),
+            })?;
+        let key = (netns.cookie, ifindex);
+        if !self.attached.contains_key(&key) {
+            let links = netns.run(|| self.attach_here(&netns.name, iface))??;
+            self.attached.insert(
+                key,
+                Attached {
+                    netns: Arc::clone(netns),
+                    iface: iface.to_owned(),
+                    ifindex,
+                    links,
+                },
+            );
+        }
+        Ok(&self.attached[&key])
+    }
+
+    fn attach_here(
+        &mut self,
+        netns: &str,
+        iface: &str,
+    ) -> Result<[SchedClassifierLinkId; 2], KernelError> {
+        let mut ids = Vec::with_capacity(2);
+        for (name, dir) in PROGRAMS {
+            let attach_type = match dir {
+                Direction::Ingress => TcAttachType::Ingress,
+                Direction::Egress => TcAttachType::Egress,
+            };
+            let prog = self.program(name);
+            let attach_err = |reason: String| KernelError::Attach {
+                netns: netns.to_owned(),
+                iface: iface.to_owned(),
+                dir,
+                reason,
+            };
+            if !has_tcx() {
+                // Legacy tc needs a clsact qdisc; "exists already" is fine and
+                // any real problem shows up in the attach below.
+                let _ = aya::programs::tc::qdisc_add_clsact(iface);
+            }
+            match prog.attach(iface, attach_type) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    // Undo the half we did.
+                    for id in ids.drain(..) {
+                        let _ = self.program(PROGRAMS[0].0).detach(id);
+                    }
+                    return Err(attach_err(error_chain(&e)));
+                }
+            }
+        }
+        let egress = ids.pop().expect("two links");
+        let ingress = ids.pop().expect("two links");
+        Ok([ingress, egress])
+    }
+
+    fn program(&mut self, name: &str) -> &mut SchedClassifier {
+        self.bpf
+            .program_mut(name)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .expect("programs were checked at load")
+    }
+
+    /// Detaches `ifindex` of the namespace with `netns_cookie`, if attached.
+    /// An interface that has gone away already is not an error.
+    pub fn detach(&mut self, netns_cookie: u64, ifindex: u32) {
+        if let Some(a) = self.attached.remove(&(netns_cookie, ifindex)) {
+            self.detach_one(a);
+        }
+    }
+
+    fn detach_one(&mut self, a: Attached) {
+        let [ingress, egress] = a.links;
+        // Legacy tc filters are removed through netlink in their own netns;
+        // TCX links only need their fd closed, from anywhere.
+        let netns = Arc::clone(&a.netns);
+        let _ = netns.run(|| {
+            let _ = self.program(PROGRAMS[0].0).detach(ingress);
+            let _ = self.program(PROGRAMS[1].0).detach(egress);
+        });
+    }
+
+    /// Every attached interface.
+    pub fn attached(&self) -> impl Iterator<Item = &Attached> {
+        self.attached.values()
+    }
+
+    /// Takes the event ring buffer (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+        let map = self
+            .bpf
+            .take_map(names::MAP_EVENTS)
+            .ok_or(KernelError::Map {
+                map: names::MAP_EVENTS,
+                reason: "already taken".into(),
+            })?;
+        RingBuf::try_from(map).map_err(|e| KernelError::Map {
+            map: names::MAP_EVENTS,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Takes the kernel log ring (aya-log), if the programs log.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.bpf).ok()
+    }
+
+    /// Per-hook counters, summed over CPUs.
+    pub fn hook_stats(&self) -> Result<BTreeMap<HookKey, HookStats>, KernelError> {
+        let map = self.per_cpu_map::<HookKey, HookStats>(names::MAP_HOOKS)?;
+        let mut out = BTreeMap::new();
+        for item in map.iter() {
+            let (k, per_cpu) = item.map_err(|e| map_err(names::MAP_HOOKS, &e))?;
+            let s: &mut HookStats = out.entry(k).or_default();
+            for v in per_cpu.iter() {
+                s.seen += v.seen;
+                s.matched += v.matched;
+                s.reported += v.reported;
+                s.lost += v.lost;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Exact per-flow counters, summed over CPUs.
+    pub fn flow_stats(&self) -> Result<BTreeMap<FlowKey, FlowStats>, KernelError> {
+        let map = self.per_cpu_map::<FlowKey, FlowStats>(names::MAP_FLOWS)?;
+        let mut out = BTreeMap::new();
+        for item in map.iter() {
+            let (k, per_cpu) = item.map_err(|e| map_err(names::MAP_FLOWS, &e))?;
+            out.insert(k, sum_flow(per_cpu.iter()));
+        }
+        Ok(out)
+    }
+
+    fn per_cpu_map<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuHashMap<&MapData, K, V>, KernelError> {
+        let map = self.bpf.map(name).ok_or(KernelError::Map {
+            map: name,
+            reason: "missing".into(),
+        })?;
+        PerCpuHashMap::try_from(map).map_err(|e| map_err(name, &e))
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        let all = std::mem::take(&mut self.attached);
+        for a in all.into_values() {
+            self.detach_one(a);
+        }
+    }
+}
+
+/// TCX (Linux 6.6+) is what aya's `attach` uses when the kernel has it.
+fn has_tcx() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Sums per-CPU flow counters: counts add up, times take the extremes.
+pub fn sum_flow<'a>(per_cpu: impl IntoIterator<Item = &'a FlowStats>) -> FlowStats {
+    let mut s = FlowStats::default();
+    for v in per_cpu {
+        if v.packets == 0 {
+            continue;
+        }
+        s.first_ns = if s.packets == 0 {
+            v.first_ns
+        } else {
+            s.first_ns.min(v.first_ns)
+        };
+        s.packets += v.packets;
+        s.bytes += v.bytes;
+        s.last_ns = s.last_ns.max(v.last_ns);
+        s.tcp_flags |= v.tcp_flags;
+    }
+    s
+}
+
+fn map_err(map: &'static str, e: &dyn std::error::Error) -> KernelError {
+    KernelError::Map {
+        map,
+        reason: error_chain(e),
+    }
+}
+
+fn load_error(e: &(dyn std::error::Error + 'static)) -> KernelError {
+    let mut msg = error_chain(e);
+    // A verifier rejection comes with its whole log: keep the verdict.
+    if let Some(at) = msg.find("Verifier output:") {
+        let tail: Vec<&str> = msg[at..].lines().rev().take(6).collect();
+        let head = &msg[..at];
+        msg = format!(
+            "{head}verifier said: ... {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    if msg.contains("Operation not permitted") || msg.contains("EPERM") {
+        KernelError::NotPermitted
+    } else {
+        KernelError::Load(msg)
+    }
+}
+
+/// "outer: inner: innermost", the way a user wants to read a cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_sums_over_cpus() {
+        let a = FlowStats {
+            packets: 2,
+            bytes: 200,
+            first_ns: 50,
+            last_ns: 90,
+            tcp_flags: 0x02,
+            _pad: 0,
+        };
+        let b = FlowStats {
+            packets: 1,
+            bytes: 60,
+            first_ns: 40,
+            last_ns: 70,
+            tcp_flags: 0x10,
+            _pad: 0,
+        };
+        let idle = FlowStats::default();
+        let s = sum_flow([&a, &idle, &b]);
+        assert_eq!(
+            (s.packets, s.bytes, s.first_ns, s.last_ns, s.tcp_flags),
+            (3, 260, 40, 90, 0x12)
+        );
+    }
+}
+
+/// Links in the whole kernel whose program is one of podtrace's, as
+/// `(link id, program name)`: the kernel's own listing, so it also sees
+/// what another podtrace process (or a crashed one) left attached.
+pub fn podtrace_links() -> Vec<(u32, String)> {
+    let progs: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_owned())))
+        .filter(|(_, name)| name.starts_with("podtrace"))
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter_map(|l| Some((l.id(), progs.get(&l.program_id())?.clone())))
+        .collect()
+}

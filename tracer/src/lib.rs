@@ -1,0 +1,16 @@
+//! podtrace's userspace: loads the kernel programs, attaches them to pod
+//! veths and ENIs, and turns their reports into what a person reads.
+//!
+//! The pure core (`decode`, `topology`, correlation) does no I/O and reads
+//! no clock; the edges (`kernel`, `netns`, `events`, the subcommands) talk to
+//! the kernel, netlink and the terminal.
+
+pub mod capture;
+pub mod cli;
+pub mod decode;
+pub mod ebpf;
+pub mod events;
+pub mod kernel;
+pub mod lab;
+pub mod netns;
+pub mod topology;

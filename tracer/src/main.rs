@@ -1,0 +1,70 @@
+//! `podtrace`: which path did my pod's packet take?
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracer::{capture, lab};
+
+/// podtrace traces packets through Kubernetes pod networking (AWS VPC CNI):
+/// pod veths, ENIs (ens5, ens6, ...), SNAT and DNAT, with eBPF programs at TC
+/// ingress and egress.
+///
+/// Exit codes: 0 success; 1 the traced traffic failed (e.g. `ping` got no
+/// reply); 2 bad input, missing privileges or a setup error.
+#[derive(Parser, Debug)]
+#[command(name = "podtrace", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print every packet crossing pod veths and ENIs, one line each
+    /// (tcpdump-like), or write them to a pcapng file.
+    Capture(capture::CaptureArgs),
+    /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
+    /// path made of network namespaces on this host.
+    Lab(lab::LabArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Capture(args) => runtime().and_then(|rt| rt.block_on(capture::run(args))),
+        Command::Lab(args) => runtime().and_then(|rt| rt.block_on(lab::run(args))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("podtrace: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// "context: cause: root cause" on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for (i, c) in e.chain().enumerate() {
+        let m = c.to_string();
+        if s.contains(&m) {
+            continue;
+        }
+        if i > 0 {
+            s.push_str(": ");
+        }
+        s.push_str(&m);
+    }
+    s
+}
