@@ -17,7 +17,10 @@ async fn icmp_echo_reports_both_directions_with_addresses() {
     let ns_a = Arc::new(Netns::open(&pair.a).unwrap());
     let mut kernel = Kernel::load(&LoadOptions::default()).expect("load programs");
     let ifindex = kernel.attach(&ns_a, "va").expect("attach va").ifindex;
-    let mut reader = EventReader::new(kernel.take_events().unwrap()).unwrap();
+    let mut reader = EventReader::new();
+    for ring in kernel.take_new_rings() {
+        reader.add(ring).unwrap();
+    }
 
     VethPair::exec(
         &pair.a,

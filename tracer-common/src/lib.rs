@@ -85,8 +85,9 @@ pub struct PacketEvent {
     pub reason: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, in nanoseconds.
     pub ts_ns: u64,
-    /// `bpf_get_netns_cookie()` of the hook's namespace: unique per netns for
-    /// the kernel's lifetime, so two namespaces reusing an ifindex stay apart.
+    /// Cookie of the hook's namespace ([`Config::netns_cookie`]): unique per
+    /// netns for the kernel's lifetime, so two namespaces reusing an
+    /// ifindex stay apart.
     pub netns_cookie: u64,
     /// Interface index, within that namespace.
     pub ifindex: u32,
@@ -228,8 +229,13 @@ pub struct Config {
     pub wakeup_bytes: u32,
     /// Non-zero: report only probe-tagged packets (still count all flows).
     pub probes_only: u32,
-    /// Explicit padding to a round size, always zero.
-    pub _reserved: [u32; 2],
+    /// Cookie of the netns this copy of the programs is attached in,
+    /// copied into every event and key. The kernel's
+    /// `bpf_get_netns_cookie()` cannot stand in: for a TC program it gives
+    /// the socket's netns, or init_net when the packet has no socket (all
+    /// ingress and forwarded traffic), so userspace loads one copy of the
+    /// programs per traced namespace and tells each where it is.
+    pub netns_cookie: u64,
 }
 
 impl Config {
@@ -255,7 +261,7 @@ impl Config {
         port: 0,
         wakeup_bytes: 64 * 1024,
         probes_only: 0,
-        _reserved: [0; 2],
+        netns_cookie: 0,
     };
 }
 

@@ -1,7 +1,7 @@
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     check_bounds_signed,
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{LruPerCpuHashMap, RingBuf},
     programs::TcContext,
@@ -77,7 +77,7 @@ struct Parsed {
 #[inline(always)]
 fn trace(ctx: &TcContext, dir: Direction) {
     let skb = ctx.skb.skb;
-    let cookie = unsafe { bpf_get_netns_cookie(skb.cast()) };
+    let cookie: u64 = cfg!(netns_cookie);
     let ifindex = unsafe { (*skb).ifindex };
     let hook = HookKey {
         netns_cookie: cookie,

@@ -1,64 +1,93 @@
-//! Reading the event ring buffer from tokio: woken by the kernel when it has
-//! a batch (or a probe) to deliver, and drained on a timer otherwise, since
-//! the programs submit most records without a wakeup (a wakeup costs ~1 us).
+//! Reading the event ring buffers (one per traced namespace) from tokio:
+//! woken by the kernel when it has a batch (or a probe) to deliver, and
+//! drained on a timer otherwise, since the programs submit most records
+//! without a wakeup (a wakeup costs ~1 us).
 
 use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
+use futures_util::future::select_all;
 use tokio::io::unix::AsyncFd;
 
 use crate::decode::{self, DecodeError, Packet};
 
-/// How often the ring buffer is drained when the kernel did not wake us.
+/// A decoded packet and the bytes it was decoded from.
+pub type Record<'a> = Result<(Packet, &'a [u8]), DecodeError>;
+
+/// How often the ring buffers are drained when the kernel did not wake us.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Async reader of the kernel's packet events.
 pub struct EventReader {
-    ring: AsyncFd<RingBuf<MapData>>,
+    rings: Vec<AsyncFd<RingBuf<MapData>>>,
     drain: tokio::time::Interval,
 }
 
 impl EventReader {
-    /// Wraps the ring buffer taken from [`crate::kernel::Kernel::take_events`].
-    pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
+    /// A reader with no ring yet.
+    pub fn new() -> Self {
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ok(Self {
-            // SAFETY: the ring buffer owns its map fd for as long as the
-            // AsyncFd owns the ring buffer.
-            ring: unsafe { AsyncFd::register(ring) }.map_err(io::Error::from)?,
+        Self {
+            rings: Vec::new(),
             drain,
-        })
+        }
+    }
+
+    /// Adds a ring buffer (from [`crate::kernel::Kernel::take_new_rings`]).
+    pub fn add(&mut self, ring: RingBuf<MapData>) -> io::Result<()> {
+        // SAFETY: the ring buffer owns its map fd for as long as the
+        // AsyncFd owns the ring buffer.
+        self.rings
+            .push(unsafe { AsyncFd::register(ring) }.map_err(io::Error::from)?);
+        Ok(())
     }
 
     /// Waits until records may be there, then hands each one, decoded, to
     /// `f`. Returns how many records were read (possibly 0 after a tick).
-    pub async fn next_batch(
-        &mut self,
-        mut f: impl FnMut(Result<Packet, DecodeError>),
-    ) -> io::Result<usize> {
-        tokio::select! {
-            guard = self.ring.readable_mut() => {
-                let mut guard = guard?;
-                let n = drain(guard.get_inner_mut(), &mut f);
-                guard.clear_ready();
-                Ok(n)
-            }
-            _ = self.drain.tick() => Ok(drain(self.ring.get_mut(), &mut f)),
+    pub async fn next_batch(&mut self, mut f: impl FnMut(Record<'_>)) -> io::Result<usize> {
+        if self.rings.is_empty() {
+            self.drain.tick().await;
+            return Ok(0);
         }
+        {
+            // Woken by any ring or by the timer, drain them all: cheap, and
+            // it keeps the namespaces' events close in time.
+            let ready = select_all(self.rings.iter().map(|r| Box::pin(r.readable())));
+            tokio::select! {
+                (guard, _, _) = ready => guard?.clear_ready(),
+                _ = self.drain.tick() => {}
+            }
+        }
+        Ok(self.drain_now(&mut f))
     }
 
-    /// Reads whatever is in the ring now, without waiting.
-    pub fn drain_now(&mut self, mut f: impl FnMut(Result<Packet, DecodeError>)) -> usize {
-        drain(self.ring.get_mut(), &mut f)
+    /// Reads whatever is in the rings now, without waiting.
+    pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>)) -> usize {
+        self.rings
+            .iter_mut()
+            .map(|r| drain(r.get_mut(), &mut f))
+            .sum()
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(Result<Packet, DecodeError>)) -> usize {
+impl Default for EventReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(Record<'_>)) -> usize {
     let mut n = 0;
     while let Some(item) = ring.next() {
         n += 1;
-        f(decode::raw_event(&item).and_then(|ev| decode::decode(&ev)));
+        match decode::raw_event(&item) {
+            Ok(ev) => {
+                let cap = (ev.cap_len as usize).min(ev.data.len());
+                f(decode::decode(&ev).map(|p| (p, &ev.data[..cap])));
+            }
+            Err(e) => f(Err(e)),
+        }
     }
     n
 }

@@ -103,37 +103,75 @@ pub struct Attached {
     links: [SchedClassifierLinkId; 2],
 }
 
+/// The programs and maps of one traced namespace: one copy per netns, since
+/// the kernel gives a TC program no reliable way to tell its namespace (see
+/// `Config::netns_cookie`).
+struct Instance {
+    bpf: Ebpf,
+}
+
 /// The loaded programs and everything attached to them.
 pub struct Kernel {
-    bpf: Ebpf,
+    opts: LoadOptions,
+    object: &'static [u8],
+    instances: BTreeMap<u64, Instance>,
+    fresh_rings: Vec<RingBuf<MapData>>,
+    fresh_loggers: Vec<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: BTreeMap<(u64, u32), Attached>,
 }
 
 impl Kernel {
-    /// Loads the embedded programs with `opts`.
+    /// Checks that the programs are embedded and that we may load them;
+    /// each namespace gets its copy on its first [`Kernel::attach`].
     pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
         let object = ebpf::OBJECT.ok_or(KernelError::NoPrograms)?;
         if !nix::unistd::geteuid().is_root() {
             return Err(KernelError::NotPermitted);
         }
-        let mut bpf = EbpfLoader::new()
-            .override_global(names::GLOBAL_CONFIG, &opts.config, true)
-            .map_max_entries(names::MAP_EVENTS, opts.ring_bytes)
-            .map_max_entries(names::MAP_FLOWS, opts.flow_entries)
-            .load(object)
-            .map_err(|e| load_error(&e))?;
-        for (name, _) in PROGRAMS {
-            let prog: &mut SchedClassifier = bpf
-                .program_mut(name)
-                .ok_or_else(|| KernelError::Load(format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| KernelError::Load(e.to_string()))?;
-            prog.load().map_err(|e| load_error(&e))?;
-        }
         Ok(Self {
-            bpf,
+            opts: opts.clone(),
+            object,
+            instances: BTreeMap::new(),
+            fresh_rings: Vec::new(),
+            fresh_loggers: Vec::new(),
             attached: BTreeMap::new(),
         })
+    }
+
+    /// Loads the copy of the programs for `netns` (once).
+    fn instance(&mut self, netns: &Netns) -> Result<&mut Instance, KernelError> {
+        if !self.instances.contains_key(&netns.cookie) {
+            let mut config = self.opts.config;
+            config.netns_cookie = netns.cookie;
+            let mut bpf = EbpfLoader::new()
+                .override_global(names::GLOBAL_CONFIG, &config, true)
+                .map_max_entries(names::MAP_EVENTS, self.opts.ring_bytes)
+                .map_max_entries(names::MAP_FLOWS, self.opts.flow_entries)
+                .load(self.object)
+                .map_err(|e| load_error(&e))?;
+            for (name, _) in PROGRAMS {
+                let prog: &mut SchedClassifier = bpf
+                    .program_mut(name)
+                    .ok_or_else(|| KernelError::Load(format!("program {name} missing")))?
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| KernelError::Load(e.to_string()))?;
+                prog.load().map_err(|e| load_error(&e))?;
+            }
+            let map = bpf.take_map(names::MAP_EVENTS).ok_or(KernelError::Map {
+                map: names::MAP_EVENTS,
+                reason: "missing".into(),
+            })?;
+            self.fresh_rings
+                .push(RingBuf::try_from(map).map_err(|e| map_err(names::MAP_EVENTS, &e))?);
+            if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
+                self.fresh_loggers.push(logger);
+            }
+            self.instances.insert(netns.cookie, Instance { bpf });
+        }
+        Ok(self
+            .instances
+            .get_mut(&netns.cookie)
+            .expect("just inserted"))
     }
 
     /// Attaches both directions to `iface` in `netns` (TCX where the kernel
@@ -147,7 +185,8 @@ impl Kernel {
             })?;
         let key = (netns.cookie, ifindex);
         if !self.attached.contains_key(&key) {
-            let links = netns.run(|| self.attach_here(&netns.name, iface))??;
+            let inst = self.instance(netns)?;
+            let links = netns.run(|| attach_here(&mut inst.bpf, &netns.name, iface))??;
             self.attached.insert(
                 key,
                 Attached {
@@ -161,52 +200,6 @@ impl Kernel {
         Ok(&self.attached[&key])
     }
 
-    fn attach_here(
-        &mut self,
-        netns: &str,
-        iface: &str,
-    ) -> Result<[SchedClassifierLinkId; 2], KernelError> {
-        let mut ids = Vec::with_capacity(2);
-        for (name, dir) in PROGRAMS {
-            let attach_type = match dir {
-                Direction::Ingress => TcAttachType::Ingress,
-                Direction::Egress => TcAttachType::Egress,
-            };
-            let prog = self.program(name);
-            let attach_err = |reason: String| KernelError::Attach {
-                netns: netns.to_owned(),
-                iface: iface.to_owned(),
-                dir,
-                reason,
-            };
-            if !has_tcx() {
-                // Legacy tc needs a clsact qdisc; "exists already" is fine and
-                // any real problem shows up in the attach below.
-                let _ = aya::programs::tc::qdisc_add_clsact(iface);
-            }
-            match prog.attach(iface, attach_type) {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    // Undo the half we did.
-                    for id in ids.drain(..) {
-                        let _ = self.program(PROGRAMS[0].0).detach(id);
-                    }
-                    return Err(attach_err(error_chain(&e)));
-                }
-            }
-        }
-        let egress = ids.pop().expect("two links");
-        let ingress = ids.pop().expect("two links");
-        Ok([ingress, egress])
-    }
-
-    fn program(&mut self, name: &str) -> &mut SchedClassifier {
-        self.bpf
-            .program_mut(name)
-            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-            .expect("programs were checked at load")
-    }
-
     /// Detaches `ifindex` of the namespace with `netns_cookie`, if attached.
     /// An interface that has gone away already is not an error.
     pub fn detach(&mut self, netns_cookie: u64, ifindex: u32) {
@@ -217,12 +210,14 @@ impl Kernel {
 
     fn detach_one(&mut self, a: Attached) {
         let [ingress, egress] = a.links;
+        let Some(inst) = self.instances.get_mut(&a.netns.cookie) else {
+            return;
+        };
         // Legacy tc filters are removed through netlink in their own netns;
         // TCX links only need their fd closed, from anywhere.
-        let netns = Arc::clone(&a.netns);
-        let _ = netns.run(|| {
-            let _ = self.program(PROGRAMS[0].0).detach(ingress);
-            let _ = self.program(PROGRAMS[1].0).detach(egress);
+        let _ = a.netns.run(|| {
+            let _ = program(&mut inst.bpf, PROGRAMS[0].0).detach(ingress);
+            let _ = program(&mut inst.bpf, PROGRAMS[1].0).detach(egress);
         });
     }
 
@@ -231,38 +226,30 @@ impl Kernel {
         self.attached.values()
     }
 
-    /// Takes the event ring buffer (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let map = self
-            .bpf
-            .take_map(names::MAP_EVENTS)
-            .ok_or(KernelError::Map {
-                map: names::MAP_EVENTS,
-                reason: "already taken".into(),
-            })?;
-        RingBuf::try_from(map).map_err(|e| KernelError::Map {
-            map: names::MAP_EVENTS,
-            reason: e.to_string(),
-        })
+    /// Event ring buffers of the copies loaded since the last call.
+    pub fn take_new_rings(&mut self) -> Vec<RingBuf<MapData>> {
+        std::mem::take(&mut self.fresh_rings)
     }
 
-    /// Takes the kernel log ring (aya-log), if the programs log.
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        aya_log::EbpfLogger::init(&mut self.bpf).ok()
+    /// Kernel log readers (aya-log) of the copies loaded since the last call.
+    pub fn take_new_loggers(&mut self) -> Vec<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        std::mem::take(&mut self.fresh_loggers)
     }
 
     /// Per-hook counters, summed over CPUs.
     pub fn hook_stats(&self) -> Result<BTreeMap<HookKey, HookStats>, KernelError> {
-        let map = self.per_cpu_map::<HookKey, HookStats>(names::MAP_HOOKS)?;
         let mut out = BTreeMap::new();
-        for item in map.iter() {
-            let (k, per_cpu) = item.map_err(|e| map_err(names::MAP_HOOKS, &e))?;
-            let s: &mut HookStats = out.entry(k).or_default();
-            for v in per_cpu.iter() {
-                s.seen += v.seen;
-                s.matched += v.matched;
-                s.reported += v.reported;
-                s.lost += v.lost;
+        for inst in self.instances.values() {
+            let map = per_cpu_map::<HookKey, HookStats>(&inst.bpf, names::MAP_HOOKS)?;
+            for item in map.iter() {
+                let (k, per_cpu) = item.map_err(|e| map_err(names::MAP_HOOKS, &e))?;
+                let s: &mut HookStats = out.entry(k).or_default();
+                for v in per_cpu.iter() {
+                    s.seen += v.seen;
+                    s.matched += v.matched;
+                    s.reported += v.reported;
+                    s.lost += v.lost;
+                }
             }
         }
         Ok(out)
@@ -270,25 +257,71 @@ impl Kernel {
 
     /// Exact per-flow counters, summed over CPUs.
     pub fn flow_stats(&self) -> Result<BTreeMap<FlowKey, FlowStats>, KernelError> {
-        let map = self.per_cpu_map::<FlowKey, FlowStats>(names::MAP_FLOWS)?;
         let mut out = BTreeMap::new();
-        for item in map.iter() {
-            let (k, per_cpu) = item.map_err(|e| map_err(names::MAP_FLOWS, &e))?;
-            out.insert(k, sum_flow(per_cpu.iter()));
+        for inst in self.instances.values() {
+            let map = per_cpu_map::<FlowKey, FlowStats>(&inst.bpf, names::MAP_FLOWS)?;
+            for item in map.iter() {
+                let (k, per_cpu) = item.map_err(|e| map_err(names::MAP_FLOWS, &e))?;
+                out.insert(k, sum_flow(per_cpu.iter()));
+            }
         }
         Ok(out)
     }
+}
 
-    fn per_cpu_map<K: aya::Pod, V: aya::Pod>(
-        &self,
-        name: &'static str,
-    ) -> Result<PerCpuHashMap<&MapData, K, V>, KernelError> {
-        let map = self.bpf.map(name).ok_or(KernelError::Map {
-            map: name,
-            reason: "missing".into(),
-        })?;
-        PerCpuHashMap::try_from(map).map_err(|e| map_err(name, &e))
+fn per_cpu_map<'a, K: aya::Pod, V: aya::Pod>(
+    bpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<PerCpuHashMap<&'a MapData, K, V>, KernelError> {
+    let map = bpf.map(name).ok_or(KernelError::Map {
+        map: name,
+        reason: "missing".into(),
+    })?;
+    PerCpuHashMap::try_from(map).map_err(|e| map_err(name, &e))
+}
+
+fn program<'a>(bpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    bpf.program_mut(name)
+        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        .expect("programs were checked at load")
+}
+
+/// Attaches both programs to `iface` of the namespace the thread is in.
+fn attach_here(
+    bpf: &mut Ebpf,
+    netns: &str,
+    iface: &str,
+) -> Result<[SchedClassifierLinkId; 2], KernelError> {
+    let mut ids = Vec::with_capacity(2);
+    for (name, dir) in PROGRAMS {
+        let attach_type = match dir {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        };
+        if !has_tcx() {
+            // Legacy tc needs a clsact qdisc; "exists already" is fine and
+            // any real problem shows up in the attach below.
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        }
+        match program(bpf, name).attach(iface, attach_type) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                // Undo the half we did (only ingress can be attached here).
+                for id in ids.drain(..) {
+                    let _ = program(bpf, PROGRAMS[0].0).detach(id);
+                }
+                return Err(KernelError::Attach {
+                    netns: netns.to_owned(),
+                    iface: iface.to_owned(),
+                    dir,
+                    reason: error_chain(&e),
+                });
+            }
+        }
     }
+    let egress = ids.pop().expect("two links");
+    let ingress = ids.pop().expect("two links");
+    Ok([ingress, egress])
 }
 
 impl Drop for Kernel {

@@ -8,9 +8,13 @@
 pub mod capture;
 pub mod cli;
 pub mod decode;
+pub mod discover;
 pub mod ebpf;
 pub mod events;
 pub mod kernel;
 pub mod lab;
 pub mod netns;
+pub mod output;
+pub mod session;
+pub mod signals;
 pub mod topology;

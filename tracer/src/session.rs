@@ -1,0 +1,317 @@
+//! A tracing session: the kernel programs loaded, attached to every hook of
+//! the chosen namespaces, kept in step with pod churn, and one stream of
+//! decoded packets out. `capture`, `trace`, `ping` and `watch` all drive one.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+use tracer_common::{FlowKey, FlowStats, HookKey, HookStats};
+
+use crate::{
+    cli::WhereArgs,
+    decode::Packet,
+    discover,
+    events::{EventReader, Record},
+    kernel::{Kernel, LoadOptions},
+    netns::Netns,
+    topology::{Iface, Role, Topology},
+};
+
+/// What happened to the set of hooks while tracing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookChange {
+    /// A new interface was attached.
+    Attached {
+        /// Namespace name.
+        netns: String,
+        /// Interface name.
+        iface: String,
+    },
+    /// An interface went away and was forgotten.
+    Gone {
+        /// Namespace name.
+        netns: String,
+        /// Interface name.
+        iface: String,
+    },
+}
+
+/// A running session.
+pub struct Session {
+    kernel: Kernel,
+    reader: EventReader,
+    loggers: Vec<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    namespaces: Vec<Arc<Netns>>,
+    only: Vec<String>,
+    /// What each hooked interface is.
+    pub topology: Topology,
+    churn: mpsc::Receiver<usize>,
+    _watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// Records received from the kernel, per hook.
+    pub received: BTreeMap<(u64, u32, u32), u64>,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+}
+
+impl Session {
+    /// Loads the programs and attaches them to the hooks that `place` names.
+    pub async fn start(place: &WhereArgs, opts: &LoadOptions) -> anyhow::Result<Self> {
+        let namespaces = if place.netns.is_empty() {
+            vec![Arc::new(Netns::current()?)]
+        } else {
+            let mut v = Vec::new();
+            for spec in &place.netns {
+                let ns = Netns::open(spec)?;
+                if v.iter().any(|o: &Arc<Netns>| o.inode == ns.inode) {
+                    continue;
+                }
+                v.push(Arc::new(ns));
+            }
+            v
+        };
+        let kernel = Kernel::load(opts)?;
+        let (tx, churn) = mpsc::channel(64);
+        let mut watchers = Vec::new();
+        for (i, ns) in namespaces.iter().enumerate() {
+            watchers.push(watch_links(ns, i, tx.clone())?);
+        }
+        let mut session = Self {
+            kernel,
+            reader: EventReader::new(),
+            loggers: Vec::new(),
+            namespaces,
+            only: place.iface.clone(),
+            topology: Topology::default(),
+            churn,
+            _watchers: watchers,
+            received: BTreeMap::new(),
+            undecodable: 0,
+        };
+        for i in 0..session.namespaces.len() {
+            session.sync(i, true).await?;
+        }
+        if session.kernel.attached().next().is_none() {
+            anyhow::bail!(
+                "no interface to trace in {} (no ENI or pod veth found; name one with --iface)",
+                session
+                    .namespaces
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(session)
+    }
+
+    /// Attaches new hooks and forgets gone ones in namespace `i`. With
+    /// `strict`, a missing `--iface` is an error (at start); later it is not.
+    async fn sync(&mut self, i: usize, strict: bool) -> anyhow::Result<Vec<HookChange>> {
+        let ns = Arc::clone(&self.namespaces[i]);
+        let snap = discover::snapshot(&ns)
+            .await
+            .with_context(|| format!("reading interfaces of netns \"{}\"", ns.name))?;
+        let wanted: Vec<(discover::Link, Role)> = if self.only.is_empty() {
+            discover::classify(&snap)
+        } else {
+            let roles = discover::classify(&snap);
+            let mut v = Vec::new();
+            for name in &self.only {
+                match snap.links.iter().find(|l| &l.name == name) {
+                    Some(l) => {
+                        let role = roles
+                            .iter()
+                            .find(|(r, _)| r.ifindex == l.ifindex)
+                            .map_or(Role::Other, |(_, role)| role.clone());
+                        v.push((l.clone(), role));
+                    }
+                    None if strict => anyhow::bail!(crate::kernel::KernelError::NoSuchInterface {
+                        netns: ns.name.clone(),
+                        iface: name.clone(),
+                    }),
+                    None => {}
+                }
+            }
+            v
+        };
+        let mut changes = Vec::new();
+        let present: BTreeSet<u32> = wanted.iter().map(|(l, _)| l.ifindex).collect();
+        let gone: Vec<(u32, String)> = self
+            .kernel
+            .attached()
+            .filter(|a| a.netns.cookie == ns.cookie && !present.contains(&a.ifindex))
+            .map(|a| (a.ifindex, a.iface.clone()))
+            .collect();
+        for (ifindex, iface) in gone {
+            self.kernel.detach(ns.cookie, ifindex);
+            self.topology.remove(ns.cookie, ifindex);
+            changes.push(HookChange::Gone {
+                netns: ns.name.clone(),
+                iface,
+            });
+        }
+        for (link, role) in wanted {
+            let known = self
+                .kernel
+                .attached()
+                .any(|a| a.netns.cookie == ns.cookie && a.ifindex == link.ifindex);
+            if !known {
+                match self.kernel.attach(&ns, &link.name) {
+                    Ok(_) => changes.push(HookChange::Attached {
+                        netns: ns.name.clone(),
+                        iface: link.name.clone(),
+                    }),
+                    // Gone between the dump and the attach: churn, not an error.
+                    Err(crate::kernel::KernelError::NoSuchInterface { .. }) if !strict => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.topology.insert(
+                ns.cookie,
+                Iface {
+                    node: ns.name.clone(),
+                    name: link.name.clone(),
+                    ifindex: link.ifindex,
+                    role,
+                },
+            );
+        }
+        for ring in self.kernel.take_new_rings() {
+            self.reader.add(ring).context("polling a ring buffer")?;
+        }
+        self.loggers.extend(self.kernel.take_new_loggers());
+        Ok(changes)
+    }
+
+    /// Namespaces traced.
+    pub fn namespaces(&self) -> &[Arc<Netns>] {
+        &self.namespaces
+    }
+
+    /// `(netns, interface)` of every hooked interface.
+    pub fn hooks(&self) -> Vec<(String, String)> {
+        self.kernel
+            .attached()
+            .map(|a| (a.netns.name.clone(), a.iface.clone()))
+            .collect()
+    }
+
+    /// Waits for the next batch of packets (or a change of hooks) and hands
+    /// them to the callbacks.
+    pub async fn next(
+        &mut self,
+        mut on_packet: impl FnMut(&Packet, &[u8], &Topology),
+        mut on_change: impl FnMut(&HookChange),
+    ) -> anyhow::Result<()> {
+        let churned = tokio::select! {
+            Some(i) = self.churn.recv() => Some(i),
+            res = Self::read(&mut self.reader, &mut self.received, &mut self.undecodable, &self.topology, &mut on_packet) => {
+                res?;
+                None
+            }
+        };
+        if let Some(i) = churned {
+            // Coalesce bursts of notifications (a pod's veth, addresses and
+            // routes arrive together).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut todo = BTreeSet::from([i]);
+            while let Ok(j) = self.churn.try_recv() {
+                todo.insert(j);
+            }
+            for i in todo {
+                for c in self.sync(i, false).await? {
+                    on_change(&c);
+                }
+            }
+        }
+        for logger in &mut self.loggers {
+            logger.flush();
+        }
+        Ok(())
+    }
+
+    async fn read(
+        reader: &mut EventReader,
+        received: &mut BTreeMap<(u64, u32, u32), u64>,
+        undecodable: &mut u64,
+        topo: &Topology,
+        on_packet: &mut impl FnMut(&Packet, &[u8], &Topology),
+    ) -> anyhow::Result<()> {
+        reader
+            .next_batch(|r: Record<'_>| match r {
+                Ok((p, frame)) => {
+                    *received
+                        .entry((p.hook.netns_cookie, p.hook.ifindex, p.hook.dir as u32))
+                        .or_default() += 1;
+                    on_packet(&p, frame, topo);
+                }
+                Err(_) => *undecodable += 1,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Reads what is left in the ring buffer, without waiting.
+    pub fn drain(&mut self, mut on_packet: impl FnMut(&Packet, &[u8], &Topology)) {
+        let topo = &self.topology;
+        let received = &mut self.received;
+        let undecodable = &mut self.undecodable;
+        self.reader.drain_now(|r| match r {
+            Ok((p, frame)) => {
+                *received
+                    .entry((p.hook.netns_cookie, p.hook.ifindex, p.hook.dir as u32))
+                    .or_default() += 1;
+                on_packet(&p, frame, topo);
+            }
+            Err(_) => *undecodable += 1,
+        });
+    }
+
+    /// Kernel per-hook counters.
+    pub fn hook_stats(&self) -> anyhow::Result<BTreeMap<HookKey, HookStats>> {
+        Ok(self.kernel.hook_stats()?)
+    }
+
+    /// Kernel per-flow counters.
+    pub fn flow_stats(&self) -> anyhow::Result<BTreeMap<FlowKey, FlowStats>> {
+        Ok(self.kernel.flow_stats()?)
+    }
+
+    /// Writes `path` (with the hooks, one per line) once everything is attached.
+    pub fn write_ready_file(&self, path: &Path) -> anyhow::Result<()> {
+        let body: String = self
+            .hooks()
+            .iter()
+            .map(|(n, i)| format!("{n}/{i}\n"))
+            .collect();
+        std::fs::write(path, body).with_context(|| format!("writing ready file {}", path.display()))
+    }
+}
+
+/// Subscribes to link, address and route changes in `ns`; sends `i` on each.
+fn watch_links(
+    ns: &Netns,
+    i: usize,
+    tx: mpsc::Sender<usize>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use rtnetlink::MulticastGroup as G;
+    let (conn, _handle, mut messages) = ns
+        .run(|| rtnetlink::new_multicast_connection(&[G::Link, G::Ipv4Ifaddr, G::Ipv4Route]))?
+        .with_context(|| format!("subscribing to netlink in netns \"{}\"", ns.name))?;
+    Ok(tokio::spawn(async move {
+        let conn = tokio::spawn(conn);
+        while messages.next().await.is_some() {
+            if tx.try_send(i).is_err() && tx.is_closed() {
+                break;
+            }
+        }
+        conn.abort();
+    }))
+}

@@ -1,0 +1,28 @@
+//! SIGINT and SIGTERM as one "stop" future, so every subcommand leaves
+//! through the same path that detaches everything and prints totals.
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub struct Stop {
+    int: Signal,
+    term: Signal,
+}
+
+impl Stop {
+    /// Installs the handlers (replacing the default "die at once").
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for a stop signal.
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
