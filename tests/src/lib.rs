@@ -1,6 +1,9 @@
 //! Helpers for podtrace's privileged integration tests: scratch network
 //! namespaces that are removed when the guard drops, also when a test panics.
 
+pub mod process;
+pub mod traffic;
+
 use std::{
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -19,6 +22,17 @@ pub fn sh(args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs a command inside namespace `ns`; true if it succeeded.
+pub fn exec_ok(ns: &str, args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Panics with a clear message unless running as root: privileged tests are

@@ -157,29 +157,26 @@ fn parse(ctx: &TcContext) -> Parsed {
     // One helper call for the IPv4 header, the L4 header and the probe tag;
     // fall back to the bare IPv4 header for short packets.
     // One helper call, with a constant length the verifier can check, reads
-    // the IPv4 header, the L4 header and the probe tag; short packets get
+    // the IPv4 header, the L4 header and the probe tag; shorter packets get
+    // the IPv4 header plus the first 8 bytes of L4 (ports, ICMP id/seq), or
     // the bare IPv4 header. Nothing is zero-filled first: the helper writes
     // every byte or fails.
     let mut buf = core::mem::MaybeUninit::<[u8; HDR_PEEK]>::uninit();
     let skb = ctx.skb.skb.cast();
-    let have = if unsafe {
-        bpf_skb_load_bytes(
-            skb,
-            ETH_HLEN as u32,
-            buf.as_mut_ptr().cast(),
-            HDR_PEEK as u32,
-        )
-    } == 0
-    {
-        HDR_PEEK
-    } else if unsafe { bpf_skb_load_bytes(skb, ETH_HLEN as u32, buf.as_mut_ptr().cast(), 20) } == 0
-    {
-        20
-    } else {
+    let mut have = 0;
+    for len in [HDR_PEEK, 28, 20] {
+        if unsafe { bpf_skb_load_bytes(skb, ETH_HLEN as u32, buf.as_mut_ptr().cast(), len as u32) }
+            == 0
+        {
+            have = len;
+            break;
+        }
+    }
+    if have == 0 {
         return p;
-    };
-    // SAFETY: at least the first `have` bytes are written; bytes past 20 are
-    // read only when `have == HDR_PEEK`.
+    }
+    // SAFETY: the first `have` bytes are written; every read below is
+    // guarded by `have`.
     let h = unsafe { &*buf.as_ptr() };
     if h[0] >> 4 != 4 {
         return p;
@@ -193,22 +190,25 @@ fn parse(ctx: &TcContext) -> Parsed {
     // Only the first fragment of a datagram carries the L4 header; peek
     // fields only when the header has no IP options (the common case), so
     // every index below is constant for the verifier.
-    if ihl != 20 || frag_off != 0 || have < HDR_PEEK {
+    if ihl != 20 || frag_off != 0 || have < 28 {
         return p;
     }
+    let full = have == HDR_PEEK;
     match p.proto {
         IPPROTO_TCP => {
             p.sport = u16::from_be_bytes([h[20], h[21]]);
             p.dport = u16::from_be_bytes([h[22], h[23]]);
-            p.tcp_flags = h[33];
-            // Probe tag after a TCP header without options (as podtrace
-            // builds its probes).
-            p.probe = h[32] >> 4 == 5 && h[40..48] == PROBE_MAGIC;
+            if full {
+                p.tcp_flags = h[33];
+                // Probe tag after a TCP header without options (as podtrace
+                // builds its probes).
+                p.probe = h[32] >> 4 == 5 && h[40..48] == PROBE_MAGIC;
+            }
         }
         IPPROTO_UDP => {
             p.sport = u16::from_be_bytes([h[20], h[21]]);
             p.dport = u16::from_be_bytes([h[22], h[23]]);
-            p.probe = h[28..36] == PROBE_MAGIC;
+            p.probe = full && h[28..36] == PROBE_MAGIC;
         }
         IPPROTO_ICMP => {
             let (ty, code) = (h[20], h[21]);
@@ -217,7 +217,7 @@ fn parse(ctx: &TcContext) -> Parsed {
                 p.sport = u16::from_be_bytes([h[24], h[25]]);
             }
             p.dport = u16::from_be_bytes([ty, code]);
-            p.probe = h[28..36] == PROBE_MAGIC;
+            p.probe = full && h[28..36] == PROBE_MAGIC;
         }
         _ => {}
     }

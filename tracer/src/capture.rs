@@ -57,7 +57,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.ready.ready_file {
         session.write_ready_file(path)?;
     }
-    if !args.json {
+    {
         eprintln!(
             "podtrace: tracing {} interface(s) in {}: {}",
             session.hooks().len(),
@@ -112,13 +112,10 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             () = stop.wait() => break,
             () = sleep => break,
-            res = session.next(|p, frame, topo| emit(p, frame, topo, &mut printed), |c| {
-                if !args.json {
-                    match c {
-                        HookChange::Attached { netns, iface } => eprintln!("podtrace: attached {netns}/{iface}"),
-                        HookChange::Gone { netns, iface } => eprintln!("podtrace: {netns}/{iface} went away"),
-                    }
-                }
+            // Hook changes go to stderr in every mode: stdout stays events.
+            res = session.next(|p, frame, topo| emit(p, frame, topo, &mut printed), |c| match c {
+                HookChange::Attached { netns, iface } => eprintln!("podtrace: attached {netns}/{iface}"),
+                HookChange::Gone { netns, iface } => eprintln!("podtrace: {netns}/{iface} went away"),
             }) => res?,
         }
     }

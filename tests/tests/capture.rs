@@ -1,0 +1,341 @@
+//! `podtrace capture` and the kernel side under it: real programs, real
+//! namespaces, real ICMP/TCP/UDP.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use podtrace_tests::{
+    VethPair, exec_ok,
+    process::{Podtrace, serial},
+    sh,
+    traffic::{tcp_echo, udp_send},
+};
+use serde_json::Value;
+use tracer::{
+    decode::L4,
+    events::EventReader,
+    kernel::{Kernel, LoadOptions, podtrace_links},
+    netns::Netns,
+};
+use tracer_common::{Config, Direction};
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn count(events: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
+    events.iter().filter(|e| pred(e)).count()
+}
+
+#[test]
+fn icmp_tcp_udp_events_on_the_right_hooks() {
+    let _serial = serial();
+    let pair = VethPair::new("cp");
+    let cap = Podtrace::start(&["capture", "--netns", &pair.a, "--json"]);
+    assert_eq!(cap.hooks(), vec![format!("{}/va", pair.a)]);
+
+    VethPair::exec(
+        &pair.a,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", VethPair::IP_B],
+    );
+    let tcp: SocketAddr = format!("{}:7070", VethPair::IP_B).parse().unwrap();
+    assert_eq!(
+        tcp_echo(&pair.b, &pair.a, tcp, b"hello podtrace"),
+        b"hello podtrace"
+    );
+    let udp: SocketAddr = format!("{}:5353", VethPair::IP_B).parse().unwrap();
+    assert_eq!(udp_send(&pair.b, &pair.a, udp, b"datagram", 5), 5);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let out = cap.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    let ev = json_lines(&out.stdout);
+    let (a, b) = (VethPair::IP_A, VethPair::IP_B);
+    let on = |e: &Value, dir: &str| {
+        e["iface"] == "va" && e["node"] == pair.a.as_str() && e["dir"] == dir
+    };
+    // ICMP: requests leave va, replies arrive on it.
+    assert_eq!(
+        count(&ev, |e| on(e, "egress")
+            && e["icmp"]["type"] == 8
+            && e["src"] == a
+            && e["dst"] == b),
+        2,
+        "{ev:#?}"
+    );
+    assert_eq!(
+        count(&ev, |e| on(e, "ingress")
+            && e["icmp"]["type"] == 0
+            && e["src"] == b
+            && e["dst"] == a),
+        2
+    );
+    // TCP: the SYN leaves with the server port, the SYN-ACK comes back from it.
+    assert!(
+        count(&ev, |e| on(e, "egress")
+            && e["dport"] == 7070
+            && e["tcp"]["flags"] == "S")
+            == 1,
+        "{ev:#?}"
+    );
+    assert!(
+        count(&ev, |e| on(e, "ingress")
+            && e["sport"] == 7070
+            && e["tcp"]["flags"] == "S.")
+            == 1
+    );
+    // UDP: five datagrams out, none in.
+    assert_eq!(
+        count(&ev, |e| on(e, "egress")
+            && e["proto"] == 17
+            && e["dport"] == 5353),
+        5
+    );
+    assert_eq!(count(&ev, |e| on(e, "ingress") && e["proto"] == 17), 0);
+    assert!(
+        out.stderr.contains("events received, 0 lost"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn filter_drops_others_and_counters_stay_exact() {
+    let _serial = serial();
+    let pair = VethPair::new("cf");
+    let ns = Arc::new(Netns::open(&pair.a).unwrap());
+    let mut config = Config::DEFAULT;
+    config.proto = 17;
+    config.port = 5555;
+    let mut kernel = Kernel::load(&LoadOptions {
+        config,
+        ..LoadOptions::default()
+    })
+    .unwrap();
+    kernel.attach(&ns, "va").unwrap();
+    let mut reader = EventReader::new();
+    for r in kernel.take_new_rings() {
+        reader.add(r).unwrap();
+    }
+    VethPair::exec(&pair.a, &["ping", "-c", "3", "-i", "0.2", VethPair::IP_B]);
+    let (b, pb) = (pair.b.clone(), pair.a.clone());
+    let sent = tokio::task::spawn_blocking(move || {
+        let good: SocketAddr = format!("{}:5555", VethPair::IP_B).parse().unwrap();
+        let other: SocketAddr = format!("{}:6666", VethPair::IP_B).parse().unwrap();
+        udp_send(&b, &pb, other, b"not me", 7);
+        udp_send(&b, &pb, good, b"count me", 40)
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent, 40);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut events = Vec::new();
+    reader.drain_now(|r| events.push(r.unwrap().0));
+    assert_eq!(
+        events.len(),
+        40,
+        "only the 40 matching datagrams: {events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|p| matches!(p.l4, L4::Udp { dport: 5555, .. }))
+    );
+    let flows = kernel.flow_stats().unwrap();
+    assert_eq!(
+        flows.len(),
+        1,
+        "no flow entry for ICMP or port 6666: {flows:#?}"
+    );
+    let (key, stats) = flows.iter().next().unwrap();
+    assert_eq!((key.dport, key.direction), (5555, Direction::Egress as u8));
+    assert_eq!(stats.packets, 40);
+    assert_eq!(stats.bytes, 40 * (14 + 20 + 8 + 8));
+}
+
+#[test]
+fn follows_veths_added_and_deleted_while_running() {
+    let _serial = serial();
+    let pair = VethPair::new("cc");
+    let cap = Podtrace::start(&["capture", "--netns", &pair.a, "--json"]);
+    // A new pod-like veth appears in the traced namespace.
+    sh(&[
+        "ip", "-n", &pair.a, "link", "add", "vnew", "type", "veth", "peer", "name", "vpeer",
+        "netns", &pair.b,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pair.a,
+        "addr",
+        "add",
+        "10.201.9.1/24",
+        "dev",
+        "vnew",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pair.b,
+        "addr",
+        "add",
+        "10.201.9.2/24",
+        "dev",
+        "vpeer",
+    ]);
+    sh(&["ip", "-n", &pair.a, "link", "set", "vnew", "up"]);
+    sh(&["ip", "-n", &pair.b, "link", "set", "vpeer", "up"]);
+    let mut seen_new = false;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        if exec_ok(&pair.a, &["ping", "-c", "1", "-W", "1", "10.201.9.2"]) {
+            seen_new = true;
+            break;
+        }
+    }
+    assert!(seen_new, "ping over the new veth");
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&["ip", "-n", &pair.a, "link", "del", "vnew"]);
+    std::thread::sleep(Duration::from_millis(300));
+    VethPair::exec(&pair.a, &["ping", "-c", "1", "-W", "1", VethPair::IP_B]);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = cap.stop(libc::SIGTERM);
+    assert!(out.status.success(), "deleting a veth is no error: {out:?}");
+    let ev = json_lines(&out.stdout);
+    assert!(
+        count(&ev, |e| e["iface"] == "vnew" && e["dst"] == "10.201.9.2") >= 1,
+        "{ev:#?}"
+    );
+    assert!(
+        count(&ev, |e| e["iface"] == "va" && e["dst"] == VethPair::IP_B) >= 1,
+        "still tracing va"
+    );
+    assert!(out.stderr.contains("went away"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn tiny_ring_counts_every_loss() {
+    let _serial = serial();
+    let pair = VethPair::new("cr");
+    let ns = Arc::new(Netns::open(&pair.a).unwrap());
+    // One page: about a dozen records fit.
+    let opts = LoadOptions {
+        ring_bytes: 4096,
+        ..LoadOptions::default()
+    };
+    let mut kernel = Kernel::load(&opts).unwrap();
+    kernel.attach(&ns, "va").unwrap();
+    let mut reader = EventReader::new();
+    for r in kernel.take_new_rings() {
+        reader.add(r).unwrap();
+    }
+    let (b, a) = (pair.b.clone(), pair.a.clone());
+    tokio::task::spawn_blocking(move || {
+        let addr: SocketAddr = format!("{}:5000", VethPair::IP_B).parse().unwrap();
+        udp_send(&b, &a, addr, b"burst", 300)
+    })
+    .await
+    .unwrap();
+    let mut received = 0u64;
+    reader.drain_now(|r| {
+        r.unwrap();
+        received += 1;
+    });
+    let hooks = kernel.hook_stats().unwrap();
+    let egress = hooks
+        .iter()
+        .find(|(k, _)| k.direction == Direction::Egress as u32)
+        .map(|(_, s)| *s)
+        .unwrap();
+    assert!(
+        egress.lost > 0,
+        "a 4 KiB ring cannot hold 300 records: {egress:?}"
+    );
+    let reported: u64 = hooks.values().map(|s| s.reported).sum();
+    let lost: u64 = hooks.values().map(|s| s.lost).sum();
+    assert_eq!(
+        received + lost,
+        reported,
+        "received {received} + lost {lost} = reported"
+    );
+}
+
+#[test]
+fn nothing_stays_attached_after_sigint_or_sigterm() {
+    let _serial = serial();
+    let pair = VethPair::new("cs");
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let cap = Podtrace::start(&["capture", "--netns", &pair.a, "--netns", &pair.b]);
+        assert_eq!(cap.hooks().len(), 2);
+        assert_eq!(podtrace_links().len(), 4, "two interfaces, two directions");
+        let out = cap.stop(sig);
+        assert!(out.status.success(), "signal {sig}: {out:?}");
+        assert!(
+            podtrace_links().is_empty(),
+            "signal {sig} left {:?}",
+            podtrace_links()
+        );
+    }
+}
+
+#[test]
+fn pcapng_is_read_by_tshark() {
+    let _serial = serial();
+    let pair = VethPair::new("cw");
+    let file = std::env::temp_dir().join(format!("{}.pcapng", pair.a));
+    let cap = Podtrace::start(&[
+        "capture",
+        "--netns",
+        &pair.a,
+        "--json",
+        "-w",
+        file.to_str().unwrap(),
+    ]);
+    VethPair::exec(&pair.a, &["ping", "-c", "3", "-i", "0.2", VethPair::IP_B]);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = cap.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    let events = json_lines(&out.stdout);
+    let fields = sh(&[
+        "tshark",
+        "-r",
+        file.to_str().unwrap(),
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-e",
+        "frame.interface_name",
+        "-e",
+        "ip.src",
+        "-e",
+        "ip.dst",
+        "-e",
+        "frame.p2p_dir",
+    ]);
+    let _ = std::fs::remove_file(&file);
+    let rows: Vec<String> = String::from_utf8_lossy(&fields.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rows.len(), events.len(), "one frame per event: {rows:?}");
+    let name = format!("{}/va", pair.a);
+    for (row, ev) in rows.iter().zip(&events) {
+        let cols: Vec<&str> = row.split(',').collect();
+        assert_eq!(cols[0], name, "{row}");
+        if let Some(src) = ev["src"].as_str() {
+            assert_eq!(
+                (cols[1], cols[2]),
+                (src, ev["dst"].as_str().unwrap()),
+                "{row}"
+            );
+        }
+    }
+    let echo = rows
+        .iter()
+        .filter(|r| r.contains(&format!(",{},{},", VethPair::IP_A, VethPair::IP_B)))
+        .count();
+    assert_eq!(echo, 3, "three echo requests in the file: {rows:?}");
+}
