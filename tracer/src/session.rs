@@ -63,6 +63,8 @@ pub struct Session {
 impl Session {
     /// Loads the programs and attaches them to the hooks that `place` names.
     pub async fn start(place: &WhereArgs, opts: &LoadOptions) -> anyhow::Result<Self> {
+        // Privileges and embedded programs first: their errors say what to do.
+        let kernel = Kernel::load(opts)?;
         let namespaces = if place.netns.is_empty() {
             vec![Arc::new(Netns::current()?)]
         } else {
@@ -76,7 +78,6 @@ impl Session {
             }
             v
         };
-        let kernel = Kernel::load(opts)?;
         let (tx, churn) = mpsc::channel(64);
         let mut watchers = Vec::new();
         for (i, ns) in namespaces.iter().enumerate() {
