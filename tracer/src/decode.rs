@@ -336,10 +336,14 @@ mod tests {
 
     use super::*;
 
-    fn frame(builder: PacketBuilder, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        builder.write(&mut out, payload).unwrap();
-        out
+    /// Serialises a finished etherparse builder step (each step type has
+    /// its own `write`, hence a macro).
+    macro_rules! frame {
+        ($builder:expr, $payload:expr $(,)?) => {{
+            let mut out = Vec::new();
+            $builder.write(&mut out, $payload).unwrap();
+            out
+        }};
     }
 
     fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
@@ -350,11 +354,10 @@ mod tests {
     fn icmp_echo_with_probe_tag() {
         let mut payload = PROBE_MAGIC.to_vec();
         payload.extend_from_slice(&[0; 24]);
-        let f = frame(
+        let f = frame!(
             eth()
                 .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-                .icmpv4_echo_request(0x1234, 7)
-                .into(),
+                .icmpv4_echo_request(0x1234, 7),
             &payload,
         );
         let p = decode_frame(&f);
@@ -377,12 +380,11 @@ mod tests {
 
     #[test]
     fn truncated_tcp_still_gives_ports() {
-        let f = frame(
+        let f = frame!(
             eth()
                 .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
                 .tcp(40000, 80, 1000, 512)
-                .syn()
-                .into(),
+                .syn(),
             &[0xaa; 400],
         );
         let p = decode_frame(&f[..80]);
@@ -401,16 +403,13 @@ mod tests {
 
     #[test]
     fn udp_and_payload_hash_ignores_headers() {
-        let a = decode_frame(&frame(
-            eth()
-                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-                .udp(1, 2)
-                .into(),
-            b"hello",
+        let a = decode_frame(&frame!(
+            eth().ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2),
+            b"hello"
         ));
-        let b = decode_frame(&frame(
-            eth().ipv4([9, 9, 9, 9], [10, 0, 0, 2], 63).udp(7, 2).into(),
-            b"hello",
+        let b = decode_frame(&frame!(
+            eth().ipv4([9, 9, 9, 9], [10, 0, 0, 2], 63).udp(7, 2),
+            b"hello"
         ));
         assert_eq!(a.l4, L4::Udp { sport: 1, dport: 2 });
         assert_eq!(a.payload_hash, b.payload_hash);
