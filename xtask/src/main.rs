@@ -1,1 +1,76 @@
-fn main() {}
+//! podtrace's developer tasks, run as `cargo xtask <task>` (an alias in
+//! .cargo/config.toml). Commands that change something are echoed as
+//! `$ ...` so that a CI log shows what ran.
+#![warn(clippy::pedantic)]
+
+mod binary;
+mod cmd;
+mod demo;
+mod scratch;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+/// podtrace's developer tasks. Run as root on Debian with rustup.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Install what building and testing needs (apt packages, nightly
+    /// rust-src, bpf-linker, clippy, rustfmt); skips what is present.
+    Setup(setup::Options),
+    /// Set up, then build podtrace and print where the binary is.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, then fmt check, clippy, build, unit tests, the stable-only
+    /// build and every privileged test; fails if any fails or if no
+    /// privileged test ran.
+    Test,
+    /// Set up, build (release) and trace the packets of a real ping in
+    /// scratch network namespaces.
+    Demo,
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    cmd::init();
+    let result = match Cli::parse().task {
+        Task::Setup(opts) => setup::run(&opts),
+        Task::Build { release } => build(release),
+        Task::Test => test::run(),
+        Task::Demo => demo::run(),
+        Task::Bench => bench(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build(release: bool) -> Result<()> {
+    setup::run(&setup::Options::default())?;
+    let exe = binary::build(release)?;
+    println!("podtrace: {}", exe.display());
+    Ok(())
+}
+
+fn bench() -> Result<()> {
+    // No numbers until they are measured.
+    bail!("bench: not implemented yet (issue 8)")
+}
