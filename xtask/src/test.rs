@@ -7,8 +7,18 @@ use anyhow::{Result, bail};
 
 use crate::{cmd, setup};
 
-/// The crates whose unit tests need neither root nor a kernel.
-const UNIT_TESTS: [&str; 7] = ["test", "-p", "tracer-common", "-p", "tracer", "-p", "xtask"];
+/// The crates whose unit tests need neither root nor a kernel; every test
+/// binary runs even if an earlier one fails.
+const UNIT_TESTS: [&str; 8] = [
+    "test",
+    "--no-fail-fast",
+    "-p",
+    "tracer-common",
+    "-p",
+    "tracer",
+    "-p",
+    "xtask",
+];
 
 /// Runs every step; fails if any failed, or if the privileged tests did not
 /// all run and pass.
@@ -21,10 +31,12 @@ pub fn run() -> Result<()> {
     let steps: [(&str, &mut dyn FnMut() -> Result<()>); 6] = [
         ("fmt", &mut || cargo(&["fmt", "--all", "--", "--check"])),
         // tracer-ebpf is a member: on the host it compiles as an empty
-        // binary, so clippy sees the whole workspace.
+        // binary, so clippy sees the whole workspace. --keep-going: every
+        // crate's lints in one log, not only the first failing crate's.
         ("clippy", &mut || {
             cargo(&[
                 "clippy",
+                "--keep-going",
                 "--workspace",
                 "--all-targets",
                 "--",
