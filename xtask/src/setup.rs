@@ -146,7 +146,10 @@ fn nightly() -> Result<State> {
         return Ok(State::Ok(cmd::first_line(&out.stdout)));
     }
     let mut install = Command::new("rustup");
-    install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+    // Setup installs a toolchain; updating rustup itself is not its call.
+    install
+        .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+        .arg("--no-self-update");
     Ok(State::Fix("missing".into(), vec![install]))
 }
 
