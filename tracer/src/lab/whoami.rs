@@ -26,6 +26,8 @@ use std::{
 
 /// The process name (`comm`) of the daemon.
 pub const COMM: &str = "podtrace-whoami";
+/// The same, for prctl(PR_SET_NAME) (at most 15 bytes).
+const COMM_C: &std::ffi::CStr = c"podtrace-whoami";
 
 /// One listening socket and the name it answers with.
 pub struct Endpoint {
@@ -113,6 +115,9 @@ pub fn spawn(endpoints: Vec<Endpoint>, home: &File, watch: &Path, log: &Path) ->
         // SAFETY: setsid/fork/write/_exit are async-signal-safe.
         unsafe {
             libc::setsid();
+            // Named before the daemon exists, so that it has its name from
+            // its first instant: `down` and `up` recognise it by name.
+            libc::prctl(libc::PR_SET_NAME, COMM_C.as_ptr());
             let daemon = libc::fork();
             if daemon == 0 {
                 child.serve();
@@ -189,7 +194,6 @@ impl Child {
             if libc::setns(self.home, libc::CLONE_NEWNET) != 0 {
                 libc::_exit(1);
             }
-            libc::prctl(libc::PR_SET_NAME, c"podtrace-whoami".as_ptr());
             // Handlers inherited from the parent (tokio's) would swallow
             // SIGTERM; the daemon must die of it.
             for sig in 1..32 {
@@ -339,6 +343,12 @@ impl Line {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_name_fits_comm() {
+        assert_eq!(COMM_C.to_str().unwrap(), COMM);
+        assert!(COMM.len() <= 15);
+    }
 
     #[test]
     fn lines_format_and_parse() {
