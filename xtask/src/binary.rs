@@ -17,7 +17,11 @@ pub fn build(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     let mut exe = None;
-    let status = cmd::stream(&mut c, |line| exe = executable(line).or(exe.take()))?;
+    let status = cmd::stream(&mut c, |line| {
+        if let Some(path) = executable(line) {
+            exe = Some(path);
+        }
+    })?;
     if !status.success() {
         bail!("building podtrace failed ({status})");
     }

@@ -21,20 +21,28 @@ pub struct Namespaces(Vec<String>);
 impl Namespaces {
     /// `ip netns add name`, remembered for deletion.
     pub fn add(&mut self, name: &str) -> Result<()> {
-        cmd::run(Command::new("ip").args(["netns", "add", name]))?;
+        // Remembered first: a Ctrl-C right after `ip` made it must not leak it.
         self.0.push(name.to_owned());
-        Ok(())
+        cmd::run(Command::new("ip").args(["netns", "add", name]))
     }
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        // Deleting a namespace also deletes the veth ends inside it.
+        // Deleting a namespace also deletes the veth ends inside it. Not
+        // through `cmd::run`: after Ctrl-C that reports every step as
+        // interrupted, and this must run and be quiet all the same.
         for name in self.0.iter().rev() {
+            if !Path::new("/run/netns").join(name).exists() {
+                continue;
+            }
             let mut del = Command::new("ip");
             del.args(["netns", "del", name]);
-            if let Err(e) = cmd::run(&mut del) {
-                eprintln!("warning: {e:#}");
+            println!("$ {}", cmd::render(&del));
+            match del.status() {
+                Ok(status) if status.success() => {}
+                Ok(status) => eprintln!("warning: `ip netns del {name}` failed ({status})"),
+                Err(e) => eprintln!("warning: cannot run `ip netns del {name}`: {e}"),
             }
         }
     }
