@@ -6,15 +6,17 @@
 //! `$KUBECONFIG`, the in-cluster service account, the kubelet's kubeconfig),
 //! or the lab inventory (the same JSON, written by `podtrace lab up`).
 //! Resolution ([`PodSet::resolve`], [`PodSet::by_ip`]) is pure; the sources
-//! are the edges.
+//! and [`pod_netns`] are the edges.
 
 mod api;
 mod error;
+mod locate;
 mod model;
 mod podlist;
 mod source;
 
 pub use error::{Known, ResolveError, SourceError};
+pub use locate::{NETNS_DIRS, pod_netns, pod_netns_in, pod_veth};
 pub use model::{Pod, PodSet, Resolved, Source};
 pub use podlist::parse as parse_pod_list;
 pub use source::{
