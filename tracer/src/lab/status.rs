@@ -2,7 +2,7 @@
 //! glance. Rendering is pure (inventory in, text out); only [`run`] looks
 //! at the system.
 
-use std::{path::Path, process::ExitCode};
+use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use super::{
     INVENTORY_PATH, LabError,
@@ -191,7 +191,7 @@ fn table(rows: &[Vec<String>]) -> String {
     for r in rows {
         let mut line = String::new();
         for (cell, width) in r.iter().zip(&widths) {
-            line.push_str(&format!("{cell:<width$}  "));
+            let _ = write!(line, "{cell:<width$}  ");
         }
         out.push_str(line.trim_end());
         out.push('\n');
