@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod lab;
 pub mod netns;
 pub mod output;
+pub mod ping;
 pub mod pods;
 pub mod probe;
 pub mod session;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracer::{capture, lab};
+use tracer::{capture, lab, ping};
 
 /// podtrace traces packets through Kubernetes pod networking (AWS VPC CNI):
 /// pod veths, ENIs (ens5, ens6, ...), SNAT and DNAT, with eBPF programs at TC
@@ -26,6 +26,11 @@ enum Command {
     /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
     /// path made of network namespaces on this host.
     Lab(lab::LabArgs),
+    /// Send probes from one pod to another (or to any IP) and show the path
+    /// each took: hops with times, the ENI used, SNAT/DNAT rewrites, and
+    /// where a lost probe was last seen. Exit 0 replies received, 1 no
+    /// reply, 2 usage or resolution error.
+    Ping(ping::PingArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Capture(args) => runtime().and_then(|rt| rt.block_on(capture::run(args))),
         Command::Lab(args) => runtime().and_then(|rt| rt.block_on(lab::run(args))),
+        Command::Ping(args) => runtime().and_then(|rt| rt.block_on(ping::run(args))),
     };
     match result {
         Ok(code) => code,

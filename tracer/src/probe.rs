@@ -66,19 +66,34 @@ pub struct ProbeResult {
     pub ident: u16,
 }
 
+/// Bytes of probe payload (tag, sequence number, run id, padding).
+pub const PAYLOAD_LEN: usize = 32;
+
 /// Bytes of payload after the tag: sequence number and an id of this run,
 /// so two podtrace runs never mistake each other's probes.
-fn payload(seq: u16, run: u32) -> [u8; 32] {
-    let mut p = [0u8; 32];
+fn payload(seq: u16, run: u32) -> [u8; PAYLOAD_LEN] {
+    let mut p = [0u8; PAYLOAD_LEN];
     p[..8].copy_from_slice(&PROBE_MAGIC);
     p[8..10].copy_from_slice(&seq.to_be_bytes());
     p[10..14].copy_from_slice(&run.to_be_bytes());
     p
 }
 
+/// What [`crate::decode::Packet::payload_hash`] is for probe `seq` of run
+/// `run`: it picks one probe's packets at every hop, whatever NAT did.
+pub fn payload_hash(seq: u16, run: u32) -> u64 {
+    crate::decode::fnv1a(&payload(seq, run))
+}
+
+/// Initial sequence number of TCP probe `seq`: the SYN carries it, the
+/// SYN-ACK or RST acknowledges it (+ payload + 1), NAT changes neither.
+pub fn tcp_isn(seq: u16, run: u32) -> u32 {
+    run.wrapping_add(u32::from(seq) << 16)
+}
+
 /// Builds an ICMP echo request with the probe payload.
 pub fn icmp_echo(id: u16, seq: u16, run: u32) -> Vec<u8> {
-    let mut buf = vec![0u8; 8 + 32];
+    let mut buf = vec![0u8; 8 + PAYLOAD_LEN];
     let mut pkt = MutableEchoRequestPacket::new(&mut buf).expect("buffer fits");
     pkt.set_icmp_type(IcmpTypes::EchoRequest);
     pkt.set_identifier(id);
@@ -99,11 +114,11 @@ pub fn tcp_syn(
     seq: u16,
     run: u32,
 ) -> Vec<u8> {
-    let mut buf = vec![0u8; 20 + 32];
+    let mut buf = vec![0u8; 20 + PAYLOAD_LEN];
     let mut pkt = MutableTcpPacket::new(&mut buf).expect("buffer fits");
     pkt.set_source(sport);
     pkt.set_destination(dport);
-    pkt.set_sequence(run.wrapping_add(u32::from(seq) << 16));
+    pkt.set_sequence(tcp_isn(seq, run));
     pkt.set_data_offset(5);
     pkt.set_flags(TcpFlags::SYN);
     pkt.set_window(64240);

@@ -1,0 +1,170 @@
+//! `podtrace ping` on the lab: real probes, real hooks on both nodes.
+
+use podtrace_tests::{LabGuard, netns_exec, process::podtrace_bin};
+use serde_json::Value;
+
+/// Runs `podtrace ping <args> --json`; returns the exit code and document.
+fn ping(args: &[&str]) -> (i32, Value, String) {
+    let out = std::process::Command::new(podtrace_bin())
+        .arg("ping")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run podtrace ping");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let doc = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), doc, stderr)
+}
+
+fn hops(doc: &Value, seq: usize) -> Vec<String> {
+    doc["probes"][seq]["hops"]
+        .as_array()
+        .expect("hops")
+        .iter()
+        .map(|h| {
+            format!(
+                "{} {} {}",
+                h["node"].as_str().unwrap(),
+                h["iface"].as_str().unwrap(),
+                h["dir"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The four hops of a request from `src` (on node-a) to `dst` (on node-b)
+/// leaving through `eni`, then the reply's four hops in reverse.
+fn expected(lab: &LabGuard, src: &str, dst: &str, eni: &str) -> Vec<String> {
+    let (s, d) = (lab.pod(src), lab.pod(dst));
+    let back = &lab.pod(dst).eni;
+    vec![
+        format!("node-a {} ingress", s.host_veth),
+        format!("node-a {eni} egress"),
+        format!("node-b {} ingress", d.eni),
+        format!("node-b {} egress", d.host_veth),
+        format!("node-b {} ingress", d.host_veth),
+        format!("node-b {back} egress"),
+        format!("node-a {eni} ingress"),
+        format!("node-a {} egress", s.host_veth),
+    ]
+}
+
+#[test]
+fn lab_paths_and_bad_input() {
+    let lab = LabGuard::up();
+    let (p1, p2, p3) = (lab.pod("pod-1"), lab.pod("pod-2"), lab.pod("pod-3"));
+    assert_eq!((p1.node.as_str(), p1.eni.as_str()), ("node-a", "ens5"));
+    assert_eq!((p2.node.as_str(), p2.eni.as_str()), ("node-a", "ens6"));
+    assert_eq!(p3.node, "node-b");
+
+    // ens5 pod on node-a -> pod on node-b: direct, out of ens5.
+    let (code, doc, err) = ping(&["pod-1", "pod-3", "-c", "2"]);
+    assert_eq!(code, 0, "{err}\n{doc:#}");
+    assert_eq!(doc["summary"]["path"], "direct", "{doc:#}");
+    assert_eq!(doc["summary"]["egress_eni"], "ens5");
+    assert_eq!(doc["summary"]["snat_to"], Value::Null);
+    assert_eq!(doc["src"]["pod"], "pod-1");
+    assert_eq!(doc["dst"]["ip"], p3.ip.to_string());
+    assert_eq!(
+        hops(&doc, 0),
+        expected(&lab, "pod-1", "pod-3", "ens5"),
+        "{doc:#}"
+    );
+    assert!(doc["probes"][0]["rtt_us"].as_f64().is_some_and(|r| r > 0.0));
+    let h0 = &doc["probes"][0]["hops"][1];
+    assert_eq!(
+        (h0["role"].as_str(), h0["eni_index"].as_u64()),
+        (Some("eni"), Some(0))
+    );
+    assert_eq!(h0["src"], p1.ip.to_string());
+
+    // ens6 pod on node-a -> pod on node-b: out of ens6 (policy table 2).
+    let (code, doc, err) = ping(&["default/pod-2", &p3.ip.to_string(), "-c", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(doc["summary"]["egress_eni"], "ens6", "{doc:#}");
+    assert_eq!(doc["summary"]["path"], "direct");
+    let first = &hops(&doc, 0)[..4];
+    assert_eq!(first, &expected(&lab, "pod-2", "pod-3", "ens6")[..4]);
+
+    // pod -> internet host by IP: SNAT to node-a's ens5 primary IP.
+    let inet = lab.plan().internet.ip.to_string();
+    let ens5_primary = lab.node("node-a").enis[0].primary_ip.to_string();
+    let (code, doc, err) = ping(&["pod-2", &inet, "-c", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(doc["summary"]["path"], "snat", "{doc:#}");
+    assert_eq!(doc["summary"]["snat_to"], ens5_primary.as_str());
+    assert_eq!(
+        doc["summary"]["egress_eni"], "ens5",
+        "internet-bound traffic of an ens6 pod leaves by ens5"
+    );
+    let nat = doc["probes"][0]["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|h| h["nat"].as_object().cloned())
+        .expect("a hop with a rewrite");
+    assert_eq!(
+        (nat["kind"].as_str(), nat["from"].as_str()),
+        (Some("snat"), Some(p2.ip.to_string().as_str()))
+    );
+
+    // A DROP on node-b: no reply, lost after node-b's ENI ingress.
+    let rule = [
+        "-I",
+        "FORWARD",
+        "-d",
+        &p3.ip.to_string(),
+        "-p",
+        "icmp",
+        "-j",
+        "DROP",
+    ];
+    netns_exec("node-b", &[&["iptables"], &rule[..]].concat());
+    let (code, doc, err) = ping(&["pod-1", "pod-3", "-c", "1", "-W", "500ms"]);
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    assert_eq!(doc["probes"][0]["rtt_us"], Value::Null);
+    assert_eq!(
+        doc["summary"]["lost_at"], "request last seen at node-b ens5 ingress",
+        "{doc:#}"
+    );
+
+    // Bad input: one clear line, exit 2, nothing attached.
+    for (args, needle) in [
+        (vec!["pod-9", "pod-3"], "pod \"pod-9\" not found"),
+        (
+            vec!["pod-3", "pod-1", "--netns", "node-a"],
+            "not a pod on a traced node",
+        ),
+        (vec!["pod-1", "nosuchpod"], "not found"),
+        (
+            vec!["pod-1", "pod-3", "--netns", "node-c"],
+            "netns \"node-c\" does not exist",
+        ),
+    ] {
+        let (code, _, err) = ping(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.starts_with("podtrace: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(
+            tracer::kernel::podtrace_links().is_empty(),
+            "{args:?} left programs attached"
+        );
+    }
+}
+
+#[test]
+fn not_root_is_one_line() {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(podtrace_bin())
+        .args(["ping", "pod-1", "pod-3"])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs CAP_BPF and CAP_NET_ADMIN"), "{err}");
+}

@@ -1,0 +1,341 @@
+//! `podtrace ping SRC DST`: send tagged probes from inside SRC's netns and
+//! tell, per probe, which hooks saw it, with which addresses and rewrites.
+
+pub mod report;
+pub mod text;
+
+use std::{
+    net::{Ipv4Addr, ToSocketAddrs as _},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::json;
+use tracer_common::{Config, mode};
+
+use self::report::{Endpoint, ProbeView, probe_view, summarize};
+use crate::{
+    cli::{WhereArgs, parse_duration},
+    decode::{L4, Packet},
+    kernel::{KernelError, LoadOptions},
+    netns::Netns,
+    pods::{self, PodSet, PodSourceArgs, Resolved},
+    probe::{self, ProbeProto, ProbeResult, ProbeSpec},
+    session::Session,
+    signals::Stop,
+};
+
+/// `podtrace ping` flags.
+#[derive(Args, Debug)]
+pub struct PingArgs {
+    /// Source: a pod on a traced node (name or namespace/name) or its IP.
+    /// The probes are sent from inside its network namespace.
+    pub src: String,
+    /// Destination: a pod (name or namespace/name), an IP, or a hostname.
+    pub dst: String,
+    /// Number of probes.
+    #[arg(short = 'c', long = "count", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub count: u16,
+    /// Time between probes (e.g. 200ms, 1s).
+    #[arg(short = 'i', long = "interval", default_value = "200ms", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// How long to wait for each reply.
+    #[arg(short = 'W', long = "timeout", default_value = "1s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Probe protocol.
+    #[arg(long, value_enum, default_value_t = ProbeProto::Icmp)]
+    pub proto: ProbeProto,
+    /// Destination port for --proto tcp|udp.
+    #[arg(long, default_value_t = 80)]
+    pub port: u16,
+    /// Print one JSON document (the contract scripts depend on) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub place: WhereArgs,
+    #[command(flatten)]
+    pub pods: PodSourceArgs,
+}
+
+/// A usage or resolution problem: exit code 2, one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs `podtrace ping`.
+pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(KernelError::NotPermitted.into());
+    }
+    let mut pods = pods::load(&args.pods).await?;
+    let note = pods.take_note();
+    let src = pods.resolve(&args.src)?;
+    let src_ip = src.ip();
+    let src_end = endpoint_of(&src);
+    let dst = resolve_dst(&pods, &args.dst)?;
+    let dst_ip = dst.0;
+    let dst_end = dst.1;
+
+    let place = traced_namespaces(&args.place, &pods);
+    let nodes: Vec<Arc<Netns>> = place
+        .netns
+        .iter()
+        .map(|n| Netns::open(n).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let src_netns = find_pod_netns(&nodes, src_ip).await?;
+    if let Some(n) = note
+        && !args.json
+    {
+        eprintln!("podtrace: {n}");
+    }
+
+    let mut config = Config::DEFAULT;
+    config.mode = mode::FLOWS;
+    match args.proto {
+        // Echo replies carry the probe's payload, so they are tagged too.
+        ProbeProto::Icmp => config.probes_only = 1,
+        // SYN-ACK/RST and UDP answers are untagged: report this port's packets.
+        ProbeProto::Tcp | ProbeProto::Udp => {
+            config.mode = mode::PACKETS;
+            config.proto = u32::from(if args.proto == ProbeProto::Tcp {
+                6u8
+            } else {
+                17
+            });
+            config.port = u32::from(args.port);
+        }
+    }
+    let opts = LoadOptions {
+        config,
+        ..LoadOptions::default()
+    };
+    let mut stop = Stop::install()?;
+    let mut session = Session::start(&place, &opts).await?;
+    session.topology.name_pods(|ip| pods.name_of(ip));
+
+    let run_id = run_id();
+    let spec = ProbeSpec {
+        proto: args.proto,
+        src: src_ip,
+        dst: dst_ip,
+        port: args.port,
+        count: args.count,
+        interval: args.interval,
+        timeout: args.timeout,
+    };
+    if !args.json {
+        print!("{}", text::heading(&src_end, &dst_end, &proto_label(&args)));
+        println!();
+    }
+    let mut results = probe::spawn(
+        Arc::new(Netns::open(src_netns.to_str().context("netns path")?)?),
+        spec.clone(),
+        run_id,
+    )?;
+    let mut packets: Vec<Packet> = Vec::new();
+    let mut views: Vec<ProbeView> = Vec::new();
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            () = stop.wait() => { interrupted = true; break; }
+            res = session.next(|p, _, _| if packets.len() < 100_000 { packets.push(*p) }, |_| {}) => res?,
+            r = results.recv() => {
+                let Some(r) = r else { break };
+                let r = r.context("sending probes")?;
+                // Let the last hooks' records arrive (the drain timer is 20 ms).
+                let settle = tokio::time::Instant::now() + Duration::from_millis(60);
+                while tokio::time::Instant::now() < settle {
+                    tokio::select! {
+                        res = session.next(|p, _, _| if packets.len() < 100_000 { packets.push(*p) }, |_| {}) => res?,
+                        () = tokio::time::sleep_until(settle) => {}
+                    }
+                }
+                let view = build_view(&r, &spec, run_id, &packets, &session);
+                if !args.json {
+                    print!("{}", text::probe(&view, views.last()));
+                }
+                views.push(view);
+            }
+        }
+    }
+    let summary = summarize(&views);
+    if args.json {
+        let doc = json!({
+            "src": src_end,
+            "dst": dst_end,
+            "probes": views,
+            "summary": summary,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!();
+        print!(
+            "{}",
+            text::summary(
+                &summary,
+                &views,
+                src_end
+                    .node
+                    .as_deref()
+                    .or_else(|| nodes.first().map(|n| n.name.as_str()))
+            )
+        );
+    }
+    drop(session);
+    if interrupted && views.is_empty() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(if views.iter().any(|v| v.rtt_us.is_some()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn proto_label(args: &PingArgs) -> String {
+    match args.proto {
+        ProbeProto::Icmp => "icmp".into(),
+        ProbeProto::Tcp => format!("tcp port {}", args.port),
+        ProbeProto::Udp => format!("udp port {}", args.port),
+    }
+}
+
+fn endpoint_of(r: &Resolved<'_>) -> Endpoint {
+    match r.pod() {
+        Some(p) => Endpoint {
+            pod: Some(p.name.clone()),
+            namespace: Some(p.namespace.clone()),
+            ip: Some(r.ip().to_string()),
+            node: p.node.clone(),
+        },
+        None => Endpoint {
+            ip: Some(r.ip().to_string()),
+            ..Endpoint::default()
+        },
+    }
+}
+
+/// DST: a pod, an IP, or (when it looks like one: it has a dot) a hostname.
+fn resolve_dst(pods: &PodSet, spec: &str) -> anyhow::Result<(Ipv4Addr, Endpoint)> {
+    match pods.resolve(spec) {
+        Ok(r) => Ok((r.ip(), endpoint_of(&r))),
+        Err(e) if spec.contains('.') && !spec.contains('/') => {
+            let ip = (spec, 0)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| {
+                    a.find_map(|a| match a.ip() {
+                        std::net::IpAddr::V4(v4) => Some(v4),
+                        std::net::IpAddr::V6(_) => None,
+                    })
+                })
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "\"{spec}\" is not a pod, an IP, or a hostname that resolves ({e})"
+                    ))
+                })?;
+            Ok((
+                ip,
+                Endpoint {
+                    ip: Some(ip.to_string()),
+                    ..Endpoint::default()
+                },
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The namespaces to trace: `--netns` as given; with the lab up and none
+/// given, both lab nodes (the whole round trip); else this namespace.
+fn traced_namespaces(place: &WhereArgs, pods: &PodSet) -> WhereArgs {
+    if !place.netns.is_empty() || !matches!(pods.source(), pods::Source::Lab) {
+        return place.clone();
+    }
+    let mut nodes: Vec<String> = pods.pods().iter().filter_map(|p| p.node.clone()).collect();
+    nodes.sort();
+    nodes.dedup();
+    WhereArgs {
+        netns: nodes,
+        iface: place.iface.clone(),
+    }
+}
+
+async fn find_pod_netns(nodes: &[Arc<Netns>], ip: Ipv4Addr) -> anyhow::Result<std::path::PathBuf> {
+    let mut last = None;
+    for node in nodes {
+        match pods::pod_netns(node, ip).await {
+            Ok(path) => return Ok(path),
+            Err(e) => last = Some(e),
+        }
+    }
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    Err(UsageError(format!(
+        "{ip} is not a pod on a traced node ({}){}",
+        names.join(", "),
+        last.map(|e| format!(": {e}")).unwrap_or_default()
+    ))
+    .into())
+}
+
+/// A number that tells this run's probes from any other podtrace's.
+fn run_id() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.subsec_nanos() ^ std::process::id().rotate_left(16)
+}
+
+/// Picks the request's and the reply's packets of one probe.
+fn build_view(
+    r: &ProbeResult,
+    spec: &ProbeSpec,
+    run: u32,
+    packets: &[Packet],
+    session: &Session,
+) -> ProbeView {
+    let tag = probe::payload_hash(r.seq, run);
+    let (mut request, mut reply) = (Vec::new(), Vec::new());
+    for p in packets {
+        match (spec.proto, p.l4) {
+            (ProbeProto::Icmp, L4::Icmp { ty, seq, .. })
+                if p.probe && p.payload_hash == tag && seq == r.seq =>
+            {
+                if ty == 8 {
+                    request.push(*p);
+                } else if ty == 0 {
+                    reply.push(*p);
+                }
+            }
+            (ProbeProto::Tcp, L4::Tcp { seq, ack, .. }) => {
+                let isn = probe::tcp_isn(r.seq, run);
+                if p.probe && seq == isn {
+                    request.push(*p);
+                } else if ack == isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1) {
+                    reply.push(*p);
+                }
+            }
+            (ProbeProto::Udp, L4::Udp { .. }) if p.probe && p.payload_hash == tag => {
+                request.push(*p)
+            }
+            (ProbeProto::Udp, L4::Udp { sport, .. }) if sport == spec.port => reply.push(*p),
+            (ProbeProto::Udp, L4::Icmp { ty: 3, .. }) => reply.push(*p),
+            _ => {}
+        }
+    }
+    // UDP answers carry no tag: keep those close to this probe's request.
+    if spec.proto == ProbeProto::Udp
+        && let Some(t0) = request.iter().map(|p| p.ts_ns).min()
+    {
+        let window = u64::try_from(spec.timeout.as_nanos()).unwrap_or(u64::MAX);
+        reply.retain(|p| p.ts_ns >= t0 && p.ts_ns - t0 <= window);
+    }
+    #[expect(clippy::cast_precision_loss, reason = "microseconds for display")]
+    let rtt = r.rtt.map(|d| d.as_nanos() as f64 / 1000.0);
+    let mut v = probe_view(r.seq, rtt, &request, &reply, &session.topology);
+    v.reply.clone_from(&r.reply);
+    v
+}

@@ -1,0 +1,430 @@
+//! What one probe did, from the packets the hooks reported: ordered hops
+//! with the addresses seen at each, rewrites, and a one-line summary. Pure:
+//! fed with decoded packets and the topology, no I/O, no clock.
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+use tracer_common::Direction;
+
+use crate::{
+    decode::{L3, L4, Packet},
+    topology::{Role, Topology},
+};
+
+/// One end of the ping, as the JSON contract names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// Pod name, if a pod.
+    pub pod: Option<String>,
+    /// Pod namespace, if a pod.
+    pub namespace: Option<String>,
+    /// IPv4 address.
+    pub ip: Option<String>,
+    /// Node the pod runs on.
+    pub node: Option<String>,
+}
+
+/// A rewrite seen at a hop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Nat {
+    /// `snat` or `dnat`.
+    pub kind: &'static str,
+    /// Address (and port/id) before.
+    pub from: String,
+    /// Address (and port/id) after.
+    pub to: String,
+}
+
+/// Which way a hop's packet was going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Leg {
+    /// The probe on its way to DST.
+    Request,
+    /// The answer on its way back.
+    Reply,
+}
+
+/// One hook that saw the probe or its reply.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HopView {
+    /// Microseconds since the probe's first hop.
+    pub t_us: f64,
+    /// Node (netns) name.
+    pub node: String,
+    /// Interface name.
+    pub iface: String,
+    /// `pod`, `eni`, `host` or `other`.
+    pub role: &'static str,
+    /// ENI device index, for ENIs.
+    pub eni_index: Option<u32>,
+    /// `ingress` or `egress`.
+    pub dir: &'static str,
+    /// Source as seen here: `ip` or `ip:port`.
+    pub src: String,
+    /// Destination as seen here.
+    pub dst: String,
+    /// Rewrite that first appears at this hop.
+    pub nat: Option<Nat>,
+    /// Request or reply.
+    pub leg: Leg,
+    /// Human label of the role (`pod veth of pod-1`, `ENI 0 (primary)`).
+    #[serde(skip)]
+    pub role_label: String,
+    #[serde(skip)]
+    ts_ns: u64,
+}
+
+/// The whole story of one probe.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProbeView {
+    /// Sequence number.
+    pub seq: u16,
+    /// Round-trip time, if a reply came.
+    pub rtt_us: Option<f64>,
+    /// Hops of request then reply, in time order.
+    pub hops: Vec<HopView>,
+    /// What the reply was, as the sender saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+}
+
+/// The one-line verdict, per the JSON contract.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// `direct`, `snat`, `dnat`, `overlay` or `unknown`.
+    pub path: &'static str,
+    /// ENI the request left SRC's node through.
+    pub egress_eni: Option<String>,
+    /// Address the source was rewritten to.
+    pub snat_to: Option<String>,
+    /// Where a lost probe was last seen.
+    pub lost_at: Option<String>,
+}
+
+fn endpoint(ip: Ipv4Addr, port: Option<u16>) -> String {
+    port.map_or_else(|| ip.to_string(), |p| format!("{ip}:{p}"))
+}
+
+/// Addresses of a packet as seen at its hop (ports for TCP/UDP only).
+fn seen(p: &Packet) -> Option<(String, String, Ipv4Addr, Ipv4Addr, Option<u16>, Option<u16>)> {
+    let L3::Ipv4 { src, dst, .. } = p.l3 else {
+        return None;
+    };
+    let (sp, dp) = match p.l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (Some(sport), Some(dport)),
+        _ => (None, None),
+    };
+    Some((endpoint(src, sp), endpoint(dst, dp), src, dst, sp, dp))
+}
+
+/// Builds the hop list of one probe from the packets of its request and of
+/// its reply (each in any order).
+pub fn probe_view(
+    seq: u16,
+    rtt_us: Option<f64>,
+    request: &[Packet],
+    reply: &[Packet],
+    topo: &Topology,
+) -> ProbeView {
+    let mut hops = Vec::new();
+    for (leg, pkts) in [(Leg::Request, request), (Leg::Reply, reply)] {
+        let mut sorted: Vec<&Packet> = pkts.iter().collect();
+        sorted.sort_by_key(|p| p.ts_ns);
+        let mut prev: Option<(Ipv4Addr, Ipv4Addr, Option<u16>, Option<u16>, Option<u16>)> = None;
+        for p in sorted {
+            let Some((src_s, dst_s, src, dst, sp, dp)) = seen(p) else {
+                continue;
+            };
+            let icmp_id = match p.l4 {
+                L4::Icmp { id, .. } => Some(id),
+                _ => None,
+            };
+            let nat = prev.and_then(|(ps, pd, psp, pdp, pid)| {
+                let id_note = |from: Option<u16>, to: Option<u16>| match (from, to) {
+                    (Some(a), Some(b)) if a != b => format!(" (icmp id {a} -> {b})"),
+                    _ => String::new(),
+                };
+                if ps != src || psp != sp {
+                    Some(Nat {
+                        kind: "snat",
+                        from: endpoint(ps, psp),
+                        to: format!("{}{}", endpoint(src, sp), id_note(pid, icmp_id)),
+                    })
+                } else if pd != dst || pdp != dp {
+                    Some(Nat {
+                        kind: "dnat",
+                        from: endpoint(pd, pdp),
+                        to: endpoint(dst, dp),
+                    })
+                } else {
+                    None
+                }
+            });
+            prev = Some((src, dst, sp, dp, icmp_id));
+            let iface = topo.get(&p.hook);
+            let (role, eni_index) = match iface.map(|i| &i.role) {
+                Some(Role::PodVeth { .. } | Role::PodEth0) => ("pod", None),
+                Some(Role::Eni { index, .. }) => ("eni", *index),
+                Some(Role::Other) => ("host", None),
+                None => ("other", None),
+            };
+            hops.push(HopView {
+                t_us: 0.0,
+                node: iface.map_or_else(|| "?".into(), |i| i.node.clone()),
+                iface: iface.map_or_else(|| format!("if{}", p.hook.ifindex), |i| i.name.clone()),
+                role,
+                eni_index,
+                dir: match p.hook.dir {
+                    Direction::Ingress => "ingress",
+                    Direction::Egress => "egress",
+                },
+                src: src_s,
+                dst: dst_s,
+                nat,
+                leg,
+                role_label: iface.map_or_else(|| "unknown".into(), |i| i.role.to_string()),
+                ts_ns: p.ts_ns,
+            });
+        }
+    }
+    hops.sort_by_key(|h| h.ts_ns);
+    if let Some(t0) = hops.first().map(|h| h.ts_ns) {
+        for h in &mut hops {
+            #[expect(clippy::cast_precision_loss, reason = "microseconds for display")]
+            let us = (h.ts_ns - t0) as f64 / 1000.0;
+            h.t_us = us;
+        }
+    }
+    ProbeView {
+        seq,
+        rtt_us,
+        hops,
+        reply: None,
+    }
+}
+
+/// The summary over all probes.
+pub fn summarize(probes: &[ProbeView]) -> Summary {
+    let all = || probes.iter().flat_map(|p| p.hops.iter());
+    let request = || all().filter(|h| h.leg == Leg::Request);
+    let first_node = request().next().map(|h| h.node.clone());
+    let egress_eni = request()
+        .find(|h| h.role == "eni" && h.dir == "egress" && Some(&h.node) == first_node.as_ref())
+        .map(|h| h.iface.clone());
+    let snat = request().find_map(|h| h.nat.as_ref().filter(|n| n.kind == "snat").map(|n| (h, n)));
+    let dnat = request().find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"));
+    let path = if snat.is_some() {
+        "snat"
+    } else if dnat.is_some() {
+        "dnat"
+    } else if all().next().is_some() {
+        "direct"
+    } else {
+        "unknown"
+    };
+    let snat_to = snat.map(|(_, n)| n.to.split([':', ' ']).next().unwrap_or(&n.to).to_owned());
+    let lost_at = probes.iter().find(|p| p.rtt_us.is_none()).and_then(|p| {
+        let last = p.hops.last()?;
+        let leg = match last.leg {
+            Leg::Request => "request",
+            Leg::Reply => "reply",
+        };
+        Some(format!(
+            "{leg} last seen at {} {} {}",
+            last.node, last.iface, last.dir
+        ))
+    });
+    let lost_at = lost_at.or_else(|| {
+        probes
+            .iter()
+            .any(|p| p.rtt_us.is_none() && p.hops.is_empty())
+            .then(|| "request never seen by any hook".into())
+    });
+    Summary {
+        path,
+        egress_eni,
+        snat_to,
+        lost_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        decode::{HookId, decode_frame},
+        topology::Iface,
+    };
+
+    const NODE_A: u64 = 10;
+    const NODE_B: u64 = 20;
+
+    fn topo() -> Topology {
+        let mut t = Topology::default();
+        let add = |t: &mut Topology, c, node: &str, name: &str, ifindex, role| {
+            t.insert(
+                c,
+                Iface {
+                    node: node.into(),
+                    name: name.into(),
+                    ifindex,
+                    role,
+                },
+            );
+        };
+        let pod = |ip: [u8; 4], n: &str| Role::PodVeth {
+            pod_ip: Some(ip.into()),
+            pod: Some(format!("default/{n}")),
+        };
+        add(
+            &mut t,
+            NODE_A,
+            "node-a",
+            "eni1",
+            5,
+            pod([192, 168, 1, 21], "pod-1"),
+        );
+        add(
+            &mut t,
+            NODE_A,
+            "node-a",
+            "ens5",
+            2,
+            Role::Eni {
+                index: Some(0),
+                addrs: vec![[192, 168, 1, 5].into()],
+            },
+        );
+        // Node B reuses ifindex 5 and 2: only the netns cookie tells them apart.
+        add(
+            &mut t,
+            NODE_B,
+            "node-b",
+            "ens5",
+            2,
+            Role::Eni {
+                index: Some(0),
+                addrs: vec![[192, 168, 2, 5].into()],
+            },
+        );
+        add(
+            &mut t,
+            NODE_B,
+            "node-b",
+            "eni3",
+            5,
+            pod([192, 168, 2, 21], "pod-3"),
+        );
+        t
+    }
+
+    fn icmp(
+        cookie: u64,
+        ifindex: u32,
+        dir: Direction,
+        ts: u64,
+        src: [u8; 4],
+        dst: [u8; 4],
+        ty: u8,
+        id: u16,
+    ) -> Packet {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28 + 32, 0, 7, 0, 0, 64, 1, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&[ty, 0, 0, 0]);
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&1u16.to_be_bytes());
+        f.extend_from_slice(&tracer_common::PROBE_MAGIC);
+        let mut p = decode_frame(&f);
+        p.ts_ns = ts;
+        p.hook = HookId {
+            netns_cookie: cookie,
+            ifindex,
+            dir,
+        };
+        p
+    }
+
+    #[test]
+    fn direct_across_nodes() {
+        use Direction::{Egress, Ingress};
+        let (a, b) = ([192, 168, 1, 21], [192, 168, 2, 21]);
+        let req = [
+            icmp(NODE_B, 2, Ingress, 3_000, a, b, 8, 9),
+            icmp(NODE_A, 5, Ingress, 1_000, a, b, 8, 9),
+            icmp(NODE_A, 2, Egress, 2_000, a, b, 8, 9),
+            icmp(NODE_B, 5, Egress, 4_000, a, b, 8, 9),
+        ];
+        let rep = [
+            icmp(NODE_B, 5, Ingress, 5_000, b, a, 0, 9),
+            icmp(NODE_A, 5, Egress, 8_000, b, a, 0, 9),
+        ];
+        let v = probe_view(1, Some(7.0), &req, &rep, &topo());
+        let order: Vec<String> = v
+            .hops
+            .iter()
+            .map(|h| format!("{} {} {}", h.node, h.iface, h.dir))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "node-a eni1 ingress",
+                "node-a ens5 egress",
+                "node-b ens5 ingress",
+                "node-b eni3 egress",
+                "node-b eni3 ingress",
+                "node-a eni1 egress"
+            ]
+        );
+        assert!((v.hops[1].t_us - 1.0).abs() < 1e-9);
+        assert!(v.hops.iter().all(|h| h.nat.is_none()));
+        let s = summarize(&[v]);
+        assert_eq!(
+            (s.path, s.egress_eni.as_deref(), s.lost_at),
+            ("direct", Some("ens5"), None)
+        );
+    }
+
+    #[test]
+    fn snat_with_rewritten_icmp_id() {
+        use Direction::{Egress, Ingress};
+        let (pod, node, inet) = ([192, 168, 1, 21], [192, 168, 1, 5], [203, 0, 113, 10]);
+        let req = [
+            icmp(NODE_A, 5, Ingress, 1_000, pod, inet, 8, 4711),
+            icmp(NODE_A, 2, Egress, 2_000, node, inet, 8, 20946),
+        ];
+        let v = probe_view(1, Some(3.0), &req, &[], &topo());
+        let nat = v.hops[1].nat.clone().expect("snat at ens5 egress");
+        assert_eq!((nat.kind, nat.from.as_str()), ("snat", "192.168.1.21"));
+        assert!(nat.to.contains("4711 -> 20946"), "{nat:?}");
+        let s = summarize(&[v]);
+        assert_eq!(
+            (s.path, s.snat_to.as_deref()),
+            ("snat", Some("192.168.1.5"))
+        );
+    }
+
+    #[test]
+    fn lost_names_the_last_hop() {
+        use Direction::{Egress, Ingress};
+        let (a, b) = ([192, 168, 1, 21], [192, 168, 2, 21]);
+        let req = [
+            icmp(NODE_A, 5, Ingress, 1_000, a, b, 8, 9),
+            icmp(NODE_A, 2, Egress, 2_000, a, b, 8, 9),
+            icmp(NODE_B, 2, Ingress, 3_000, a, b, 8, 9),
+        ];
+        let s = summarize(&[probe_view(1, None, &req, &[], &topo())]);
+        assert_eq!(
+            s.lost_at.as_deref(),
+            Some("request last seen at node-b ens5 ingress")
+        );
+        let none = summarize(&[probe_view(1, None, &[], &[], &topo())]);
+        assert_eq!(
+            (none.path, none.lost_at.as_deref()),
+            ("unknown", Some("request never seen by any hook"))
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! `podtrace ping` as text a network engineer reads at a glance.
+
+use std::fmt::Write as _;
+
+use super::report::{Endpoint, HopView, Leg, ProbeView, Summary};
+
+/// `default/pod-1 (192.168.1.21, node-a)`, or just the IP.
+pub fn endpoint(e: &Endpoint) -> String {
+    let ip = e.ip.as_deref().unwrap_or("?");
+    match (&e.pod, &e.namespace, &e.node) {
+        (Some(p), Some(ns), Some(n)) => format!("{ns}/{p} ({ip}, {n})"),
+        (Some(p), Some(ns), None) => format!("{ns}/{p} ({ip})"),
+        _ => ip.to_owned(),
+    }
+}
+
+/// The heading line.
+pub fn heading(src: &Endpoint, dst: &Endpoint, proto: &str) -> String {
+    format!("PING {} -> {}  {proto}\n", endpoint(src), endpoint(dst))
+}
+
+fn hop_line(out: &mut String, h: &HopView, widths: (usize, usize, usize)) {
+    let _ = writeln!(
+        out,
+        "   +{:.3} ms  {:<w0$}  {:<w1$}  {:<7}  {:<w2$}  {} > {}",
+        h.t_us / 1000.0,
+        h.node,
+        h.iface,
+        h.dir,
+        h.role_label,
+        h.src,
+        h.dst,
+        w0 = widths.0,
+        w1 = widths.1,
+        w2 = widths.2,
+    );
+    if let Some(nat) = &h.nat {
+        // On the way back, conntrack undoes the request's rewrite.
+        let what = match (h.leg, nat.kind) {
+            (Leg::Reply, "dnat") => "un-SNAT (conntrack)",
+            (Leg::Reply, "snat") => "un-DNAT (conntrack)",
+            (_, kind) => {
+                if kind == "snat" {
+                    "SNAT"
+                } else {
+                    "DNAT"
+                }
+            }
+        };
+        let _ = writeln!(out, "              ^ {what}  {} -> {}", nat.from, nat.to);
+    }
+}
+
+/// The block of one probe. `same_as` is the previous probe's path, to say
+/// "(same path)" instead of repeating identical hops.
+pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
+    let mut out = String::new();
+    match p.rtt_us {
+        Some(rtt) => {
+            let _ = write!(out, "seq={}  rtt {:.2} ms", p.seq, rtt / 1000.0);
+        }
+        None => {
+            let _ = write!(out, "seq={}  no reply", p.seq);
+        }
+    }
+    if let Some(r) = &p.reply {
+        let _ = write!(out, "  ({r})");
+    }
+    if previous.is_some_and(|q| same_path(p, q)) && !p.hops.is_empty() {
+        out.push_str("  (same path)\n");
+        return out;
+    }
+    out.push('\n');
+    let w = |f: fn(&HopView) -> usize| p.hops.iter().map(f).max().unwrap_or(0);
+    let widths = (
+        w(|h| h.node.len()),
+        w(|h| h.iface.len()),
+        w(|h| h.role_label.len()),
+    );
+    let requests: Vec<&HopView> = p.hops.iter().filter(|h| h.leg == Leg::Request).collect();
+    for h in &requests {
+        hop_line(&mut out, h, widths);
+    }
+    let replies: Vec<&HopView> = p.hops.iter().filter(|h| h.leg == Leg::Reply).collect();
+    if !replies.is_empty() {
+        let _ = writeln!(out, "   reply:");
+        for h in replies {
+            hop_line(&mut out, h, widths);
+        }
+    }
+    if p.rtt_us.is_none() {
+        match requests.last() {
+            Some(last) => {
+                let _ = writeln!(
+                    out,
+                    "   x request not seen after {} {} {}",
+                    last.node, last.iface, last.dir
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "   x no hook saw the request (is SRC on a traced node?)"
+                );
+            }
+        }
+    }
+    out
+}
+
+fn same_path(a: &ProbeView, b: &ProbeView) -> bool {
+    let key = |p: &ProbeView| -> Vec<(String, String, &'static str, String, String)> {
+        p.hops
+            .iter()
+            .map(|h| {
+                (
+                    h.node.clone(),
+                    h.iface.clone(),
+                    h.dir,
+                    h.src.clone(),
+                    h.dst.clone(),
+                )
+            })
+            .collect()
+    };
+    a.rtt_us.is_some() == b.rtt_us.is_some() && key(a) == key(b)
+}
+
+/// The summary block: verdict in words, then loss and rtt like ping(8).
+pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>) -> String {
+    let mut out = String::from("--- summary ---\n");
+    let node = src_node.unwrap_or("the source node");
+    let eni = s
+        .egress_eni
+        .as_ref()
+        .map_or_else(String::new, |e| format!("; leaves {node} via {e}"));
+    let verdict = match s.path {
+        "direct" => format!("direct pod-to-pod: no NAT, no encapsulation{eni}"),
+        "snat" => {
+            let at = probes
+                .iter()
+                .flat_map(|p| &p.hops)
+                .find(|h| h.nat.as_ref().is_some_and(|n| n.kind == "snat"))
+                .map(|h| format!(" at {} {} {}", h.node, h.iface, h.dir))
+                .unwrap_or_default();
+            format!(
+                "SNAT {} -> {}{at}; the pod IP never leaves the node",
+                probes
+                    .iter()
+                    .flat_map(|p| &p.hops)
+                    .find_map(|h| h.nat.as_ref())
+                    .map_or("?", |n| n.from.as_str()),
+                s.snat_to.as_deref().unwrap_or("?")
+            )
+        }
+        "dnat" => {
+            let n = probes
+                .iter()
+                .flat_map(|p| &p.hops)
+                .find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"));
+            format!(
+                "DNAT {} -> {}{eni}",
+                n.map_or("?", |n| n.from.as_str()),
+                n.map_or("?", |n| n.to.as_str())
+            )
+        }
+        _ => "path unknown: no hook saw the probes".to_owned(),
+    };
+    let _ = writeln!(out, "{verdict}");
+    if let Some(lost) = &s.lost_at {
+        let _ = writeln!(out, "no reply: {lost}");
+    }
+    let sent = probes.len();
+    let rtts: Vec<f64> = probes.iter().filter_map(|p| p.rtt_us).collect();
+    let received = rtts.len();
+    #[expect(clippy::cast_precision_loss, reason = "percentages for display")]
+    let loss = if sent == 0 {
+        0.0
+    } else {
+        100.0 * (sent - received) as f64 / sent as f64
+    };
+    let _ = write!(out, "{sent} sent, {received} received, {loss:.0}% loss");
+    if !rtts.is_empty() {
+        let min = rtts.iter().copied().fold(f64::INFINITY, f64::min) / 1000.0;
+        let max = rtts.iter().copied().fold(0.0, f64::max) / 1000.0;
+        #[expect(clippy::cast_precision_loss, reason = "average for display")]
+        let avg = rtts.iter().sum::<f64>() / rtts.len() as f64 / 1000.0;
+        let _ = write!(out, ", rtt min/avg/max {min:.2}/{avg:.2}/{max:.2} ms");
+    }
+    out.push('\n');
+    out
+}
