@@ -1,0 +1,177 @@
+//! The terminal edge: raw mode and the alternate screen, restored on every
+//! way out (normal exit, error, panic: a panic hook restores first); a
+//! painter thread that writes frames, so that a slow terminal (ssh, a
+//! paused tmux) never stalls the event loop; a reader thread that turns
+//! key presses and resizes into a channel.
+
+use std::{
+    io::{self, Stdout},
+    sync::{
+        Arc, Once,
+        atomic::{AtomicBool, Ordering},
+        mpsc as std_mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use ratatui::{
+    Terminal,
+    backend::CrosstermBackend,
+    buffer::Buffer,
+    crossterm::{
+        cursor, event, execute,
+        terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
+    },
+};
+use tokio::sync::mpsc;
+
+/// True while the terminal is in raw mode on the alternate screen.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Leaves raw mode and the alternate screen, shows the cursor. Safe to
+/// call more than once and from a panic hook: only the first call acts.
+pub fn restore() {
+    if ACTIVE.swap(false, Ordering::SeqCst) {
+        let _ = terminal::disable_raw_mode();
+        let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+    }
+}
+
+fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // The message must land on the normal screen, readable.
+            restore();
+            previous(info);
+        }));
+    });
+}
+
+/// The terminal while `watch` runs. Dropping it restores the terminal.
+pub struct Screen {
+    frames: Option<std_mpsc::SyncSender<Buffer>>,
+    painter: Option<JoinHandle<io::Result<()>>>,
+    stop_reader: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    /// Key presses, resizes (and mouse events, unused) from the terminal.
+    pub events: mpsc::Receiver<event::Event>,
+}
+
+impl Screen {
+    /// Enters raw mode and the alternate screen, and starts the painter
+    /// and the key reader.
+    pub fn enter() -> io::Result<Self> {
+        install_panic_hook();
+        terminal::enable_raw_mode()?;
+        ACTIVE.store(true, Ordering::SeqCst);
+        let mut screen = Self {
+            frames: None,
+            painter: None,
+            stop_reader: Arc::new(AtomicBool::new(false)),
+            reader: None,
+            events: mpsc::channel(1).1,
+        };
+        // From here on, an error drops `screen`, which restores.
+        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+        let mut term = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+        term.clear()?;
+        // One frame in flight: if the terminal is slower than the tick,
+        // frames are skipped rather than queued.
+        let (tx, rx) = std_mpsc::sync_channel::<Buffer>(1);
+        screen.frames = Some(tx);
+        screen.painter = Some(
+            std::thread::Builder::new()
+                .name("watch-painter".into())
+                .spawn(move || paint(term, &rx))?,
+        );
+        let (etx, erx) = mpsc::channel(256);
+        screen.events = erx;
+        let stop = Arc::clone(&screen.stop_reader);
+        screen.reader = Some(
+            std::thread::Builder::new()
+                .name("watch-keys".into())
+                .spawn(move || read_events(&stop, &etx))?,
+        );
+        Ok(screen)
+    }
+
+    /// The terminal's size now (columns, rows).
+    pub fn size() -> io::Result<(u16, u16)> {
+        terminal::size()
+    }
+
+    /// Hands a finished frame to the painter; dropped if it is still busy
+    /// with the previous one. An error means the painter died.
+    pub fn show(&self, frame: Buffer) -> io::Result<()> {
+        match self.frames.as_ref().map(|f| f.try_send(frame)) {
+            Some(Ok(()) | Err(std_mpsc::TrySendError::Full(_))) => Ok(()),
+            _ => Err(io::Error::other("the terminal painter stopped")),
+        }
+    }
+
+    /// Stops both threads and restores the terminal; returns the
+    /// painter's error, if it had one.
+    pub fn leave(mut self) -> io::Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> io::Result<()> {
+        self.frames = None;
+        let painted = match self.painter.take().map(JoinHandle::join) {
+            Some(Ok(res)) => res,
+            Some(Err(_)) => Err(io::Error::other("the terminal painter panicked")),
+            None => Ok(()),
+        };
+        self.stop_reader.store(true, Ordering::SeqCst);
+        restore();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        painted
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn paint(
+    mut term: Terminal<CrosstermBackend<Stdout>>,
+    frames: &std_mpsc::Receiver<Buffer>,
+) -> io::Result<()> {
+    while let Ok(buf) = frames.recv() {
+        if !ACTIVE.load(Ordering::SeqCst) {
+            break;
+        }
+        term.draw(|f| {
+            // A frame made for the size before a resize is skipped; the
+            // next tick brings one of the right size.
+            if f.area() == buf.area {
+                *f.buffer_mut() = buf;
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn read_events(stop: &AtomicBool, tx: &mpsc::Sender<event::Event>) {
+    while !stop.load(Ordering::SeqCst) {
+        match event::poll(Duration::from_millis(50)) {
+            Ok(true) => match event::read() {
+                Ok(ev) => {
+                    if tx.blocking_send(ev).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            },
+            Ok(false) => {}
+            Err(_) => break,
+        }
+    }
+}

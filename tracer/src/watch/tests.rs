@@ -1,0 +1,266 @@
+//! Snapshot tests of the main screens, drawn into ratatui's `TestBackend`
+//! from flows that synthetic packets made through the real engine.
+
+use ratatui::{Terminal, backend::TestBackend, buffer::Buffer, style::Color};
+
+use super::{
+    app::{App, Header, Pane},
+    row::Column,
+    synth::Lab,
+    ui,
+};
+use crate::cli::Mode;
+
+/// A lab with one flow of each kind, on a screen state at 2 s after the
+/// last packet.
+fn four_flows() -> (Lab, App) {
+    let mut lab = Lab::new(2, 1000);
+    let mut app = App::new();
+    lab.fill(4, |u| app.apply(u));
+    app.now_ns = lab.now_ns() + 2_000_000_000;
+    app.header = Header {
+        hooks: vec![("node-a".into(), 4), ("node-b".into(), 4)],
+        events_per_s: 1234.0,
+        events: 32,
+        lost: 0,
+        evicted: 0,
+        expired: 0,
+        mode: Some(Mode::Flows),
+        kernel_filter: "none".into(),
+    };
+    (lab, app)
+}
+
+fn render(app: &mut App, lab: &Lab, w: u16, h: u16) -> Vec<String> {
+    if let Some(id) = app.detail_id() {
+        app.set_detail(lab.engine.flow(id));
+    }
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| ui::draw(f, app)).unwrap();
+    lines(t.backend().buffer())
+}
+
+/// The buffer's rows as text, trailing spaces trimmed.
+fn lines(b: &Buffer) -> Vec<String> {
+    (0..b.area.height)
+        .map(|y| {
+            let row: String = (0..b.area.width).map(|x| b[(x, y)].symbol()).collect();
+            row.trim_end().to_owned()
+        })
+        .collect()
+}
+
+fn assert_lines(got: &[String], want: &[&str]) {
+    let got: Vec<&str> = got.iter().map(String::as_str).collect();
+    assert_eq!(got, want, "\n{}", got.join("\n"));
+}
+
+#[test]
+fn table() {
+    let (lab, mut app) = four_flows();
+    let got = render(&mut app, &lab, 150, 12);
+    assert_lines(
+        &got,
+        &[
+            " podtrace watch  |  mode flows  |  kernel filter: none  |  hooks: node-a 4, node-b 4",
+            " 1.2k events/s  32 events  0 lost  |  flows 4 tracked, 0 evicted, 0 idle",
+            "  SOURCE      DESTINATION  PROTO/PORTS  PATH                  ENI  REWRITE                                                PKTS     BYTES    RATE LAST▼",
+            "> pod-a1      pod-b0       tcp 1025>80  direct,asymmetric-eni ens6                                                           2     196 B       -    2s",
+            "  pod-a0      pod-b1       udp 1025>53  dnat                  ens6 DNAT 10.100.0.10>192.168.32.21                            2     196 B       -    2s",
+            "  pod-a1      203.0.113.10 icmp id 1024 snat                  ens5 SNAT 192.168.16.21>192.168.16.5                           2     196 B       -    2s",
+            "  pod-a0      pod-b1       tcp 1024>80  direct                ens5                                                           2     196 B       -    2s",
+            "",
+            "",
+            "",
+            "",
+            " 4/4 flows  sort: last seen ▼  | q quit  ↑↓ move  Enter details  / filter  s sort  space pause  ? help",
+        ],
+    );
+}
+
+#[test]
+fn table_narrow_keeps_the_path_and_eni() {
+    let (lab, mut app) = four_flows();
+    let got = render(&mut app, &lab, 80, 12);
+    assert_lines(
+        &got,
+        &[
+            " podtrace watch  |  mode flows  |  kernel filter: none  |  hooks: node-a 4, node",
+            " 1.2k events/s  32 events  0 lost  |  flows 4 tracked, 0 evicted, 0 idle",
+            "  SOURCE      DESTINATION  PROTO/PORTS  PATH                ENI      PKTS LAST▼",
+            "> pod-a1      pod-b0       tcp 1025>80  direct,asymmetric-e ens6        2    2s",
+            "  pod-a0      pod-b1       udp 1025>53  dnat                ens6        2    2s",
+            "  pod-a1      203.0.113.10 icmp id 1024 snat                ens5        2    2s",
+            "  pod-a0      pod-b1       tcp 1024>80  direct              ens5        2    2s",
+            "",
+            "",
+            "",
+            "",
+            " 4/4 flows  sort: last seen ▼  | q quit  ↑↓ move  Enter details  / filter  s sor",
+        ],
+    );
+}
+
+#[test]
+fn detail() {
+    let (lab, mut app) = four_flows();
+    app.pane = Pane::Detail;
+    // The SNAT flow: second by the oldest-first tie break.
+    app.move_by(1);
+    let got = render(&mut app, &lab, 150, 30);
+    assert_lines(
+        &got,
+        &[
+            " podtrace watch  |  mode flows  |  kernel filter: none  |  hooks: node-a 4, node-b 4",
+            " 1.2k events/s  32 events  0 lost  |  flows 4 tracked, 0 evicted, 0 idle",
+            "  SOURCE      DESTINATION  PROTO/PORTS  PATH                  ENI  REWRITE                                                PKTS     BYTES    RATE LAST▼",
+            "  pod-a1      pod-b0       tcp 1025>80  direct,asymmetric-eni ens6                                                           2     196 B       -    2s",
+            "> pod-a0      pod-b1       udp 1025>53  dnat                  ens6 DNAT 10.100.0.10>192.168.32.21                            2     196 B       -    2s",
+            "  pod-a1      203.0.113.10 icmp id 1024 snat                  ens5 SNAT 192.168.16.21>192.168.16.5                           2     196 B       -    2s",
+            "  pod-a0      pod-b1       tcp 1024>80  direct                ens5                                                           2     196 B       -    2s",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            " flow 3 ──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────",
+            " udp 1025>53  pod-a0 192.168.16.20:1025 (node-a) -> 10.100.0.10:53 => pod-b1 192.168.32.21:5353 (node-b)  [dnat]",
+            " ENI out node-a ens6 (ENI 1), in node-a ens6 (ENI 1)   request 1 pkts 98 B, reply 1 pkts 98 B",
+            " request: latest packet, 4 hops in 0.021 ms",
+            "    +0.000 ms  node-a  eni10000000000  ingress  pod veth of pod-a0  192.168.16.20.1025 > 10.100.0.10.53",
+            "    +0.007 ms  node-a  ens6            egress   ENI 1               192.168.16.20.1025 > 192.168.32.21.5353",
+            "               ^ DNAT 10.100.0.10:53 -> 192.168.32.21:5353",
+            "    +0.007 ms  node-b  ens5            ingress  ENI 0 (primary)     192.168.16.20.1025 > 192.168.32.21.5353",
+            "    +0.007 ms  node-b  eni20000000001  egress   pod veth of pod-b1  192.168.16.20.1025 > 192.168.32.21.5353",
+            " reply: latest packet, 4 hops in 0.021 ms",
+            "    +0.000 ms  node-b  eni20000000001  ingress  pod veth of pod-b1  192.168.32.21.5353 > 192.168.16.20.1025",
+            "    +0.007 ms  node-b  ens5            egress   ENI 0 (primary)     192.168.32.21.5353 > 192.168.16.20.1025",
+            "    +0.007 ms  node-a  ens6            ingress  ENI 1               192.168.32.21.5353 > 192.168.16.20.1025",
+            "    +0.007 ms  node-a  eni10000000000  egress   pod veth of pod-a0  10.100.0.10.53 > 192.168.16.20.1025",
+            "               ^ DNAT (reverse) 192.168.32.21:5353 -> 10.100.0.10:53",
+            "",
+            " 4/4 flows  sort: last seen ▼  | q quit  ↑↓ move  Enter details  / filter  s sort  space pause  ? help",
+        ],
+    );
+}
+
+#[test]
+fn help() {
+    let (lab, mut app) = four_flows();
+    app.help = true;
+    let got = render(&mut app, &lab, 80, 20);
+    assert_lines(
+        &got,
+        &[
+            " podtrace watch  |  mode flows  |  kernel filter: none  |  hooks: node-a 4, node",
+            " 1.2k events/s  32 events  0 lost  |  flows 4 tracked, 0 evicted, 0 idle",
+            "  SOURCE      DESTINATION  PROTO/PORTS  PATH                ENI      PKTS LAST▼",
+            "> pod-┌ podtrace watch: keys ────────────────────────────────────────────┐   2s",
+            "  pod-│ ↑ ↓  j k       move the selection                                │   2s",
+            "  pod-│ PgUp PgDn      move by 10 rows                                   │   2s",
+            "  pod-│ g G  Home End  first / last row                                  │   2s",
+            "      │ Enter          open / close the selected flow's path             │",
+            "      │ Esc            close the path, or clear the filter               │",
+            "      │ /              filter: pod, IP, port, label, ENI (words AND)     │",
+            "      │ s  S           sort by the next / previous column                │",
+            "      │ r              reverse the sort                                  │",
+            "      │ space          pause / resume the table                          │",
+            "      │ ?              this help (any key closes it)                     │",
+            "      │ q  Ctrl-C      quit (everything is detached)                     │",
+            "      │                                                                  │",
+            "      │ Labels: direct (no NAT), snat, dnat, asymmetric-eni, incomplete  │",
+            "      └──────────────────────────────────────────────────────────────────┘",
+            "",
+            " 4/4 flows  sort: last seen ▼  | q quit  ↑↓ move  Enter details  / filter  s sor",
+        ],
+    );
+}
+
+#[test]
+fn too_small() {
+    let (lab, mut app) = four_flows();
+    let got = render(&mut app, &lab, 50, 10);
+    assert_lines(
+        &got,
+        &[
+            "",
+            "",
+            "",
+            "        podtrace watch: terminal too small",
+            "            50x10, needs at least 60x12",
+            "          enlarge it, or press q to quit",
+            "",
+            "",
+            "",
+            "",
+        ],
+    );
+}
+
+#[test]
+fn rewrites_are_highlighted() {
+    let (lab, mut app) = four_flows();
+    app.pane = Pane::Detail;
+    app.move_by(1);
+    if let Some(id) = app.detail_id() {
+        app.set_detail(lab.engine.flow(id));
+    }
+    let mut t = Terminal::new(TestBackend::new(150, 30)).unwrap();
+    t.draw(|f| ui::draw(f, &mut app)).unwrap();
+    let b = t.backend().buffer();
+    let rows = lines(b);
+    let y = rows
+        .iter()
+        .position(|l| l.contains("node-a  ens6            egress"))
+        .expect("the DNAT hop");
+    let at = |s: &str| {
+        let x = rows[y].find(s).expect("address on the hop line");
+        b[(u16::try_from(x).unwrap(), u16::try_from(y).unwrap())].fg
+    };
+    assert_eq!(
+        at("192.168.32.21.5353"),
+        Color::Yellow,
+        "rewritten destination"
+    );
+    assert_eq!(at("192.168.16.20.1025"), Color::Reset, "unchanged source");
+}
+
+#[test]
+fn filter_sort_selection_and_pause() {
+    let (mut lab, mut app) = four_flows();
+    let shown = |app: &mut App, filter: &str| {
+        app.filter = filter.into();
+        app.invalidate();
+        app.refresh();
+        app.shown()
+    };
+    assert_eq!(shown(&mut app, "snat"), 1, "by label");
+    assert_eq!(
+        shown(&mut app, "pod-a0 53"),
+        1,
+        "by pod and port, words AND"
+    );
+    assert_eq!(shown(&mut app, "203.0.113.10"), 1, "by IP");
+    assert_eq!(shown(&mut app, "ens5"), 2, "by ENI");
+    assert_eq!(shown(&mut app, "nothing-like-this"), 0);
+    assert_eq!(shown(&mut app, ""), 4);
+
+    app.move_by(2);
+    let picked = app.selected();
+    app.sort = Column::Src;
+    app.descending = false;
+    app.invalidate();
+    app.refresh();
+    let srcs: Vec<&str> = app.visible(0, 10).map(|r| r.src.as_str()).collect();
+    assert_eq!(srcs, ["pod-a0", "pod-a0", "pod-a1", "pod-a1"]);
+    assert_eq!(app.selected(), picked, "the selection follows its flow");
+
+    app.toggle_pause();
+    lab.fill(1, |u| app.apply(u));
+    app.refresh();
+    assert_eq!(app.len(), 4, "held while paused");
+    app.toggle_pause();
+    app.refresh();
+    assert_eq!(app.len(), 5, "applied on resume");
+}
