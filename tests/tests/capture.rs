@@ -1,5 +1,9 @@
 //! `podtrace capture` and the kernel side under it: real programs, real
 //! namespaces, real ICMP/TCP/UDP.
+#![expect(
+    clippy::await_holding_lock,
+    reason = "serial() guards a whole test; each runs on its own current-thread runtime"
+)]
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -348,7 +352,11 @@ async fn flows_mode_reports_flow_starts_and_counts_everything() {
     let mut config = Config::DEFAULT;
     config.mode = tracer_common::mode::FLOWS;
     config.flow_first_n = 2;
-    let mut kernel = Kernel::load(&LoadOptions { config, ..LoadOptions::default() }).unwrap();
+    let mut kernel = Kernel::load(&LoadOptions {
+        config,
+        ..LoadOptions::default()
+    })
+    .unwrap();
     kernel.attach(&ns, "va").unwrap();
     let mut reader = EventReader::new();
     for r in kernel.take_new_rings() {
@@ -364,13 +372,27 @@ async fn flows_mode_reports_flow_starts_and_counts_everything() {
     assert_eq!(got, 100);
     let mut events = Vec::new();
     reader.drain_now(|r| events.push(r.unwrap().0));
-    let udp: Vec<_> = events.iter().filter(|p| matches!(p.l4, L4::Udp { dport: 5001, .. })).collect();
+    let udp: Vec<_> = events
+        .iter()
+        .filter(|p| matches!(p.l4, L4::Udp { dport: 5001, .. }))
+        .collect();
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     // First packets per flow per hook, counted per CPU: at least 2, at most
     // 2 for each CPU the sender ran on; never the whole flow.
-    assert!(udp.len() >= 2 && udp.len() <= 2 * cpus, "{} events", udp.len());
-    assert!(udp.iter().all(|p| p.reason & tracer_common::reason::FLOW_START != 0));
+    assert!(
+        udp.len() >= 2 && udp.len() <= 2 * cpus,
+        "{} events",
+        udp.len()
+    );
+    assert!(
+        udp.iter()
+            .all(|p| p.reason & tracer_common::reason::FLOW_START != 0)
+    );
     let flows = kernel.flow_stats().unwrap();
-    let total: u64 = flows.iter().filter(|(k, _)| k.dport == 5001).map(|(_, s)| s.packets).sum();
+    let total: u64 = flows
+        .iter()
+        .filter(|(k, _)| k.dport == 5001)
+        .map(|(_, s)| s.packets)
+        .sum();
     assert_eq!(total, 100, "counters stay exact when events are not sent");
 }

@@ -273,7 +273,7 @@ impl Default for Config {
 
 const _: () = {
     assert!(core::mem::size_of::<PacketEvent>() == 48 + MAX_SNAPLEN);
-    assert!(core::mem::size_of::<PacketEvent>() % 8 == 0);
+    assert!(core::mem::size_of::<PacketEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<HookKey>() == 16);
     assert!(core::mem::size_of::<HookStats>() == 32);
     assert!(core::mem::size_of::<FlowKey>() == 32);

@@ -122,7 +122,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     if printed < limit {
         session.drain(|p, frame, topo| emit(p, frame, topo, &mut printed));
     }
-    drop(emit);
+    // `emit` borrows write_err and pcap: its last use ends those borrows.
     if let Some(e) = write_err.into_inner() {
         // A closed pipe (`| head`) is a normal way to stop.
         if !e.chain().any(|c| {

@@ -399,6 +399,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Links in the whole kernel whose program is one of podtrace's, as
+/// `(link id, program name)`: the kernel's own listing, so it also sees
+/// what another podtrace process (or a crashed one) left attached.
+pub fn podtrace_links() -> Vec<(u32, String)> {
+    let progs: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_owned())))
+        .filter(|(_, name)| name.starts_with("podtrace"))
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter_map(|l| Some((l.id(), progs.get(&l.program_id())?.clone())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,19 +443,4 @@ mod tests {
             (3, 260, 40, 90, 0x12)
         );
     }
-}
-
-/// Links in the whole kernel whose program is one of podtrace's, as
-/// `(link id, program name)`: the kernel's own listing, so it also sees
-/// what another podtrace process (or a crashed one) left attached.
-pub fn podtrace_links() -> Vec<(u32, String)> {
-    let progs: BTreeMap<u32, String> = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_owned())))
-        .filter(|(_, name)| name.starts_with("podtrace"))
-        .collect();
-    aya::programs::loaded_links()
-        .filter_map(Result::ok)
-        .filter_map(|l| Some((l.id(), progs.get(&l.program_id())?.clone())))
-        .collect()
 }

@@ -108,15 +108,58 @@ fn endpoint(ip: Ipv4Addr, port: Option<u16>) -> String {
 }
 
 /// Addresses of a packet as seen at its hop (ports for TCP/UDP only).
-fn seen(p: &Packet) -> Option<(String, String, Ipv4Addr, Ipv4Addr, Option<u16>, Option<u16>)> {
-    let L3::Ipv4 { src, dst, .. } = p.l3 else {
-        return None;
-    };
-    let (sp, dp) = match p.l4 {
-        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (Some(sport), Some(dport)),
-        _ => (None, None),
-    };
-    Some((endpoint(src, sp), endpoint(dst, dp), src, dst, sp, dp))
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: Option<u16>,
+    dport: Option<u16>,
+    icmp_id: Option<u16>,
+}
+
+impl Seen {
+    fn of(p: &Packet) -> Option<Self> {
+        let L3::Ipv4 { src, dst, .. } = p.l3 else {
+            return None;
+        };
+        let (sport, dport, icmp_id) = match p.l4 {
+            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => {
+                (Some(sport), Some(dport), None)
+            }
+            L4::Icmp { id, .. } => (None, None, Some(id)),
+            L4::None => (None, None, None),
+        };
+        Some(Self {
+            src,
+            dst,
+            sport,
+            dport,
+            icmp_id,
+        })
+    }
+
+    /// The rewrite between the previous hop's view and this one, if any.
+    fn rewrite_from(&self, prev: &Self) -> Option<Nat> {
+        let id_note = match (prev.icmp_id, self.icmp_id) {
+            (Some(a), Some(b)) if a != b => format!(" (icmp id {a} -> {b})"),
+            _ => String::new(),
+        };
+        if prev.src != self.src || prev.sport != self.sport {
+            Some(Nat {
+                kind: "snat",
+                from: endpoint(prev.src, prev.sport),
+                to: format!("{}{id_note}", endpoint(self.src, self.sport)),
+            })
+        } else if prev.dst != self.dst || prev.dport != self.dport {
+            Some(Nat {
+                kind: "dnat",
+                from: endpoint(prev.dst, prev.dport),
+                to: endpoint(self.dst, self.dport),
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// Builds the hop list of one probe from the packets of its request and of
@@ -132,37 +175,13 @@ pub fn probe_view(
     for (leg, pkts) in [(Leg::Request, request), (Leg::Reply, reply)] {
         let mut sorted: Vec<&Packet> = pkts.iter().collect();
         sorted.sort_by_key(|p| p.ts_ns);
-        let mut prev: Option<(Ipv4Addr, Ipv4Addr, Option<u16>, Option<u16>, Option<u16>)> = None;
+        let mut prev: Option<Seen> = None;
         for p in sorted {
-            let Some((src_s, dst_s, src, dst, sp, dp)) = seen(p) else {
+            let Some(seen) = Seen::of(p) else {
                 continue;
             };
-            let icmp_id = match p.l4 {
-                L4::Icmp { id, .. } => Some(id),
-                _ => None,
-            };
-            let nat = prev.and_then(|(ps, pd, psp, pdp, pid)| {
-                let id_note = |from: Option<u16>, to: Option<u16>| match (from, to) {
-                    (Some(a), Some(b)) if a != b => format!(" (icmp id {a} -> {b})"),
-                    _ => String::new(),
-                };
-                if ps != src || psp != sp {
-                    Some(Nat {
-                        kind: "snat",
-                        from: endpoint(ps, psp),
-                        to: format!("{}{}", endpoint(src, sp), id_note(pid, icmp_id)),
-                    })
-                } else if pd != dst || pdp != dp {
-                    Some(Nat {
-                        kind: "dnat",
-                        from: endpoint(pd, pdp),
-                        to: endpoint(dst, dp),
-                    })
-                } else {
-                    None
-                }
-            });
-            prev = Some((src, dst, sp, dp, icmp_id));
+            let nat = prev.and_then(|prev| seen.rewrite_from(&prev));
+            prev = Some(seen);
             let iface = topo.get(&p.hook);
             let (role, eni_index) = match iface.map(|i| &i.role) {
                 Some(Role::PodVeth { .. } | Role::PodEth0) => ("pod", None),
@@ -180,8 +199,8 @@ pub fn probe_view(
                     Direction::Ingress => "ingress",
                     Direction::Egress => "egress",
                 },
-                src: src_s,
-                dst: dst_s,
+                src: endpoint(seen.src, seen.sport),
+                dst: endpoint(seen.dst, seen.dport),
                 nat,
                 leg,
                 role_label: iface.map_or_else(|| "unknown".into(), |i| i.role.to_string()),
@@ -320,6 +339,10 @@ mod tests {
         t
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one synthetic packet per line reads best"
+    )]
     fn icmp(
         cookie: u64,
         ifindex: u32,
