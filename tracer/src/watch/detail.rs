@@ -129,10 +129,9 @@ fn counters(s: &FlowSide) -> String {
 
 fn enis(f: &Flow) -> Line<'static> {
     let eni = |p: &Option<crate::correlate::Shared<Place>>| {
-        p.as_deref().map_or_else(
-            || "-".to_owned(),
-            |p| format!("{} {} ({})", p.node, p.iface, p.role),
-        )
+        // The role is on the hop lines already (`ENI 0 (primary)`).
+        p.as_deref()
+            .map_or_else(|| "-".to_owned(), |p| format!("{} {}", p.node, p.iface))
     };
     Line::from(format!(
         " ENI out {}, in {}   request {}, reply {}",

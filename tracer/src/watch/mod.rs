@@ -172,6 +172,7 @@ impl Edge<'_> {
                 () = self.stop.wait() => break,
                 Some(ev) = screen.events.recv() => match ev {
                     Event::Key(k) => {
+                        test_panic(&k);
                         keys::handle(app, k);
                         draw(&mut offscreen, app, self.engine, screen)?;
                     }
@@ -246,6 +247,18 @@ impl Edge<'_> {
                 engine.set_conntrack(id, e);
             }
         }
+    }
+}
+
+/// In debug builds only, with `PODTRACE_WATCH_TEST_PANIC` set, `!` panics:
+/// how the end-to-end test checks that a panic restores the terminal and
+/// detaches everything.
+fn test_panic(k: &ratatui::crossterm::event::KeyEvent) {
+    if cfg!(debug_assertions)
+        && k.code == ratatui::crossterm::event::KeyCode::Char('!')
+        && std::env::var_os("PODTRACE_WATCH_TEST_PANIC").is_some()
+    {
+        panic!("test panic requested with PODTRACE_WATCH_TEST_PANIC");
     }
 }
 

@@ -126,7 +126,7 @@ fn detail() {
             "",
             " flow 3 ──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────",
             " udp 1025>53  pod-a0 192.168.16.20:1025 (node-a) -> 10.100.0.10:53 => pod-b1 192.168.32.21:5353 (node-b)  [dnat]",
-            " ENI out node-a ens6 (ENI 1), in node-a ens6 (ENI 1)   request 1 pkts 98 B, reply 1 pkts 98 B",
+            " ENI out node-a ens6, in node-a ens6   request 1 pkts 98 B, reply 1 pkts 98 B",
             " request: latest packet, 4 hops in 0.021 ms",
             "    +0.000 ms  node-a  eni10000000000  ingress  pod veth of pod-a0  192.168.16.20.1025 > 10.100.0.10.53",
             "    +0.007 ms  node-a  ens6            egress   ENI 1               192.168.16.20.1025 > 192.168.32.21.5353",
