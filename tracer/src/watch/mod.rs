@@ -102,8 +102,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: args.report.ring_kib * 1024,
         ..LoadOptions::default()
     };
-    // Errors (privileges, a missing netns, a bad pods file) print as one
-    // line before the screen is taken over.
+    // Errors (no terminal, privileges, a missing netns, a bad pods file)
+    // print as one line before the screen is taken over.
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!(
+            "watch needs a terminal (stdout is not one); `podtrace trace` prints flows as text or JSON"
+        );
+    }
     let mut pods = pods::load(&args.pods).await?;
     let mut stop = Stop::install()?;
     let mut session = Session::start(&args.place, &opts).await?;
