@@ -9,7 +9,10 @@ use super::{
     synth::Lab,
     ui,
 };
-use crate::cli::Mode;
+use crate::{
+    cli::Mode,
+    correlate::{EndReason, Update},
+};
 
 /// A lab with one flow of each kind, on a screen state at 2 s after the
 /// last packet.
@@ -263,4 +266,34 @@ fn filter_sort_selection_and_pause() {
     app.toggle_pause();
     app.refresh();
     assert_eq!(app.len(), 5, "applied on resume");
+}
+
+#[test]
+fn rates_follow_counters_and_ended_flows_leave() {
+    let (lab, mut app) = four_flows();
+    app.refresh();
+    let rates = |app: &App| app.visible(0, 10).map(|r| r.rate).collect::<Vec<_>>();
+    app.sweep(2.0);
+    assert_eq!(rates(&app), [1.0; 4], "2 packets in 2 s");
+    app.sweep(1.0);
+    assert_eq!(rates(&app), [0.0; 4], "nothing since");
+
+    let first = app.selected().expect("a selection");
+    let gone = lab.engine.flow(first).expect("live").clone();
+    let ended = |app: &mut App| {
+        app.apply(Update::FlowEnded {
+            flow: &gone,
+            reason: EndReason::Idle,
+        });
+    };
+    app.toggle_pause();
+    ended(&mut app);
+    app.refresh();
+    assert_eq!(app.len(), 4, "held while paused");
+    app.toggle_pause();
+    app.refresh();
+    assert_eq!((app.len(), app.shown()), (3, 3));
+    assert_ne!(app.selected(), Some(first), "the selection moved on");
+    ended(&mut app);
+    assert_eq!(app.len(), 3, "ending twice is harmless");
 }
