@@ -239,3 +239,20 @@ async fn unreachable_and_broken_kubeconfigs() {
         .to_string();
     assert!(e.starts_with("kubeconfig /nonexistent/kubeconfig: "), "{e}");
 }
+
+#[tokio::test]
+async fn an_answer_that_is_no_pod_list() {
+    let server = ApiServer::start(|_| (200, "<html>proxy login</html>".to_owned()));
+    let kc = server.kubeconfig("kc-html");
+    let e = load_choice(Choice::Kubeconfig(kc.0.clone()), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "the Kubernetes API at {} sent a pod list podtrace cannot read: ",
+            server.url
+        )),
+        "{e}"
+    );
+}

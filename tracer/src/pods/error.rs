@@ -162,6 +162,14 @@ pub enum SourceError {
         /// The API's message.
         message: String,
     },
+    /// An answer that is not a pod list.
+    #[error("the Kubernetes API at {server} sent a pod list podtrace cannot read: {message}")]
+    BadAnswer {
+        /// API server URL.
+        server: String,
+        /// What is wrong, as one line.
+        message: String,
+    },
     /// No answer from the API server.
     #[error("cannot reach the Kubernetes API at {server} (from {via}): {cause}")]
     Unreachable {

@@ -1,4 +1,5 @@
-//! Pod lists as JSON: `kubectl get pods -A -o json` files and the lab
+//! Pod lists as JSON, the one format of all three sources: the API
+//! server's PodList pages, `kubectl get pods -A -o json` files, and the lab
 //! inventory (the same shape plus a `podtrace` key, ignored here).
 //!
 //! Only the fields podtrace uses are declared; everything else a real
@@ -18,6 +19,15 @@ use super::{
 struct PodList {
     #[serde(default)]
     items: Vec<Item>,
+    #[serde(default)]
+    metadata: ListMeta,
+}
+
+#[derive(Default, Deserialize)]
+struct ListMeta {
+    /// Set by the API server when more pages follow.
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -59,67 +69,46 @@ struct PodIp {
     ip: String,
 }
 
-/// The fields of one Pod that podtrace reads, as the API spells them: the
-/// common ground of the JSON files and kube-rs' typed Pods.
-pub(super) struct Fields<'a> {
-    pub name: &'a str,
-    pub namespace: Option<&'a str>,
-    pub node: Option<&'a str>,
-    pub host_network: bool,
-    pub phase: Option<&'a str>,
-    /// `status.podIP` then each `status.podIPs[].ip`.
-    pub pod_ips: Vec<&'a str>,
-    pub host_ip: Option<&'a str>,
-}
-
-impl Fields<'_> {
+impl Item {
     /// The one conversion into the model, whatever the source.
-    pub fn into_pod(self) -> Pod {
+    fn into_pod(self) -> Pod {
+        let Self {
+            metadata,
+            spec,
+            status,
+        } = self;
         // A terminated pod keeps its last podIP in status, but the CNI has
         // released the address and another pod may hold it now.
-        let terminated = matches!(self.phase, Some("Succeeded" | "Failed"));
+        let terminated = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
         // Dual-stack pods list an IPv6 address too; podtrace traces IPv4.
-        let ip = self
-            .pod_ips
+        let ip = status
+            .pod_ip
             .iter()
+            .chain(status.pod_ips.iter().map(|p| &p.ip))
             .find_map(|s| s.parse::<Ipv4Addr>().ok())
             .filter(|_| !terminated);
         Pod {
-            name: self.name.to_owned(),
-            namespace: self.namespace.unwrap_or("default").to_owned(),
+            name: metadata.name,
+            namespace: metadata.namespace.unwrap_or_else(|| "default".to_owned()),
             ip,
-            node: self.node.map(str::to_owned),
-            host_ip: self.host_ip.and_then(|s| s.parse().ok()),
-            host_network: self.host_network,
+            node: spec.node_name,
+            host_ip: status.host_ip.and_then(|s| s.parse().ok()),
+            host_network: spec.host_network,
         }
     }
 }
 
 /// Parses a pod list (`kind: List` or `PodList`; extra keys ignored).
 pub fn parse(json: &str) -> Result<Vec<Pod>, serde_json::Error> {
+    parse_page(json).map(|(pods, _)| pods)
+}
+
+/// Parses one page of the API's pod list: the pods, and the token for the
+/// next page when there is one.
+pub(super) fn parse_page(json: &str) -> Result<(Vec<Pod>, Option<String>), serde_json::Error> {
     let list: PodList = serde_json::from_str(json)?;
-    Ok(list
-        .items
-        .iter()
-        .map(|i| {
-            let s = &i.status;
-            Fields {
-                name: &i.metadata.name,
-                namespace: i.metadata.namespace.as_deref(),
-                node: i.spec.node_name.as_deref(),
-                host_network: i.spec.host_network,
-                phase: s.phase.as_deref(),
-                pod_ips: s
-                    .pod_ip
-                    .iter()
-                    .map(String::as_str)
-                    .chain(s.pod_ips.iter().map(|p| p.ip.as_str()))
-                    .collect(),
-                host_ip: s.host_ip.as_deref(),
-            }
-            .into_pod()
-        })
-        .collect())
+    let next = list.metadata.continue_token.filter(|t| !t.is_empty());
+    Ok((list.items.into_iter().map(Item::into_pod).collect(), next))
 }
 
 /// Reads a pod list file as `source` (a pods file or the lab inventory),
