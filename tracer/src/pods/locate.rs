@@ -52,23 +52,21 @@ pub async fn pod_netns_in(
     ip: Ipv4Addr,
     dirs: &[&Path],
 ) -> Result<PathBuf, ResolveError> {
-    let netlink = |what| {
-        move |e: &dyn std::fmt::Display| ResolveError::Netlink {
-            node: node.name.clone(),
-            what,
-            message: e.to_string(),
-        }
+    let netlink = |what, message| ResolveError::Netlink {
+        node: node.name.clone(),
+        what,
+        message,
     };
     let snap = discover::snapshot(node)
         .await
-        .map_err(|e| netlink("dump")(&format!("{e:#}")))?;
+        .map_err(|e| netlink("dump", format!("{e:#}")))?;
     let (veth, nsid) = pod_veth(&snap, ip, &node.name)?;
 
     // The socket must be made inside the node netns: nsids are relative to
     // the netns that asks.
     let (conn, handle, _) = node
         .run(rtnetlink::new_connection)?
-        .map_err(|e| netlink("socket")(&e))?;
+        .map_err(|e| netlink("socket", e.to_string()))?;
     let task = tokio::spawn(conn);
     let found = search(&handle, nsid, dirs).await;
     task.abort();
