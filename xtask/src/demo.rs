@@ -1,10 +1,10 @@
 //! `cargo xtask demo`: sets up, builds podtrace (release) and traces real
-//! packets, printing what podtrace saw. Each scenario is one function; when
-//! the lab and `podtrace ping` land, a `lab_ping` scenario (`podtrace lab up`
-//! then `podtrace ping pod-1 pod-3`) replaces `veth_ping` in [`run`].
+//! packets, printing what podtrace saw. One function per scenario:
+//! [`lab_ping`] (the default) and [`veth_ping`] (the smallest thing that
+//! shows real events, without the lab).
 //!
-//! Traffic stays inside namespaces the demo creates: no address in them
-//! routes out of the host namespace.
+//! Traffic stays inside namespaces the demo (or `podtrace lab up`) creates:
+//! nothing routes out of the host namespace.
 
 use std::{
     fs::{self, File},
@@ -15,12 +15,32 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
 
 use crate::{
-    binary, cmd,
+    binary, cmd, lab,
     scratch::{self, Background, Namespaces, TempDir},
     setup,
 };
+
+/// `cargo xtask demo` flags.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// What to show.
+    #[arg(long, value_enum, default_value_t = Scenario::Lab)]
+    scenario: Scenario,
+}
+
+/// The demo's scenarios.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Scenario {
+    /// `podtrace lab up`, then `podtrace ping pod-1 pod-3`: the path of a
+    /// pod-to-pod ping across two nodes, hop by hop.
+    Lab,
+    /// `podtrace capture` on a veth pair in two scratch namespaces while one
+    /// end pings the other.
+    Veth,
+}
 
 /// Address of the capturing end.
 const IP_A: &str = "10.99.0.1";
@@ -29,11 +49,25 @@ const IP_B: &str = "10.99.0.2";
 /// How long `podtrace capture` may take to attach.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sets up, builds, runs today's scenario.
-pub fn run() -> Result<()> {
+/// Sets up, builds, runs the chosen scenario.
+pub fn run(opts: &Options) -> Result<()> {
     setup::run(&setup::Options::default())?;
     let podtrace = binary::build(true)?;
-    veth_ping(&podtrace)
+    match opts.scenario {
+        Scenario::Lab => lab_ping(&podtrace),
+        Scenario::Veth => veth_ping(&podtrace),
+    }
+}
+
+/// The lab (two nodes, four pods, built from namespaces), then
+/// `podtrace ping pod-1 pod-3`; brings the lab down again if it built it.
+fn lab_ping(podtrace: &Path) -> Result<()> {
+    println!("\n== podtrace lab");
+    // Dropped last: the lab comes down before another user gets the lock.
+    let _lock = lab::Lock::acquire()?;
+    let _lab = lab::Lab::up(podtrace)?;
+    println!("\n== podtrace ping pod-1 pod-3 (node-a to node-b)");
+    cmd::run(Command::new(podtrace).args(["ping", "pod-1", "pod-3"]))
 }
 
 /// Two scratch namespaces joined by a veth pair; `podtrace capture` on one

@@ -6,6 +6,7 @@
 mod binary;
 mod cmd;
 mod demo;
+mod lab;
 mod scratch;
 mod setup;
 mod test;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 /// podtrace's developer tasks. Run as root on Debian with rustup.
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -38,9 +39,9 @@ enum Task {
     /// build and every privileged test; fails if any fails or if no
     /// privileged test ran.
     Test,
-    /// Set up, build (release) and trace the packets of a real ping in
-    /// scratch network namespaces.
-    Demo,
+    /// Set up, build (release) and trace real packets: by default the path
+    /// of a ping between two pods of the lab.
+    Demo(demo::Options),
     /// Benchmarks (not implemented yet).
     Bench,
 }
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
         Task::Setup(opts) => setup::run(&opts),
         Task::Build { release } => build(release),
         Task::Test => test::run(),
-        Task::Demo => demo::run(),
+        Task::Demo(opts) => demo::run(&opts),
         Task::Bench => bench(),
     };
     match result {
