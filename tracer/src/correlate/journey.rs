@@ -1,0 +1,253 @@
+//! Journeys: one packet recognised at several hooks by a fingerprint of
+//! what NAT and routing leave alone, and turned into hops and rewrites.
+
+use std::net::Ipv4Addr;
+
+use super::{
+    flow_model::FlowId,
+    journey_model::{Expected, IcmpInfo, Journey, NatKind, Rewrite, Side, TcpInfo},
+    model::{Dir, Hop, PlaceRole, Tuple},
+    pending::Pending,
+    places::Places,
+};
+use crate::decode::{L3, L4, Packet};
+
+/// Most hops one journey keeps (two nodes with pod `eth0`s hooked take 6).
+pub(crate) const MAX_HOPS: usize = 10;
+
+/// What identifies one packet at every hook: IP id, protocol, IP total
+/// length, TCP seq/ack/flags, ICMP type/code/echo seq, payload hash. Not
+/// the addresses, ports or ICMP echo id (NAT rewrites them, `--random-fully`
+/// included), nor the TTL (routing decrements it) or checksums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Fingerprint {
+    payload_hash: u64,
+    /// TCP seq, ICMP echo seq.
+    a: u32,
+    /// TCP ack.
+    b: u32,
+    ip_id: u16,
+    ip_len: u16,
+    proto: u8,
+    /// TCP flags, ICMP type.
+    c: u8,
+    /// ICMP code.
+    d: u8,
+}
+
+/// What the engine keeps of a packet at one hook.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RawHop {
+    pub(crate) ts_ns: u64,
+    pub(crate) netns_cookie: u64,
+    pub(crate) ifindex: u32,
+    pub(crate) bytes: u32,
+    pub(crate) reason: u32,
+    pub(crate) tuple: Tuple,
+    pub(crate) dir: Dir,
+    pub(crate) ttl: u8,
+}
+
+/// A packet, ready to be matched.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Observed {
+    pub(crate) fp: Fingerprint,
+    pub(crate) hop: RawHop,
+    pub(crate) probe: bool,
+}
+
+/// The ports of an ICMP message in [`Tuple`]'s convention. Only echo
+/// counts the id, as the kernel's flow counters do.
+pub(crate) fn icmp_ports(ty: u8, id: u16) -> (u16, u16) {
+    match ty {
+        8 => (id, 0),
+        0 => (0, id),
+        _ => (0, 0),
+    }
+}
+
+/// Fingerprint, tuple and hop of an IPv4 packet; `None` for anything else.
+pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
+    let L3::Ipv4 {
+        src,
+        dst,
+        id,
+        total_len,
+        ttl,
+        proto,
+    } = pkt.l3
+    else {
+        return None;
+    };
+    let mut fp = Fingerprint {
+        payload_hash: pkt.payload_hash,
+        ip_id: id,
+        ip_len: total_len,
+        proto,
+        ..Fingerprint::default()
+    };
+    let (sport, dport) = match pkt.l4 {
+        L4::Tcp {
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+        } => {
+            (fp.a, fp.b, fp.c) = (seq, ack, flags);
+            (sport, dport)
+        }
+        L4::Udp { sport, dport } => (sport, dport),
+        L4::Icmp { ty, code, id, seq } => {
+            (fp.a, fp.c, fp.d) = (u32::from(seq), ty, code);
+            icmp_ports(ty, id)
+        }
+        L4::None => (0, 0),
+    };
+    let hop = RawHop {
+        ts_ns: pkt.ts_ns,
+        netns_cookie: pkt.hook.netns_cookie,
+        ifindex: pkt.hook.ifindex,
+        bytes: pkt.len,
+        reason: pkt.reason,
+        tuple: Tuple {
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+        },
+        dir: pkt.hook.dir.into(),
+        ttl,
+    };
+    Some(Observed {
+        fp,
+        hop,
+        probe: pkt.probe,
+    })
+}
+
+/// Fills `out` (reusing its vectors) with the journey's hops and its
+/// rewrites, provisionally oriented as a request: a source change is SNAT
+/// and a destination change DNAT (see [`orient`]).
+pub(crate) fn build(p: &Pending, places: &Places, out: &mut Journey) {
+    let fp = &p.fp;
+    out.flow = FlowId::default();
+    out.side = Side::Request;
+    out.probe = p.probe;
+    out.proto = fp.proto;
+    out.ip_id = fp.ip_id;
+    out.ip_len = fp.ip_len;
+    out.bytes = p.hops().first().map_or(0, |h| h.bytes);
+    out.tcp = (fp.proto == 6).then_some(TcpInfo {
+        seq: fp.a,
+        ack: fp.b,
+        flags: fp.c,
+    });
+    out.icmp = (fp.proto == 1).then_some(IcmpInfo {
+        ty: fp.c,
+        code: fp.d,
+        seq: fp.a as u16,
+    });
+    out.first_ns = p.first_ns;
+    out.incomplete = None;
+    out.evicted = false;
+    out.rewrites.clear();
+    // Hops are overwritten in place: a place that did not change keeps its
+    // reference, which spares two atomic operations per hop.
+    out.hops.truncate(p.hops().len());
+    for (i, h) in p.hops().iter().enumerate() {
+        let since_first_ns = h.ts_ns.saturating_sub(p.first_ns);
+        match out.hops.get_mut(i) {
+            Some(old) => {
+                if !places.is(&old.place, h.netns_cookie, h.ifindex) {
+                    old.place = places.resolve(h.netns_cookie, h.ifindex);
+                }
+                (old.dir, old.ts_ns, old.since_first_ns) = (h.dir, h.ts_ns, since_first_ns);
+                (old.tuple, old.ttl) = (h.tuple, h.ttl);
+            }
+            None => out.hops.push(Hop {
+                place: places.resolve(h.netns_cookie, h.ifindex),
+                dir: h.dir,
+                ts_ns: h.ts_ns,
+                since_first_ns,
+                tuple: h.tuple,
+                ttl: h.ttl,
+            }),
+        }
+    }
+    for (i, pair) in out.hops.windows(2).enumerate() {
+        let (before, after) = (&pair[0].tuple, &pair[1].tuple);
+        for (changed, kind) in [
+            (after.src_differs(before), NatKind::Snat),
+            (after.dst_differs(before), NatKind::Dnat),
+        ] {
+            if changed {
+                out.rewrites.push(Rewrite {
+                    kind,
+                    reverse: false,
+                    hop: i + 1,
+                    at: pair[1].place.clone(),
+                    dir: pair[1].dir,
+                    before: *before,
+                    after: *after,
+                });
+            }
+        }
+    }
+}
+
+/// Names the rewrites of a reply after the rule they reverse: its
+/// destination is restored by a SNAT's reverse, its source by a DNAT's.
+pub(crate) fn orient(j: &mut Journey) {
+    if j.side == Side::Reply {
+        for r in &mut j.rewrites {
+            r.reverse = true;
+            r.kind = match r.kind {
+                NatKind::Snat => NatKind::Dnat,
+                NatKind::Dnat => NatKind::Snat,
+            };
+        }
+    }
+}
+
+/// The hop that should follow the journey's last one, if any: see
+/// [`Expected`]. `client` is the flow's client address (a reply to a SNATed
+/// request reaches an ENI addressed to the node, then goes to that pod).
+pub(crate) fn expected_next(j: &Journey, client: Ipv4Addr, places: &Places) -> Option<Expected> {
+    let last = j.hops.last()?;
+    let node = last.place.node.as_str();
+    let dst = last.tuple.dst;
+    let local_pod = |ip| places.pod(ip).filter(|p| p.node == node);
+    let local_addr = places.eni_addr(dst).is_some_and(|p| p.node == node);
+    match (&last.place.role, last.dir) {
+        (PlaceRole::PodEth0, Dir::Egress) => places
+            .has_veth(node)
+            .then(|| Expected::PodVethIngress { node: node.into() }),
+        (PlaceRole::PodVeth { .. }, Dir::Ingress) if !local_addr => {
+            if let Some(p) = local_pod(dst) {
+                Some(Expected::PodVethEgress { place: p.clone() })
+            } else {
+                places
+                    .has_eni(node)
+                    .then(|| Expected::EniOrPodVethEgress { node: node.into() })
+            }
+        }
+        (PlaceRole::Eni { .. }, Dir::Egress) => {
+            let owner = places.owner_node(dst)?;
+            (owner != node && places.has_eni(owner))
+                .then(|| Expected::EniIngress { node: owner.into() })
+        }
+        (PlaceRole::Eni { .. }, Dir::Ingress) => {
+            let target = local_pod(dst).or_else(|| {
+                (local_addr && j.side == Side::Reply)
+                    .then(|| local_pod(client))
+                    .flatten()
+            })?;
+            Some(Expected::PodVethEgress {
+                place: target.clone(),
+            })
+        }
+        _ => None,
+    }
+}

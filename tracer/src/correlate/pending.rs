@@ -1,0 +1,291 @@
+//! Journeys collecting hops, in a ring in creation order: a journey
+//! closes by time and the hops of one packet arrive within microseconds,
+//! so creation order is closing order, and the ring is written and read
+//! sequentially (no list links to chase, as an LRU would). Found by a hash
+//! of their fingerprint, checked against the full fingerprint; journeys
+//! that share a fingerprint (two flows' packets alike but for their
+//! ports) are chained, and a hop joins the one whose tuples it continues.
+
+use std::hash::BuildHasher as _;
+
+use tracer_common::reason;
+
+use super::{
+    journey::{Fingerprint, MAX_HOPS, Observed, RawHop},
+    model::Tuple,
+    table::{Map, Seeded, map_with_capacity},
+};
+
+/// No journey, in chain links.
+const NONE: u64 = u64::MAX;
+/// Most journeys with one fingerprint looked at for one hop.
+const MAX_CHAIN: usize = 8;
+
+/// Where a packet goes.
+pub(crate) enum Lookup {
+    /// Into this pending journey.
+    Join(u64),
+    /// Into a new journey; `repeated` if a journey with its fingerprint
+    /// had already crossed its hook (a retransmission, a loop, or a twin).
+    New {
+        /// See above.
+        repeated: bool,
+    },
+}
+
+/// At most `cap` journeys collecting hops.
+pub(crate) struct PendingTable {
+    ring: Vec<Pending>,
+    cap: u64,
+    /// Sequence number of the oldest slot not yet passed.
+    head: u64,
+    /// Sequence number the next journey takes.
+    tail: u64,
+    live: usize,
+    index: Map<u64, u64>,
+    hasher: Seeded,
+}
+
+impl PendingTable {
+    /// An empty table for at most `cap` (>= 1) journeys.
+    pub(crate) fn new(cap: usize, seed: u64) -> Self {
+        let cap = cap.max(1);
+        Self {
+            ring: Vec::new(),
+            cap: cap as u64,
+            head: 0,
+            tail: 0,
+            live: 0,
+            index: map_with_capacity(cap, seed),
+            hasher: Seeded(seed ^ 0x5bd1_e995),
+        }
+    }
+
+    /// Journeys collecting hops.
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq % self.cap) as usize
+    }
+
+    /// The pending journey a packet belongs to: same fingerprint, within
+    /// the window, not yet at this hook, and of those the one whose tuples
+    /// it continues best (most of addresses and ports unchanged), the
+    /// oldest on a tie.
+    pub(crate) fn find(&self, obs: &Observed, window: u64) -> Lookup {
+        let mut repeated = false;
+        let mut best: Option<(usize, u64)> = None;
+        let mut seq = match self.index.get(&self.hasher.hash_one(obs.fp)) {
+            Some(&seq) => seq,
+            None => NONE,
+        };
+        for _ in 0..MAX_CHAIN {
+            if seq == NONE || self.ring[self.slot(seq)].seq != seq {
+                break; // a reused slot: the older links are gone
+            }
+            let p = &self.ring[self.slot(seq)];
+            if p.live && p.fp == obs.fp && p.fits(obs.hop.ts_ns, window) {
+                if p.has_hook(&obs.hop) {
+                    repeated = true;
+                } else {
+                    let score = p.continuity(&obs.hop.tuple);
+                    // Ties go to the older journey (the chain runs from
+                    // the newest): look-alike packets travel in order.
+                    if best.is_none_or(|(s, _)| score >= s) {
+                        best = Some((score, seq));
+                    }
+                }
+            }
+            seq = p.prev_same;
+        }
+        match best {
+            Some((_, seq)) => Lookup::Join(seq),
+            None => Lookup::New { repeated },
+        }
+    }
+
+    /// The journey at `seq` (live).
+    pub(crate) fn get(&self, seq: u64) -> &Pending {
+        &self.ring[self.slot(seq)]
+    }
+
+    /// The journey at `seq` (live), mutable.
+    pub(crate) fn get_mut(&mut self, seq: u64) -> &mut Pending {
+        let i = self.slot(seq);
+        &mut self.ring[i]
+    }
+
+    /// The oldest live journey.
+    pub(crate) fn oldest(&mut self) -> Option<u64> {
+        while self.head < self.tail {
+            let p = &self.ring[self.slot(self.head)];
+            if p.live && p.seq == self.head {
+                return Some(self.head);
+            }
+            self.head += 1;
+        }
+        None
+    }
+
+    /// The journey that must close before another can start, when the
+    /// ring is full.
+    pub(crate) fn must_close(&mut self) -> Option<u64> {
+        let oldest = self.oldest()?;
+        (self.tail - self.head == self.cap).then_some(oldest)
+    }
+
+    /// Starts a journey; the caller made room with [`Self::must_close`].
+    pub(crate) fn insert(&mut self, obs: &Observed) -> u64 {
+        debug_assert!(self.tail - self.head < self.cap);
+        let seq = self.tail;
+        self.tail += 1;
+        let i = self.slot(seq);
+        if i == self.ring.len() {
+            self.ring.push(Pending::default());
+        }
+        let hash = self.hasher.hash_one(obs.fp);
+        let prev = self.index.insert(hash, seq).unwrap_or(NONE);
+        let p = &mut self.ring[i];
+        p.start(obs);
+        (p.seq, p.live, p.hash, p.prev_same) = (seq, true, hash, prev);
+        self.live += 1;
+        seq
+    }
+
+    /// Ends the journey at `seq`; its slot is passed over later.
+    pub(crate) fn remove(&mut self, seq: u64) {
+        let i = self.slot(seq);
+        let p = &mut self.ring[i];
+        debug_assert!(p.live && p.seq == seq);
+        p.live = false;
+        let (hash, mut next) = (p.hash, p.prev_same);
+        if self.index.get(&hash) == Some(&seq) {
+            // The index keeps pointing at a live journey, or at none.
+            let mut newest_live = None;
+            for _ in 0..MAX_CHAIN {
+                let Some(q) = self
+                    .ring
+                    .get(self.slot(next))
+                    .filter(|q| next != NONE && q.seq == next)
+                else {
+                    break;
+                };
+                if q.live {
+                    newest_live = Some(next);
+                    break;
+                }
+                next = q.prev_same;
+            }
+            match newest_live {
+                Some(s) => self.index.insert(hash, s),
+                None => self.index.remove(&hash),
+            };
+        }
+        self.live -= 1;
+        // Passes the dead slots at the head, so that they count as room.
+        self.oldest();
+    }
+
+    /// Entries of the fingerprint index (never more than the ring's size).
+    pub(crate) fn index_len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+/// A journey still collecting hops. Fixed-size: lives in a ring slot and
+/// is reused without allocating.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pending {
+    /// Position in the ring; the slot is `seq % cap`.
+    seq: u64,
+    live: bool,
+    hash: u64,
+    /// The journey started before this one with the same hash.
+    prev_same: u64,
+    pub(crate) fp: Fingerprint,
+    pub(crate) first_ns: u64,
+    pub(crate) last_ns: u64,
+    pub(crate) probe: bool,
+    len: usize,
+    hops: [RawHop; MAX_HOPS],
+}
+
+impl Pending {
+    /// Starts over with one hop.
+    fn start(&mut self, obs: &Observed) {
+        self.fp = obs.fp;
+        self.first_ns = obs.hop.ts_ns;
+        self.last_ns = obs.hop.ts_ns;
+        self.probe = obs.probe;
+        self.len = 1;
+        self.hops[0] = obs.hop;
+    }
+
+    /// How well a tuple continues this journey: the most addresses and
+    /// ports (of 4) it shares with one of its hops.
+    fn continuity(&self, t: &Tuple) -> usize {
+        self.hops()
+            .iter()
+            .map(|h| {
+                let u = &h.tuple;
+                usize::from(u.src == t.src)
+                    + usize::from(u.sport == t.sport)
+                    + usize::from(u.dst == t.dst)
+                    + usize::from(u.dport == t.dport)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// True if a hop at `ts` belongs within `window` of this journey.
+    fn fits(&self, ts: u64, window: u64) -> bool {
+        ts.saturating_add(window) >= self.first_ns && ts <= self.last_ns.saturating_add(window)
+    }
+
+    /// True if the journey already crossed this hook (same netns,
+    /// interface and direction): a second crossing starts a new journey.
+    fn has_hook(&self, hop: &RawHop) -> bool {
+        self.hops()
+            .iter()
+            .any(|h| (h.netns_cookie, h.ifindex, h.dir) == (hop.netns_cookie, hop.ifindex, hop.dir))
+    }
+
+    /// Inserts a hop in time order; `false` (and nothing done) when full.
+    pub(crate) fn add(&mut self, obs: &Observed) -> bool {
+        if self.len == MAX_HOPS {
+            return false;
+        }
+        let ts = obs.hop.ts_ns;
+        let mut at = self.len;
+        while at > 0 && self.hops[at - 1].ts_ns > ts {
+            self.hops[at] = self.hops[at - 1];
+            at -= 1;
+        }
+        self.hops[at] = obs.hop;
+        self.len += 1;
+        self.first_ns = self.first_ns.min(ts);
+        self.last_ns = self.last_ns.max(ts);
+        self.probe |= obs.probe;
+        true
+    }
+
+    /// The hops, oldest first.
+    pub(crate) fn hops(&self) -> &[RawHop] {
+        &self.hops[..self.len]
+    }
+
+    /// True when a missing next hop means the packet was lost: probes are
+    /// reported at every hook; other packets only when the kernel reports
+    /// every match (`complete_reports`) and this one was reported as a match
+    /// (reason 0: a replayed capture), not as a sample or a flow start.
+    pub(crate) fn judged(&self, complete_reports: bool) -> bool {
+        let Some(last) = self.hops().last() else {
+            return false;
+        };
+        self.probe
+            || last.reason & reason::PROBE != 0
+            || (complete_reports && (last.reason == 0 || last.reason & reason::MATCH != 0))
+    }
+}

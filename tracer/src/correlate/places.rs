@@ -1,0 +1,162 @@
+//! The engine's index of the [`Topology`]: what each hook is, shared by
+//! every hop that crossed it, and which hook owns a pod or ENI address.
+
+use std::{net::Ipv4Addr, sync::Arc};
+
+use super::{
+    model::{Place, PlaceRole, Shared},
+    table::{Map, map_with_capacity},
+};
+use crate::topology::{Iface, Role, Topology};
+
+/// Derived from a [`Topology`]; rebuilt when a hook it does not know shows
+/// up, or when the edge says the topology changed.
+pub(crate) struct Places {
+    seed: u64,
+    by_hook: Map<(u64, u32), Shared<Place>>,
+    by_pod_ip: Map<Ipv4Addr, Shared<Place>>,
+    by_eni_addr: Map<Ipv4Addr, Shared<Place>>,
+    /// Nodes with at least one ENI hooked (expectations need one).
+    eni_nodes: Vec<String>,
+    /// Nodes with at least one pod veth hooked.
+    veth_nodes: Vec<String>,
+}
+
+impl Places {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            by_hook: map_with_capacity(0, seed),
+            by_pod_ip: map_with_capacity(0, seed),
+            by_eni_addr: map_with_capacity(0, seed),
+            eni_nodes: Vec::new(),
+            veth_nodes: Vec::new(),
+        }
+    }
+
+    /// Makes sure the hook is known: on a miss, re-reads the topology; a
+    /// hook the topology does not know either is remembered as unknown, so
+    /// that its next packets cost one lookup.
+    pub(crate) fn ensure(&mut self, netns_cookie: u64, ifindex: u32, topo: &Topology) {
+        if self.by_hook.contains_key(&(netns_cookie, ifindex)) {
+            return;
+        }
+        self.rebuild(topo);
+        self.by_hook
+            .entry((netns_cookie, ifindex))
+            .or_insert_with(|| unknown(netns_cookie, ifindex));
+    }
+
+    /// Re-reads everything from the topology. Hooks it still does not
+    /// know stay remembered as unknown (else two unknown hooks would make
+    /// each other rebuild on every packet).
+    pub(crate) fn rebuild(&mut self, topo: &Topology) {
+        let n = topo.iter().count();
+        let old = std::mem::replace(&mut self.by_hook, map_with_capacity(n, self.seed));
+        self.by_pod_ip = map_with_capacity(n, self.seed);
+        self.by_eni_addr = map_with_capacity(n, self.seed);
+        self.eni_nodes.clear();
+        self.veth_nodes.clear();
+        for (cookie, iface) in topo.iter() {
+            let place = Shared(Arc::new(place_of(cookie, iface)));
+            let nodes = match &iface.role {
+                Role::PodVeth { pod_ip, .. } => {
+                    if let Some(ip) = pod_ip {
+                        self.by_pod_ip.insert(*ip, place.clone());
+                    }
+                    Some(&mut self.veth_nodes)
+                }
+                Role::Eni { addrs, .. } => {
+                    for a in addrs {
+                        self.by_eni_addr.insert(*a, place.clone());
+                    }
+                    Some(&mut self.eni_nodes)
+                }
+                Role::PodEth0 | Role::Other => None,
+            };
+            if let Some(nodes) = nodes.filter(|n| !n.contains(&iface.node)) {
+                nodes.push(iface.node.clone());
+            }
+            self.by_hook.insert((cookie, iface.ifindex), place);
+        }
+        for (k, p) in old {
+            if p.role == PlaceRole::Unknown {
+                self.by_hook.entry(k).or_insert(p);
+            }
+        }
+    }
+
+    /// The place of a hook (an "unknown" one if the topology forgot it).
+    pub(crate) fn resolve(&self, netns_cookie: u64, ifindex: u32) -> Shared<Place> {
+        self.by_hook
+            .get(&(netns_cookie, ifindex))
+            .cloned()
+            .unwrap_or_else(|| unknown(netns_cookie, ifindex))
+    }
+
+    /// True if `place` is what the index holds for this hook now.
+    pub(crate) fn is(&self, place: &Shared<Place>, netns_cookie: u64, ifindex: u32) -> bool {
+        self.by_hook
+            .get(&(netns_cookie, ifindex))
+            .is_some_and(|p| Arc::ptr_eq(&p.0, &place.0))
+    }
+
+    /// The veth of the pod that owns `ip`.
+    pub(crate) fn pod(&self, ip: Ipv4Addr) -> Option<&Shared<Place>> {
+        self.by_pod_ip.get(&ip)
+    }
+
+    /// The ENI that holds `ip` as one of its addresses.
+    pub(crate) fn eni_addr(&self, ip: Ipv4Addr) -> Option<&Shared<Place>> {
+        self.by_eni_addr.get(&ip)
+    }
+
+    /// The node that owns `ip`, as a pod or ENI address.
+    pub(crate) fn owner_node(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.pod(ip)
+            .or_else(|| self.eni_addr(ip))
+            .map(|p| p.node.as_str())
+    }
+
+    /// True if `node` has a hooked ENI.
+    pub(crate) fn has_eni(&self, node: &str) -> bool {
+        self.eni_nodes.iter().any(|n| n == node)
+    }
+
+    /// True if `node` has a hooked pod veth.
+    pub(crate) fn has_veth(&self, node: &str) -> bool {
+        self.veth_nodes.iter().any(|n| n == node)
+    }
+}
+
+fn place_of(cookie: u64, iface: &Iface) -> Place {
+    let role = match &iface.role {
+        Role::PodVeth { pod_ip, pod } => PlaceRole::PodVeth {
+            pod_ip: *pod_ip,
+            pod: pod.clone(),
+        },
+        Role::Eni { index, addrs } => PlaceRole::Eni {
+            index: *index,
+            primary_ip: addrs.first().copied(),
+        },
+        Role::PodEth0 => PlaceRole::PodEth0,
+        Role::Other => PlaceRole::Other,
+    };
+    Place {
+        node: iface.node.clone(),
+        iface: iface.name.clone(),
+        role,
+        netns_cookie: cookie,
+        ifindex: iface.ifindex,
+    }
+}
+
+fn unknown(netns_cookie: u64, ifindex: u32) -> Shared<Place> {
+    Shared(Arc::new(Place {
+        node: format!("netns:{netns_cookie}"),
+        iface: format!("if{ifindex}"),
+        role: PlaceRole::Unknown,
+        netns_cookie,
+        ifindex,
+    }))
+}
