@@ -1,0 +1,201 @@
+//! The engine: matches each packet to a pending journey by fingerprint,
+//! closes journeys when their window passes, and folds them into flows.
+
+use tracer_common::{FlowKey, FlowStats};
+
+use super::{
+    Config, Sink, Stats, Update,
+    flow::Flows,
+    flow_model::{ConntrackInfo, Flow, FlowId},
+    journey::{self, Observed},
+    journey_model::{Incomplete, Journey},
+    pending::{Lookup, PendingTable},
+    places::Places,
+};
+use crate::{decode::Packet, topology::Topology};
+
+/// Flow slots looked at for idleness per packet: keeps expiry O(1) per
+/// packet; [`Correlator::advance`] sweeps them all.
+const SWEEP_PER_PACKET: usize = 4;
+
+/// The correlation engine. Drive it with [`push`](Self::push) for every
+/// decoded packet and [`advance`](Self::advance) on a timer; it reports
+/// closed journeys and flow changes through the callback it is given.
+pub struct Correlator {
+    cfg: Config,
+    now: u64,
+    places: Places,
+    pending: PendingTable,
+    flows: Flows,
+    /// Reused for every journey, so that closing one does not allocate.
+    scratch: Journey,
+    stats: Stats,
+}
+
+impl Correlator {
+    /// An empty engine.
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            now: 0,
+            places: Places::new(cfg.hash_seed),
+            pending: PendingTable::new(cfg.max_pending, cfg.hash_seed),
+            flows: Flows::new(cfg.max_flows, cfg.flow_idle_ns, cfg.hash_seed),
+            scratch: Journey::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Feeds one decoded packet. Packets should come roughly in kernel
+    /// time order; disorder within [`Config::window_ns`] is absorbed.
+    /// `topo` is read only for a hook the engine has not seen yet (call
+    /// [`refresh_topology`](Self::refresh_topology) when it changes).
+    pub fn push(&mut self, pkt: &Packet, topo: &Topology, mut sink: impl FnMut(Update<'_>)) {
+        let sink: Sink<'_> = &mut sink;
+        self.stats.packets += 1;
+        let Some(obs) = journey::observe(pkt) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        if pkt.ts_ns.saturating_add(self.cfg.window_ns) < self.now {
+            self.stats.late += 1;
+        }
+        self.now = self.now.max(pkt.ts_ns);
+        self.places
+            .ensure(pkt.hook.netns_cookie, pkt.hook.ifindex, topo);
+        match self.pending.find(&obs, self.cfg.window_ns) {
+            Lookup::Join(seq) => {
+                if !self.pending.get_mut(seq).add(&obs) {
+                    self.stats.hop_overflow += 1;
+                }
+            }
+            Lookup::New { repeated } => {
+                self.stats.repeated_hook += u64::from(repeated);
+                self.start(&obs, sink);
+            }
+        }
+        self.expire(SWEEP_PER_PACKET, sink);
+    }
+
+    /// Tells the engine the kernel time is at least `now_ns`: closes the
+    /// journeys whose window has passed and ends idle flows.
+    pub fn advance(&mut self, now_ns: u64, mut sink: impl FnMut(Update<'_>)) {
+        self.now = self.now.max(now_ns);
+        self.expire(self.flows.slots(), &mut sink);
+    }
+
+    /// Closes every pending journey now (at exit); flows stay.
+    pub fn flush(&mut self, mut sink: impl FnMut(Update<'_>)) {
+        while let Some(seq) = self.pending.oldest() {
+            self.close(seq, false, &mut sink);
+        }
+    }
+
+    /// Re-reads the topology (interfaces, roles, pod names changed).
+    pub fn refresh_topology(&mut self, topo: &Topology) {
+        self.places.rebuild(topo);
+    }
+
+    /// Attributes the kernel's exact per-hook counters (as summed by
+    /// [`crate::kernel::sum_flow`]) to flows: each direction of a flow
+    /// takes the counters of its first hop's hook and tuple. Counters are
+    /// cumulative and replace earlier ones; progress keeps a flow alive.
+    /// Reports each changed flow; returns how many entries were used.
+    pub fn merge_kernel_counters<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a FlowKey, &'a FlowStats)>,
+        mut sink: impl FnMut(Update<'_>),
+    ) -> usize {
+        self.flows.merge_kernel(entries, &mut sink)
+    }
+
+    /// Attaches conntrack's entry to a flow; `false` if the flow is gone.
+    pub fn set_conntrack(&mut self, id: FlowId, info: ConntrackInfo) -> bool {
+        self.flows
+            .by_id_mut(id)
+            .map(|f| f.conntrack = Some(info))
+            .is_some()
+    }
+
+    /// A live flow.
+    pub fn flow(&self, id: FlowId) -> Option<&Flow> {
+        self.flows.by_id(id)
+    }
+
+    /// Live flows, in no particular order.
+    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.iter()
+    }
+
+    /// Kernel time as far as the engine knows (latest packet or advance).
+    pub fn now_ns(&self) -> u64 {
+        self.now
+    }
+
+    /// Counters and table sizes.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            pending: self.pending.len(),
+            pending_index: self.pending.index_len(),
+            flows: self.flows.len(),
+            flow_aliases: self.flows.aliases(),
+            flows_evicted: self.flows.evicted,
+            flows_expired: self.flows.expired,
+            flows_replaced: self.flows.replaced,
+            alias_overflow: self.flows.alias_overflow,
+            ..self.stats
+        }
+    }
+
+    fn start(&mut self, obs: &Observed, sink: Sink<'_>) {
+        if let Some(oldest) = self.pending.must_close() {
+            self.stats.pending_evicted += 1;
+            self.close(oldest, true, sink);
+        }
+        self.pending.insert(obs);
+    }
+
+    /// Closes the journeys whose window passed, and looks at up to
+    /// `flow_budget` flows for idleness.
+    fn expire(&mut self, flow_budget: usize, sink: Sink<'_>) {
+        while let Some(seq) = self.pending.oldest() {
+            let last = self.pending.get(seq).last_ns;
+            if last.saturating_add(self.cfg.window_ns) >= self.now {
+                break;
+            }
+            self.close(seq, false, sink);
+        }
+        self.flows.expire(self.now, flow_budget, sink);
+    }
+
+    /// Closes pending journey `seq`: builds it, finds its flow, judges it,
+    /// reports it, and folds it into the flow. `full`: the table needs the
+    /// room; the journey counts as cut short unless it had settled.
+    fn close(&mut self, seq: u64, full: bool, sink: Sink<'_>) {
+        let p = self.pending.get(seq);
+        let evicted = full && p.last_ns.saturating_add(self.cfg.settle_ns) >= self.now;
+        let judged = !evicted && p.judged(self.cfg.complete_reports);
+        journey::build(p, &self.places, &mut self.scratch);
+        self.pending.remove(seq);
+        let j = &mut self.scratch;
+        j.evicted = evicted;
+        let (slot, side) = self.flows.locate(j, sink);
+        let flow = self.flows.get(slot);
+        j.flow = flow.id;
+        j.side = side;
+        journey::orient(j);
+        if judged {
+            let client = flow.tuple.src;
+            j.incomplete =
+                journey::expected_next(j, client, &self.places).map(|expected| Incomplete {
+                    last_seen: j.hops.last().expect("a journey has a hop").clone(),
+                    expected,
+                });
+        }
+        self.stats.journeys += 1;
+        self.stats.incomplete_journeys += u64::from(j.incomplete.is_some());
+        sink(Update::Journey(j));
+        self.flows.absorb(slot, j, &self.places);
+        sink(Update::Flow(self.flows.get(slot)));
+    }
+}

@@ -1,0 +1,150 @@
+//! What a flow's paths say: the client's view of the request, latency
+//! between hops, the home node's ENIs, and the labels.
+
+use std::sync::Arc;
+
+use super::{
+    flow_model::{Flow, Label, Labels, Latency},
+    journey::MAX_HOPS,
+    journey_model::{NatKind, Side},
+    model::{Dir, Hop, Tuple},
+};
+
+/// The request tuple as the client sent it: at the client pod's veth
+/// ingress, else at the first hop of a request (last hop of a reply).
+pub(crate) fn client_view(hops: &[Hop], side: Side) -> Tuple {
+    match side {
+        Side::Request => hops
+            .iter()
+            .find(|h| h.place.is_pod_veth() && h.dir == Dir::Ingress)
+            .or(hops.first())
+            .map(|h| h.tuple)
+            .unwrap_or_default(),
+        Side::Reply => hops
+            .iter()
+            .rev()
+            .find(|h| h.place.is_pod_veth() && h.dir == Dir::Egress)
+            .or(hops.last())
+            .map(|h| h.tuple.reversed())
+            .unwrap_or_default(),
+    }
+}
+
+pub(crate) fn latency(hops: &[Hop]) -> Latency {
+    let span = |from: &dyn Fn(&Hop) -> bool, to: &dyn Fn(&Hop) -> bool| {
+        let (i, a) = hops.iter().enumerate().find(|(_, h)| from(h))?;
+        let b = hops[i + 1..]
+            .iter()
+            .find(|h| h.place.node == a.place.node && to(h))?;
+        Some(b.ts_ns.saturating_sub(a.ts_ns))
+    };
+    Latency {
+        total_ns: match (hops.first(), hops.last()) {
+            (Some(a), Some(b)) => b.ts_ns.saturating_sub(a.ts_ns),
+            _ => 0,
+        },
+        veth_to_eni_ns: span(&|h| h.place.is_pod_veth() && h.dir == Dir::Ingress, &|h| {
+            h.place.is_eni() && h.dir == Dir::Egress
+        }),
+        eni_to_veth_ns: span(&|h| h.place.is_eni() && h.dir == Dir::Ingress, &|h| {
+            h.place.is_pod_veth() && h.dir == Dir::Egress
+        }),
+    }
+}
+
+/// Recomputes the home node's ENIs and the labels from the paths.
+pub(crate) fn summarize(f: &mut Flow) {
+    let home = f
+        .request
+        .path
+        .first()
+        .or(f.reply.path.last())
+        .map(|h| h.place.node.clone());
+    let eni = |paths: [&[Hop]; 2], dir: Dir| {
+        paths
+            .into_iter()
+            .flatten()
+            .find(|h| h.place.is_eni() && h.dir == dir && Some(&h.place.node) == home.as_ref())
+            .map(|h| h.place.clone())
+    };
+    f.egress_eni = eni([&f.request.path, &f.reply.path], Dir::Egress);
+    f.ingress_eni = eni([&f.reply.path, &f.request.path], Dir::Ingress);
+    let mut labels = Labels::default();
+    for r in f.rewrites() {
+        labels.insert(match r.kind {
+            NatKind::Snat => Label::Snat,
+            NatKind::Dnat => Label::Dnat,
+        });
+    }
+    if labels.is_empty() && !encapsulation(&f.tuple) {
+        labels.insert(Label::Direct);
+    }
+    if asymmetric(&f.request.path, &f.reply.path) {
+        labels.insert(Label::AsymmetricEni);
+    }
+    if f.request.incomplete.is_some() || f.reply.incomplete.is_some() {
+        labels.insert(Label::Incomplete);
+    }
+    f.labels = labels;
+}
+
+fn encapsulation(t: &Tuple) -> bool {
+    const TUNNEL_PORTS: [u16; 3] = [4789, 8472, 6081]; // VXLAN, flannel VXLAN, Geneve
+    matches!(t.proto, 4 | 41 | 47)
+        || (t.proto == 17 && (TUNNEL_PORTS.contains(&t.dport) || TUNNEL_PORTS.contains(&t.sport)))
+}
+
+/// True if on some node both directions crossed ENIs, but not the same set.
+fn asymmetric(req: &[Hop], rep: &[Hop]) -> bool {
+    fn enis(p: &[Hop]) -> SmallSet<'_> {
+        p.iter().filter(|h| h.place.is_eni()).collect()
+    }
+    let (a, b) = (enis(req), enis(rep));
+    let lacks = |x: &SmallSet, y: &SmallSet| {
+        x.iter().any(|h| {
+            y.iter().any(|o| o.place.node == h.place.node) && !y.iter().any(|o| same_iface(o, h))
+        })
+    };
+    lacks(&a, &b) || lacks(&b, &a)
+}
+
+fn same_iface(a: &Hop, b: &Hop) -> bool {
+    (a.place.netns_cookie, a.place.ifindex) == (b.place.netns_cookie, b.place.ifindex)
+}
+
+/// ENI hops of one path, on the stack.
+struct SmallSet<'a> {
+    items: [Option<&'a Hop>; MAX_HOPS],
+}
+
+impl<'a> SmallSet<'a> {
+    fn iter(&self) -> impl Iterator<Item = &'a Hop> + '_ {
+        self.items.iter().flatten().copied()
+    }
+}
+
+impl<'a> FromIterator<&'a Hop> for SmallSet<'a> {
+    fn from_iter<I: IntoIterator<Item = &'a Hop>>(iter: I) -> Self {
+        let mut items = [None; MAX_HOPS];
+        for (slot, h) in items.iter_mut().zip(iter) {
+            *slot = Some(h);
+        }
+        Self { items }
+    }
+}
+
+/// True if `new` crossed the same hooks, in the same order and directions,
+/// with the same tuples, as `old`.
+pub(crate) fn same_shape(old: &[Hop], new: &[Hop]) -> bool {
+    old.len() == new.len()
+        && old.iter().zip(new).all(|(a, b)| {
+            Arc::ptr_eq(&a.place.0, &b.place.0) && a.dir == b.dir && a.tuple == b.tuple
+        })
+}
+
+/// Copies the times (and TTLs) of `new` onto a path of the same shape.
+pub(crate) fn retime(path: &mut [Hop], new: &[Hop]) {
+    for (a, b) in path.iter_mut().zip(new) {
+        (a.ts_ns, a.since_first_ns, a.ttl) = (b.ts_ns, b.since_first_ns, b.ttl);
+    }
+}
