@@ -1,0 +1,345 @@
+//! Text a person reads at a glance: one block per flow, one line per hop
+//! of a journey. Pure functions from the engine's records to strings.
+
+use std::fmt::Write as _;
+
+use super::{
+    flow_model::{Flow, FlowSide, KernelCounters, Label},
+    journey_model::{Expected, Journey, NatKind, Rewrite, Side},
+    model::{Hop, Place, PlaceRole, ProtoName, Shared, Tuple, short_pod},
+};
+
+/// A hop's short name in a path: `pod-1 veth`, `node-a ens6 (ENI 1)`.
+pub fn hop_name(h: &Hop) -> String {
+    place_name(&h.place)
+}
+
+/// A place's short name, as in a path.
+pub fn place_name(p: &Place) -> String {
+    match &p.role {
+        PlaceRole::PodVeth { pod: Some(pod), .. } => format!("{} veth", short_pod(pod)),
+        PlaceRole::PodVeth {
+            pod_ip: Some(ip), ..
+        } => format!("{ip} veth"),
+        PlaceRole::Eni { index: Some(i), .. } => format!("{} {} (ENI {i})", p.node, p.iface),
+        PlaceRole::Eni { index: None, .. } => format!("{} {} (ENI)", p.node, p.iface),
+        PlaceRole::PodEth0 => format!("{} {} (pod eth0)", p.node, p.iface),
+        _ => format!("{} {}", p.node, p.iface),
+    }
+}
+
+/// The hops as an arrow chain: `pod-1 veth > node-a ens6 (ENI 1) > ...`.
+pub fn path(hops: &[Hop]) -> String {
+    hops.iter().map(hop_name).collect::<Vec<_>>().join(" > ")
+}
+
+/// `+1.234 ms` (exact to the microsecond, no float).
+pub fn ms(ns: u64) -> String {
+    format!("{}.{:03} ms", ns / 1_000_000, ns / 1_000 % 1_000)
+}
+
+/// `512 B`, `24.1 KB`, `3.2 MB` (powers of 1000, like the capture totals).
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{}.{} KB", n / 1_000, n / 100 % 10),
+        _ => format!("{}.{} MB", n / 1_000_000, n / 100_000 % 10),
+    }
+}
+
+/// One side of a flow: `default/pod-1 (192.168.1.21, node-a)`, or the
+/// address (with the port for TCP/UDP) when no known pod owns it.
+fn endpoint(ip: std::net::Ipv4Addr, port: u16, proto: u8, pod: Option<&Place>) -> String {
+    let addr = if matches!(proto, 6 | 17) {
+        format!("{ip}:{port}")
+    } else {
+        ip.to_string()
+    };
+    match pod {
+        Some(p) => format!("{} ({addr}, {})", p.pod().unwrap_or(&p.iface), p.node),
+        None => addr,
+    }
+}
+
+/// What a rewrite changed: `192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946)`.
+pub fn rewrite_change(r: &Rewrite) -> String {
+    let source = (r.kind == NatKind::Snat) != r.reverse;
+    let pick = |t: &Tuple| {
+        if source {
+            (t.src, t.sport)
+        } else {
+            (t.dst, t.dport)
+        }
+    };
+    let ((a, ap), (b, bp)) = (pick(&r.before), pick(&r.after));
+    match r.before.proto {
+        6 | 17 => format!("{a}:{ap} -> {b}:{bp}"),
+        1 if ap != bp => format!("{a} -> {b} (icmp id {ap} -> {bp})"),
+        _ => format!("{a} -> {b}"),
+    }
+}
+
+/// `SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) at node-a ens5 egress`,
+/// with `(reverse, on the reply)` for the reverse translation.
+pub fn rewrite(r: &Rewrite) -> String {
+    format!(
+        "{:8} {} at {} {} {}{}",
+        r.kind,
+        rewrite_change(r),
+        r.at.node,
+        r.at.iface,
+        r.dir,
+        if r.reverse {
+            " (reverse, on the reply)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// What should have come after the last hop.
+pub fn expected(e: &Expected) -> String {
+    match e {
+        Expected::PodVethIngress { node } => format!("any pod veth ingress of {node}"),
+        Expected::EniOrPodVethEgress { node } => {
+            format!("any ENI egress or pod veth egress of {node}")
+        }
+        Expected::EniIngress { node } => format!("any ENI ingress of {node}"),
+        Expected::PodVethEgress { place } => format!("{} {} egress", place.node, place.iface),
+    }
+}
+
+/// One line per hop, time since the first hop, role and addresses; a
+/// `^` line under the hop where a rewrite appears; an `x` line when the
+/// packet was not seen where expected.
+pub fn hops(j: &Journey) -> String {
+    let times: Vec<String> = j
+        .hops
+        .iter()
+        .map(|h| format!("+{}", ms(h.since_first_ns)))
+        .collect();
+    let roles: Vec<String> = j.hops.iter().map(|h| h.place.role.to_string()).collect();
+    let w = |f: &dyn Fn(usize) -> usize| (0..j.hops.len()).map(f).max().unwrap_or(0);
+    let wt = w(&|i| times[i].len());
+    let wn = w(&|i| j.hops[i].place.node.len());
+    let wi = w(&|i| j.hops[i].place.iface.len());
+    let wr = w(&|i| roles[i].len());
+    let mut out = String::new();
+    for (i, h) in j.hops.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "   {:>wt$}  {:wn$}  {:wi$}  {:7}  {:wr$}  {}",
+            times[i], h.place.node, h.place.iface, h.dir, roles[i], h.tuple
+        );
+        for r in j.rewrites.iter().filter(|r| r.hop == i) {
+            let rev = if r.reverse { " (reverse)" } else { "" };
+            let _ = writeln!(
+                out,
+                "   {:wt$}  ^ {}{rev}  {}",
+                "",
+                r.kind,
+                rewrite_change(r)
+            );
+        }
+    }
+    if let Some(inc) = &j.incomplete {
+        let _ = writeln!(
+            out,
+            "   x not seen at {} (expected next hop)",
+            expected(&inc.expected)
+        );
+    }
+    out
+}
+
+/// A journey: a header line, then [`hops`].
+pub fn journey(j: &Journey) -> String {
+    let side = match j.side {
+        Side::Request => "request",
+        Side::Reply => "reply",
+    };
+    let what = match (j.icmp, j.tcp) {
+        (Some(i), _) if i.ty == 8 => format!("icmp echo request seq {}", i.seq),
+        (Some(i), _) if i.ty == 0 => format!("icmp echo reply seq {}", i.seq),
+        (Some(i), _) => format!("icmp type {} code {}", i.ty, i.code),
+        (None, Some(t)) => format!("tcp [{}] seq {}", crate::decode::tcp_flags(t.flags), t.seq),
+        (None, None) => format!("{} id {}", ProtoName(j.proto), j.ip_id),
+    };
+    let mut out = format!(
+        "flow {} {side}: {what}, {} hops{}{}\n",
+        j.flow,
+        j.hops.len(),
+        if j.probe { ", probe" } else { "" },
+        if j.evicted {
+            ", cut short (table full)"
+        } else {
+            ""
+        },
+    );
+    out.push_str(&hops(j));
+    out
+}
+
+fn counters(s: &FlowSide) -> String {
+    let mut out = format!("{} pkts {}", s.packets, bytes(s.bytes));
+    if let Some(KernelCounters {
+        packets, bytes: b, ..
+    }) = s.kernel
+    {
+        let _ = write!(out, " (kernel {packets} pkts {})", bytes(b));
+    }
+    out
+}
+
+/// One block per flow: endpoints, labels, path of each direction, ENIs,
+/// rewrites, latency, counters, where an incomplete journey stopped.
+pub fn flow(f: &Flow) -> String {
+    let t = &f.tuple;
+    let server_ip = f.request.path.last().map_or(t.dst, |h| h.tuple.dst);
+    let labels: Vec<&str> = f.labels.iter().map(Label::name).collect();
+    let mut out = format!(
+        "flow {}  {}  {} -> {}",
+        f.id,
+        t.proto_name(),
+        endpoint(t.src, t.sport, t.proto, f.client_pod.as_deref()),
+        endpoint(
+            t.dst,
+            t.dport,
+            t.proto,
+            f.server_pod.as_deref().filter(|_| server_ip == t.dst)
+        ),
+    );
+    if server_ip != t.dst {
+        let backend = f.request.path.last().map_or(t.dport, |h| h.tuple.dport);
+        let _ = write!(
+            out,
+            " => {}",
+            endpoint(server_ip, backend, t.proto, f.server_pod.as_deref())
+        );
+    }
+    let _ = writeln!(out, "  [{}]", labels.join(", "));
+    for (name, s) in [("request", &f.request), ("reply", &f.reply)] {
+        if !s.path.is_empty() {
+            let _ = writeln!(out, "  {name:8} {}", path(&s.path));
+        }
+    }
+    let eni = |e: &Option<Shared<Place>>| e.as_deref().map_or("-".into(), place_name);
+    if f.egress_eni.is_some() || f.ingress_eni.is_some() {
+        let _ = writeln!(
+            out,
+            "  ENI      out {}, in {}",
+            eni(&f.egress_eni),
+            eni(&f.ingress_eni)
+        );
+    }
+    for r in f.rewrites() {
+        let _ = writeln!(out, "  {}", rewrite(r));
+    }
+    for (name, s) in [("request", &f.request), ("reply", &f.reply)] {
+        let l = &s.latency;
+        let mut parts = Vec::new();
+        if let Some(ns) = l.veth_to_eni_ns {
+            parts.push(format!("pod veth > ENI {}", ms(ns)));
+        }
+        if let Some(ns) = l.eni_to_veth_ns {
+            parts.push(format!("ENI > pod veth {}", ms(ns)));
+        }
+        if s.path.len() > 1 {
+            parts.push(format!("first > last hop {}", ms(l.total_ns)));
+            let _ = writeln!(out, "  latency  {name}: {}", parts.join(", "));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  counters request {}, reply {}",
+        counters(&f.request),
+        counters(&f.reply)
+    );
+    for (name, s) in [("request", &f.request), ("reply", &f.reply)] {
+        if let Some(inc) = &s.incomplete {
+            let h = &inc.last_seen;
+            let _ = writeln!(
+                out,
+                "  lost     {name} last seen at {} {} {}; not seen at {}",
+                h.place.node,
+                h.place.iface,
+                h.dir,
+                expected(&inc.expected)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::{
+        Config,
+        testkit::{cross_node_ping, run, snat_ping},
+    };
+
+    #[test]
+    fn path_is_an_arrow_chain_across_nodes() {
+        let (_, seen) = run(Config::default(), &cross_node_ping());
+        assert_eq!(
+            path(&seen.journeys[0].hops),
+            "pod-1 veth > node-a ens5 (ENI 0) > node-b ens5 (ENI 0) > pod-3 veth"
+        );
+    }
+
+    #[test]
+    fn snat_journey_and_flow_read_at_a_glance() {
+        let (_, seen) = run(Config::default(), &snat_ping());
+        assert_eq!(
+            hops(&seen.journeys[0]),
+            "   +0.000 ms  node-a  eni-pod-1  ingress  pod veth of pod-1  192.168.1.21 > 203.0.113.10
+   +0.015 ms  node-a  ens5       egress   ENI 0 (primary)    192.168.1.5 > 203.0.113.10
+              ^ SNAT  192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946)
+"
+        );
+        assert!(
+            journey(&seen.journeys[1]).starts_with("flow 1 reply: icmp echo reply seq 1, 2 hops\n")
+        );
+        assert_eq!(
+            flow(&seen.last_flows()[0]),
+            "flow 1  icmp  default/pod-1 (192.168.1.21, node-a) -> 203.0.113.10  [snat]
+  request  pod-1 veth > node-a ens5 (ENI 0)
+  reply    node-a ens5 (ENI 0) > pod-1 veth
+  ENI      out node-a ens5 (ENI 0), in node-a ens5 (ENI 0)
+  SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) at node-a ens5 egress
+  SNAT     192.168.1.5 -> 192.168.1.21 (icmp id 20946 -> 4711) at node-a eni-pod-1 egress (reverse, on the reply)
+  latency  request: pod veth > ENI 0.015 ms, first > last hop 0.015 ms
+  latency  reply: ENI > pod veth 0.012 ms, first > last hop 0.012 ms
+  counters request 1 pkts 98 B, reply 1 pkts 98 B
+"
+        );
+    }
+
+    #[test]
+    fn lost_packet_says_where_it_was_last_seen() {
+        let (_, seen) = run(Config::default(), &cross_node_ping()[..3]);
+        let text = hops(&seen.journeys[0]);
+        assert!(
+            text.ends_with("   x not seen at node-b eni-pod-3 egress (expected next hop)\n"),
+            "{text}"
+        );
+        let block = flow(&seen.last_flows()[0]);
+        assert!(block.contains("[direct, incomplete]"), "{block}");
+        assert!(
+            block.contains(
+                "  lost     request last seen at node-b ens5 ingress; not seen at node-b eni-pod-3 egress\n"
+            ),
+            "{block}"
+        );
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(ms(1_234_567), "1.234 ms");
+        assert_eq!(ms(999), "0.000 ms");
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(24_150), "24.1 KB");
+        assert_eq!(bytes(3_250_000), "3.2 MB");
+    }
+}
