@@ -1,0 +1,409 @@
+//! Scenario tests: the VPC CNI paths on the synthetic two-node lab.
+
+use super::{
+    Config, Expected, Label, Labels, NatKind, Side,
+    testkit::{A, B, ENS5, ENS6, IN, OUT, Pkt, VETH1, VETH2, cross_node_ping, ip, run, snat_ping},
+};
+use crate::decode::Packet;
+
+fn labels(l: &[Label]) -> Labels {
+    l.iter().copied().collect()
+}
+
+fn names(j: &super::Journey) -> Vec<(String, String)> {
+    j.hops
+        .iter()
+        .map(|h| (h.place.node.clone(), h.place.iface.clone()))
+        .collect()
+}
+
+#[test]
+fn direct_pod_to_pod_across_nodes_reusing_ifindex() {
+    let (eng, seen) = run(Config::default(), &cross_node_ping());
+    assert_eq!(seen.journeys.len(), 2, "{:#?}", seen.journeys);
+    let (req, rep) = (&seen.journeys[0], &seen.journeys[1]);
+    // Same ifindex 10 and 2 on both nodes, told apart by netns cookie.
+    assert_eq!(
+        names(req),
+        [
+            ("node-a".into(), "eni-pod-1".into()),
+            ("node-a".into(), "ens5".into()),
+            ("node-b".into(), "ens5".into()),
+            ("node-b".into(), "eni-pod-3".into()),
+        ]
+    );
+    assert_eq!(req.hops[3].since_first_ns, 41_000);
+    assert_eq!(req.hops[1].ttl, 63, "TTL changes, journey holds");
+    assert!(req.rewrites.is_empty() && rep.rewrites.is_empty());
+    assert_eq!((req.side, rep.side), (Side::Request, Side::Reply));
+    assert_eq!(req.flow, rep.flow);
+    assert!(req.incomplete.is_none() && rep.incomplete.is_none());
+
+    let flows = seen.last_flows();
+    assert_eq!(flows.len(), 1);
+    let f = &flows[0];
+    assert_eq!(f.labels, labels(&[Label::Direct]));
+    assert_eq!(f.client_pod.as_ref().unwrap().pod(), Some("default/pod-1"));
+    assert_eq!(f.server_pod.as_ref().unwrap().pod(), Some("default/pod-3"));
+    let eni = |e: &Option<super::Shared<super::Place>>| {
+        let p = e.as_ref().unwrap();
+        (p.node.clone(), p.iface.clone())
+    };
+    assert_eq!(eni(&f.egress_eni), ("node-a".into(), "ens5".into()));
+    assert_eq!(eni(&f.ingress_eni), ("node-a".into(), "ens5".into()));
+    assert_eq!((f.request.packets, f.reply.packets), (1, 1));
+    assert_eq!(f.request.latency.veth_to_eni_ns, Some(11_000));
+    assert_eq!(f.request.latency.eni_to_veth_ns, Some(7_000));
+    assert_eq!(f.tuple.sport, 4711);
+    assert_eq!(eng.stats().flows, 1);
+    assert_eq!(eng.stats().journeys, 2);
+}
+
+#[test]
+fn snat_rewriting_icmp_id_joins_request_and_reply() {
+    let (_, seen) = run(Config::default(), &snat_ping());
+    assert_eq!(seen.journeys.len(), 2);
+    let (req, rep) = (&seen.journeys[0], &seen.journeys[1]);
+    assert_eq!(
+        req.hops.len(),
+        2,
+        "the id change does not split the journey"
+    );
+    assert_eq!(req.rewrites.len(), 1);
+    let r = &req.rewrites[0];
+    assert_eq!((r.kind, r.reverse, r.hop), (NatKind::Snat, false, 1));
+    assert_eq!((r.at.iface.as_str(), r.dir), ("ens5", super::Dir::Egress));
+    assert_eq!((r.before.src, r.before.sport), (ip("192.168.1.21"), 4711));
+    assert_eq!((r.after.src, r.after.sport), (ip("192.168.1.5"), 20946));
+    assert_eq!(rep.side, Side::Reply, "reply found through the NATed tuple");
+    assert_eq!(rep.flow, req.flow);
+    assert_eq!(rep.rewrites.len(), 1);
+    assert_eq!(
+        (rep.rewrites[0].kind, rep.rewrites[0].reverse),
+        (NatKind::Snat, true)
+    );
+    assert!(req.incomplete.is_none(), "leaving the VPC is complete");
+
+    let flows = seen.last_flows();
+    assert_eq!(flows.len(), 1);
+    let f = &flows[0];
+    assert_eq!(f.labels, labels(&[Label::Snat]));
+    assert_eq!((f.tuple.src, f.tuple.sport), (ip("192.168.1.21"), 4711));
+    assert_eq!(f.egress_eni.as_ref().unwrap().iface, "ens5");
+    assert_eq!((f.request.packets, f.reply.packets), (1, 1));
+}
+
+/// ClusterIP: kube-proxy DNAT at the first hop, un-DNAT of the reply
+/// before the client's veth.
+fn dnat_tcp() -> Vec<Packet> {
+    let syn = Pkt::tcp("192.168.1.21", 40000, "10.100.0.10", 80, 1000, 0x02).id(7);
+    let back = syn.dst("192.168.2.21").dport(8080).ttl(63);
+    let mut synack = Pkt::tcp("192.168.2.21", 8080, "192.168.1.21", 40000, 5000, 0x12).id(8);
+    synack.payload_hash = 99;
+    vec![
+        syn.at(0, A, VETH1, IN),
+        back.at(20, A, ENS5, OUT),
+        back.at(40, B, ENS5, IN),
+        back.ttl(62).at(50, B, VETH1, OUT),
+        synack.at(200, B, VETH1, IN),
+        synack.ttl(63).at(210, B, ENS5, OUT),
+        synack.ttl(63).at(230, A, ENS5, IN),
+        synack
+            .src("10.100.0.10")
+            .sport(80)
+            .ttl(62)
+            .at(240, A, VETH1, OUT),
+    ]
+}
+
+#[test]
+fn dnat_service_to_backend_pod() {
+    let (_, seen) = run(Config::default(), &dnat_tcp());
+    let (req, rep) = (&seen.journeys[0], &seen.journeys[1]);
+    assert_eq!(req.rewrites.len(), 1);
+    assert_eq!(
+        (req.rewrites[0].kind, req.rewrites[0].hop),
+        (NatKind::Dnat, 1)
+    );
+    assert_eq!(req.rewrites[0].after.dport, 8080);
+    assert_eq!(rep.side, Side::Reply);
+    assert_eq!(rep.rewrites.len(), 1);
+    let r = &rep.rewrites[0];
+    assert_eq!((r.kind, r.reverse, r.hop), (NatKind::Dnat, true, 3));
+    let flows = seen.last_flows();
+    assert_eq!(flows.len(), 1);
+    let f = &flows[0];
+    assert_eq!(f.labels, labels(&[Label::Dnat]));
+    assert_eq!((f.tuple.dst, f.tuple.dport), (ip("10.100.0.10"), 80));
+    assert_eq!(f.server_pod.as_ref().unwrap().pod(), Some("default/pod-3"));
+}
+
+/// A VPC host reaches pod-2 (an ens6 IP) through ens6; without its
+/// `ip rule 1536` the reply leaves through the main table: ens5.
+fn inbound_to_ens6_pod(reply_eni: u32) -> Vec<Packet> {
+    let req = Pkt::tcp("10.0.5.50", 51000, "192.168.1.31", 443, 77, 0x02).id(1);
+    let rep = Pkt::tcp("192.168.1.31", 443, "10.0.5.50", 51000, 88, 0x12).id(2);
+    vec![
+        req.at(0, A, ENS6, IN),
+        req.ttl(63).at(9, A, VETH2, OUT),
+        rep.at(50, A, VETH2, IN),
+        rep.ttl(63).at(58, A, reply_eni, OUT),
+    ]
+}
+
+#[test]
+fn asymmetric_eni_only_when_reply_takes_another_eni() {
+    let (_, seen) = run(Config::default(), &inbound_to_ens6_pod(ENS5));
+    let f = &seen.last_flows()[0];
+    assert_eq!(f.labels, labels(&[Label::Direct, Label::AsymmetricEni]));
+    assert_eq!(f.ingress_eni.as_ref().unwrap().iface, "ens6");
+    assert_eq!(f.egress_eni.as_ref().unwrap().iface, "ens5");
+    assert_eq!(f.server_pod.as_ref().unwrap().pod(), Some("default/pod-2"));
+    assert!(f.client_pod.is_none());
+
+    let (_, seen) = run(Config::default(), &inbound_to_ens6_pod(ENS6));
+    let f = &seen.last_flows()[0];
+    assert_eq!(f.labels, labels(&[Label::Direct]));
+}
+
+#[test]
+fn incomplete_names_last_hop_and_expected_next() {
+    // Lost inside node-b, between its ENI and pod-3's veth.
+    let mut pkts = cross_node_ping();
+    pkts.truncate(3);
+    let (_, seen) = run(Config::default(), &pkts);
+    let j = &seen.journeys[0];
+    let inc = j.incomplete.as_ref().expect("incomplete");
+    assert_eq!(inc.last_seen.place.node, "node-b");
+    assert_eq!(inc.last_seen.place.iface, "ens5");
+    match &inc.expected {
+        Expected::PodVethEgress { place } => assert_eq!(place.iface, "eni-pod-3"),
+        e => panic!("unexpected {e:?}"),
+    }
+    let f = &seen.last_flows()[0];
+    assert_eq!(f.labels, labels(&[Label::Direct, Label::Incomplete]));
+    assert_eq!(f.request.incomplete_packets, 1);
+
+    // Left node-a through ens5, never reached node-b.
+    let (_, seen) = run(Config::default(), &cross_node_ping()[..2]);
+    let inc = seen.journeys[0].incomplete.clone().expect("incomplete");
+    assert_eq!(
+        inc.expected,
+        Expected::EniIngress {
+            node: "node-b".into()
+        }
+    );
+
+    // Left the pod, seen nowhere else.
+    let pkt = Pkt::udp("192.168.1.21", 5000, "203.0.113.10", 53).at(0, A, VETH1, IN);
+    let (eng, seen) = run(Config::default(), &[pkt]);
+    let inc = seen.journeys[0].incomplete.clone().expect("incomplete");
+    assert_eq!(
+        inc.expected,
+        Expected::EniOrPodVethEgress {
+            node: "node-a".into()
+        }
+    );
+    assert_eq!(eng.stats().incomplete_journeys, 1);
+}
+
+#[test]
+fn lost_reply_to_snat_is_expected_at_the_client_veth() {
+    // The reply reached node-a's ENI, addressed to the node: the reverse
+    // SNAT should have taken it to pod-1's veth.
+    let (_, seen) = run(Config::default(), &snat_ping()[..3]);
+    let reply = &seen.journeys[1];
+    assert_eq!(reply.side, Side::Reply);
+    match &reply.incomplete.as_ref().expect("incomplete").expected {
+        Expected::PodVethEgress { place } => assert_eq!(place.iface, "eni-pod-1"),
+        e => panic!("unexpected {e:?}"),
+    }
+    assert_eq!(
+        seen.last_flows()[0].labels,
+        labels(&[Label::Snat, Label::Incomplete])
+    );
+}
+
+#[test]
+fn repeated_journeys_update_times_and_outcome() {
+    // Four pings on one path: the third's reply is lost on node-a.
+    let mut pkts = Vec::new();
+    for seq in 0..4u16 {
+        let t0 = u64::from(seq) * 1_000;
+        let req = Pkt::icmp("192.168.1.21", "203.0.113.10", 8, 4711, seq).id(300 + seq);
+        let rep = Pkt::icmp("203.0.113.10", "192.168.1.5", 0, 20946, seq).id(900 + seq);
+        pkts.push(req.at(t0, A, VETH1, IN));
+        pkts.push(
+            req.src("192.168.1.5")
+                .sport(20946)
+                .at(t0 + 15 + u64::from(seq), A, ENS5, OUT),
+        );
+        pkts.push(rep.at(t0 + 500, A, ENS5, IN));
+        if seq != 2 {
+            pkts.push(
+                rep.dst("192.168.1.21")
+                    .dport(4711)
+                    .at(t0 + 512, A, VETH1, OUT),
+            );
+        }
+    }
+    let (_, seen) = run(Config::default(), &pkts);
+    // Each journey is followed by its flow's update: the states after replies.
+    let states: Vec<_> = (seen.journeys.iter().zip(&seen.flows))
+        .filter(|(j, _)| j.side == Side::Reply)
+        .map(|(_, f)| f)
+        .collect();
+    let incomplete: Vec<bool> = states
+        .iter()
+        .map(|f| f.labels.contains(Label::Incomplete))
+        .collect();
+    assert_eq!(incomplete, [false, false, true, false]);
+    let last = states.last().unwrap();
+    assert_eq!((last.request.packets, last.reply.packets), (4, 4));
+    assert_eq!(last.reply.incomplete_packets, 1);
+    assert!(last.reply.incomplete.is_none());
+    assert_eq!(
+        last.request.path[1].ts_ns, 3_018_000,
+        "latest journey's times"
+    );
+    assert_eq!(last.request.latency.veth_to_eni_ns, Some(18_000));
+    assert_eq!(last.labels, labels(&[Label::Snat]));
+    assert_eq!(last.reply.path.len(), 2);
+}
+
+#[test]
+fn complete_journeys_are_not_incomplete() {
+    // To the node's own address: delivered locally after the veth.
+    let local = Pkt::udp("192.168.1.21", 5000, "192.168.1.5", 10250).at(0, A, VETH1, IN);
+    // Sampled: the next hook had no reason to report it too.
+    let mut sampled = Pkt::udp("192.168.1.21", 5001, "203.0.113.10", 53);
+    sampled.reason = tracer_common::reason::SAMPLED;
+    let (eng, seen) = run(Config::default(), &[local, sampled.at(5, A, VETH1, IN)]);
+    assert_eq!(seen.journeys.len(), 2);
+    assert_eq!(eng.stats().incomplete_journeys, 0);
+    assert!(
+        seen.last_flows()
+            .iter()
+            .all(|f| !f.labels.contains(Label::Incomplete))
+    );
+
+    // A filter could hide the packet after NAT: only probes are judged.
+    let cfg = Config {
+        complete_reports: false,
+        ..Config::default()
+    };
+    let mut probe = Pkt::udp("192.168.1.21", 5002, "203.0.113.10", 53).id(2);
+    probe.probe = true;
+    let plain = Pkt::udp("192.168.1.21", 5003, "203.0.113.10", 53).id(3);
+    let (eng, seen) = run(cfg, &[probe.at(0, A, VETH1, IN), plain.at(1, A, VETH1, IN)]);
+    assert_eq!(eng.stats().incomplete_journeys, 1);
+    assert!(
+        seen.journeys
+            .iter()
+            .all(|j| j.incomplete.is_some() == j.probe)
+    );
+}
+
+#[test]
+fn out_of_order_within_window() {
+    let mut pkts = snat_ping();
+    pkts.swap(0, 1); // the ENI's CPU was drained first
+    pkts.swap(2, 3);
+    let (eng, seen) = run(Config::default(), &pkts);
+    assert_eq!(seen.journeys.len(), 2);
+    let req = &seen.journeys[0];
+    assert_eq!(
+        req.hops[0].place.iface, "eni-pod-1",
+        "ordered by kernel time"
+    );
+    assert_eq!(req.first_ns, 0);
+    let r = &req.rewrites[0];
+    assert_eq!(
+        (r.kind, r.before.src, r.after.src),
+        (NatKind::Snat, ip("192.168.1.21"), ip("192.168.1.5"))
+    );
+    assert_eq!(eng.stats().late, 0);
+    assert_eq!(seen.last_flows()[0].labels, labels(&[Label::Snat]));
+
+    // Later than the window: counted, and the journey splits.
+    let cfg = Config {
+        window_ns: 5_000,
+        ..Config::default()
+    };
+    let base = Pkt::udp("192.168.1.21", 5000, "203.0.113.10", 53);
+    let other = base.id(77);
+    let late = [
+        base.at(0, A, VETH1, IN),
+        other.at(100, A, VETH1, IN),
+        base.at(1, A, ENS5, OUT),
+    ];
+    let (eng, seen) = run(cfg, &late);
+    assert_eq!(eng.stats().late, 1);
+    assert_eq!(seen.journeys.len(), 3);
+}
+
+#[test]
+fn same_hook_twice_starts_a_new_journey_and_hops_are_bounded() {
+    let p = Pkt::udp("192.168.1.21", 5000, "192.168.2.21", 53).id(0);
+    let pkts = [
+        p.at(0, A, VETH1, IN),
+        p.at(10, A, ENS5, OUT),
+        p.at(20, A, VETH1, IN),
+    ];
+    let (eng, seen) = run(Config::default(), &pkts);
+    assert_eq!(seen.journeys.len(), 2);
+    assert_eq!(seen.journeys[0].hops.len(), 2);
+    assert_eq!(seen.journeys[1].hops.len(), 1);
+    assert_eq!(eng.stats().repeated_hook, 1);
+
+    let extra = 3;
+    let many: Vec<Packet> = (0..super::MAX_HOPS as u32 + extra)
+        .map(|i| p.at(u64::from(i), B, 100 + i, OUT))
+        .collect();
+    let (eng, seen) = run(Config::default(), &many);
+    assert_eq!(seen.journeys.len(), 1);
+    assert_eq!(seen.journeys[0].hops.len(), super::MAX_HOPS);
+    assert_eq!(eng.stats().hop_overflow, u64::from(extra));
+    assert_eq!(
+        seen.journeys[0].hops[0].place.role,
+        super::PlaceRole::Unknown
+    );
+}
+
+#[test]
+fn look_alike_packets_of_two_flows_stay_apart() {
+    // Same IP id, length and payload: only the ports tell them apart, and
+    // the ports are what NAT may change.
+    let one = Pkt::udp("192.168.1.21", 5000, "203.0.113.10", 53).id(0);
+    let two = one.sport(5001);
+    let nat = |p: Pkt, port| p.src("192.168.1.5").sport(port);
+    // SNAT keeping the ports: the later twin overtakes, continuity decides.
+    let kept = [
+        one.at(0, A, VETH1, IN),
+        two.at(1, A, VETH1, IN),
+        nat(two, 5001).at(2, A, ENS5, OUT),
+        nat(one, 5000).at(3, A, ENS5, OUT),
+    ];
+    // `--random-fully`: nothing to tell them apart, first in first out.
+    let random = [
+        one.at(0, A, VETH1, IN),
+        two.at(1, A, VETH1, IN),
+        nat(one, 30001).at(2, A, ENS5, OUT),
+        nat(two, 30002).at(3, A, ENS5, OUT),
+    ];
+    for (pkts, ports) in [(kept, [5000, 5001]), (random, [30001, 30002])] {
+        let (eng, seen) = run(Config::default(), &pkts);
+        assert_eq!(seen.journeys.len(), 2, "{:#?}", seen.journeys);
+        for (j, (sport, nat_port)) in seen
+            .journeys
+            .iter()
+            .zip([(5000, ports[0]), (5001, ports[1])])
+        {
+            assert_eq!(j.hops.len(), 2);
+            assert_eq!(j.hops[0].tuple.sport, sport);
+            assert_eq!(j.hops[1].tuple.sport, nat_port);
+        }
+        assert_eq!(eng.stats().repeated_hook, 1, "the twin at the same veth");
+        assert_eq!(seen.last_flows().len(), 2);
+    }
+}
