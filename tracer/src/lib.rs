@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod cli;
+pub mod correlate;
 pub mod decode;
 pub mod discover;
 pub mod ebpf;
