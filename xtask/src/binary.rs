@@ -17,7 +17,7 @@ pub fn build(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     let mut exe = None;
-    let status = cmd::stream(&mut c, |line| {
+    let status = cmd::stream(&mut c, false, |line| {
         if let Some(path) = executable(line) {
             exe = Some(path);
         }

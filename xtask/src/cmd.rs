@@ -4,7 +4,7 @@
 
 use std::{
     env,
-    io::{BufRead as _, BufReader},
+    io::{self, BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -107,16 +107,26 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Echoes and runs a command, handing each line of its stdout to `on_line`
-/// as it comes (stderr goes straight to the terminal).
-pub fn stream(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<ExitStatus> {
+/// as it comes. Its stderr goes straight to the terminal, or with
+/// `stderr_too` into the same lines, in the order the command wrote them
+/// (cargo says on stderr which test binary the next stdout lines are from).
+pub fn stream(
+    cmd: &mut Command,
+    stderr_too: bool,
+    mut on_line: impl FnMut(&str),
+) -> Result<ExitStatus> {
     let shown = render(cmd);
     println!("$ {shown}");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{shown}`"))?;
-    let stdout = child.stdout.take().context("stdout is piped")?;
-    for line in BufReader::new(stdout).lines() {
+    let (reader, writer) = io::pipe().context("creating a pipe")?;
+    if stderr_too {
+        cmd.stderr(writer.try_clone().context("duplicating a pipe")?);
+    }
+    let spawned = cmd.stdout(writer).spawn();
+    // The Command holds copies of the write end; the reader sees the end of
+    // the output only once they are closed too.
+    cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let mut child = spawned.with_context(|| format!("cannot start `{shown}`"))?;
+    for line in BufReader::new(reader).lines() {
         on_line(&line.with_context(|| format!("reading the output of `{shown}`"))?);
     }
     let status = child

@@ -98,13 +98,14 @@ fn offline() -> Result<()> {
 }
 
 /// Runs the privileged tests one at a time (they share namespaces and
-/// kernel state), echoing their output and counting cargo's `test result:`.
+/// kernel state), echoing their output and counting cargo's `test result:`
+/// lines of the integration tests (tests/tests/*.rs).
 fn run_privileged() -> Result<Counts> {
     let mut counts = Counts::default();
     let mut c = cmd::cargo();
     c.args(["test", "-p", "podtrace-tests", "--no-fail-fast"])
         .args(["--", "--test-threads=1"]);
-    let status = cmd::stream(&mut c, |line| {
+    let status = cmd::stream(&mut c, true, |line| {
         println!("{line}");
         counts.add(line);
     })?;
@@ -112,22 +113,40 @@ fn run_privileged() -> Result<Counts> {
     Ok(counts)
 }
 
-/// Totals over the `test result:` lines of one cargo test run.
+/// Totals over the `test result:` lines of the integration tests in one
+/// cargo test run. The crate's unit tests and doc-tests (helpers, a
+/// compile-only example) run too, but they are not privileged tests.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Counts {
     passed: u32,
     failed: u32,
     ignored: u32,
     cargo_failed: bool,
+    /// Whether the lines being read come from an integration test binary.
+    in_integration: bool,
 }
 
 impl Counts {
-    /// Adds one line of cargo test's output, if it is a `test result:` line,
-    /// e.g. `test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; ...`.
+    /// Reads one line of cargo test's output (stdout and stderr): cargo's
+    /// `Running tests/x.rs (...)` / `Running unittests ...` / `Doc-tests x`
+    /// say whose results follow, e.g.
+    /// `test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; ...`.
     fn add(&mut self, line: &str) {
-        let Some(rest) = line.trim_start().strip_prefix("test result:") else {
+        let line = line.trim_start();
+        if let Some(target) = line.strip_prefix("Running ") {
+            self.in_integration = target.starts_with("tests/");
+            return;
+        }
+        if line.starts_with("Doc-tests ") {
+            self.in_integration = false;
+            return;
+        }
+        let Some(rest) = line.strip_prefix("test result:") else {
             return;
         };
+        if !self.in_integration {
+            return;
+        }
         for part in rest.split(';') {
             let words: Vec<&str> = part.split_whitespace().collect();
             let Some(i) = words.iter().position(|w| w.parse::<u32>().is_ok()) else {
@@ -175,10 +194,16 @@ mod tests {
     fn counts_sum_every_test_binary() {
         let mut c = Counts::default();
         for line in [
+            "     Running unittests src/lib.rs (target/debug/deps/podtrace_tests-3b9f)",
+            "test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "     Running tests/attach.rs (target/debug/deps/attach-b867)",
             "running 2 tests",
             "test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.52s",
+            "     Running tests/lab.rs (target/debug/deps/lab-c80a)",
             "test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
             "test attach ... ok",
+            "   Doc-tests podtrace_tests",
+            "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
         ] {
             c.add(line);
         }
@@ -192,7 +217,7 @@ mod tests {
             passed,
             failed,
             ignored,
-            cargo_failed: false,
+            ..Counts::default()
         };
         assert!(ok(1, 0, 0).verdict().is_ok());
         assert!(ok(0, 0, 0).verdict().is_err(), "zero tests ran");
