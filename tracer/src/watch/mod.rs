@@ -27,8 +27,7 @@ use ratatui::{Terminal, backend::TestBackend, crossterm::event::Event};
 use self::{app::App, term::Screen};
 use crate::{
     cli::{FilterArgs, Mode, ReadyArgs, ReportArgs, WhereArgs, kernel_config},
-    conntrack,
-    correlate::{Config, Correlator, Label},
+    correlate::{Config, Correlator},
     kernel::LoadOptions,
     pods::{self, PodSet, PodSourceArgs},
     session::Session,
@@ -208,7 +207,7 @@ impl Edge<'_> {
     }
 
     /// Once a second: hooks and pod names after churn, the kernel's exact
-    /// counters, losses, rates, and conntrack for the flow in the detail pane.
+    /// counters, losses, rates.
     fn stats(&mut self, app: &mut App, hooks_changed: bool, secs: f64) {
         let (session, engine) = (&mut *self.session, &mut *self.engine);
         if hooks_changed {
@@ -232,26 +231,6 @@ impl Edge<'_> {
             st.flows_expired,
         );
         app.sweep(secs);
-        // Conntrack is read for the one flow whose details are open.
-        let nat = |f: &crate::correlate::Flow| {
-            f.conntrack.is_none()
-                && (f.labels.contains(Label::Snat) || f.labels.contains(Label::Dnat))
-        };
-        if let Some(f) = app
-            .detail_id()
-            .and_then(|id| engine.flow(id))
-            .filter(|f| nat(f))
-        {
-            let (id, tuple) = (f.id, f.tuple);
-            let entry = session
-                .namespaces()
-                .iter()
-                .filter_map(|ns| conntrack::dump(ns).ok())
-                .find_map(|t| conntrack::find(&t, &tuple).cloned());
-            if let Some(e) = entry {
-                engine.set_conntrack(id, e);
-            }
-        }
     }
 }
 
