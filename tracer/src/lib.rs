@@ -22,3 +22,4 @@ pub mod probe;
 pub mod session;
 pub mod signals;
 pub mod topology;
+pub mod watch;

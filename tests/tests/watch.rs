@@ -1,0 +1,286 @@
+//! `podtrace watch` in a real terminal: tmux on the lab, a pod pinging a
+//! pod on the other node. The screen must show the flow (pod names, path
+//! label, ENI) and its hops; every way out (`q`, Ctrl-C, SIGTERM) must
+//! give the shell back with the terminal restored and nothing attached.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use podtrace_tests::{
+    LabGuard,
+    process::{podtrace_bin, serial},
+    unique,
+};
+use tracer::kernel::podtrace_links;
+
+/// A tmux server of our own (its own socket), with one 160x40 pane running
+/// a plain shell; killed on drop, whatever happened.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start() -> Self {
+        let me = Self {
+            socket: unique("tmux"),
+        };
+        let out = me.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "w",
+            "-x",
+            "160",
+            "-y",
+            "40",
+            "env",
+            "PS1=watch-test$ ",
+            "TERM=xterm-256color",
+            "bash",
+            "--norc",
+            "--noprofile",
+        ]);
+        assert!(out.status.success(), "tmux new-session: {out:?}");
+        me
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("run tmux")
+    }
+
+    /// Types `keys` (tmux key names: `Enter`, `C-c`, or literal text).
+    fn send(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "w"];
+        args.extend_from_slice(keys);
+        assert!(self.tmux(&args).status.success(), "send-keys {keys:?}");
+    }
+
+    /// What the pane shows now.
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-t", "w"]).stdout).into_owned()
+    }
+
+    /// Waits (up to `secs`) until `pred` holds for the pane; returns it.
+    fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "timed out waiting for {what}; the pane shows:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// True while the pane is on the alternate screen.
+    fn alternate(&self) -> bool {
+        let out = self.tmux(&["display-message", "-p", "-t", "w", "#{alternate_on}"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+/// A `podtrace watch` started from the pane's shell, which prints its
+/// exit code afterwards.
+struct Watch {
+    ready: PathBuf,
+    pid: PathBuf,
+    tag: String,
+}
+
+impl Watch {
+    fn start(tmux: &Tmux, lab: &LabGuard) -> Self {
+        Self::start_with(tmux, lab, "")
+    }
+
+    /// Starts it with `env` (`NAME=value ` words) before the command.
+    fn start_with(tmux: &Tmux, lab: &LabGuard, env: &str) -> Self {
+        let tag = unique("w");
+        let tmp = std::env::temp_dir();
+        let me = Self {
+            ready: tmp.join(format!("{tag}.ready")),
+            pid: tmp.join(format!("{tag}.pid")),
+            tag,
+        };
+        let cmd = format!(
+            "{env}sh -c 'echo $$ > {pid}; exec {bin} watch --netns {a} --netns {b} --ready-file {ready}'; echo EXIT-{tag}'='$?",
+            pid = me.pid.display(),
+            bin = podtrace_bin().display(),
+            a = lab.node("node-a").netns,
+            b = lab.node("node-b").netns,
+            ready = me.ready.display(),
+            tag = me.tag,
+        );
+        tmux.send(&["-l", &cmd]);
+        tmux.send(&["Enter"]);
+        let start = Instant::now();
+        while !me.ready.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "podtrace watch never became ready:\n{}",
+                tmux.screen()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Text of the header, not of the command line typed.
+        tmux.wait_for("the watch screen", 10, |s| s.contains("events/s"));
+        me
+    }
+
+    fn pid(&self) -> i32 {
+        std::fs::read_to_string(&self.pid)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
+    /// Waits for the shell to print the exit code; checks the terminal is
+    /// restored (normal screen, cooked mode) and nothing is attached.
+    fn assert_left_cleanly(&self, tmux: &Tmux, how: &str) {
+        let _ = self.assert_left(tmux, how, 0);
+    }
+
+    /// [`Watch::assert_left_cleanly`], expecting exit code `code`.
+    /// Returns what the pane showed when the shell came back.
+    fn assert_left(&self, tmux: &Tmux, how: &str, code: i32) -> String {
+        let marker = format!("EXIT-{}=", self.tag);
+        let back = tmux.wait_for(&format!("the shell after {how}"), 15, |s| {
+            s.contains(&marker)
+        });
+        assert!(
+            back.lines()
+                .any(|l| l.trim_end() == format!("{marker}{code}")),
+            "exit code after {how}:\n{back}"
+        );
+        assert!(
+            !tmux.alternate(),
+            "still on the alternate screen after {how}"
+        );
+        assert!(
+            !back.contains("SOURCE"),
+            "the table is gone after {how}:\n{back}"
+        );
+        // Raw mode left on would show as -icanon/-echo here.
+        tmux.send(&[
+            "-l",
+            "stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo | tr '\\n' ' '; echo STTY'-'DONE",
+        ]);
+        tmux.send(&["Enter"]);
+        let s = tmux.wait_for("stty", 10, |s| s.contains("STTY-DONE"));
+        assert!(
+            s.contains("icanon echo STTY-DONE"),
+            "terminal not restored after {how}:\n{s}"
+        );
+        assert_eq!(
+            podtrace_links(),
+            vec![],
+            "programs still attached after {how}"
+        );
+        tmux.send(&["-l", "clear"]);
+        tmux.send(&["Enter"]);
+        back
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ready);
+        let _ = std::fs::remove_file(&self.pid);
+    }
+}
+
+#[test]
+fn watch_shows_the_lab_flow_and_restores_the_terminal() {
+    let _serial = serial();
+    let lab = LabGuard::up();
+    let (p1, p3) = (lab.pod("pod-1"), lab.pod("pod-3"));
+    assert_eq!(p1.eni, "ens5", "pod-1 has an ens5 address");
+    let tmux = Tmux::start();
+    tmux.wait_for("the shell prompt", 10, |s| s.contains("watch-test$"));
+
+    // q: the flow row, its details, then quit.
+    let w = Watch::start(&tmux, &lab);
+    lab.exec(
+        &p1.netns,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            &p3.ip.to_string(),
+        ],
+    );
+    let s = tmux.wait_for("the pod-1 -> pod-3 flow", 15, |s| {
+        s.lines().any(|l| {
+            l.contains("pod-1")
+                && l.contains("pod-3")
+                && l.contains("icmp")
+                && l.contains("direct")
+                && l.contains("ens5")
+        })
+    });
+    assert!(s.contains("hooks: "), "header:\n{s}");
+    // The newest flow is on top and selected: its details.
+    tmux.send(&["/"]);
+    tmux.send(&["-l", "pod-3"]);
+    tmux.send(&["Enter", "Enter"]);
+    let s = tmux.wait_for("the detail pane", 10, |s| {
+        s.contains("request: latest packet")
+    });
+    let hop = |iface: &str, dir: &str| {
+        s.lines()
+            .any(|l| l.contains(iface) && l.contains(dir) && l.contains(&p1.ip.to_string()))
+    };
+    assert!(
+        hop(&p1.host_veth, "ingress"),
+        "pod-1's veth ingress hop:\n{s}"
+    );
+    assert!(hop("ens5", "egress"), "node-a ens5 egress hop:\n{s}");
+    assert!(
+        s.contains("pod veth of pod-1") && s.contains("ENI 0 (primary)"),
+        "roles:\n{s}"
+    );
+    tmux.send(&["q"]);
+    w.assert_left_cleanly(&tmux, "q");
+    drop(w);
+
+    // Ctrl-C (a key in raw mode, not a signal).
+    let w = Watch::start(&tmux, &lab);
+    tmux.send(&["C-c"]);
+    w.assert_left_cleanly(&tmux, "Ctrl-C");
+    drop(w);
+
+    // SIGTERM from outside.
+    let w = Watch::start(&tmux, &lab);
+    // SAFETY: kill(2) of the podtrace process the pane started.
+    assert_eq!(unsafe { libc::kill(w.pid(), libc::SIGTERM) }, 0);
+    w.assert_left_cleanly(&tmux, "SIGTERM");
+    drop(w);
+
+    // A panic (debug builds panic on `!` when asked to): the hook restores
+    // the terminal first, so the message is readable; unwinding detaches.
+    let w = Watch::start_with(&tmux, &lab, "PODTRACE_WATCH_TEST_PANIC=1 RUST_BACKTRACE=0 ");
+    tmux.send(&["!"]);
+    let back = w.assert_left(&tmux, "a panic", 101);
+    assert!(back.contains("test panic requested"), "{back}");
+}
