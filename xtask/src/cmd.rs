@@ -106,6 +106,18 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Echoes and runs a clean-up command (from a `Drop`): it runs even after
+/// Ctrl-C, unlike [`run`], and a failure is only a warning.
+pub fn run_cleanup(cmd: &mut Command) {
+    let shown = render(cmd);
+    println!("$ {shown}");
+    match cmd.status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!("warning: `{shown}` failed ({status})"),
+        Err(e) => eprintln!("warning: cannot run `{shown}`: {e}"),
+    }
+}
+
 /// Echoes and runs a command, handing each line of its stdout to `on_line`
 /// as it comes. Its stderr goes straight to the terminal, or with
 /// `stderr_too` into the same lines, in the order the command wrote them

@@ -75,18 +75,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if !self.built {
-            return;
-        }
-        // Not through `cmd::run`: after Ctrl-C that fails every step, and
-        // this must run all the same.
-        let mut down = Command::new(&self.podtrace);
-        down.args(["lab", "down"]);
-        println!("$ {}", cmd::render(&down));
-        match down.status() {
-            Ok(status) if status.success() => {}
-            Ok(status) => eprintln!("warning: `podtrace lab down` failed ({status})"),
-            Err(e) => eprintln!("warning: cannot run `podtrace lab down`: {e}"),
+        if self.built {
+            cmd::run_cleanup(Command::new(&self.podtrace).args(["lab", "down"]));
         }
     }
 }

@@ -29,20 +29,10 @@ impl Namespaces {
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        // Deleting a namespace also deletes the veth ends inside it. Not
-        // through `cmd::run`: after Ctrl-C that reports every step as
-        // interrupted, and this must run and be quiet all the same.
+        // Deleting a namespace also deletes the veth ends inside it.
         for name in self.0.iter().rev() {
-            if !Path::new("/run/netns").join(name).exists() {
-                continue;
-            }
-            let mut del = Command::new("ip");
-            del.args(["netns", "del", name]);
-            println!("$ {}", cmd::render(&del));
-            match del.status() {
-                Ok(status) if status.success() => {}
-                Ok(status) => eprintln!("warning: `ip netns del {name}` failed ({status})"),
-                Err(e) => eprintln!("warning: cannot run `ip netns del {name}`: {e}"),
+            if Path::new("/run/netns").join(name).exists() {
+                cmd::run_cleanup(Command::new("ip").args(["netns", "del", name]));
             }
         }
     }
