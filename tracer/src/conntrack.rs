@@ -5,7 +5,7 @@
 use std::{io, net::Ipv4Addr};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
@@ -35,7 +35,7 @@ pub fn dump(ns: &Netns) -> io::Result<Vec<ConntrackInfo>> {
     let mut msg = NetlinkMessage::new(
         NetlinkHeader::default(),
         NetlinkPayload::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Ipv4, libc::NFNETLINK_V0 as u8, 0),
+            NetfilterHeader::new(NetfilterProtoFamily::IPv4, libc::NFNETLINK_V0 as u8, 0),
             ConntrackMessage::Get(vec![]),
         )),
     );
@@ -120,7 +120,8 @@ fn tuple(parts: &[NlTuple]) -> Option<Tuple> {
                         ProtoTuple::SourcePort(s) => sport = *s,
                         ProtoTuple::DestinationPort(d) => dport = *d,
                         ProtoTuple::Other(nla) if nla.kind() == CTA_PROTO_ICMP_ID => {
-                            let v = nla.value();
+                            let mut v = vec![0; nla.value_len()];
+                            nla.emit_value(&mut v);
                             if v.len() >= 2 {
                                 sport = u16::from_be_bytes([v[0], v[1]]);
                             }
@@ -129,7 +130,7 @@ fn tuple(parts: &[NlTuple]) -> Option<Tuple> {
                     }
                 }
             }
-            NlTuple::Other(_) => {}
+            _ => {}
         }
     }
     Some(Tuple {

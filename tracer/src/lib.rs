@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod cli;
+pub mod conntrack;
 pub mod correlate;
 pub mod decode;
 pub mod discover;
@@ -22,4 +23,5 @@ pub mod probe;
 pub mod session;
 pub mod signals;
 pub mod topology;
+pub mod trace;
 pub mod watch;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracer::{capture, lab, ping, watch};
+use tracer::{capture, lab, ping, trace, watch};
 
 /// podtrace traces packets through Kubernetes pod networking (AWS VPC CNI):
 /// pod veths, ENIs (ens5, ens6, ...), SNAT and DNAT, with eBPF programs at TC
@@ -31,6 +31,11 @@ enum Command {
     /// where a lost probe was last seen. Exit 0 replies received, 1 no
     /// reply, 2 usage or resolution error.
     Ping(ping::PingArgs),
+    /// Follow live traffic as flows: each packet's path across pod veths and
+    /// ENIs (both nodes in the lab), SNAT/DNAT rewrites with conntrack's
+    /// tuples, the ENIs used, and labels direct, snat, dnat,
+    /// asymmetric-eni, incomplete.
+    Trace(trace::TraceArgs),
     /// A live terminal UI of flows: path label, ENI, NAT, counters, and the
     /// hop-by-hop path of the selected flow (`q` quits).
     Watch(watch::WatchArgs),
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Command::Capture(args) => runtime().and_then(|rt| rt.block_on(capture::run(args))),
         Command::Lab(args) => runtime().and_then(|rt| rt.block_on(lab::run(args))),
         Command::Ping(args) => runtime().and_then(|rt| rt.block_on(ping::run(args))),
+        Command::Trace(args) => runtime().and_then(|rt| rt.block_on(trace::run(args))),
         Command::Watch(args) => runtime().and_then(|rt| rt.block_on(watch::run(args))),
     };
     match result {

@@ -296,6 +296,21 @@ impl Session {
     }
 }
 
+/// The namespaces to trace: `--netns` as given; with the lab up and none
+/// given, both lab nodes (the whole round trip); else this namespace.
+pub fn traced_namespaces(place: &WhereArgs, pods: &crate::pods::PodSet) -> WhereArgs {
+    if !place.netns.is_empty() || !matches!(pods.source(), crate::pods::Source::Lab) {
+        return place.clone();
+    }
+    let mut nodes: Vec<String> = pods.pods().iter().filter_map(|p| p.node.clone()).collect();
+    nodes.sort();
+    nodes.dedup();
+    WhereArgs {
+        netns: nodes,
+        iface: place.iface.clone(),
+    }
+}
+
 /// Subscribes to link, address and route changes in `ns`; sends `i` on each.
 fn watch_links(
     ns: &Netns,

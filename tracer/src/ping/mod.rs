@@ -79,7 +79,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     let dst_ip = dst.0;
     let dst_end = dst.1;
 
-    let place = traced_namespaces(&args.place, &pods);
+    let place = crate::session::traced_namespaces(&args.place, &pods);
     let nodes: Vec<Arc<Netns>> = place
         .netns
         .iter()
@@ -246,21 +246,6 @@ fn resolve_dst(pods: &PodSet, spec: &str) -> anyhow::Result<(Ipv4Addr, Endpoint)
             ))
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-/// The namespaces to trace: `--netns` as given; with the lab up and none
-/// given, both lab nodes (the whole round trip); else this namespace.
-fn traced_namespaces(place: &WhereArgs, pods: &PodSet) -> WhereArgs {
-    if !place.netns.is_empty() || !matches!(pods.source(), pods::Source::Lab) {
-        return place.clone();
-    }
-    let mut nodes: Vec<String> = pods.pods().iter().filter_map(|p| p.node.clone()).collect();
-    nodes.sort();
-    nodes.dedup();
-    WhereArgs {
-        netns: nodes,
-        iface: place.iface.clone(),
     }
 }
 

@@ -1,0 +1,289 @@
+//! `podtrace trace`: live flows with their path, ENIs, rewrites and labels,
+//! as blocks a person reads at a glance or as JSON lines.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    io::Write as _,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::Args;
+use serde_json::json;
+
+use crate::{
+    cli::{FilterArgs, Mode, ReadyArgs, ReportArgs, WhereArgs, kernel_config, parse_duration},
+    conntrack,
+    correlate::{self, Correlator, Flow, FlowId, Label, Update, format},
+    kernel::LoadOptions,
+    output::Clock,
+    pods::{self, PodSourceArgs},
+    session::{HookChange, Session},
+    signals::Stop,
+};
+
+/// `podtrace trace` flags.
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub place: WhereArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub pods: PodSourceArgs,
+    /// Print one JSON object per line (`type`: journey, flow, flow_end,
+    /// stats) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print every journey (one packet's hops), not only flows.
+    #[arg(long)]
+    pub journeys: bool,
+    /// Stop after this long (e.g. 10s, 2m).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Most flows tracked at once (least recently seen are evicted).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_flows: usize,
+    #[command(flatten)]
+    pub ready: ReadyArgs,
+}
+
+/// What was last printed of a flow, so a block is printed again only when
+/// its story changed (a new label, the reply path, conntrack's tuples).
+#[derive(PartialEq, Eq)]
+struct Shown {
+    labels: Vec<Label>,
+    reply_seen: bool,
+    conntrack: bool,
+}
+
+impl Shown {
+    fn of(f: &Flow) -> Self {
+        Self {
+            labels: f.labels.iter().collect(),
+            reply_seen: !f.reply.path.is_empty(),
+            conntrack: f.conntrack.is_some(),
+        }
+    }
+}
+
+/// Runs `podtrace trace`.
+pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let mut pods = pods::load(&args.pods).await?;
+    let mut stop = Stop::install()?;
+    let opts = LoadOptions {
+        config: kernel_config(&args.filter, &args.report),
+        ring_bytes: args.report.ring_kib * 1024,
+        ..LoadOptions::default()
+    };
+    let place = crate::session::traced_namespaces(&args.place, &pods);
+    let mut session = Session::start(&place, &opts).await?;
+    session.topology.name_pods(|ip| pods.name_of(ip));
+    if let Some(note) = pods.take_note() {
+        eprintln!("podtrace: {note}");
+    }
+    let filtered = args.filter.src.is_some()
+        || args.filter.dst.is_some()
+        || args.filter.host.is_some()
+        || args.filter.port.is_some()
+        || args.filter.proto.is_some();
+    let mut engine = Correlator::new(correlate::Config {
+        max_flows: args.max_flows,
+        complete_reports: args.report.mode == Mode::Packets && !filtered,
+        ..correlate::Config::default()
+    });
+    if let Some(path) = &args.ready.ready_file {
+        session.write_ready_file(path)?;
+    }
+    eprintln!(
+        "podtrace: tracing {} in {} ({} mode); Ctrl-C to stop",
+        session
+            .hooks()
+            .iter()
+            .map(|(n, i)| format!("{n}/{i}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        session
+            .namespaces()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        match args.report.mode {
+            Mode::Packets => "packets",
+            Mode::Flows => "flows",
+        }
+    );
+    let clock = Clock::now();
+    let mut out = Printer {
+        json: args.json,
+        journeys: args.journeys,
+        shown: HashMap::new(),
+        dirty: BTreeSet::new(),
+        clock,
+    };
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut counters = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.wait() => break,
+            () = sleep => break,
+            _ = tick.tick() => engine.advance(monotonic_ns(), |u| out.update(u)),
+            _ = counters.tick() => {
+                let flows = session.flow_stats()?;
+                engine.merge_kernel_counters(flows.iter(), |u| out.update(u));
+                attach_conntrack(&session, &mut engine);
+                out.print_changed(&engine);
+            }
+            res = session.next(
+                |p, _, topo| engine.push(p, topo, |u| out.update(u)),
+                |c| match c {
+                    HookChange::Attached { netns, iface } => eprintln!("podtrace: attached {netns}/{iface}"),
+                    HookChange::Gone { netns, iface } => eprintln!("podtrace: {netns}/{iface} went away"),
+                },
+            ) => {
+                res?;
+                engine.refresh_topology(&session.topology);
+            }
+        }
+    }
+    session.drain(|p, _, topo| engine.push(p, topo, |u| out.update(u)));
+    let flows = session.flow_stats()?;
+    engine.merge_kernel_counters(flows.iter(), |u| out.update(u));
+    attach_conntrack(&session, &mut engine);
+    out.print_changed(&engine);
+    engine.flush(|u| out.update(u));
+    let stats = engine.stats();
+    if args.json {
+        println!("{}", json!({"type": "stats", "stats": stats}));
+    } else {
+        eprintln!("{}", crate::output::totals(&session)?);
+        eprintln!(
+            "{} journeys, {} flows tracked, {} flows evicted, {} journeys evicted",
+            stats.journeys, stats.flows, stats.flows_evicted, stats.pending_evicted
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Gives every NATed flow that has none yet the conntrack entry of its
+/// connection, read through netlink in the traced namespaces (a node's
+/// table is where its SNAT and DNAT happen).
+fn attach_conntrack(session: &Session, engine: &mut Correlator) {
+    let wanted: Vec<(FlowId, correlate::Tuple)> = engine
+        .flows()
+        .filter(|f| {
+            f.conntrack.is_none()
+                && (f.labels.contains(Label::Snat) || f.labels.contains(Label::Dnat))
+        })
+        .map(|f| (f.id, f.tuple))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let tables: Vec<_> = session
+        .namespaces()
+        .iter()
+        .filter_map(|ns| conntrack::dump(ns).ok())
+        .collect();
+    for (id, tuple) in wanted {
+        if let Some(entry) = tables.iter().find_map(|t| conntrack::find(t, &tuple)) {
+            engine.set_conntrack(id, entry.clone());
+        }
+    }
+}
+
+/// Kernel CLOCK_MONOTONIC now, the clock of the events.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Prints journeys as they close and flows once a second when their story
+/// changed: a flow is reported once it has settled, not at every packet.
+struct Printer {
+    json: bool,
+    journeys: bool,
+    shown: HashMap<FlowId, Shown>,
+    dirty: BTreeSet<FlowId>,
+    clock: Clock,
+}
+
+impl Printer {
+    fn update(&mut self, u: Update<'_>) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = match u {
+            Update::Journey(j) if self.journeys => {
+                if self.json {
+                    writeln!(stdout, "{}", json!({"type": "journey", "journey": j}))
+                } else {
+                    write!(stdout, "{}", format::journey(j))
+                }
+            }
+            Update::Journey(_) => Ok(()),
+            Update::Flow(f) => {
+                self.dirty.insert(f.id);
+                Ok(())
+            }
+            Update::FlowEnded { flow, reason } => {
+                self.dirty.remove(&flow.id);
+                let changed = self.shown.remove(&flow.id) != Some(Shown::of(flow));
+                if self.json {
+                    writeln!(
+                        stdout,
+                        "{}",
+                        json!({"type": "flow_end", "reason": reason, "flow": flow})
+                    )
+                } else if changed && !flow.request.path.is_empty() {
+                    self.flow(&mut stdout, flow)
+                } else {
+                    Ok(())
+                }
+            }
+        };
+    }
+
+    /// Prints the flows whose story changed since they were last printed.
+    fn print_changed(&mut self, engine: &Correlator) {
+        let mut stdout = std::io::stdout().lock();
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(f) = engine.flow(id) else { continue };
+            let now = Shown::of(f);
+            if f.request.path.is_empty() || self.shown.get(&id) == Some(&now) {
+                continue;
+            }
+            self.shown.insert(id, now);
+            let _ = self.flow(&mut stdout, f);
+        }
+    }
+
+    fn flow(&self, out: &mut impl std::io::Write, f: &Flow) -> std::io::Result<()> {
+        if self.json {
+            return writeln!(out, "{}", json!({"type": "flow", "flow": f}));
+        }
+        let mut block = format::flow(f);
+        if let Some(ct) = &f.conntrack {
+            let t = |t: &correlate::Tuple| format!("{}:{} > {}:{}", t.src, t.sport, t.dst, t.dport);
+            block = block.trim_end().to_owned();
+            block.push_str(&format!(
+                "\n  conntrack original {}  reply {}\n",
+                t(&ct.original),
+                t(&ct.reply)
+            ));
+        }
+        writeln!(out, "{} {block}", self.clock.hms(f.last_ns))
+    }
+}
