@@ -1,0 +1,190 @@
+//! `podtrace trace` on the lab: real traffic, flows with labels, ENIs,
+//! rewrites and conntrack's tuples.
+
+use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
+
+use podtrace_tests::{LabGuard, netns_exec, process::Podtrace, whoami};
+use serde_json::Value;
+
+/// Last state of every flow, by id, from `trace --json` output.
+fn flows(stdout: &str) -> BTreeMap<u64, Value> {
+    let mut out = BTreeMap::new();
+    for line in stdout.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if matches!(v["type"].as_str(), Some("flow" | "flow_end")) {
+            out.insert(v["flow"]["id"].as_u64().expect("id"), v["flow"].clone());
+        }
+    }
+    out
+}
+
+fn labels(f: &Value) -> Vec<&str> {
+    f["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// The flow whose client is `src` and whose destination (as sent) is `dst`.
+fn find<'a>(all: &'a BTreeMap<u64, Value>, proto: u64, src: &str, dst: &str) -> &'a Value {
+    all.values()
+        .find(|f| {
+            f["tuple"]["proto"] == proto && f["tuple"]["src"] == src && f["tuple"]["dst"] == dst
+        })
+        .unwrap_or_else(|| panic!("no flow {src} -> {dst} proto {proto} in {all:#?}"))
+}
+
+fn hops(side: &Value) -> Vec<String> {
+    side["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            format!(
+                "{} {} {}",
+                h["node"].as_str().unwrap(),
+                h["iface"].as_str().unwrap(),
+                h["dir"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn lab_flows_are_labelled_with_their_path() {
+    let lab = LabGuard::up();
+    let (p1, p2, p3, p4) = (
+        lab.pod("pod-1"),
+        lab.pod("pod-2"),
+        lab.pod("pod-3"),
+        lab.pod("pod-4"),
+    );
+    let inet = lab.plan().internet.ip;
+    let ens5_a = lab.node("node-a").enis[0].primary_ip;
+    let trace = Podtrace::start(&["trace", "--json"]);
+
+    // pod -> pod across nodes, from an ens5 pod and from an ens6 pod.
+    netns_exec(
+        &p1.netns,
+        &["ping", "-c", "2", "-i", "0.2", &p3.ip.to_string()],
+    );
+    netns_exec(
+        &p2.netns,
+        &["ping", "-c", "2", "-i", "0.2", &p3.ip.to_string()],
+    );
+    // pod -> internet host: SNAT to node-a's ens5 primary IP.
+    netns_exec(&p2.netns, &["ping", "-c", "1", &inet.to_string()]);
+    // pod -> ClusterIP service: DNAT to a backend kube-proxy-style rules pick.
+    let svc = SocketAddrV4::new(lab.plan().service.ip, lab.plan().service.port);
+    let served = whoami(&p1.netns, svc);
+    // NLB (IP target mode) -> pod-4 on node-b's ens6, no rewrite.
+    let nlb = whoami(&lab.plan().nlb.netns, SocketAddrV4::new(p4.ip, 8080));
+    assert!(nlb.who.contains("pod-4"), "{nlb:?}");
+    // Without pod-2's rule 1536, its replies to another node leave by ens5.
+    netns_exec(
+        "node-a",
+        &[
+            "ip",
+            "rule",
+            "del",
+            "pref",
+            "1536",
+            "from",
+            &p2.ip.to_string(),
+        ],
+    );
+    netns_exec(
+        &p3.netns,
+        &["ping", "-c", "2", "-i", "0.2", &p2.ip.to_string()],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = trace.stop(libc::SIGINT);
+    assert!(out.status.success(), "{}", out.stderr);
+    let all = flows(&out.stdout);
+
+    let direct5 = find(&all, 1, &p1.ip.to_string(), &p3.ip.to_string());
+    assert_eq!(labels(direct5), ["direct"], "{direct5:#}");
+    assert_eq!(direct5["egress_eni"]["iface"], "ens5");
+    assert_eq!(direct5["egress_eni"]["node"], "node-a");
+    assert_eq!(
+        hops(&direct5["request"]),
+        [
+            format!("node-a {} ingress", p1.host_veth),
+            "node-a ens5 egress".into(),
+            "node-b ens5 ingress".into(),
+            format!("node-b {} egress", p3.host_veth),
+        ]
+    );
+    assert_eq!(
+        direct5["request"]["kernel"]["packets"], 2,
+        "exact kernel counters: {direct5:#}"
+    );
+
+    let direct6 = find(&all, 1, &p2.ip.to_string(), &p3.ip.to_string());
+    assert_eq!(labels(direct6), ["direct"], "{direct6:#}");
+    assert_eq!(
+        direct6["egress_eni"]["iface"], "ens6",
+        "an ens6 pod's VPC traffic leaves by ens6"
+    );
+
+    let snat = find(&all, 1, &p2.ip.to_string(), &inet.to_string());
+    assert_eq!(labels(snat), ["snat"], "{snat:#}");
+    assert_eq!(
+        snat["egress_eni"]["iface"], "ens5",
+        "internet traffic leaves by the primary ENI"
+    );
+    let at_eni = &snat["request"]["path"][1];
+    assert_eq!(
+        (at_eni["iface"].as_str(), at_eni["tuple"]["src"].as_str()),
+        (Some("ens5"), Some(ens5_a.to_string().as_str()))
+    );
+    let ct = &snat["conntrack"];
+    assert_eq!(ct["original"]["src"], p2.ip.to_string(), "{snat:#}");
+    assert_eq!(
+        ct["reply"]["dst"],
+        ens5_a.to_string(),
+        "conntrack agrees: SNAT to node-a's ens5 primary IP"
+    );
+
+    let dnat = find(&all, 6, &p1.ip.to_string(), &svc.ip().to_string());
+    assert!(labels(dnat).contains(&"dnat"), "{dnat:#}");
+    let backend = dnat["conntrack"]["reply"]["src"]
+        .as_str()
+        .expect("conntrack on the DNATed flow");
+    let last = dnat["request"]["path"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        last["tuple"]["dst"], backend,
+        "the flow's backend is conntrack's choice"
+    );
+    assert_eq!(
+        lab.pod(backend).name,
+        served.who.rsplit('/').next().unwrap(),
+        "and the one that answered"
+    );
+
+    let nlb_flow = all
+        .values()
+        .find(|f| f["tuple"]["dst"] == p4.ip.to_string() && f["tuple"]["proto"] == 6)
+        .expect("NLB flow");
+    assert_eq!(labels(nlb_flow), ["direct"], "{nlb_flow:#}");
+    let first = &nlb_flow["request"]["path"][0];
+    assert_eq!(
+        (
+            first["node"].as_str(),
+            first["iface"].as_str(),
+            first["dir"].as_str()
+        ),
+        (Some("node-b"), Some("ens6"), Some("ingress"))
+    );
+
+    let asym = find(&all, 1, &p3.ip.to_string(), &p2.ip.to_string());
+    assert!(labels(asym).contains(&"asymmetric-eni"), "{asym:#}");
+    let reply_hops = hops(&asym["reply"]);
+    assert!(
+        reply_hops.contains(&"node-a ens5 egress".to_owned()),
+        "{reply_hops:?}"
+    );
+    assert!(hops(&asym["request"]).contains(&"node-a ens6 ingress".to_owned()));
+}
