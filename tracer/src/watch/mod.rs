@@ -27,7 +27,8 @@ use ratatui::{Terminal, backend::TestBackend, crossterm::event::Event};
 use self::{app::App, term::Screen};
 use crate::{
     cli::{FilterArgs, Mode, ReadyArgs, ReportArgs, WhereArgs, kernel_config},
-    correlate::{Config, Correlator},
+    conntrack,
+    correlate::{Config, Correlator, Flow, Label},
     kernel::LoadOptions,
     pods::{self, PodSet, PodSourceArgs},
     session::Session,
@@ -207,7 +208,7 @@ impl Edge<'_> {
     }
 
     /// Once a second: hooks and pod names after churn, the kernel's exact
-    /// counters, losses, rates.
+    /// counters, losses, rates, and conntrack for the flow in the detail pane.
     fn stats(&mut self, app: &mut App, hooks_changed: bool, secs: f64) {
         let (session, engine) = (&mut *self.session, &mut *self.engine);
         if hooks_changed {
@@ -231,6 +232,23 @@ impl Edge<'_> {
             st.flows_expired,
         );
         app.sweep(secs);
+        // Conntrack is read only for the one NATed flow whose details are
+        // open: a whole table per flow per second would not scale.
+        let nat = |f: &&Flow| {
+            f.conntrack.is_none()
+                && (f.labels.contains(Label::Snat) || f.labels.contains(Label::Dnat))
+        };
+        if let Some(f) = app.detail_id().and_then(|id| engine.flow(id)).filter(nat) {
+            let (id, tuple) = (f.id, f.tuple);
+            let entry = session
+                .namespaces()
+                .iter()
+                .filter_map(|ns| conntrack::dump(ns).ok())
+                .find_map(|t| conntrack::find(&t, &tuple).cloned());
+            if let Some(e) = entry {
+                engine.set_conntrack(id, e);
+            }
+        }
     }
 }
 
