@@ -240,7 +240,7 @@ fn watch_shows_the_lab_flow_and_restores_the_terminal() {
         })
     });
     assert!(s.contains("hooks: "), "header:\n{s}");
-    // The newest flow is on top and selected: its details.
+    // Filtered down to that flow, which is then selected: its details.
     tmux.send(&["/"]);
     tmux.send(&["-l", "pod-3"]);
     tmux.send(&["Enter", "Enter"]);
@@ -260,6 +260,27 @@ fn watch_shows_the_lab_flow_and_restores_the_terminal() {
         s.contains("pod veth of pod-1") && s.contains("ENI 0 (primary)"),
         "roles:\n{s}"
     );
+    // pod-2 to the internet host: SNAT to node-a's ens5 address, and
+    // conntrack's tuples in the (still open) detail pane.
+    let (p2, internet) = (lab.pod("pod-2"), lab.plan().internet.ip.to_string());
+    lab.exec(
+        &p2.netns,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", &internet],
+    );
+    tmux.send(&["/", "BSpace", "BSpace", "BSpace", "BSpace", "BSpace"]);
+    tmux.send(&["-l", "pod-2"]);
+    tmux.send(&["Enter"]);
+    let s = tmux.wait_for("the SNAT flow's conntrack entry", 10, |s| {
+        s.contains("conntrack") && s.contains(&format!("original {} > {internet}", p2.ip))
+    });
+    let row = s
+        .lines()
+        .find(|l| l.contains("pod-2") && l.contains(&internet));
+    assert!(
+        row.is_some_and(|l| l.contains("snat") && l.contains("ens5") && l.contains("SNAT")),
+        "the SNAT row:\n{s}"
+    );
+    assert!(s.contains("^ SNAT"), "the rewrite under its hop:\n{s}");
     tmux.send(&["q"]);
     w.assert_left_cleanly(&tmux, "q");
     drop(w);
