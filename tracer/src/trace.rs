@@ -22,8 +22,10 @@ use crate::{
     signals::Stop,
 };
 
-/// `podtrace trace` flags.
+/// `podtrace trace` flags: `--mode flows` by default (exact counters, few
+/// events), like `watch`.
 #[derive(Args, Debug)]
+#[command(mut_arg("mode", |a| a.default_value("flows")))]
 pub struct TraceArgs {
     #[command(flatten)]
     pub place: WhereArgs,
@@ -73,6 +75,7 @@ impl Shown {
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut pods = pods::load(&args.pods).await?;
     let mut stop = Stop::install()?;
+    let mode = args.report.mode;
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
         ring_bytes: args.report.ring_kib * 1024,
@@ -91,7 +94,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         || args.filter.proto.is_some();
     let mut engine = Correlator::new(correlate::Config {
         max_flows: args.max_flows,
-        complete_reports: args.report.mode == Mode::Packets && !filtered,
+        complete_reports: mode == Mode::Packets && !filtered,
         ..correlate::Config::default()
     });
     if let Some(path) = &args.ready.ready_file {
@@ -111,7 +114,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             .map(|n| n.name.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        match args.report.mode {
+        match mode {
             Mode::Packets => "packets",
             Mode::Flows => "flows",
         }

@@ -79,6 +79,12 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
     else {
         return None;
     };
+    // Multicast and broadcast (IGMP joins, mDNS, DHCP) are not pod paths:
+    // copies of one datagram reach several hooks and would read as a
+    // journey across nodes with made-up rewrites.
+    if dst.is_multicast() || dst.is_broadcast() {
+        return None;
+    }
     let mut fp = Fingerprint {
         payload_hash: pkt.payload_hash,
         ip_id: id,

@@ -141,7 +141,8 @@ pub(crate) type Sink<'s> = &'s mut dyn FnMut(Update<'_>);
 pub struct Stats {
     /// Packets pushed.
     pub packets: u64,
-    /// Of those, not IPv4 (ARP, IPv6): not correlated.
+    /// Of those, not IPv4 unicast (ARP, IPv6, multicast, broadcast): not
+    /// correlated.
     pub ignored: u64,
     /// Packets older than the window at arrival (their journey may be split).
     pub late: u64,

@@ -407,3 +407,17 @@ fn look_alike_packets_of_two_flows_stay_apart() {
         assert_eq!(seen.last_flows().len(), 2);
     }
 }
+
+#[test]
+fn multicast_is_not_a_journey() {
+    // An IGMP join from the VPC router reaches both nodes' ENIs: one
+    // datagram, two hooks, no path to tell and no rewrite to invent.
+    let join = Pkt::udp("192.168.1.1", 0, "224.0.0.22", 0);
+    let pkts = [join.at(0, A, ENS6, IN), join.at(30, B, ENS5, IN)];
+    let (eng, seen) = run(Config::default(), &pkts);
+    assert!(
+        seen.journeys.is_empty() && seen.flows.is_empty(),
+        "{seen:#?}"
+    );
+    assert_eq!(eng.stats().ignored, 2);
+}

@@ -111,7 +111,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     }
     let mut pods = pods::load(&args.pods).await?;
     let mut stop = Stop::install()?;
-    let mut session = Session::start(&args.place, &opts).await?;
+    let place = crate::session::traced_namespaces(&args.place, &pods);
+    let mut session = Session::start(&place, &opts).await?;
     session.topology.name_pods(|ip| pods.name_of(ip));
     if let Some(note) = pods.take_note() {
         eprintln!("podtrace: {note}");
