@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod cli;
 pub mod conntrack;
+pub mod container;
 pub mod correlate;
 pub mod decode;
 pub mod discover;

@@ -65,12 +65,16 @@ impl Session {
     pub async fn start(place: &WhereArgs, opts: &LoadOptions) -> anyhow::Result<Self> {
         // Privileges and embedded programs first: their errors say what to do.
         let kernel = Kernel::load(opts)?;
+        crate::container::check_privileges()?;
         let namespaces = if place.netns.is_empty() {
             vec![Arc::new(Netns::current()?)]
         } else {
             let mut v = Vec::new();
             for spec in &place.netns {
-                let ns = Netns::open(spec)?;
+                let mut ns = Netns::open(spec)?;
+                if spec == crate::container::THIS_NETNS {
+                    ns.name = crate::container::this_node_name().unwrap_or_else(|| "host".into());
+                }
                 if v.iter().any(|o: &Arc<Netns>| o.inode == ns.inode) {
                     continue;
                 }
@@ -96,7 +100,10 @@ impl Session {
             undecodable: 0,
         };
         for i in 0..session.namespaces.len() {
-            session.sync(i, true).await?;
+            session
+                .sync(i, true)
+                .await
+                .map_err(crate::container::explain_load)?;
         }
         if session.kernel.attached().next().is_none() {
             anyhow::bail!(
@@ -109,6 +116,7 @@ impl Session {
                     .join(", ")
             );
         }
+        crate::container::say_pod_side(&session.topology);
         Ok(session)
     }
 
@@ -296,9 +304,16 @@ impl Session {
     }
 }
 
-/// The namespaces to trace: `--netns` as given; with the lab up and none
-/// given, both lab nodes (the whole round trip); else this namespace.
+/// The namespaces to trace: `--netns` as given; in a node debug pod, the
+/// node's (the one podtrace runs in); with the lab up and none given, both
+/// lab nodes (the whole round trip); else this namespace.
 pub fn traced_namespaces(place: &WhereArgs, pods: &crate::pods::PodSet) -> WhereArgs {
+    if place.netns.is_empty() && crate::container::traces_only_this_node() {
+        return WhereArgs {
+            netns: vec![crate::container::THIS_NETNS.to_owned()],
+            iface: place.iface.clone(),
+        };
+    }
     if !place.netns.is_empty() || !matches!(pods.source(), crate::pods::Source::Lab) {
         return place.clone();
     }

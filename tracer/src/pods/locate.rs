@@ -140,6 +140,14 @@ async fn search(handle: &rtnetlink::Handle, nsid: i32, dirs: &[&Path]) -> Option
             }
         }
     }
+    // No netns file names it: a process inside it may (host PID).
+    for path in crate::container::process_netns() {
+        if let Ok(Some(id)) = nsid_of(handle, &path).await
+            && id == nsid
+        {
+            return Some(path);
+        }
+    }
     None
 }
 

@@ -88,7 +88,7 @@ impl Environment {
             kubelet: kubelet_kubeconfigs()
                 .into_iter()
                 .find(|(path, _)| path.exists()),
-            lab: exists(Path::new(LAB_INVENTORY)),
+            lab: exists(Path::new(LAB_INVENTORY)).or_else(crate::container::host_lab_inventory),
             home_kubeconfig: std::env::var_os("HOME")
                 .and_then(|h| exists(&Path::new(&h).join(".kube/config"))),
         }
