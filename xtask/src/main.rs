@@ -6,6 +6,7 @@
 mod binary;
 mod cmd;
 mod demo;
+mod image;
 mod lab;
 mod scratch;
 mod setup;
@@ -42,6 +43,9 @@ enum Task {
     /// Set up, build (release) and trace real packets: by default the path
     /// of a ping between two pods of the lab.
     Demo(demo::Options),
+    /// Set up (with podman and musl), build static `podtrace` and
+    /// `kubectl-podtrace`, and the OCI image FROM scratch; prints its size.
+    Image(image::Options),
     /// Benchmarks (not implemented yet).
     Bench,
 }
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release),
         Task::Test => test::run(),
         Task::Demo(opts) => demo::run(&opts),
+        Task::Image(opts) => image::run(&opts),
         Task::Bench => bench(),
     };
     match result {

@@ -22,13 +22,18 @@ const PACKAGES: [&str; 9] = [
     "tmux",
 ];
 
-/// Extra packages for building and running the container image.
-const IMAGE_PACKAGES: [&str; 2] = ["podman", "runc"];
+/// Extra packages for building and running the container image (musl-gcc
+/// builds ring's C code for the static binary).
+const IMAGE_PACKAGES: [&str; 3] = ["podman", "runc", "musl-tools"];
+
+/// The target of the static binary in the image.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// `cargo xtask setup` flags.
 #[derive(clap::Args, Debug, Default)]
 pub struct Options {
-    /// Also install podman and runc (for the container image).
+    /// Also install podman, runc, musl-tools and the musl target (for the
+    /// container image).
     #[arg(long)]
     pub image: bool,
 }
@@ -58,7 +63,23 @@ pub fn run(opts: &Options) -> Result<()> {
     for (name, check) in steps {
         ensure(name, check)?;
     }
+    if opts.image {
+        ensure("musl target", &musl_target)?;
+    }
     Ok(())
+}
+
+fn musl_target() -> Result<State> {
+    let list = cmd::stdout_of(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if list.lines().any(|l| l.trim() == MUSL_TARGET) {
+        return Ok(State::Ok(MUSL_TARGET.into()));
+    }
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", MUSL_TARGET]);
+    Ok(State::Fix(
+        "missing (the image's static podtrace)".into(),
+        vec![add],
+    ))
 }
 
 fn ensure(name: &str, check: &dyn Fn() -> Result<State>) -> Result<()> {
