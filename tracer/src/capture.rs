@@ -103,15 +103,9 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             }
         };
     while printed < limit && write_err.borrow().is_none() {
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             () = stop.wait() => break,
-            () = sleep => break,
+            () = crate::signals::deadline(deadline) => break,
             // Hook changes go to stderr in every mode: stdout stays events.
             res = session.next(|p, frame, topo| emit(p, frame, topo, &mut printed), |c| match c {
                 HookChange::Attached { netns, iface } => eprintln!("podtrace: attached {netns}/{iface}"),

@@ -30,6 +30,15 @@ use crate::{
     topology::{Role, Topology},
 };
 
+/// Kernel time now: CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns` and
+/// so of every event.
+pub fn kernel_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
 /// Converts kernel CLOCK_MONOTONIC stamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {

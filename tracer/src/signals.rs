@@ -26,3 +26,11 @@ impl Stop {
         }
     }
 }
+
+/// Resolves at `at`, or never when there is no deadline (`--duration`).
+pub async fn deadline(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -81,7 +81,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: args.report.ring_kib * 1024,
         ..LoadOptions::default()
     };
-    let place = crate::session::traced_namespaces(&args.place, &pods);
+    let place = crate::session::traced_namespaces(&args.place, &pods)?;
     let mut session = Session::start(&place, &opts).await?;
     session.topology.name_pods(|ip| pods.name_of(ip));
     if let Some(note) = pods.take_note() {
@@ -131,16 +131,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut counters = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             () = stop.wait() => break,
-            () = sleep => break,
-            _ = tick.tick() => engine.advance(monotonic_ns(), |u| out.update(u)),
+            () = crate::signals::deadline(deadline) => break,
+            _ = tick.tick() => engine.advance(crate::output::kernel_now_ns(), |u| out.update(u)),
             _ = counters.tick() => {
                 let flows = session.flow_stats()?;
                 engine.merge_kernel_counters(flows.iter(), |u| out.update(u));
@@ -203,16 +197,6 @@ fn attach_conntrack(session: &Session, engine: &mut Correlator) {
             engine.set_conntrack(id, entry.clone());
         }
     }
-}
-
-/// Kernel CLOCK_MONOTONIC now, the clock of the events.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0)
-        })
-        .unwrap_or(0)
 }
 
 /// Prints journeys as they close and flows once a second when their story

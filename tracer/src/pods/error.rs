@@ -246,17 +246,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// An error and its causes on one line, skipping causes that the message
 /// above already quotes.
 pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
+    crate::kernel::error_chain(e)
 }
 
 /// The innermost message of an error chain: the part a person can act on

@@ -87,14 +87,6 @@ fn describe(f: &FilterArgs) -> String {
     }
 }
 
-/// Kernel time now (CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`).
-fn kernel_now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-            + u64::try_from(t.tv_nsec()).unwrap_or(0)
-    })
-}
-
 /// Runs `podtrace watch` until `q`, Ctrl-C or SIGTERM.
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let opts = LoadOptions {
@@ -111,7 +103,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     }
     let mut pods = pods::load(&args.pods).await?;
     let mut stop = Stop::install()?;
-    let place = crate::session::traced_namespaces(&args.place, &pods);
+    let place = crate::session::traced_namespaces(&args.place, &pods)?;
     let mut session = Session::start(&place, &opts).await?;
     session.topology.name_pods(|ip| pods.name_of(ip));
     if let Some(note) = pods.take_note() {
@@ -186,7 +178,7 @@ impl Edge<'_> {
                     _ => {}
                 },
                 _ = frame_tick.tick() => {
-                    self.engine.advance(kernel_now_ns(), |u| app.apply(u));
+                    self.engine.advance(crate::output::kernel_now_ns(), |u| app.apply(u));
                     draw(&mut offscreen, app, self.engine, screen)?;
                 }
                 _ = stats_tick.tick() => {
@@ -286,7 +278,7 @@ fn draw(
     engine: &Correlator,
     screen: &Screen,
 ) -> anyhow::Result<()> {
-    app.now_ns = kernel_now_ns();
+    app.now_ns = crate::output::kernel_now_ns();
     if let Some(id) = app.detail_id() {
         app.set_detail(engine.flow(id));
     }
