@@ -109,6 +109,35 @@ fn lab_paths_and_bad_input() {
         (Some("snat"), Some(p2.ip.to_string().as_str()))
     );
 
+    // TCP SYN to the ClusterIP service: DNAT to a backend, answered, and
+    // the SYN-ACK's hops come back through conntrack's un-DNAT.
+    let svc = lab.plan().service.ip.to_string();
+    let (code, doc, err) = ping(&["pod-1", &svc, "--proto", "tcp", "--port", "80", "-c", "1"]);
+    assert_eq!(code, 0, "{err}\n{doc:#}");
+    assert_eq!(doc["summary"]["path"], "dnat", "{doc:#}");
+    let legs: Vec<&str> = doc["probes"][0]["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["leg"].as_str().unwrap())
+        .collect();
+    assert!(
+        legs.contains(&"request") && legs.contains(&"reply"),
+        "{doc:#}"
+    );
+    // UDP to a closed port on node-b: ICMP port unreachable is the answer.
+    let (code, doc, err) = ping(&[
+        "pod-1", "pod-4", "--proto", "udp", "--port", "9999", "-c", "1",
+    ]);
+    assert_eq!(code, 0, "{err}\n{doc:#}");
+    assert_eq!(doc["summary"]["path"], "direct");
+    assert!(
+        doc["probes"][0]["reply"]
+            .as_str()
+            .is_some_and(|r| r.contains("port unreachable")),
+        "{doc:#}"
+    );
+
     // A DROP on node-b: no reply, lost after node-b's ENI ingress.
     let rule = [
         "-I",

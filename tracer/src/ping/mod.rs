@@ -79,7 +79,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     let dst_ip = dst.0;
     let dst_end = dst.1;
 
-    let place = crate::session::traced_namespaces(&args.place, &pods);
+    let place = crate::session::traced_namespaces(&args.place, &pods)?;
     let nodes: Vec<Arc<Netns>> = place
         .netns
         .iter()
@@ -97,15 +97,11 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     match args.proto {
         // Echo replies carry the probe's payload, so they are tagged too.
         ProbeProto::Icmp => config.probes_only = 1,
-        // SYN-ACK/RST and UDP answers are untagged: report this port's packets.
+        // SYN-ACK/RST and UDP answers (data or ICMP port unreachable) are
+        // untagged, and NAT may change the port they come from: report the
+        // first packets of every flow, enough for each probe's answer.
         ProbeProto::Tcp | ProbeProto::Udp => {
-            config.mode = mode::PACKETS;
-            config.proto = u32::from(if args.proto == ProbeProto::Tcp {
-                6u8
-            } else {
-                17
-            });
-            config.port = u32::from(args.port);
+            config.flow_first_n = u32::from(args.count).saturating_mul(2).saturating_add(2);
         }
     }
     let opts = LoadOptions {
@@ -297,9 +293,12 @@ fn build_view(
             }
             (ProbeProto::Tcp, L4::Tcp { seq, ack, .. }) => {
                 let isn = probe::tcp_isn(r.seq, run);
+                // Linux ignores data in a SYN (no TCP Fast Open), so the
+                // answer may acknowledge the SYN alone or SYN and data.
+                let acked = [isn.wrapping_add(1), isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1)];
                 if p.probe && seq == isn {
                     request.push(*p);
-                } else if ack == isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1) {
+                } else if acked.contains(&ack) {
                     reply.push(*p);
                 }
             }
