@@ -3,6 +3,7 @@
 //! `$ ...` so that a CI log shows what ran.
 #![warn(clippy::pedantic)]
 
+mod bench;
 mod binary;
 mod cmd;
 mod demo;
@@ -14,7 +15,7 @@ mod test;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 /// podtrace's developer tasks. Run as root on Debian with rustup.
@@ -46,8 +47,10 @@ enum Task {
     /// Set up (with podman and musl), build static `podtrace` and
     /// `kubectl-podtrace`, and the OCI image FROM scratch; prints its size.
     Image(image::Options),
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Set up, build (release) and measure what podtrace costs: userspace
+    /// micro-benchmarks, then traffic between two scratch namespaces with
+    /// no tracer, podtrace and tcpdump, interleaved; prints the tables.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
         Task::Test => test::run(),
         Task::Demo(opts) => demo::run(&opts),
         Task::Image(opts) => image::run(&opts),
-        Task::Bench => bench(),
+        Task::Bench(opts) => bench::run(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,9 +77,4 @@ fn build(release: bool) -> Result<()> {
     let exe = binary::build(release)?;
     println!("podtrace: {}", exe.display());
     Ok(())
-}
-
-fn bench() -> Result<()> {
-    // No numbers until they are measured.
-    bail!("bench: not implemented yet (issue 8)")
 }

@@ -1,0 +1,173 @@
+//! The goals of issue 8, judged on one run's numbers: each says what was
+//! measured and whether it is met. Targets live here, in the benchmark,
+//! never in timed tests.
+
+use std::fmt::Write as _;
+
+use super::{
+    cell::Cell,
+    load::Scenario,
+    micro::Micro,
+    report::{Results, Spread},
+    tracers::Tracer,
+};
+
+/// Flows mode's throughput ratio per scenario.
+const FLOWS_RATIO: [(Scenario, f64); 3] = [
+    (Scenario::BulkTcp, 0.97),
+    (Scenario::SmallUdp, 0.90),
+    (Scenario::RequestResponse, 0.90),
+];
+/// Most BPF ns per packet per hook for a reported packet.
+const REPORTED_NS: f64 = 150.0;
+/// "Tens of ns" for a packet the filter rejects.
+const FILTERED_NS: f64 = 100.0;
+/// Userspace events per second per core at 100k flows.
+const EVENTS_PER_SEC: f64 = 5e6;
+/// Peak RSS of podtrace with a handful of flows, MiB.
+const RSS_MIB: f64 = 64.0;
+/// "About 200 bytes per flow": up to a quarter more passes.
+const BYTES_PER_FLOW: f64 = 250.0;
+
+/// One goal's verdict.
+struct Verdict {
+    goal: String,
+    measured: String,
+    met: bool,
+}
+
+/// The goals as a markdown list, `MET`/`MISSED` first.
+pub fn judge(results: &Results, micro: &Micro) -> String {
+    let mut v = Vec::new();
+    throughput(results, &mut v);
+    accounting(results, &mut v);
+    bpf(results, &mut v);
+    userspace(results, micro, &mut v);
+    let mut s = String::new();
+    for x in v {
+        let verdict = if x.met { "MET" } else { "MISSED" };
+        let _ = writeln!(s, "- **{verdict}** {}: {}", x.goal, x.measured);
+    }
+    s
+}
+
+fn median_ratio(results: &Results, s: Scenario, t: Tracer) -> f64 {
+    Spread::of(results.ratios(s, t)).map_or(0.0, |r| r.median)
+}
+
+/// Flows mode against no tracer; packets mode against tcpdump.
+fn throughput(results: &Results, v: &mut Vec<Verdict>) {
+    for (s, want) in FLOWS_RATIO {
+        let got = median_ratio(results, s, Tracer::Flows);
+        v.push(Verdict {
+            goal: format!(
+                "flows mode, {}: throughput >= {want:.2} of no tracer",
+                s.label()
+            ),
+            measured: format!("{got:.3} (median of per-round ratios)"),
+            met: got >= want,
+        });
+    }
+    for s in Scenario::ALL {
+        let p = median_ratio(results, s, Tracer::Packets);
+        let t = median_ratio(results, s, Tracer::Tcpdump);
+        let pm = results.missed(s, Tracer::Packets);
+        let tm = results.missed(s, Tracer::Tcpdump);
+        v.push(Verdict {
+            goal: format!("packets mode ahead of tcpdump, {}", s.label()),
+            measured: format!(
+                "throughput ratio {p:.3} vs {t:.3}; missed {:.2} % vs {:.2} %",
+                pm * 100.0,
+                tm * 100.0
+            ),
+            met: p >= t && pm <= tm,
+        });
+    }
+}
+
+fn cells(results: &Results, t: Tracer) -> Vec<&Cell> {
+    results
+        .cells
+        .iter()
+        .filter(|(_, ct, _, _)| *ct == t)
+        .map(|(_, _, _, c)| c)
+        .collect()
+}
+
+/// No loss in flows mode, counters exact, every loss counted.
+fn accounting(results: &Results, v: &mut Vec<Verdict>) {
+    let flows = cells(results, Tracer::Flows);
+    let lost: u64 = flows.iter().map(|c| c.lost).sum();
+    v.push(Verdict {
+        goal: "flows mode: 0 lost events".into(),
+        measured: format!("{lost} lost over {} runs", flows.len()),
+        met: lost == 0,
+    });
+    let exact = flows.iter().filter(|c| c.exact == Some(true)).count();
+    v.push(Verdict {
+        goal: "flows mode: kernel counters exact (every hook = the veth's own counters)".into(),
+        measured: format!("{exact} of {} runs", flows.len()),
+        met: exact == flows.len(),
+    });
+    let packets = cells(results, Tracer::Packets);
+    let counted = packets
+        .iter()
+        .filter(|c| c.accounted == Some(true) && c.exact == Some(true))
+        .count();
+    v.push(Verdict {
+        goal: "packets mode: every loss counted (events + lost = matched, every hook)".into(),
+        measured: format!("{counted} of {} runs", packets.len()),
+        met: counted == packets.len(),
+    });
+}
+
+/// Run time per packet per hook, worst over scenarios and directions.
+fn bpf(results: &Results, v: &mut Vec<Verdict>) {
+    for (t, limit, what) in [
+        (
+            Tracer::Packets,
+            REPORTED_NS,
+            "a reported packet (packets mode)",
+        ),
+        (Tracer::Filtered, FILTERED_NS, "a packet the filter rejects"),
+    ] {
+        let worst = Scenario::ALL
+            .iter()
+            .flat_map(|&s| results.bpf_ns(s, t))
+            .flatten()
+            .fold(0.0, f64::max);
+        v.push(Verdict {
+            goal: format!("BPF cost per packet per hook <= {limit:.0} ns for {what}"),
+            measured: format!("worst over scenarios and directions: {worst:.0} ns"),
+            met: worst > 0.0 && worst <= limit,
+        });
+    }
+}
+
+/// Events per second per core, and memory.
+fn userspace(results: &Results, micro: &Micro, v: &mut Vec<Verdict>) {
+    let rate = micro.rate("decode_correlate/100k_flows").unwrap_or(0.0);
+    v.push(Verdict {
+        goal: "userspace: >= 5 M events/s per core through decode and correlation at 100k flows"
+            .into(),
+        measured: format!("{:.2} M events/s", rate / 1e6),
+        met: rate >= EVENTS_PER_SEC,
+    });
+    let rss_kib = results
+        .cells
+        .iter()
+        .filter(|(_, t, _, _)| t.is_podtrace())
+        .map(|(_, _, _, c)| c.peak_rss_kib)
+        .max()
+        .unwrap_or(0);
+    let rss = rss_kib as f64 / 1024.0;
+    let per_flow = micro.bytes_per_flow().unwrap_or(f64::INFINITY);
+    v.push(Verdict {
+        goal: "memory: RSS < 64 MiB + about 200 B per tracked flow".into(),
+        measured: format!(
+            "podtrace capture peak RSS {rss:.1} MiB (few flows); \
+             correlation engine {per_flow:.0} B per added flow"
+        ),
+        met: rss < RSS_MIB && per_flow <= BYTES_PER_FLOW,
+    });
+}
