@@ -225,10 +225,14 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// A failure to load the programs, with the node's missing BTF named when
 /// that is the likely cause; other errors pass unchanged.
 pub fn explain_load(e: anyhow::Error) -> anyhow::Error {
+    explain_load_with(e, Path::new(KERNEL_BTF).exists())
+}
+
+fn explain_load_with(e: anyhow::Error, has_btf: bool) -> anyhow::Error {
     let loading = e
         .chain()
         .any(|c| matches!(c.downcast_ref(), Some(crate::kernel::KernelError::Load(_))));
-    if loading && !Path::new(KERNEL_BTF).exists() {
+    if loading && !has_btf {
         return e.context(format!(
             "this node has no kernel BTF ({KERNEL_BTF} is missing; a kernel built with \
              CONFIG_DEBUG_INFO_BTF=y has it)"
@@ -327,6 +331,25 @@ mod tests {
         assert!(pod_side_note(&t).is_some_and(|n| n.contains("only the pod's side")));
         t.insert(1, iface(3, Role::Other));
         assert_eq!(pod_side_note(&t), None);
+    }
+
+    #[test]
+    fn a_load_failure_without_btf_says_so() {
+        use crate::kernel::KernelError;
+        let load = || anyhow::Error::from(KernelError::Load("Invalid argument".into()));
+        let e = explain_load_with(load(), false);
+        assert_eq!(
+            format!("{e:#}"),
+            "this node has no kernel BTF (/sys/kernel/btf/vmlinux is missing; a kernel built \
+             with CONFIG_DEBUG_INFO_BTF=y has it): loading the kernel programs failed: Invalid \
+             argument"
+        );
+        assert_eq!(
+            format!("{:#}", explain_load_with(load(), true)),
+            format!("{:#}", load())
+        );
+        let other = anyhow::Error::from(KernelError::NotPermitted);
+        assert!(!format!("{:#}", explain_load_with(other, false)).contains("BTF"));
     }
 
     #[test]

@@ -306,24 +306,29 @@ impl Session {
 
 /// The namespaces to trace: `--netns` as given; in a node debug pod, the
 /// node's (the one podtrace runs in); with the lab up and none given, both
-/// lab nodes (the whole round trip); else this namespace.
-pub fn traced_namespaces(place: &WhereArgs, pods: &crate::pods::PodSet) -> WhereArgs {
+/// lab nodes (the whole round trip); else this namespace. Fails first, in
+/// one line, without the capabilities to enter and trace them.
+pub fn traced_namespaces(
+    place: &WhereArgs,
+    pods: &crate::pods::PodSet,
+) -> anyhow::Result<WhereArgs> {
+    crate::container::check_privileges()?;
     if place.netns.is_empty() && crate::container::traces_only_this_node() {
-        return WhereArgs {
+        return Ok(WhereArgs {
             netns: vec![crate::container::THIS_NETNS.to_owned()],
             iface: place.iface.clone(),
-        };
+        });
     }
     if !place.netns.is_empty() || !matches!(pods.source(), crate::pods::Source::Lab) {
-        return place.clone();
+        return Ok(place.clone());
     }
     let mut nodes: Vec<String> = pods.pods().iter().filter_map(|p| p.node.clone()).collect();
     nodes.sort();
     nodes.dedup();
-    WhereArgs {
+    Ok(WhereArgs {
         netns: nodes,
         iface: place.iface.clone(),
-    }
+    })
 }
 
 /// Subscribes to link, address and route changes in `ns`; sends `i` on each.
