@@ -245,13 +245,22 @@ fn explain_load_with(e: anyhow::Error, has_btf: bool) -> anyhow::Error {
 /// runs in a pod's netns (an ephemeral container), where the node's veth,
 /// ENIs and NAT are out of sight.
 pub fn pod_side_note(topology: &Topology) -> Option<&'static str> {
+    // Inside a pod, the CNI's `169.254.1.1 dev eth0` host route makes
+    // discover see eth0 as a pod veth to that address: it is the pod's eth0.
+    let gateway = Some(std::net::Ipv4Addr::new(169, 254, 1, 1));
     let mut roles = topology.iter().map(|(_, i)| &i.role).peekable();
     roles.peek()?;
-    roles.all(|r| *r == Role::PodEth0).then_some(
-        "this is a pod's network namespace: the view shows only the pod's side (its eth0); \
+    roles
+        .all(|r| match r {
+            Role::PodEth0 => true,
+            Role::PodVeth { pod_ip, .. } => *pod_ip == gateway,
+            _ => false,
+        })
+        .then_some(
+            "this is a pod's network namespace: the view shows only the pod's side (its eth0); \
          the node's veth, ENIs and SNAT are seen from a node debug pod (kubectl debug \
          node/NODE --profile=sysadmin)",
-    )
+        )
 }
 
 /// Prints [`pod_side_note`] on stderr, once per process.
@@ -329,6 +338,20 @@ mod tests {
         assert_eq!(pod_side_note(&t), None);
         t.insert(1, iface(2, Role::PodEth0));
         assert!(pod_side_note(&t).is_some_and(|n| n.contains("only the pod's side")));
+        t.insert(
+            1,
+            iface(
+                4,
+                Role::PodVeth {
+                    pod_ip: Some([169, 254, 1, 1].into()),
+                    pod: None,
+                },
+            ),
+        );
+        assert!(
+            pod_side_note(&t).is_some(),
+            "eth0 seen through its gateway route"
+        );
         t.insert(1, iface(3, Role::Other));
         assert_eq!(pod_side_note(&t), None);
     }

@@ -1,6 +1,6 @@
 //! `cargo xtask image`: a static (musl) `podtrace` with the kernel programs
-//! embedded, and an OCI image made of nothing else (FROM scratch), built
-//! with podman. Also builds the static `kubectl-podtrace` plugin.
+//! embedded, and an OCI image made of it and CA roots (FROM scratch),
+//! built with podman. Also builds the static `kubectl-podtrace` plugin.
 //!
 //! The size flags (opt-level "z", fat LTO, one codegen unit, stripped,
 //! panic = abort) go into a profile of its own, `image`, given with
@@ -42,12 +42,16 @@ const PROFILE: [&str; 6] = [
     "profile.image.panic=\"abort\"",
 ];
 
+/// Debian's CA bundle, copied into the image.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The image: the binary on PATH, and as the entrypoint, so that both
 /// `podman run IMAGE ping a b` and `kubectl debug ... -- podtrace ping a b`
 /// work.
 const CONTAINERFILE: &str = "\
 FROM scratch
 COPY podtrace /usr/local/bin/podtrace
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 ENV PATH=/usr/local/bin
 LABEL org.opencontainers.image.title=\"podtrace\" \\
       org.opencontainers.image.description=\"eBPF packet path tracer for AWS VPC CNI pod networking\"
@@ -75,9 +79,13 @@ pub fn run(opts: &Options) -> Result<()> {
     fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
     let copy = context.join("podtrace");
     fs::write(&copy, &bytes).context("copying podtrace into the context")?;
-    // COPY keeps the mode: the image's only file must be executable.
+    // COPY keeps the mode: the binary must be executable.
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))
         .context("making podtrace executable")?;
+    // The only other file: CA roots, for an API server whose kubeconfig
+    // names no CA of its own (rustls then reads the system's).
+    fs::copy(CA_BUNDLE, context.join("ca-certificates.crt"))
+        .with_context(|| format!("copying {CA_BUNDLE} (apt-get install ca-certificates)"))?;
     fs::write(context.join("Containerfile"), CONTAINERFILE).context("writing the Containerfile")?;
     cmd::run(
         podman()
