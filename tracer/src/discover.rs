@@ -165,8 +165,15 @@ pub fn classify(snap: &Snapshot) -> Vec<(Link, Role)> {
         if link.loopback || !hookable_kind(link.kind.as_deref()) {
             continue;
         }
+        // A pod's own eth0 first: its `169.254.1.1 dev eth0` route is a /32
+        // through it too, but it holds the pod's address.
+        if is_pod_eth0(link, snap) {
+            out.push((link.clone(), Role::PodEth0));
+            continue;
+        }
         // A per-pod host route: `<podIP> dev eniXXX scope link` (a /32 in
-        // the main table through an interface without that address).
+        // the main table through an interface without that address; never
+        // a link-local gateway).
         let pod_ip = snap
             .routes
             .iter()
@@ -175,14 +182,13 @@ pub fn classify(snap: &Snapshot) -> Vec<(Link, Role)> {
                     && r.prefix == 32
                     && r.oif == Some(link.ifindex)
                     && r.gateway.is_none()
+                    && !r.dst.is_link_local()
                     && !link.addrs.iter().any(|(a, _)| *a == r.dst)
             })
             .map(|r| r.dst);
         let is_veth = link.kind.as_deref() == Some("veth");
         if pod_ip.is_some() || (is_veth && link.peer_netnsid.is_some() && link.addrs.is_empty()) {
             out.push((link.clone(), Role::PodVeth { pod_ip, pod: None }));
-        } else if is_pod_eth0(link, snap) {
-            out.push((link.clone(), Role::PodEth0));
         } else if !link.addrs.is_empty() {
             let index = eni_index(link, snap);
             let addrs = link.addrs.iter().map(|(a, _)| *a).collect();

@@ -9,7 +9,7 @@ use crate::{cmd, setup};
 
 /// The crates whose unit tests need neither root nor a kernel; every test
 /// binary runs even if an earlier one fails.
-const UNIT_TESTS: [&str; 8] = [
+const UNIT_TESTS: [&str; 10] = [
     "test",
     "--no-fail-fast",
     "-p",
@@ -18,6 +18,8 @@ const UNIT_TESTS: [&str; 8] = [
     "tracer",
     "-p",
     "xtask",
+    "-p",
+    "kubectl-podtrace",
 ];
 
 /// Runs every step; fails if any failed, or if the privileged tests did not

@@ -295,7 +295,10 @@ fn build_view(
                 let isn = probe::tcp_isn(r.seq, run);
                 // Linux ignores data in a SYN (no TCP Fast Open), so the
                 // answer may acknowledge the SYN alone or SYN and data.
-                let acked = [isn.wrapping_add(1), isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1)];
+                let acked = [
+                    isn.wrapping_add(1),
+                    isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1),
+                ];
                 if p.probe && seq == isn {
                     request.push(*p);
                 } else if acked.contains(&ack) {
