@@ -64,7 +64,7 @@ fn throughput(results: &Results, v: &mut Vec<Verdict>) {
                 "flows mode, {}: throughput >= {want:.2} of no tracer",
                 s.label()
             ),
-            measured: format!("{got:.3} (median of per-round ratios)"),
+            measured: format!("{got:.3} (median of the runs' ratios)"),
             met: got >= want,
         });
     }

@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: what podtrace costs, measured. Builds podtrace
 //! (release), runs the userspace micro-benchmarks, then sends traffic
 //! between two scratch namespaces in three scenarios, each under every
-//! configuration (no tracer, podtrace's modes, tcpdump), interleaved round
-//! by round so that the machine's drift falls on all of them alike; prints
+//! configuration (no tracer, podtrace's modes, tcpdump), each run next to a
+//! no-tracer run so that the machine's drift cancels in their ratio; prints
 //! the tables and the goals of issue 8, met or missed.
 //!
 //! Traffic stays inside the two namespaces it creates (one veth pair, no
@@ -22,7 +22,7 @@ mod procfs;
 mod report;
 mod tracers;
 
-use std::{fs, process::Command, time::Instant};
+use std::{fs, path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -40,11 +40,11 @@ const NICE: libc::c_int = -10;
 /// `cargo xtask bench` flags.
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// Fewer and shorter runs (2 x 1 s per cell) and criterion's quick
-    /// mode: a check that everything works, not numbers to quote.
+    /// One short run per cell (1 s) and criterion's quick mode: a check
+    /// that everything works, not numbers to quote.
     #[arg(long)]
     quick: bool,
-    /// Runs per cell (default 5, or 2 with --quick).
+    /// Runs per cell (default 5, or 1 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: Option<u32>,
     /// Seconds of traffic per run (default 3, or 1 with --quick).
@@ -58,7 +58,7 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("bench needs root: it creates namespaces, loads BPF programs and runs tcpdump");
     }
     let started = Instant::now();
-    let runs = opts.runs.unwrap_or(if opts.quick { 2 } else { 5 }) as usize;
+    let runs = opts.runs.unwrap_or(if opts.quick { 1 } else { 5 }) as usize;
     let secs = opts.seconds.unwrap_or(if opts.quick { 1 } else { 3 });
     setup::run(&setup::Options::default())?;
     let podtrace = binary::build(true)?;
@@ -75,40 +75,20 @@ pub fn run(opts: &Options) -> Result<()> {
     let results = {
         let pair = Pair::create()?;
         let _servers = Servers::start(&pair, dir.path())?;
-        let mut results = Results::default();
-        for scenario in Scenario::ALL {
-            for round in 0..runs {
-                // A different order every round: no configuration always
-                // follows the same one.
-                for i in 0..Tracer::ALL.len() {
-                    let tracer = Tracer::ALL[(i + round) % Tracer::ALL.len()];
-                    let c = cell(scenario, tracer, &podtrace, &pair, secs, dir.path(), round)?;
-                    results.cells.push((scenario, tracer, round, c));
-                }
-            }
-            // BPF run time, in runs of its own: the statistics cost time.
-            let _stats = BpfStats::enable()?;
-            for tracer in Tracer::ALL.into_iter().filter(|t| t.is_podtrace()) {
-                let c = cell(
-                    scenario,
-                    tracer,
-                    &podtrace,
-                    &pair,
-                    secs,
-                    dir.path(),
-                    usize::MAX,
-                )?;
-                results.bpf.push((scenario, tracer, c.programs));
-            }
-        }
-        results
+        let bench = Bench {
+            podtrace: &podtrace,
+            pair: &pair,
+            secs,
+            dir: dir.path(),
+        };
+        network(&bench, runs)?
     };
     let load_after = load_average();
 
     println!("\n== results\n");
     println!("{machine}; load average {load_before} before the network runs, {load_after} after.");
     println!(
-        "`cargo xtask bench{}`: {runs} runs x {secs} s per cell, configurations interleaved.\n",
+        "`cargo xtask bench{}`: {runs} run(s) of {secs} s per configuration, each next to a no-tracer run.\n",
         if opts.quick { " --quick" } else { "" }
     );
     println!("{}", report::network(&results));
@@ -132,31 +112,78 @@ fn prioritize() -> Result<()> {
     Ok(())
 }
 
-/// Measures one cell, saying which.
-fn cell(
-    scenario: Scenario,
-    tracer: Tracer,
-    podtrace: &std::path::Path,
-    pair: &Pair,
+/// What every cell needs.
+struct Bench<'a> {
+    podtrace: &'a Path,
+    pair: &'a Pair,
     secs: u32,
-    dir: &std::path::Path,
-    round: usize,
-) -> Result<cell::Cell> {
-    let run = if round == usize::MAX {
-        "BPF statistics run".into()
-    } else {
-        format!("run {}", round + 1)
-    };
-    println!("\n-- {}, {}, {run}", scenario.label(), tracer.label());
-    let c = cell::measure(scenario, tracer, podtrace, pair, secs, dir)?;
-    println!(
-        "   {:.3} {}, {} events, {} lost",
-        c.rate,
-        scenario.unit(),
-        c.events,
-        c.lost
-    );
-    Ok(c)
+    dir: &'a Path,
+}
+
+impl Bench<'_> {
+    /// Measures one cell, saying which.
+    fn cell(&self, scenario: Scenario, tracer: Tracer, run: &str) -> Result<cell::Cell> {
+        println!("\n-- {}, {}, {run}", scenario.label(), tracer.label());
+        let c = cell::measure(
+            scenario,
+            tracer,
+            self.podtrace,
+            self.pair,
+            self.secs,
+            self.dir,
+        )?;
+        println!(
+            "   {:.3} {}, {} events, {} lost",
+            c.rate,
+            scenario.unit(),
+            c.events,
+            c.lost
+        );
+        Ok(c)
+    }
+}
+
+/// Every scenario, `runs` rounds each, then its BPF statistics runs.
+fn network(bench: &Bench, runs: usize) -> Result<Results> {
+    let mut results = Results::default();
+    for scenario in Scenario::ALL {
+        for round in 0..runs {
+            for tracer in round_order(round) {
+                let c = bench.cell(scenario, tracer, &format!("run {}/{runs}", round + 1))?;
+                let seq = results.cells.len();
+                results.cells.push((scenario, tracer, seq, c));
+            }
+        }
+        // BPF run time, in runs of its own: the statistics cost time.
+        let _stats = BpfStats::enable()?;
+        for tracer in Tracer::ALL.into_iter().filter(|t| t.is_podtrace()) {
+            let c = bench.cell(scenario, tracer, "BPF statistics run")?;
+            results.bpf.push((scenario, tracer, c.programs));
+        }
+    }
+    Ok(results)
+}
+
+/// One round: every configuration runs right next to a no-tracer run, its
+/// baseline (`N a b N c d N`), so that drift between the two is seconds
+/// old at most; the configurations rotate every round, so none always
+/// follows or precedes the baseline.
+fn round_order(round: usize) -> Vec<Tracer> {
+    let others: Vec<Tracer> = Tracer::ALL
+        .into_iter()
+        .filter(|t| *t != Tracer::None)
+        .collect();
+    let n = others.len();
+    let mut order = vec![Tracer::None];
+    for pair in (0..n)
+        .map(|i| others[(i + round) % n])
+        .collect::<Vec<_>>()
+        .chunks(2)
+    {
+        order.extend(pair);
+        order.push(Tracer::None);
+    }
+    order
 }
 
 /// `2 vCPU (model), kernel 6.x`.
@@ -182,4 +209,22 @@ fn load_average() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_configuration_runs_next_to_a_baseline() {
+        use Tracer::{Filtered, Flows, None, Packets, Tcpdump};
+        assert_eq!(
+            round_order(0),
+            [None, Flows, Packets, None, Filtered, Tcpdump, None]
+        );
+        assert_eq!(
+            round_order(1),
+            [None, Packets, Filtered, None, Tcpdump, Flows, None]
+        );
+    }
 }

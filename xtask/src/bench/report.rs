@@ -1,5 +1,5 @@
 //! The bench's table: per scenario and configuration, the median of the
-//! runs with min and max, and ratios to the no-tracer run of the same round.
+//! runs with min and max, and ratios to the no-tracer runs next to each.
 
 use std::fmt::Write as _;
 
@@ -8,8 +8,8 @@ use super::{cell::Cell, load::Scenario, micro::Micro, procfs::Programs, tracers:
 /// Every cell of a run of the bench.
 #[derive(Debug, Default)]
 pub struct Results {
-    /// (scenario, configuration, round, measurements), with BPF run time
-    /// statistics off.
+    /// (scenario, configuration, place in the order of runs, measurements),
+    /// with BPF run time statistics off.
     pub cells: Vec<(Scenario, Tracer, usize, Cell)>,
     /// One run per scenario and podtrace configuration with the statistics
     /// on: they cost time of their own, so they stay out of the throughput.
@@ -17,7 +17,7 @@ pub struct Results {
 }
 
 impl Results {
-    /// The cells of one scenario and configuration, round by round.
+    /// The cells of one scenario and configuration, with their places.
     pub fn of(&self, s: Scenario, t: Tracer) -> impl Iterator<Item = (usize, &Cell)> {
         self.cells
             .iter()
@@ -25,12 +25,18 @@ impl Results {
             .map(|(_, _, r, c)| (*r, c))
     }
 
-    /// Throughput over the no-tracer run of the same round, per round.
+    /// Throughput over that of the no-tracer runs right before and after
+    /// (their mean), run by run.
     pub fn ratios(&self, s: Scenario, t: Tracer) -> Vec<f64> {
         self.of(s, t)
-            .filter_map(|(round, c)| {
-                let (_, base) = self.of(s, Tracer::None).find(|(r, _)| *r == round)?;
-                (base.rate > 0.0).then(|| c.rate / base.rate)
+            .filter_map(|(seq, c)| {
+                let near: Vec<f64> = self
+                    .of(s, Tracer::None)
+                    .filter(|(n, _)| n.abs_diff(seq) == 1)
+                    .map(|(_, b)| b.rate)
+                    .collect();
+                let base = near.iter().sum::<f64>() / near.len() as f64;
+                (base > 0.0).then(|| c.rate / base)
             })
             .collect()
     }
@@ -218,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn ratios_pair_rounds() {
+    fn ratios_use_the_neighbouring_baselines() {
         let cell = |rate| Cell {
             rate,
             ..Cell::default()
@@ -227,13 +233,16 @@ mod tests {
         let r = Results {
             cells: vec![
                 (s, Tracer::None, 0, cell(10.0)),
-                (s, Tracer::Flows, 0, cell(9.0)),
-                (s, Tracer::Flows, 1, cell(4.0)),
-                (s, Tracer::None, 1, cell(5.0)),
+                (s, Tracer::Flows, 1, cell(9.0)),
+                (s, Tracer::Packets, 2, cell(3.0)),
+                (s, Tracer::None, 3, cell(5.0)),
+                (s, Tracer::Flows, 4, cell(3.0)),
+                (s, Tracer::None, 5, cell(7.0)),
             ],
             bpf: Vec::new(),
         };
-        assert_eq!(r.ratios(s, Tracer::Flows), vec![0.9, 0.8]);
+        assert_eq!(r.ratios(s, Tracer::Flows), vec![0.9, 0.5]);
+        assert_eq!(r.ratios(s, Tracer::Packets), vec![0.6]);
     }
 
     #[test]
