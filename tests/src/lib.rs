@@ -328,3 +328,16 @@ pub fn whoami(netns: &str, to: SocketAddrV4) -> Peer {
         .unwrap_or_else(|e| panic!("read from {to} in {netns}: {e}"));
     Peer::parse(&line).unwrap_or_else(|| panic!("whoami {to} from {netns} answered {line:?}"))
 }
+
+/// `node iface dir` of each hop in a JSON hop list (ping's `hops`, trace's
+/// `path`), for comparing paths in one assertion.
+pub fn hop_names(hops: &serde_json::Value) -> Vec<String> {
+    hops.as_array()
+        .expect("a hop list")
+        .iter()
+        .map(|h| {
+            let f = |k: &str| h[k].as_str().unwrap_or("?").to_owned();
+            format!("{} {} {}", f("node"), f("iface"), f("dir"))
+        })
+        .collect()
+}

@@ -22,6 +22,19 @@ use tracer::{
 };
 use tracer_common::{Config, Direction};
 
+/// The real programs loaded with `opts` and attached to `va` in `pair.a`,
+/// with a reader on their ring buffer.
+fn attach_va(pair: &VethPair, opts: &LoadOptions) -> (Kernel, EventReader) {
+    let ns = Arc::new(Netns::open(&pair.a).unwrap());
+    let mut kernel = Kernel::load(opts).unwrap();
+    kernel.attach(&ns, "va").unwrap();
+    let mut reader = EventReader::new();
+    for r in kernel.take_new_rings() {
+        reader.add(r).unwrap();
+    }
+    (kernel, reader)
+}
+
 fn json_lines(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
@@ -109,20 +122,16 @@ fn icmp_tcp_udp_events_on_the_right_hooks() {
 async fn filter_drops_others_and_counters_stay_exact() {
     let _serial = serial();
     let pair = VethPair::new("cf");
-    let ns = Arc::new(Netns::open(&pair.a).unwrap());
     let mut config = Config::DEFAULT;
     config.proto = 17;
     config.port = 5555;
-    let mut kernel = Kernel::load(&LoadOptions {
-        config,
-        ..LoadOptions::default()
-    })
-    .unwrap();
-    kernel.attach(&ns, "va").unwrap();
-    let mut reader = EventReader::new();
-    for r in kernel.take_new_rings() {
-        reader.add(r).unwrap();
-    }
+    let (kernel, mut reader) = attach_va(
+        &pair,
+        &LoadOptions {
+            config,
+            ..LoadOptions::default()
+        },
+    );
     VethPair::exec(&pair.a, &["ping", "-c", "3", "-i", "0.2", VethPair::IP_B]);
     let (b, pb) = (pair.b.clone(), pair.a.clone());
     let sent = tokio::task::spawn_blocking(move || {
@@ -223,18 +232,12 @@ fn follows_veths_added_and_deleted_while_running() {
 async fn tiny_ring_counts_every_loss() {
     let _serial = serial();
     let pair = VethPair::new("cr");
-    let ns = Arc::new(Netns::open(&pair.a).unwrap());
     // One page: about a dozen records fit.
     let opts = LoadOptions {
         ring_bytes: 4096,
         ..LoadOptions::default()
     };
-    let mut kernel = Kernel::load(&opts).unwrap();
-    kernel.attach(&ns, "va").unwrap();
-    let mut reader = EventReader::new();
-    for r in kernel.take_new_rings() {
-        reader.add(r).unwrap();
-    }
+    let (kernel, mut reader) = attach_va(&pair, &opts);
     let (b, a) = (pair.b.clone(), pair.a.clone());
     tokio::task::spawn_blocking(move || {
         let addr: SocketAddr = format!("{}:5000", VethPair::IP_B).parse().unwrap();
@@ -348,20 +351,16 @@ fn pcapng_is_read_by_tshark() {
 async fn flows_mode_reports_flow_starts_and_counts_everything() {
     let _serial = serial();
     let pair = VethPair::new("cm");
-    let ns = Arc::new(Netns::open(&pair.a).unwrap());
     let mut config = Config::DEFAULT;
     config.mode = tracer_common::mode::FLOWS;
     config.flow_first_n = 2;
-    let mut kernel = Kernel::load(&LoadOptions {
-        config,
-        ..LoadOptions::default()
-    })
-    .unwrap();
-    kernel.attach(&ns, "va").unwrap();
-    let mut reader = EventReader::new();
-    for r in kernel.take_new_rings() {
-        reader.add(r).unwrap();
-    }
+    let (kernel, mut reader) = attach_va(
+        &pair,
+        &LoadOptions {
+            config,
+            ..LoadOptions::default()
+        },
+    );
     let (b, a) = (pair.b.clone(), pair.a.clone());
     let got = tokio::task::spawn_blocking(move || {
         let addr: SocketAddr = format!("{}:5001", VethPair::IP_B).parse().unwrap();

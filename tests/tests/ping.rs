@@ -18,19 +18,7 @@ fn ping(args: &[&str]) -> (i32, Value, String) {
 }
 
 fn hops(doc: &Value, seq: usize) -> Vec<String> {
-    doc["probes"][seq]["hops"]
-        .as_array()
-        .expect("hops")
-        .iter()
-        .map(|h| {
-            format!(
-                "{} {} {}",
-                h["node"].as_str().unwrap(),
-                h["iface"].as_str().unwrap(),
-                h["dir"].as_str().unwrap()
-            )
-        })
-        .collect()
+    podtrace_tests::hop_names(&doc["probes"][seq]["hops"])
 }
 
 /// The four hops of a request from `src` (on node-a) to `dst` (on node-b)

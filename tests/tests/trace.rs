@@ -37,19 +37,7 @@ fn find<'a>(all: &'a BTreeMap<u64, Value>, proto: u64, src: &str, dst: &str) -> 
 }
 
 fn hops(side: &Value) -> Vec<String> {
-    side["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            format!(
-                "{} {} {}",
-                h["node"].as_str().unwrap(),
-                h["iface"].as_str().unwrap(),
-                h["dir"].as_str().unwrap()
-            )
-        })
-        .collect()
+    podtrace_tests::hop_names(&side["path"])
 }
 
 #[test]
