@@ -2,10 +2,12 @@
 //! 5 M events/s per core through decode and correlation at 100k flows, and
 //! about 200 bytes of memory per tracked flow.
 //!
-//! - `decode`: [`decode::raw_event`] + [`decode::decode`] of ring buffer
-//!   records (Ethernet, IPv4, UDP, 64 payload bytes, 128 captured).
+//! - `decode`: [`decode::decode_record`] of ring buffer records, read
+//!   from their bytes as `EventReader` does (Ethernet, IPv4, UDP, 64
+//!   payload bytes, 128 captured).
 //! - `correlate/<n>_flows`: [`Correlator::push`] of decoded packets.
-//! - `decode_correlate/<n>_flows`: both, as `podtrace trace` does per record.
+//! - `decode_correlate/<n>_flows`: both, from the record bytes, as
+//!   `podtrace trace` does per record.
 //!
 //! Each packet is seen twice, at a pod veth and (SNATed) at an ENI, like the
 //! engine's own bench (`correlate::bench`); flows take turns, one packet
@@ -210,6 +212,12 @@ impl<T> Feed<T> {
     }
 }
 
+/// A record as the ring buffer holds it: bytes, not a typed value.
+fn bytes_of(ev: &PacketEvent) -> &[u8] {
+    // SAFETY: PacketEvent is plain data; viewed as its bytes.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(ev).cast(), size_of::<PacketEvent>()) }
+}
+
 /// Makes a record the next packet of its flow: time, IP id, payload.
 fn renew_record(ev: &mut PacketEvent, ts: u64, round: u32) {
     ev.ts_ns = ts;
@@ -244,7 +252,7 @@ fn warmed(flows: u32, rounds: u32, topo: &Topology) -> (Correlator, Feed<PacketE
     let mut feed = Feed::new(records(flows));
     for _ in 0..rounds * flows * 2 {
         let ev = feed.next(renew_record);
-        let p = decode::decode(ev).expect("synthetic records decode");
+        let (p, _) = decode::decode_record(bytes_of(ev)).expect("synthetic records decode");
         eng.push(&p, topo, |u| {
             black_box(u);
         });
@@ -283,15 +291,10 @@ fn decode_only(c: &mut Criterion) {
         b.iter_custom(|iters| {
             timed(iters, || {
                 let ev = feed.next(renew_record);
-                // SAFETY: PacketEvent is plain data; viewed as its bytes.
-                let bytes: &[u8] = unsafe {
-                    std::slice::from_raw_parts(
-                        std::ptr::from_ref(ev).cast(),
-                        size_of::<PacketEvent>(),
-                    )
-                };
-                let raw = decode::raw_event(black_box(bytes)).expect("a packet record");
-                black_box(decode::decode(&raw).expect("synthetic records decode"));
+                black_box(
+                    decode::decode_record(black_box(bytes_of(ev)))
+                        .expect("synthetic records decode"),
+                );
             })
         });
     });
@@ -345,7 +348,8 @@ fn correlate(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 timed(iters, || {
                     let ev = raw.next(renew_record);
-                    let p = decode::decode(black_box(ev)).expect("synthetic records decode");
+                    let (p, _) = decode::decode_record(black_box(bytes_of(ev)))
+                        .expect("synthetic records decode");
                     eng.push(&p, &topo, |u| {
                         black_box(u);
                     });

@@ -82,7 +82,7 @@ fn payload(seq: u16, run: u32) -> [u8; PAYLOAD_LEN] {
 /// What [`crate::decode::Packet::payload_hash`] is for probe `seq` of run
 /// `run`: it picks one probe's packets at every hop, whatever NAT did.
 pub fn payload_hash(seq: u16, run: u32) -> u64 {
-    crate::decode::fnv1a(&payload(seq, run))
+    crate::decode::payload_hash(&payload(seq, run))
 }
 
 /// Initial sequence number of TCP probe `seq`: the SYN carries it, the
