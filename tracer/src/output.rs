@@ -6,6 +6,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     io::{self, BufWriter, Write},
+    net::Ipv4Addr,
     path::Path,
     time::Duration,
 };
@@ -21,11 +22,11 @@ use pcap_file::{
         },
     },
 };
-use serde_json::json;
+use serde::{Serialize, Serializer};
 use tracer_common::Direction;
 
 use crate::{
-    decode::{L3, L4, Packet, tcp_flags},
+    decode::{L3, L4, Packet},
     session::Session,
     topology::{Role, Topology},
 };
@@ -67,16 +68,52 @@ impl Clock {
 
     /// `HH:MM:SS.uuuuuu` (UTC) for a kernel stamp.
     pub fn hms(&self, ts_ns: u64) -> String {
+        let buf = self.hms_bytes(ts_ns);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// [`Clock::hms`] without allocating: ASCII digits in a fixed buffer.
+    fn hms_bytes(&self, ts_ns: u64) -> [u8; 15] {
         let ns = self.wall_ns(ts_ns);
-        let secs = ns / 1_000_000_000;
-        let day = secs % 86_400;
-        format!(
-            "{:02}:{:02}:{:02}.{:06}",
-            day / 3600,
-            day % 3600 / 60,
-            day % 60,
-            ns % 1_000_000_000 / 1000
-        )
+        // u64 arithmetic (until 2554) is much cheaper than u128.
+        let (day, micros) = match u64::try_from(ns) {
+            Ok(ns) => (ns / 1_000_000_000 % 86_400, ns % 1_000_000_000 / 1000),
+            Err(_) => (
+                u64::try_from(ns / 1_000_000_000 % 86_400).unwrap_or(0),
+                u64::try_from(ns % 1_000_000_000 / 1000).unwrap_or(0),
+            ),
+        };
+        let mut b = *b"00:00:00.000000";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 2, day / 3600);
+        put(3, 2, day % 3600 / 60);
+        put(6, 2, day % 60);
+        put(9, 6, micros);
+        b
+    }
+}
+
+/// The part of an interface's label after its name: `(eni0)`, `(pod-1)`.
+fn write_iface_tag(out: &mut impl Write, role: &Role) -> io::Result<()> {
+    match role {
+        Role::Eni { index: Some(n), .. } => write!(out, "(eni{n})"),
+        Role::Eni { index: None, .. } => out.write_all(b"(eni)"),
+        Role::PodVeth { pod: Some(pod), .. } => {
+            out.write_all(b"(")?;
+            out.write_all(pod.rsplit('/').next().unwrap_or(pod).as_bytes())?;
+            out.write_all(b")")
+        }
+        Role::PodVeth {
+            pod_ip: Some(ip), ..
+        } => write!(out, "({ip})"),
+        Role::PodVeth { .. } => out.write_all(b"(pod)"),
+        Role::PodEth0 => out.write_all(b"(pod eth0)"),
+        Role::Other => Ok(()),
     }
 }
 
@@ -84,20 +121,13 @@ impl Clock {
 pub fn iface_label(p: &Packet, topo: &Topology) -> (String, String) {
     match topo.get(&p.hook) {
         Some(i) => {
-            let tag = match &i.role {
-                Role::Eni { index: Some(n), .. } => format!("(eni{n})"),
-                Role::Eni { index: None, .. } => "(eni)".into(),
-                Role::PodVeth { pod: Some(pod), .. } => {
-                    format!("({})", pod.rsplit('/').next().unwrap_or(pod))
-                }
-                Role::PodVeth {
-                    pod_ip: Some(ip), ..
-                } => format!("({ip})"),
-                Role::PodVeth { .. } => "(pod)".into(),
-                Role::PodEth0 => "(pod eth0)".into(),
-                Role::Other => String::new(),
-            };
-            (i.node.clone(), format!("{}{tag}", i.name))
+            let mut label = i.name.clone().into_bytes();
+            // Writing to a Vec cannot fail.
+            let _ = write_iface_tag(&mut label, &i.role);
+            (
+                i.node.clone(),
+                String::from_utf8(label).expect("names and tags are UTF-8"),
+            )
         }
         None => ("?".into(), format!("if{}", p.hook.ifindex)),
     }
@@ -110,24 +140,192 @@ fn dir_word(d: Direction) -> &'static str {
     }
 }
 
-/// One tcpdump-like line.
+/// Passes bytes through and counts the chars among them (the bytes that do
+/// not continue a UTF-8 sequence), as `{:<N}` counts them.
+struct CountChars<'a, W> {
+    inner: &'a mut W,
+    chars: usize,
+}
+
+impl<W: Write> Write for CountChars<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.chars += buf[..n].iter().filter(|&&b| b & 0xc0 != 0x80).count();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `n` spaces.
+fn pad(out: &mut impl Write, n: usize) -> io::Result<()> {
+    const SPACES: [u8; 32] = [b' '; 32];
+    let mut n = n;
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        out.write_all(&SPACES[..k])?;
+        n -= k;
+    }
+    Ok(())
+}
+
+/// One tcpdump-like line:
+/// `{hms} {node} {iface:<22} {dir:<4} {summary}[  [probe]]`.
+///
+/// Written piece by piece into `out` (a `BufWriter` in `capture`): nothing
+/// is allocated per line, except what `Packet`'s `Display` allocates itself.
 pub fn write_text_line(
     out: &mut impl Write,
     p: &Packet,
     topo: &Topology,
     clock: &Clock,
 ) -> io::Result<()> {
-    let (node, iface) = iface_label(p, topo);
-    let probe = if p.probe { "  [probe]" } else { "" };
-    writeln!(
-        out,
-        "{} {node} {iface:<22} {:<4} {p}{probe}",
-        clock.hms(p.ts_ns),
-        dir_word(p.hook.dir)
-    )
+    const IFACE_WIDTH: usize = 22;
+    out.write_all(&clock.hms_bytes(p.ts_ns))?;
+    out.write_all(b" ")?;
+    let mut label = CountChars {
+        inner: &mut *out,
+        chars: 0,
+    };
+    match topo.get(&p.hook) {
+        Some(i) => {
+            label.inner.write_all(i.node.as_bytes())?;
+            label.inner.write_all(b" ")?;
+            label.write_all(i.name.as_bytes())?;
+            write_iface_tag(&mut label, &i.role)?;
+        }
+        None => {
+            label.inner.write_all(b"? ")?;
+            write!(label, "if{}", p.hook.ifindex)?;
+        }
+    }
+    let width = label.chars;
+    pad(out, IFACE_WIDTH.saturating_sub(width))?;
+    out.write_all(match p.hook.dir {
+        Direction::Ingress => b" in   ",
+        Direction::Egress => b" out  ",
+    })?;
+    write!(out, "{p}")?;
+    if p.probe {
+        out.write_all(b"  [probe]")?;
+    }
+    out.write_all(b"\n")
+}
+
+/// One JSON line, borrowed from the packet and its interface. Fields are in
+/// the order `serde_json::Map` (a `BTreeMap`) gave them when the line was
+/// built as a `serde_json::Value`: sorted by name. That order is part of the
+/// output format, so keep it sorted when adding one.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    dir: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst: Option<Ipv4Addr>,
+    eni_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp: Option<JsonIcmp>,
+    iface: Option<&'a str>,
+    ifindex: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip_id: Option<u16>,
+    ktime_ns: u64,
+    len: u32,
+    mark: u32,
+    node: Option<&'a str>,
+    pod_ip: Option<Ipv4Addr>,
+    probe: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proto: Option<u8>,
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src: Option<Ipv4Addr>,
+    /// `Packet`'s `Display`, escaped straight into the output.
+    summary: Summary<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp: Option<JsonTcp>,
+    /// Nanoseconds since the epoch, as a string (it does not fit a double).
+    time_ns: DecimalString,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u8>,
+}
+
+#[derive(Serialize)]
+struct JsonTcp {
+    ack: u32,
+    flags: TcpFlags,
+    seq: u32,
+}
+
+#[derive(Serialize)]
+struct JsonIcmp {
+    code: u8,
+    id: u16,
+    seq: u16,
+    #[serde(rename = "type")]
+    ty: u8,
+}
+
+struct Summary<'a>(&'a Packet);
+
+impl Serialize for Summary<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+struct DecimalString(u128);
+
+impl Serialize for DecimalString {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 39];
+        let mut at = buf.len();
+        let mut v = self.0;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        s.serialize_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"))
+    }
+}
+
+/// [`crate::decode::tcp_flags`] without allocating.
+struct TcpFlags(u8);
+
+impl Serialize for TcpFlags {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 5];
+        let mut n = 0;
+        for (bit, c) in [
+            (0x02, b'S'),
+            (0x01, b'F'),
+            (0x04, b'R'),
+            (0x08, b'P'),
+            (0x10, b'.'),
+        ] {
+            if self.0 & bit != 0 {
+                buf[n] = c;
+                n += 1;
+            }
+        }
+        s.serialize_str(std::str::from_utf8(&buf[..n]).expect("ASCII flags"))
+    }
 }
 
 /// One JSON object per line.
+///
+/// Serialized straight from the packet into `out` (a `BufWriter` in
+/// `capture`): no `serde_json::Value`, nothing allocated per line except
+/// what `Packet`'s `Display` allocates itself for the summary.
 pub fn write_json_line(
     out: &mut impl Write,
     p: &Packet,
@@ -135,28 +333,43 @@ pub fn write_json_line(
     clock: &Clock,
 ) -> io::Result<()> {
     let iface = topo.get(&p.hook);
-    let (role, eni_index) = match iface.map(|i| &i.role) {
+    let role = iface.map(|i| &i.role);
+    let (role_name, eni_index) = match role {
         Some(Role::PodVeth { .. }) => ("pod", None),
         Some(Role::Eni { index, .. }) => ("eni", *index),
         Some(Role::PodEth0) => ("pod_eth0", None),
         _ => ("other", None),
     };
-    let mut v = json!({
-        "time_ns": clock.wall_ns(p.ts_ns).to_string(),
-        "ktime_ns": p.ts_ns,
-        "node": iface.map(|i| i.node.as_str()),
-        "iface": iface.map(|i| i.name.as_str()),
-        "ifindex": p.hook.ifindex,
-        "role": role,
-        "eni_index": eni_index,
-        "pod_ip": match iface.map(|i| &i.role) { Some(Role::PodVeth { pod_ip, .. }) => pod_ip.map(|ip| ip.to_string()), _ => None },
-        "dir": match p.hook.dir { Direction::Ingress => "ingress", Direction::Egress => "egress" },
-        "len": p.len,
-        "mark": p.mark,
-        "probe": p.probe,
-        "summary": p.to_string(),
-    });
-    let obj = v.as_object_mut().expect("object");
+    let mut line = JsonLine {
+        dir: match p.hook.dir {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        },
+        dport: None,
+        dst: None,
+        eni_index,
+        icmp: None,
+        iface: iface.map(|i| i.name.as_str()),
+        ifindex: p.hook.ifindex,
+        ip_id: None,
+        ktime_ns: p.ts_ns,
+        len: p.len,
+        mark: p.mark,
+        node: iface.map(|i| i.node.as_str()),
+        pod_ip: match role {
+            Some(Role::PodVeth { pod_ip, .. }) => *pod_ip,
+            _ => None,
+        },
+        probe: p.probe,
+        proto: None,
+        role: role_name,
+        sport: None,
+        src: None,
+        summary: Summary(p),
+        tcp: None,
+        time_ns: DecimalString(clock.wall_ns(p.ts_ns)),
+        ttl: None,
+    };
     if let L3::Ipv4 {
         src,
         dst,
@@ -166,11 +379,11 @@ pub fn write_json_line(
         ..
     } = p.l3
     {
-        obj.insert("src".into(), json!(src.to_string()));
-        obj.insert("dst".into(), json!(dst.to_string()));
-        obj.insert("ip_id".into(), json!(id));
-        obj.insert("ttl".into(), json!(ttl));
-        obj.insert("proto".into(), json!(proto));
+        line.src = Some(src);
+        line.dst = Some(dst);
+        line.ip_id = Some(id);
+        line.ttl = Some(ttl);
+        line.proto = Some(proto);
     }
     match p.l4 {
         L4::Tcp {
@@ -180,26 +393,24 @@ pub fn write_json_line(
             ack,
             flags,
         } => {
-            obj.insert("sport".into(), json!(sport));
-            obj.insert("dport".into(), json!(dport));
-            obj.insert(
-                "tcp".into(),
-                json!({"seq": seq, "ack": ack, "flags": tcp_flags(flags)}),
-            );
+            line.sport = Some(sport);
+            line.dport = Some(dport);
+            line.tcp = Some(JsonTcp {
+                ack,
+                flags: TcpFlags(flags),
+                seq,
+            });
         }
         L4::Udp { sport, dport } => {
-            obj.insert("sport".into(), json!(sport));
-            obj.insert("dport".into(), json!(dport));
+            line.sport = Some(sport);
+            line.dport = Some(dport);
         }
         L4::Icmp { ty, code, id, seq } => {
-            obj.insert(
-                "icmp".into(),
-                json!({"type": ty, "code": code, "id": id, "seq": seq}),
-            );
+            line.icmp = Some(JsonIcmp { code, id, seq, ty });
         }
         L4::None => {}
     }
-    serde_json::to_writer(&mut *out, &v)?;
+    serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
 }
 
@@ -215,8 +426,8 @@ impl PcapngOut {
     /// Creates (truncates) `path`.
     pub fn create(path: &Path, snaplen: u32) -> anyhow::Result<Self> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let writer =
-            PcapNgWriter::new(BufWriter::new(file)).context("writing the pcapng header")?;
+        let writer = PcapNgWriter::new(BufWriter::with_capacity(64 * 1024, file))
+            .context("writing the pcapng header")?;
         Ok(Self {
             writer,
             ids: BTreeMap::new(),
@@ -355,6 +566,392 @@ pub fn human_bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::{decode::HookId, topology::Iface};
+
+    /// `write_json_line` as it was, building a `serde_json::Value`: the
+    /// reference for the output format.
+    fn old_json_line(p: &Packet, topo: &Topology, clock: &Clock) -> Vec<u8> {
+        use serde_json::json;
+        let iface = topo.get(&p.hook);
+        let (role, eni_index) = match iface.map(|i| &i.role) {
+            Some(Role::PodVeth { .. }) => ("pod", None),
+            Some(Role::Eni { index, .. }) => ("eni", *index),
+            Some(Role::PodEth0) => ("pod_eth0", None),
+            _ => ("other", None),
+        };
+        let mut v = json!({
+            "time_ns": clock.wall_ns(p.ts_ns).to_string(),
+            "ktime_ns": p.ts_ns,
+            "node": iface.map(|i| i.node.as_str()),
+            "iface": iface.map(|i| i.name.as_str()),
+            "ifindex": p.hook.ifindex,
+            "role": role,
+            "eni_index": eni_index,
+            "pod_ip": match iface.map(|i| &i.role) { Some(Role::PodVeth { pod_ip, .. }) => pod_ip.map(|ip| ip.to_string()), _ => None },
+            "dir": match p.hook.dir { Direction::Ingress => "ingress", Direction::Egress => "egress" },
+            "len": p.len,
+            "mark": p.mark,
+            "probe": p.probe,
+            "summary": p.to_string(),
+        });
+        let obj = v.as_object_mut().expect("object");
+        if let L3::Ipv4 {
+            src,
+            dst,
+            id,
+            ttl,
+            proto,
+            ..
+        } = p.l3
+        {
+            obj.insert("src".into(), json!(src.to_string()));
+            obj.insert("dst".into(), json!(dst.to_string()));
+            obj.insert("ip_id".into(), json!(id));
+            obj.insert("ttl".into(), json!(ttl));
+            obj.insert("proto".into(), json!(proto));
+        }
+        match p.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+            } => {
+                obj.insert("sport".into(), json!(sport));
+                obj.insert("dport".into(), json!(dport));
+                obj.insert(
+                    "tcp".into(),
+                    json!({"seq": seq, "ack": ack, "flags": crate::decode::tcp_flags(flags)}),
+                );
+            }
+            L4::Udp { sport, dport } => {
+                obj.insert("sport".into(), json!(sport));
+                obj.insert("dport".into(), json!(dport));
+            }
+            L4::Icmp { ty, code, id, seq } => {
+                obj.insert(
+                    "icmp".into(),
+                    json!({"type": ty, "code": code, "id": id, "seq": seq}),
+                );
+            }
+            L4::None => {}
+        }
+        let mut out = serde_json::to_vec(&v).expect("serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// `write_text_line` as it was: the reference for the text layout.
+    fn old_text_line(p: &Packet, topo: &Topology, clock: &Clock) -> Vec<u8> {
+        let (node, iface) = iface_label(p, topo);
+        let probe = if p.probe { "  [probe]" } else { "" };
+        let ns = clock.wall_ns(p.ts_ns);
+        let secs = ns / 1_000_000_000;
+        let day = secs % 86_400;
+        let hms = format!(
+            "{:02}:{:02}:{:02}.{:06}",
+            day / 3600,
+            day % 3600 / 60,
+            day % 60,
+            ns % 1_000_000_000 / 1000
+        );
+        format!(
+            "{hms} {node} {iface:<22} {:<4} {p}{probe}\n",
+            dir_word(p.hook.dir)
+        )
+        .into_bytes()
+    }
+
+    /// `iface_label` as it was.
+    fn old_iface_label(p: &Packet, topo: &Topology) -> (String, String) {
+        match topo.get(&p.hook) {
+            Some(i) => {
+                let tag = match &i.role {
+                    Role::Eni { index: Some(n), .. } => format!("(eni{n})"),
+                    Role::Eni { index: None, .. } => "(eni)".into(),
+                    Role::PodVeth { pod: Some(pod), .. } => {
+                        format!("({})", pod.rsplit('/').next().unwrap_or(pod))
+                    }
+                    Role::PodVeth {
+                        pod_ip: Some(ip), ..
+                    } => format!("({ip})"),
+                    Role::PodVeth { .. } => "(pod)".into(),
+                    Role::PodEth0 => "(pod eth0)".into(),
+                    Role::Other => String::new(),
+                };
+                (i.node.clone(), format!("{}{tag}", i.name))
+            }
+            None => ("?".into(), format!("if{}", p.hook.ifindex)),
+        }
+    }
+
+    /// Every role, odd names (quotes, backslashes, control and non-ASCII
+    /// characters, a name longer than the column), and one unknown hook.
+    fn odd_topology() -> (Topology, Vec<HookId>) {
+        let roles = [
+            Role::PodVeth {
+                pod_ip: Some(Ipv4Addr::new(192, 168, 1, 21)),
+                pod: Some("default/pod-1".into()),
+            },
+            Role::PodVeth {
+                pod_ip: Some(Ipv4Addr::new(10, 0, 0, 255)),
+                pod: Some("no-namespace-ü".into()),
+            },
+            Role::PodVeth {
+                pod_ip: Some(Ipv4Addr::new(10, 1, 2, 3)),
+                pod: None,
+            },
+            Role::PodVeth {
+                pod_ip: None,
+                pod: None,
+            },
+            Role::Eni {
+                index: Some(0),
+                addrs: vec![],
+            },
+            Role::Eni {
+                index: Some(4_000_000_000),
+                addrs: vec![],
+            },
+            Role::Eni {
+                index: None,
+                addrs: vec![],
+            },
+            Role::PodEth0,
+            Role::Other,
+        ];
+        let names = [
+            "eni3b1f0a9c2d4",
+            "ens5",
+            "v\"a\\b",
+            "a-very-long-interface-name-indeed",
+            "ünï€😀",
+            "tab\there\u{1}",
+            "",
+        ];
+        let nodes = ["node-a", "host", "n\"ö\\de\n", ""];
+        let mut topo = Topology::default();
+        let mut hooks = Vec::new();
+        let mut ifindex = 1;
+        for (r, role) in roles.iter().enumerate() {
+            for (n, name) in names.iter().enumerate() {
+                let cookie = 4096 + (r * names.len() + n) as u64 % 3;
+                topo.insert(
+                    cookie,
+                    Iface {
+                        node: nodes[(r + n) % nodes.len()].into(),
+                        name: (*name).into(),
+                        ifindex,
+                        role: role.clone(),
+                    },
+                );
+                hooks.push(HookId {
+                    netns_cookie: cookie,
+                    ifindex,
+                    dir: Direction::Ingress,
+                });
+                ifindex += 1;
+            }
+        }
+        hooks.push(HookId {
+            netns_cookie: 1,
+            ifindex: 4_294_967_295,
+            dir: Direction::Egress,
+        });
+        (topo, hooks)
+    }
+
+    /// Every layer shape the decoder produces, with edge values.
+    fn odd_packets(hooks: &[HookId]) -> Vec<Packet> {
+        let l3s = [
+            L3::Ipv4 {
+                src: Ipv4Addr::new(192, 168, 1, 21),
+                dst: Ipv4Addr::new(203, 0, 113, 10),
+                id: 0,
+                total_len: 92,
+                ttl: 64,
+                proto: 17,
+            },
+            L3::Ipv4 {
+                src: Ipv4Addr::new(0, 0, 0, 0),
+                dst: Ipv4Addr::new(255, 255, 255, 255),
+                id: u16::MAX,
+                total_len: u16::MAX,
+                ttl: 255,
+                proto: 255,
+            },
+            L3::Arp {
+                op: 1,
+                sender: Ipv4Addr::new(10, 0, 0, 1),
+                target: Ipv4Addr::new(10, 0, 0, 2),
+            },
+            L3::Arp {
+                op: 2,
+                sender: Ipv4Addr::new(10, 0, 0, 2),
+                target: Ipv4Addr::new(10, 0, 0, 1),
+            },
+            L3::Ipv6,
+            L3::Other(0x88cc),
+        ];
+        let mut l4s = vec![
+            L4::Udp {
+                sport: 0,
+                dport: u16::MAX,
+            },
+            L4::None,
+        ];
+        for flags in 0..=u8::MAX {
+            l4s.push(L4::Tcp {
+                sport: 5201,
+                dport: 40_000,
+                seq: u32::MAX,
+                ack: u32::from(flags),
+                flags,
+            });
+        }
+        for ty in [0, 3, 8, 11, 5, 255] {
+            l4s.push(L4::Icmp {
+                ty,
+                code: ty / 2,
+                id: 7,
+                seq: u16::MAX,
+            });
+        }
+        let stamps = [0, 1, 999_999_999, 1_000_000_000_123, u64::MAX];
+        let mut out = Vec::new();
+        let mut i = 0usize;
+        for l3 in l3s {
+            for &l4 in &l4s {
+                let mut hook = hooks[i % hooks.len()];
+                if !i.is_multiple_of(2) {
+                    hook.dir = Direction::Egress;
+                }
+                out.push(Packet {
+                    ts_ns: stamps[i % stamps.len()],
+                    hook,
+                    reason: 1,
+                    len: if i.is_multiple_of(3) { u32::MAX } else { 106 },
+                    cap_len: 106,
+                    mark: if i.is_multiple_of(5) { u32::MAX } else { 0 },
+                    l3,
+                    l4,
+                    payload_hash: i as u64,
+                    probe: i.is_multiple_of(7),
+                });
+                i += 1;
+            }
+        }
+        // Every hook at least once.
+        for (j, &hook) in hooks.iter().enumerate() {
+            out.push(Packet {
+                hook,
+                probe: j.is_multiple_of(2),
+                ..out[j % out.len()]
+            });
+        }
+        out
+    }
+
+    /// Clocks whose wall time is near 0, today, and past u64 nanoseconds.
+    fn clocks() -> [Clock; 3] {
+        [
+            Clock { offset_ns: 0 },
+            Clock {
+                offset_ns: 1_760_000_000_123_456_789,
+            },
+            Clock {
+                offset_ns: i128::from(u64::MAX) * 3,
+            },
+        ]
+    }
+
+    #[test]
+    fn json_lines_are_byte_for_byte_what_they_were() {
+        let (topo, hooks) = odd_topology();
+        let mut n = 0;
+        for clock in clocks() {
+            let mut buf = Vec::new();
+            for p in odd_packets(&hooks) {
+                buf.clear();
+                write_json_line(&mut buf, &p, &topo, &clock).expect("to a Vec");
+                let want = old_json_line(&p, &topo, &clock);
+                assert_eq!(
+                    String::from_utf8_lossy(&buf),
+                    String::from_utf8_lossy(&want),
+                    "{p:?}"
+                );
+                n += 1;
+            }
+        }
+        assert!(n > 1000, "{n} lines compared");
+    }
+
+    #[test]
+    fn text_lines_are_byte_for_byte_what_they_were() {
+        let (topo, hooks) = odd_topology();
+        for clock in clocks() {
+            let mut buf = Vec::new();
+            for p in odd_packets(&hooks) {
+                buf.clear();
+                write_text_line(&mut buf, &p, &topo, &clock).expect("to a Vec");
+                let want = old_text_line(&p, &topo, &clock);
+                assert_eq!(
+                    String::from_utf8_lossy(&buf),
+                    String::from_utf8_lossy(&want),
+                    "{p:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn iface_labels_are_what_they_were() {
+        let (topo, hooks) = odd_topology();
+        for p in odd_packets(&hooks) {
+            assert_eq!(iface_label(&p, &topo), old_iface_label(&p, &topo));
+        }
+    }
+
+    #[test]
+    fn hms_is_what_it_was() {
+        for clock in clocks() {
+            for ts in [0, 1, 999_999, 86_399_999_999_999, u64::MAX] {
+                let ns = clock.wall_ns(ts);
+                let day = ns / 1_000_000_000 % 86_400;
+                let want = format!(
+                    "{:02}:{:02}:{:02}.{:06}",
+                    day / 3600,
+                    day % 3600 / 60,
+                    day % 60,
+                    ns % 1_000_000_000 / 1000
+                );
+                assert_eq!(clock.hms(ts), want);
+            }
+        }
+    }
+
+    /// A closed pipe surfaces as an `io::Error` of kind `BrokenPipe` from
+    /// the JSON writer too (capture stops quietly on that kind).
+    #[test]
+    fn json_write_errors_keep_their_kind() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (topo, hooks) = odd_topology();
+        let p = odd_packets(&hooks)[0];
+        let e = write_json_line(&mut Closed, &p, &topo, &clocks()[0]).expect_err("closed");
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        let e = write_text_line(&mut Closed, &p, &topo, &clocks()[0]).expect_err("closed");
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
 
     #[test]
     fn bytes_read_at_a_glance() {
