@@ -1,7 +1,12 @@
 //! `podtrace capture`: one line per packet event (tcpdump-like), `--json`,
 //! or a pcapng file; totals from the kernel counters on exit.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{BufWriter, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -13,6 +18,7 @@ use crate::{
     output::{self, Clock, PcapngOut},
     session::{HookChange, Session},
     signals::Stop,
+    topology::Topology,
 };
 
 /// `podtrace capture` flags.
@@ -50,7 +56,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     };
     let mut stop = Stop::install()?;
     let mut session = Session::start(&args.place, &opts).await?;
-    let mut pcap = match &args.write {
+    let pcap = match &args.write {
         Some(path) => Some(PcapngOut::create(path, args.report.snaplen)?),
         None => None,
     };
@@ -77,47 +83,37 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     }
     let clock = Clock::now();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut printed: u64 = 0;
     let limit = args.count.unwrap_or(u64::MAX);
-    let mut out = std::io::stdout().lock();
-    let write_err: std::cell::RefCell<Option<anyhow::Error>> = std::cell::RefCell::new(None);
-    let mut emit =
-        |p: &Packet, frame: &[u8], topo: &crate::topology::Topology, printed: &mut u64| {
-            if *printed >= limit || write_err.borrow().is_some() {
-                return;
-            }
-            *printed += 1;
-            let res = if args.json {
-                output::write_json_line(&mut out, p, topo, &clock)
-            } else {
-                output::write_text_line(&mut out, p, topo, &clock)
-            };
-            let res = res
-                .map_err(anyhow::Error::from)
-                .and_then(|()| match &mut pcap {
-                    Some(pc) => pc.write(p, frame, topo),
-                    None => Ok(()),
-                });
-            if let Err(e) = res {
-                *write_err.borrow_mut() = Some(e);
-            }
-        };
-    while printed < limit && write_err.borrow().is_none() {
-        tokio::select! {
+    let mut printer = Printer {
+        out: BufWriter::with_capacity(OUT_BUF_BYTES, std::io::stdout().lock()),
+        json: args.json,
+        clock,
+        pcap,
+        printed: 0,
+        limit,
+        err: None,
+    };
+    while !printer.done() {
+        let res = tokio::select! {
             () = stop.wait() => break,
             () = crate::signals::deadline(deadline) => break,
             // Hook changes go to stderr in every mode: stdout stays events.
-            res = session.next(|p, frame, topo| emit(p, frame, topo, &mut printed), |c| match c {
+            res = session.next(|p, frame, topo| printer.emit(p, frame, topo), |c| match c {
                 HookChange::Attached { netns, iface } => eprintln!("podtrace: attached {netns}/{iface}"),
                 HookChange::Gone { netns, iface } => eprintln!("podtrace: {netns}/{iface} went away"),
-            }) => res?,
-        }
+            }) => res,
+        };
+        // Each batch reaches stdout before the next wait: a reader (`| head`,
+        // a test) sees events within one drain tick.
+        printer.flush();
+        res?;
     }
-    if printed < limit {
-        session.drain(|p, frame, topo| emit(p, frame, topo, &mut printed));
+    if !printer.done() {
+        session.drain(|p, frame, topo| printer.emit(p, frame, topo));
     }
-    // `emit` borrows write_err and pcap: its last use ends those borrows.
-    if let Some(e) = write_err.into_inner() {
+    printer.flush();
+    let Printer { pcap, err, .. } = printer;
+    if let Some(e) = err {
         // A closed pipe (`| head`) is a normal way to stop.
         if !e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()
@@ -132,4 +128,59 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let totals = output::totals(&session)?;
     eprintln!("{totals}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes of stdout buffered between flushes: at 200-400 bytes per line,
+/// hundreds of events per `write(2)`.
+const OUT_BUF_BYTES: usize = 64 * 1024;
+
+/// Prints events: lines into a buffer that `capture` flushes after every
+/// batch, the pcapng file, the count, and the first write error.
+struct Printer<W: Write> {
+    out: BufWriter<W>,
+    json: bool,
+    clock: Clock,
+    pcap: Option<PcapngOut>,
+    printed: u64,
+    limit: u64,
+    /// The first error; nothing is written after it.
+    err: Option<anyhow::Error>,
+}
+
+impl<W: Write> Printer<W> {
+    /// `--count` reached, or writing failed.
+    fn done(&self) -> bool {
+        self.printed >= self.limit || self.err.is_some()
+    }
+
+    /// Prints one event (unless done).
+    fn emit(&mut self, p: &Packet, frame: &[u8], topo: &Topology) {
+        if self.done() {
+            return;
+        }
+        self.printed += 1;
+        let res = if self.json {
+            output::write_json_line(&mut self.out, p, topo, &self.clock)
+        } else {
+            output::write_text_line(&mut self.out, p, topo, &self.clock)
+        };
+        let res = res
+            .map_err(anyhow::Error::from)
+            .and_then(|()| match &mut self.pcap {
+                Some(pc) => pc.write(p, frame, topo),
+                None => Ok(()),
+            });
+        if let Err(e) = res {
+            self.err = Some(e);
+        }
+    }
+
+    /// Writes out what is buffered for stdout; keeps the first error.
+    fn flush(&mut self) {
+        if self.err.is_none()
+            && let Err(e) = self.out.flush()
+        {
+            self.err = Some(e.into());
+        }
+    }
 }
