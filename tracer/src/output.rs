@@ -285,13 +285,31 @@ impl Serialize for DecimalString {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut buf = [0u8; 39];
         let mut at = buf.len();
-        let mut v = self.0;
+        // u64 digits (until 2554) cost a multiply each; u128 ones a call.
+        let (mut high, mut low) = match u64::try_from(self.0) {
+            Ok(v) => (0, v),
+            Err(_) => (
+                self.0 / 10_000_000_000_000_000_000,
+                u64::try_from(self.0 % 10_000_000_000_000_000_000).unwrap_or(0),
+            ),
+        };
         loop {
             at -= 1;
-            buf[at] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
+            buf[at] = b'0' + (low % 10) as u8;
+            low /= 10;
+            if low == 0 {
                 break;
+            }
+        }
+        if high > 0 {
+            // `low` had 19 digits: zero-fill them, then the high part.
+            let start = buf.len() - 19;
+            buf[start..at].fill(b'0');
+            at = start;
+            while high > 0 {
+                at -= 1;
+                buf[at] = b'0' + (high % 10) as u8;
+                high /= 10;
             }
         }
         s.serialize_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"))
@@ -911,6 +929,27 @@ mod tests {
         let (topo, hooks) = odd_topology();
         for p in odd_packets(&hooks) {
             assert_eq!(iface_label(&p, &topo), old_iface_label(&p, &topo));
+        }
+    }
+
+    #[test]
+    fn decimal_strings_are_to_string() {
+        let e19 = 10_000_000_000_000_000_000u128;
+        for v in [
+            0,
+            9,
+            10,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
+            e19 - 1,
+            e19,
+            e19 + 1,
+            e19 * 7 + 42,
+            e19 * e19,
+            u128::MAX,
+        ] {
+            let got = serde_json::to_string(&DecimalString(v)).expect("serializes");
+            assert_eq!(got, format!("\"{v}\""));
         }
     }
 
