@@ -395,3 +395,82 @@ async fn flows_mode_reports_flow_starts_and_counts_everything() {
         .sum();
     assert_eq!(total, 100, "counters stay exact when events are not sent");
 }
+
+/// ifindex of `dev` in namespace `ns`.
+fn ifindex(ns: &str, dev: &str) -> u32 {
+    let out = sh(&["ip", "-n", ns, "-j", "link", "show", "dev", dev]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    u32::try_from(json[0]["ifindex"].as_u64().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn interfaces_sharing_a_counter_slot_both_count_exactly() {
+    let _serial = serial();
+    let pair = VethPair::new("cs");
+    // No IPv6 chatter: every packet on these links is the test's own.
+    for ns in [&pair.a, &pair.b] {
+        VethPair::exec(
+            ns,
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        );
+    }
+    // A second pair whose ifindex lands on va's slot in the counter array.
+    let va = ifindex(&pair.a, "va");
+    let vc = (va + tracer_common::HOOK_SLOTS).to_string();
+    sh(&[
+        "ip", "-n", &pair.a, "link", "add", "vc", "index", &vc, "type", "veth", "peer", "name",
+        "vd", "netns", &pair.b,
+    ]);
+    for (ns, dev, ip) in [
+        (&pair.a, "vc", "10.201.0.1/24"),
+        (&pair.b, "vd", "10.201.0.2/24"),
+    ] {
+        sh(&["ip", "-n", ns, "addr", "add", ip, "dev", dev]);
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+    assert_eq!(
+        tracer_common::hook_slot(va),
+        tracer_common::hook_slot(ifindex(&pair.a, "vc")),
+        "the test needs two interfaces on one slot"
+    );
+    let ns = Arc::new(Netns::open(&pair.a).unwrap());
+    let mut kernel = Kernel::load(&LoadOptions::default()).unwrap();
+    kernel.attach(&ns, "va").unwrap();
+    kernel.attach(&ns, "vc").unwrap();
+    let before = [
+        podtrace_tests::link_packets(&pair.a, "va"),
+        podtrace_tests::link_packets(&pair.a, "vc"),
+    ];
+    VethPair::exec(&pair.a, &["ping", "-c", "5", "-i", "0.05", VethPair::IP_B]);
+    VethPair::exec(&pair.a, &["ping", "-c", "9", "-i", "0.05", "10.201.0.2"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hooks = kernel.hook_stats().unwrap();
+    let after = [
+        podtrace_tests::link_packets(&pair.a, "va"),
+        podtrace_tests::link_packets(&pair.a, "vc"),
+    ];
+    for ((dev, idx), (b, a)) in [("va", va), ("vc", ifindex(&pair.a, "vc"))]
+        .into_iter()
+        .zip(before.into_iter().zip(after))
+    {
+        let link = a - b;
+        let seen = |dir: Direction| {
+            hooks
+                .iter()
+                .find(|(k, _)| k.ifindex == idx && k.direction == dir as u32)
+                .map_or(0, |(_, s)| s.seen)
+        };
+        assert!(link.tx >= 5, "{dev}: {link:?}");
+        assert_eq!(seen(Direction::Egress), link.tx, "{dev} egress: {hooks:#?}");
+        assert_eq!(
+            seen(Direction::Ingress),
+            link.rx,
+            "{dev} ingress: {hooks:#?}"
+        );
+    }
+}

@@ -20,8 +20,12 @@ pub mod names {
     pub const MAP_EVENTS: &str = "EVENTS";
     /// Per-CPU LRU hash of [`crate::FlowKey`] -> [`crate::FlowStats`].
     pub const MAP_FLOWS: &str = "FLOWS";
-    /// Per-CPU LRU hash of [`crate::HookKey`] -> [`crate::HookStats`].
+    /// Per-CPU LRU hash of [`crate::HookKey`] -> [`crate::HookStats`], for
+    /// the hooks whose slot in [`MAP_HOOK_SLOTS`] another interface holds.
     pub const MAP_HOOKS: &str = "HOOKS";
+    /// Per-CPU array of [`crate::HookSlot`], indexed by
+    /// [`crate::hook_slot`] of the interface.
+    pub const MAP_HOOK_SLOTS: &str = "HOOK_SLOTS";
     /// Global holding the [`crate::Config`].
     pub const GLOBAL_CONFIG: &str = "CONFIG";
 }
@@ -133,6 +137,32 @@ pub struct HookStats {
     pub lost: u64,
 }
 
+/// Number of entries of the per-CPU hook counter array. A power of two.
+pub const HOOK_SLOTS: u32 = 1024;
+
+/// Where an interface's counters live in the hook counter array: an array
+/// index costs the kernel a few instructions where a hash lookup costs tens
+/// of ns on every packet. Two interfaces of one namespace share a slot only
+/// when their ifindexes differ by a multiple of [`HOOK_SLOTS`]; the second
+/// one to see a packet on a CPU then counts in the `HOOKS` hash instead.
+#[inline(always)]
+pub const fn hook_slot(ifindex: u32) -> u32 {
+    ifindex & (HOOK_SLOTS - 1)
+}
+
+/// One entry of the hook counter array: the counters of both directions of
+/// the interface that holds the slot on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookSlot {
+    /// Interface holding the slot on this CPU; 0 while the slot is free.
+    pub ifindex: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// Counters, indexed by [`Direction`] as a number.
+    pub stats: [HookStats; 2],
+}
+
 /// Key of the exact per-flow counters: hook plus IPv4 5-tuple as seen there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -165,9 +195,11 @@ pub struct FlowStats {
     pub packets: u64,
     /// Bytes counted (`skb->len`).
     pub bytes: u64,
-    /// Kernel time of the first packet on this CPU.
+    /// Kernel time of the first packet on this CPU. Coarse: the kernel's
+    /// tick-resolution CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`), a few
+    /// ns per packet instead of tens for the precise clock.
     pub first_ns: u64,
-    /// Kernel time of the last packet on this CPU.
+    /// Kernel time of the last packet on this CPU, coarse as `first_ns`.
     pub last_ns: u64,
     /// OR of the TCP flags seen.
     pub tcp_flags: u32,
@@ -276,6 +308,8 @@ const _: () = {
     assert!(core::mem::size_of::<PacketEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<HookKey>() == 16);
     assert!(core::mem::size_of::<HookStats>() == 32);
+    assert!(core::mem::size_of::<HookSlot>() == 72);
+    assert!(HOOK_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<FlowKey>() == 32);
     assert!(core::mem::size_of::<FlowStats>() == 40);
     assert!(core::mem::size_of::<Config>() == 64);
@@ -288,6 +322,7 @@ mod user {
     unsafe impl aya::Pod for super::PacketEvent {}
     unsafe impl aya::Pod for super::HookKey {}
     unsafe impl aya::Pod for super::HookStats {}
+    unsafe impl aya::Pod for super::HookSlot {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::Config {}

@@ -1,14 +1,14 @@
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     check_bounds_signed,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{LruPerCpuHashMap, RingBuf},
+    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use tracer_common::{
-    Cidr4, Config, Direction, EventKind, FlowKey, FlowStats, HookKey, HookStats, MAX_SNAPLEN,
-    PROBE_MAGIC, PacketEvent, mode, reason,
+    Cidr4, Config, Direction, EventKind, FlowKey, FlowStats, HOOK_SLOTS, HookKey, HookSlot,
+    HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, hook_slot, mode, reason,
 };
 
 /// Default 4 MiB; userspace resizes it before load (`--ring-size`).
@@ -18,6 +18,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map(name = "FLOWS")]
 static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
 
+/// Hook counters at the interface's slot: every packet touches this, so it
+/// is an array, whose lookup the verifier turns into a few instructions.
+#[map(name = "HOOK_SLOTS")]
+static HOOK_SLOTS_MAP: PerCpuArray<HookSlot> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
+
+/// Hook counters of interfaces whose slot another interface holds.
 #[map(name = "HOOKS")]
 static HOOKS: LruPerCpuHashMap<HookKey, HookStats> = LruPerCpuHashMap::with_max_entries(4096, 0);
 
@@ -77,40 +83,36 @@ struct Parsed {
 #[inline(always)]
 fn trace(ctx: &TcContext, dir: Direction) {
     let skb = ctx.skb.skb;
-    let cookie: u64 = cfg!(netns_cookie);
     let ifindex = unsafe { (*skb).ifindex };
-    let hook = HookKey {
-        netns_cookie: cookie,
-        ifindex,
-        direction: dir as u32,
-    };
-    let Some(stats) = hook_stats(&hook) else {
+    let Some(stats) = hook_stats(ifindex, dir) else {
         return;
     };
     // SAFETY: per-CPU value, only this program on this CPU touches it.
     let stats = unsafe { &mut *stats };
     stats.seen += 1;
 
+    // The filter runs on headers read in place: a packet it rejects has
+    // cost one array slot and a few loads.
     let parsed = parse(ctx);
     if !parsed.probe && !filter_matches(&parsed) {
         return;
     }
     stats.matched += 1;
 
-    let now = unsafe { bpf_ktime_get_ns() };
     let len = ctx.len();
     let mut why = 0;
     if parsed.probe {
         why |= reason::PROBE;
     }
+    let flows = cfg!(mode) == mode::FLOWS;
     if parsed.ipv4 {
-        let per_cpu_count = count_flow(cookie, ifindex, dir, &parsed, now, len);
-        if cfg!(mode) == mode::FLOWS && per_cpu_count <= u64::from(cfg!(flow_first_n)) {
+        let per_cpu_count = count_flow(ifindex, dir, &parsed, len);
+        if flows && per_cpu_count <= u64::from(cfg!(flow_first_n)) {
             why |= reason::FLOW_START;
         }
     }
     let sample_every = cfg!(sample_every);
-    if cfg!(mode) == mode::PACKETS {
+    if !flows {
         why |= reason::MATCH;
     } else if sample_every != 0 && unsafe { bpf_get_prandom_u32() } % sample_every == 0 {
         why |= reason::SAMPLED;
@@ -122,18 +124,33 @@ fn trace(ctx: &TcContext, dir: Direction) {
         return;
     }
     stats.reported += 1;
-    if !report(skb, &hook, why, now, len) {
+    if !report(skb, ifindex, dir, why, len) {
         stats.lost += 1;
     }
 }
 
+/// This CPU's counters of the hook: at the interface's array slot, or in
+/// the hash when another interface holds the slot.
 #[inline(always)]
-fn hook_stats(hook: &HookKey) -> Option<*mut HookStats> {
-    if let Some(p) = HOOKS.get_ptr_mut(hook) {
+fn hook_stats(ifindex: u32, dir: Direction) -> Option<*mut HookStats> {
+    let slot = HOOK_SLOTS_MAP.get_ptr_mut(hook_slot(ifindex))?;
+    // SAFETY: per-CPU value of this CPU; programs do not nest on one CPU
+    // within a TC hook.
+    let slot = unsafe { &mut *slot };
+    if slot.ifindex == ifindex || slot.ifindex == 0 {
+        slot.ifindex = ifindex;
+        return Some(&mut slot.stats[dir as usize]);
+    }
+    let hook = HookKey {
+        netns_cookie: cfg!(netns_cookie),
+        ifindex,
+        direction: dir as u32,
+    };
+    if let Some(p) = HOOKS.get_ptr_mut(&hook) {
         return Some(p);
     }
-    let _ = HOOKS.insert(hook, &ZERO_HOOK, 0);
-    HOOKS.get_ptr_mut(hook)
+    let _ = HOOKS.insert(&hook, &ZERO_HOOK, 0);
+    HOOKS.get_ptr_mut(&hook)
 }
 
 #[inline(always)]
@@ -148,19 +165,24 @@ fn parse(ctx: &TcContext) -> Parsed {
         probe: false,
         ipv4: false,
     };
-    let Ok(ethertype) = ctx.load::<[u8; 2]>(12) else {
-        return p;
-    };
-    if u16::from_be_bytes(ethertype) != ETH_P_IP {
+    // skb->protocol is the EtherType, without reading the packet.
+    if unsafe { (*ctx.skb.skb).protocol } != u32::from(ETH_P_IP.to_be()) {
         return p;
     }
-    // One helper call for the IPv4 header, the L4 header and the probe tag;
-    // fall back to the bare IPv4 header for short packets.
-    // One helper call, with a constant length the verifier can check, reads
-    // the IPv4 header, the L4 header and the probe tag; shorter packets get
-    // the IPv4 header plus the first 8 bytes of L4 (ports, ICMP id/seq), or
-    // the bare IPv4 header. Nothing is zero-filled first: the helper writes
-    // every byte or fails.
+    // Most packets have their headers in the linear part: read them in
+    // place, no helper call and no copy.
+    let l3 = ctx.data() + ETH_HLEN;
+    if l3 + HDR_PEEK <= ctx.data_end() {
+        // SAFETY: the verifier-checked bound above covers HDR_PEEK bytes.
+        let h = unsafe { &*(l3 as *const [u8; HDR_PEEK]) };
+        parse_ipv4(&mut p, h, HDR_PEEK);
+        return p;
+    }
+    // Otherwise one helper call, with a constant length the verifier can
+    // check, reads the IPv4 header, the L4 header and the probe tag; shorter
+    // packets get the IPv4 header plus the first 8 bytes of L4 (ports, ICMP
+    // id/seq), or the bare IPv4 header. Nothing is zero-filled first: the
+    // helper writes every byte or fails.
     let mut buf = core::mem::MaybeUninit::<[u8; HDR_PEEK]>::uninit();
     let skb = ctx.skb.skb.cast();
     let mut have = 0;
@@ -175,11 +197,19 @@ fn parse(ctx: &TcContext) -> Parsed {
     if have == 0 {
         return p;
     }
-    // SAFETY: the first `have` bytes are written; every read below is
-    // guarded by `have`.
+    // SAFETY: the first `have` bytes are written; every read in
+    // `parse_ipv4` is guarded by `have`.
     let h = unsafe { &*buf.as_ptr() };
+    parse_ipv4(&mut p, h, have);
+    p
+}
+
+/// Reads the IPv4 and L4 fields from `h`, of which `have` bytes (20, 28 or
+/// [`HDR_PEEK`]) are valid.
+#[inline(always)]
+fn parse_ipv4(p: &mut Parsed, h: &[u8; HDR_PEEK], have: usize) {
     if h[0] >> 4 != 4 {
-        return p;
+        return;
     }
     p.ipv4 = true;
     p.proto = h[9];
@@ -191,7 +221,7 @@ fn parse(ctx: &TcContext) -> Parsed {
     // fields only when the header has no IP options (the common case), so
     // every index below is constant for the verifier.
     if ihl != 20 || frag_off != 0 || have < 28 {
-        return p;
+        return;
     }
     let full = have == HDR_PEEK;
     match p.proto {
@@ -221,7 +251,6 @@ fn parse(ctx: &TcContext) -> Parsed {
         }
         _ => {}
     }
-    p
 }
 
 #[inline(always)]
@@ -253,9 +282,12 @@ fn filter_matches(p: &Parsed) -> bool {
 
 /// Adds the packet to its flow's per-CPU counters; returns this CPU's count.
 #[inline(always)]
-fn count_flow(cookie: u64, ifindex: u32, dir: Direction, p: &Parsed, now: u64, len: u32) -> u64 {
+fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32) -> u64 {
+    // Tick resolution is plenty for "first/last seen", and the coarse clock
+    // is a few ns where the precise one is tens on a VM.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = FlowKey {
-        netns_cookie: cookie,
+        netns_cookie: cfg!(netns_cookie),
         ifindex,
         src: p.src,
         dst: p.dst,
@@ -292,21 +324,22 @@ fn count_flow(cookie: u64, ifindex: u32, dir: Direction, p: &Parsed, now: u64, l
 /// Copies the packet's first bytes into a ring buffer record. False when the
 /// ring buffer is full (the caller counts the loss).
 #[inline(always)]
-fn report(skb: *mut __sk_buff, hook: &HookKey, why: u32, now: u64, len: u32) -> bool {
+fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32) -> bool {
     let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
         return false;
     };
     let ev = entry.as_mut_ptr();
     let snaplen = cfg!(snaplen);
     let snap = if snaplen < len { snaplen } else { len };
+    let cookie = cfg!(netns_cookie);
     // SAFETY: `ev` points to a reserved, exclusively owned record.
     unsafe {
         (*ev).kind = EventKind::Packet as u32;
         (*ev).reason = why;
-        (*ev).ts_ns = now;
-        (*ev).netns_cookie = hook.netns_cookie;
-        (*ev).ifindex = hook.ifindex;
-        (*ev).direction = hook.direction;
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).netns_cookie = cookie;
+        (*ev).ifindex = ifindex;
+        (*ev).direction = dir as u32;
         (*ev).pkt_len = len;
         (*ev).mark = (*skb).mark;
         (*ev).ethertype = u16::from_be(((*skb).protocol & 0xffff) as u16);

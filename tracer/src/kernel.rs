@@ -7,10 +7,12 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuHashMap, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
-use tracer_common::{Config, Direction, FlowKey, FlowStats, HookKey, HookStats, names};
+use tracer_common::{
+    Config, Direction, FlowKey, FlowStats, HookKey, HookSlot, HookStats, hook_slot, names,
+};
 
 use crate::{ebpf, netns::Netns};
 
@@ -108,6 +110,9 @@ pub struct Attached {
 /// `Config::netns_cookie`).
 struct Instance {
     bpf: Ebpf,
+    /// Hook counter slots of every interface ever attached (detached ones
+    /// keep their counts for the totals).
+    slots: std::collections::BTreeSet<u32>,
 }
 
 /// The loaded programs and everything attached to them.
@@ -166,7 +171,13 @@ impl Kernel {
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
-            self.instances.insert(netns.cookie, Instance { bpf });
+            self.instances.insert(
+                netns.cookie,
+                Instance {
+                    bpf,
+                    slots: std::collections::BTreeSet::new(),
+                },
+            );
         }
         Ok(self
             .instances
@@ -187,6 +198,7 @@ impl Kernel {
         if !self.attached.contains_key(&key) {
             let inst = self.instance(netns)?;
             let links = netns.run(|| attach_here(&mut inst.bpf, &netns.name, iface))??;
+            inst.slots.insert(hook_slot(ifindex));
             self.attached.insert(
                 key,
                 Attached {
@@ -236,22 +248,38 @@ impl Kernel {
         std::mem::take(&mut self.fresh_loggers)
     }
 
-    /// Per-hook counters, summed over CPUs.
+    /// Per-hook counters, summed over CPUs: the array slots each CPU's
+    /// interfaces hold, plus the hash for those that found theirs taken.
     pub fn hook_stats(&self) -> Result<BTreeMap<HookKey, HookStats>, KernelError> {
         let mut out = BTreeMap::new();
-        for inst in self.instances.values() {
+        for (&netns_cookie, inst) in &self.instances {
+            let slots = hook_slot_map(&inst.bpf)?;
+            for &index in &inst.slots {
+                let per_cpu = slots
+                    .get(&index, 0)
+                    .map_err(|e| map_err(names::MAP_HOOK_SLOTS, &e))?;
+                for slot in per_cpu.iter().filter(|s| s.ifindex != 0) {
+                    for (direction, v) in (0u32..).zip(&slot.stats) {
+                        let key = HookKey {
+                            netns_cookie,
+                            ifindex: slot.ifindex,
+                            direction,
+                        };
+                        add_hook(out.entry(key).or_default(), v);
+                    }
+                }
+            }
             let map = per_cpu_map::<HookKey, HookStats>(&inst.bpf, names::MAP_HOOKS)?;
             for item in map.iter() {
                 let (k, per_cpu) = item.map_err(|e| map_err(names::MAP_HOOKS, &e))?;
                 let s: &mut HookStats = out.entry(k).or_default();
                 for v in per_cpu.iter() {
-                    s.seen += v.seen;
-                    s.matched += v.matched;
-                    s.reported += v.reported;
-                    s.lost += v.lost;
+                    add_hook(s, v);
                 }
             }
         }
+        // A slot counts both directions even if only one saw packets.
+        out.retain(|_, s| s.seen != 0);
         Ok(out)
     }
 
@@ -267,6 +295,21 @@ impl Kernel {
         }
         Ok(out)
     }
+}
+
+fn add_hook(s: &mut HookStats, v: &HookStats) {
+    s.seen += v.seen;
+    s.matched += v.matched;
+    s.reported += v.reported;
+    s.lost += v.lost;
+}
+
+fn hook_slot_map(bpf: &Ebpf) -> Result<PerCpuArray<&MapData, HookSlot>, KernelError> {
+    let map = bpf.map(names::MAP_HOOK_SLOTS).ok_or(KernelError::Map {
+        map: names::MAP_HOOK_SLOTS,
+        reason: "missing".into(),
+    })?;
+    PerCpuArray::try_from(map).map_err(|e| map_err(names::MAP_HOOK_SLOTS, &e))
 }
 
 fn per_cpu_map<'a, K: aya::Pod, V: aya::Pod>(
