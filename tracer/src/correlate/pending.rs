@@ -13,13 +13,18 @@ use tracer_common::reason;
 use super::{
     journey::{Fingerprint, MAX_HOPS, Observed, RawHop},
     model::Tuple,
-    table::{Map, Seeded, map_with_capacity},
+    table::Seeded,
 };
 
 /// No journey, in chain links.
 const NONE: u64 = u64::MAX;
 /// Most journeys with one fingerprint looked at for one hop.
 const MAX_CHAIN: usize = 8;
+/// How far ahead of the oldest journey the ring is prefetched: journeys
+/// close in ring order, and in a ring of megabytes each would be a miss.
+/// The index entry of a journey is prefetched half as far ahead, once its
+/// hash (in the prefetched slot) is there to say where.
+const AHEAD: u64 = 8;
 
 /// Where a packet goes.
 pub(crate) enum Lookup {
@@ -35,14 +40,17 @@ pub(crate) enum Lookup {
 
 /// At most `cap` journeys collecting hops.
 pub(crate) struct PendingTable {
+    /// A power of two (>= cap) of slots, grown as journeys start.
     ring: Vec<Pending>,
+    /// `ring`'s final size - 1: the slot of `seq` is `seq & mask`.
+    mask: u64,
     cap: u64,
     /// Sequence number of the oldest slot not yet passed.
     head: u64,
     /// Sequence number the next journey takes.
     tail: u64,
     live: usize,
-    index: Map<u64, u64>,
+    index: Index,
     hasher: Seeded,
 }
 
@@ -52,11 +60,12 @@ impl PendingTable {
         let cap = cap.max(1);
         Self {
             ring: Vec::new(),
+            mask: cap.next_power_of_two() as u64 - 1,
             cap: cap as u64,
             head: 0,
             tail: 0,
             live: 0,
-            index: map_with_capacity(cap, seed),
+            index: Index::new(cap),
             hasher: Seeded(seed ^ 0x5bd1_e995),
         }
     }
@@ -67,7 +76,23 @@ impl PendingTable {
     }
 
     fn slot(&self, seq: u64) -> usize {
-        (seq % self.cap) as usize
+        (seq & self.mask) as usize
+    }
+
+    fn hash(&self, fp: Fingerprint) -> u64 {
+        // 0 marks an empty index entry.
+        self.hasher.hash_one(fp).max(1)
+    }
+
+    /// Asks the CPU for the slots of journeys about to close, and for
+    /// their index entries (hints, nothing else).
+    fn prefetch_ahead(&self) {
+        if let Some(p) = self.ring.get(self.slot(self.head + AHEAD)) {
+            prefetch(std::ptr::from_ref(p).cast());
+        }
+        if let Some(p) = self.ring.get(self.slot(self.head + AHEAD / 2)) {
+            self.index.prefetch(p.hash);
+        }
     }
 
     /// The pending journey a packet belongs to: same fingerprint, within
@@ -77,10 +102,7 @@ impl PendingTable {
     pub(crate) fn find(&self, obs: &Observed, window: u64) -> Lookup {
         let mut repeated = false;
         let mut best: Option<(usize, u64)> = None;
-        let mut seq = match self.index.get(&self.hasher.hash_one(obs.fp)) {
-            Some(&seq) => seq,
-            None => NONE,
-        };
+        let mut seq = self.index.get(self.hash(obs.fp)).unwrap_or(NONE);
         for _ in 0..MAX_CHAIN {
             if seq == NONE || self.ring[self.slot(seq)].seq != seq {
                 break; // a reused slot: the older links are gone
@@ -125,6 +147,7 @@ impl PendingTable {
                 return Some(self.head);
             }
             self.head += 1;
+            self.prefetch_ahead();
         }
         None
     }
@@ -145,7 +168,7 @@ impl PendingTable {
         if i == self.ring.len() {
             self.ring.push(Pending::default());
         }
-        let hash = self.hasher.hash_one(obs.fp);
+        let hash = self.hash(obs.fp);
         let prev = self.index.insert(hash, seq).unwrap_or(NONE);
         let p = &mut self.ring[i];
         p.start(obs);
@@ -161,7 +184,7 @@ impl PendingTable {
         debug_assert!(p.live && p.seq == seq);
         p.live = false;
         let (hash, mut next) = (p.hash, p.prev_same);
-        if self.index.get(&hash) == Some(&seq) {
+        if self.index.get(hash) == Some(seq) {
             // The index keeps pointing at a live journey, or at none.
             let mut newest_live = None;
             for _ in 0..MAX_CHAIN {
@@ -179,9 +202,11 @@ impl PendingTable {
                 next = q.prev_same;
             }
             match newest_live {
-                Some(s) => self.index.insert(hash, s),
-                None => self.index.remove(&hash),
-            };
+                Some(s) => {
+                    self.index.insert(hash, s);
+                }
+                None => self.index.remove(hash),
+            }
         }
         self.live -= 1;
         // Passes the dead slots at the head, so that they count as room.
@@ -190,25 +215,126 @@ impl PendingTable {
 
     /// Entries of the fingerprint index (never more than the ring's size).
     pub(crate) fn index_len(&self) -> usize {
-        self.index.len()
+        self.index.len
+    }
+}
+
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint, valid for any address.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Fingerprint hash (never 0) -> newest journey with it: open addressing,
+/// linear probing, at most half full, so that a lookup is one cache line
+/// (hashbrown would do as well, but cannot be asked where a key lives,
+/// to prefetch it).
+struct Index {
+    /// (hash, seq); hash 0 is empty.
+    entries: Vec<(u64, u64)>,
+    mask: usize,
+    len: usize,
+}
+
+impl Index {
+    fn new(cap: usize) -> Self {
+        let n = (cap * 2).next_power_of_two().max(16);
+        Self {
+            entries: vec![(0, 0); n],
+            mask: n - 1,
+            len: 0,
+        }
+    }
+
+    fn home(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & self.mask
+    }
+
+    fn prefetch(&self, hash: u64) {
+        prefetch(std::ptr::from_ref(&self.entries[self.home(hash)]).cast());
+    }
+
+    /// Where `hash` is, or the empty entry where it would go.
+    fn position(&self, hash: u64) -> usize {
+        let mut i = self.home(hash);
+        loop {
+            let h = self.entries[i].0;
+            if h == hash || h == 0 {
+                return i;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn get(&self, hash: u64) -> Option<u64> {
+        let (h, seq) = self.entries[self.position(hash)];
+        (h == hash).then_some(seq)
+    }
+
+    fn insert(&mut self, hash: u64, seq: u64) -> Option<u64> {
+        let i = self.position(hash);
+        let e = &mut self.entries[i];
+        let old = (e.0 == hash).then_some(e.1);
+        if old.is_none() {
+            self.len += 1;
+            debug_assert!(self.len <= self.mask / 2 + 1);
+        }
+        *e = (hash, seq);
+        old
+    }
+
+    /// Removes `hash`, shifting back the entries that probed past it.
+    fn remove(&mut self, hash: u64) {
+        let mut i = self.position(hash);
+        if self.entries[i].0 != hash {
+            return;
+        }
+        self.len -= 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let h = self.entries[j].0;
+            if h == 0 {
+                break;
+            }
+            // j's entry moves into the hole at i unless its home lies
+            // cyclically in (i, j].
+            let k = self.home(h);
+            let stays = if i <= j {
+                i < k && k <= j
+            } else {
+                i < k || k <= j
+            };
+            if !stays {
+                self.entries[i] = self.entries[j];
+                i = j;
+            }
+        }
+        self.entries[i] = (0, 0);
     }
 }
 
 /// A journey still collecting hops. Fixed-size: lives in a ring slot and
 /// is reused without allocating.
 #[derive(Clone, Debug, Default)]
+#[repr(C)] // what lookups and closing read first, in the first cache line
 pub(crate) struct Pending {
-    /// Position in the ring; the slot is `seq % cap`.
+    /// Position in the ring; the slot is `seq & mask`.
     seq: u64,
-    live: bool,
     hash: u64,
     /// The journey started before this one with the same hash.
     prev_same: u64,
-    pub(crate) fp: Fingerprint,
     pub(crate) first_ns: u64,
     pub(crate) last_ns: u64,
-    pub(crate) probe: bool,
+    pub(crate) fp: Fingerprint,
     len: usize,
+    live: bool,
+    pub(crate) probe: bool,
     hops: [RawHop; MAX_HOPS],
 }
 
@@ -287,5 +413,36 @@ impl Pending {
         self.probe
             || last.reason & reason::PROBE != 0
             || (complete_reports && (last.reason == 0 || last.reason & reason::MATCH != 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Index;
+
+    /// The index agrees with a HashMap through inserts and removals that
+    /// wrap around and collide.
+    #[test]
+    fn index_matches_a_map() {
+        let mut idx = Index::new(64);
+        let mut map = std::collections::HashMap::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..200_000u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Few distinct hashes, homes crowded into a few buckets.
+            let hash = ((rng % 97) << 32 | (rng % 5)) + 1;
+            if map.len() < 60 && !rng.is_multiple_of(3) {
+                assert_eq!(idx.insert(hash, step), map.insert(hash, step));
+            } else {
+                idx.remove(hash);
+                map.remove(&hash);
+            }
+            assert_eq!(idx.len, map.len());
+            for h in [hash, hash ^ (1 << 32)] {
+                assert_eq!(idx.get(h), map.get(&h).copied(), "step {step}");
+            }
+        }
     }
 }
