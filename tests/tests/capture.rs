@@ -474,3 +474,46 @@ async fn interfaces_sharing_a_counter_slot_both_count_exactly() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_full_flow_table_keeps_the_newest_flows() {
+    let _serial = serial();
+    let pair = VethPair::new("ct");
+    // Four places per CPU: every flow probes all of them, so the fifth flow
+    // on a CPU must take the place of the one seen least recently.
+    let (kernel, _reader) = attach_va(
+        &pair,
+        &LoadOptions {
+            flow_entries: tracer_common::FLOW_PROBES,
+            ..LoadOptions::default()
+        },
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    // More flows than the table holds, however the sender moves between CPUs.
+    let last = 6000 + u16::try_from(cpus).unwrap() * 4 + 4;
+    let (b, a) = (pair.b.clone(), pair.a.clone());
+    tokio::task::spawn_blocking(move || {
+        for port in 6000..=last {
+            let addr: SocketAddr = format!("{}:{port}", VethPair::IP_B).parse().unwrap();
+            assert_eq!(udp_send(&b, &a, addr, b"many flows", 3), 3);
+        }
+    })
+    .await
+    .unwrap();
+    let flows = kernel.flow_stats().unwrap();
+    let udp: Vec<_> = flows.iter().filter(|(k, _)| k.proto == 17).collect();
+    assert!(
+        udp.len() <= cpus * tracer_common::FLOW_PROBES as usize,
+        "never more flows than places: {flows:#?}"
+    );
+    let newest: u64 = udp
+        .iter()
+        .filter(|(k, _)| k.dport == last)
+        .map(|(_, s)| s.packets)
+        .sum();
+    assert_eq!(newest, 3, "the newest flow is counted exactly: {flows:#?}");
+    let hooks = kernel.hook_stats().unwrap();
+    let matched: u64 = hooks.values().map(|s| s.matched).sum();
+    let counted: u64 = flows.values().map(|s| s.packets).sum();
+    assert!(counted <= matched, "{counted} counted, {matched} matched");
+}

@@ -18,7 +18,8 @@ pub mod names {
     pub const PROG_TC: &str = "podtrace_tc";
     /// Ring buffer of [`crate::PacketEvent`]s.
     pub const MAP_EVENTS: &str = "EVENTS";
-    /// Per-CPU LRU hash of [`crate::FlowKey`] -> [`crate::FlowStats`].
+    /// Array of [`crate::FlowSlot`]: one region of [`crate::Config::flow_slots`]
+    /// entries per possible CPU, memory-mapped by userspace.
     pub const MAP_FLOWS: &str = "FLOWS";
     /// Per-CPU LRU hash of [`crate::HookKey`] -> [`crate::HookStats`], for
     /// the hooks whose slot in [`MAP_HOOK_SLOTS`] another interface holds.
@@ -165,7 +166,7 @@ pub struct HookSlot {
 
 /// Key of the exact per-flow counters: hook plus IPv4 5-tuple as seen there.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Namespace cookie of the hook.
     pub netns_cookie: u64,
@@ -185,6 +186,26 @@ pub struct FlowKey {
     pub direction: u8,
     /// Explicit padding, always zero.
     pub _pad: [u8; 6],
+}
+
+/// Places a flow may take in its CPU's region of the flow table, from its
+/// hash on. When all are taken by other flows, the one seen least recently
+/// gives its place up (its counts are gone, as an LRU map would lose them).
+pub const FLOW_PROBES: u32 = 4;
+
+/// Flow table entries per CPU unless userspace asks for another number.
+pub const DEFAULT_FLOW_SLOTS: u32 = 8192;
+
+/// One entry of the flow table. Free while `stats.packets` is 0; the kernel
+/// writes the key before the counters, so a reader that sees the same key
+/// before and after reading the counters read that flow's counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    /// The flow, as seen at its hook.
+    pub key: FlowKey,
+    /// Its counters on this CPU.
+    pub stats: FlowStats,
 }
 
 /// Exact per-flow counters, one copy per CPU.
@@ -268,6 +289,11 @@ pub struct Config {
     /// ingress and forwarded traffic), so userspace loads one copy of the
     /// programs per traced namespace and tells each where it is.
     pub netns_cookie: u64,
+    /// Flow table entries per CPU, a power of two of at least
+    /// [`FLOW_PROBES`]; the table has this many times the possible CPUs.
+    pub flow_slots: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
 }
 
 impl Config {
@@ -294,6 +320,8 @@ impl Config {
         wakeup_bytes: 64 * 1024,
         probes_only: 0,
         netns_cookie: 0,
+        flow_slots: DEFAULT_FLOW_SLOTS,
+        _pad: 0,
     };
 }
 
@@ -312,7 +340,9 @@ const _: () = {
     assert!(HOOK_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<FlowKey>() == 32);
     assert!(core::mem::size_of::<FlowStats>() == 40);
-    assert!(core::mem::size_of::<Config>() == 64);
+    assert!(core::mem::size_of::<FlowSlot>() == 72);
+    assert!(DEFAULT_FLOW_SLOTS.is_power_of_two() && DEFAULT_FLOW_SLOTS >= FLOW_PROBES);
+    assert!(core::mem::size_of::<Config>() == 72);
 };
 
 #[cfg(feature = "user")]
@@ -325,6 +355,7 @@ mod user {
     unsafe impl aya::Pod for super::HookSlot {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::Config {}
 }
 

@@ -1,22 +1,29 @@
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     check_bounds_signed,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        bpf_skb_load_bytes,
+    },
     macros::{classifier, map},
-    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use tracer_common::{
-    Cidr4, Config, Direction, EventKind, FlowKey, FlowStats, HOOK_SLOTS, HookKey, HookSlot,
-    HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, hook_slot, mode, reason,
+    Cidr4, Config, Direction, EventKind, FLOW_PROBES, FlowKey, FlowSlot, FlowStats, HOOK_SLOTS,
+    HookKey, HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, hook_slot, mode, reason,
 };
 
 /// Default 4 MiB; userspace resizes it before load (`--ring-size`).
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+/// The flow table: an open-addressed hash in a plain array, one region of
+/// `flow_slots` entries per CPU, so a packet costs a multiply and one or two
+/// inlined array lookups where a per-CPU LRU hash cost tens of ns. Userspace
+/// maps it and reads it without a syscall. Sized by userspace before load.
 #[map(name = "FLOWS")]
-static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+static FLOWS: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Hook counters at the interface's slot: every packet touches this, so it
 /// is an array, whose lookup the verifier turns into a few instructions.
@@ -280,7 +287,8 @@ fn filter_matches(p: &Parsed) -> bool {
     src.contains(p.src) && dst.contains(p.dst) && (host.contains(p.src) || host.contains(p.dst))
 }
 
-/// Adds the packet to its flow's per-CPU counters; returns this CPU's count.
+/// Adds the packet to its flow's counters in this CPU's region of the flow
+/// table; returns this CPU's count (0 if the table has no region for it).
 #[inline(always)]
 fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32) -> u64 {
     // Tick resolution is plenty for "first/last seen", and the coarse clock
@@ -297,28 +305,80 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32) -> u64 {
         direction: dir as u8,
         _pad: [0; 6],
     };
-    if let Some(s) = FLOWS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value of this CPU.
-        let s = unsafe { &mut *s };
+    let words = key_words(&key);
+    let slots = cfg!(flow_slots);
+    let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(slots);
+    let hash = flow_hash(&words);
+    let mut victim: *mut FlowSlot = core::ptr::null_mut();
+    let mut oldest = u64::MAX;
+    for i in 0..FLOW_PROBES {
+        let index = base.wrapping_add(hash.wrapping_add(i) & slots.wrapping_sub(1));
+        let Some(slot) = FLOWS.get_ptr_mut(index) else {
+            return 0;
+        };
+        // SAFETY: this CPU's region; TC programs do not nest on one CPU.
+        let slot = unsafe { &mut *slot };
+        let s = &mut slot.stats;
         if s.packets == 0 {
-            s.first_ns = now;
+            claim(slot, &key, p, now, len);
+            return 1;
         }
-        s.packets += 1;
-        s.bytes += u64::from(len);
-        s.last_ns = now;
-        s.tcp_flags |= u32::from(p.tcp_flags);
-        return s.packets;
+        if key_words(&slot.key) == words {
+            s.packets += 1;
+            s.bytes += u64::from(len);
+            s.last_ns = now;
+            s.tcp_flags |= u32::from(p.tcp_flags);
+            return s.packets;
+        }
+        if s.last_ns < oldest {
+            oldest = s.last_ns;
+            victim = slot;
+        }
     }
-    let fresh = FlowStats {
-        packets: 1,
-        bytes: u64::from(len),
-        first_ns: now,
-        last_ns: now,
-        tcp_flags: u32::from(p.tcp_flags),
-        _pad: 0,
-    };
-    let _ = FLOWS.insert(&key, &fresh, 0);
+    if victim.is_null() {
+        return 0;
+    }
+    // SAFETY: one of the slots above.
+    claim(unsafe { &mut *victim }, &key, p, now, len);
     1
+}
+
+/// The key as four words, for a compare the compiler cannot split up.
+#[inline(always)]
+fn key_words(k: &FlowKey) -> [u64; 4] {
+    // SAFETY: FlowKey is 32 bytes, 8-aligned, with no padding.
+    unsafe { core::ptr::read(core::ptr::from_ref(k).cast::<[u64; 4]>()) }
+}
+
+/// Multiplicative hash of the key (the high bits of a 64-bit product).
+#[inline(always)]
+fn flow_hash(w: &[u64; 4]) -> u32 {
+    let x =
+        (w[1] ^ w[2].rotate_left(29) ^ w[3].rotate_left(47)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 32) as u32
+}
+
+/// Takes `slot` for the flow: key first, then the counters, `packets` last,
+/// so a reader never sees a half-written key with counters.
+#[inline(always)]
+fn claim(slot: &mut FlowSlot, key: &FlowKey, p: &Parsed, now: u64, len: u32) {
+    // SAFETY: plain stores into this CPU's slot, kept in this order.
+    unsafe {
+        core::ptr::write_volatile(&raw mut slot.stats.packets, 0);
+        core::ptr::write_volatile(&raw mut slot.key, *key);
+        core::ptr::write_volatile(
+            &raw mut slot.stats,
+            FlowStats {
+                packets: 0,
+                bytes: u64::from(len),
+                first_ns: now,
+                last_ns: now,
+                tcp_flags: u32::from(p.tcp_flags),
+                _pad: 0,
+            },
+        );
+        core::ptr::write_volatile(&raw mut slot.stats.packets, 1);
+    }
 }
 
 /// Copies the packet's first bytes into a ring buffer record. False when the

@@ -11,7 +11,7 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
 use tracer_common::{
-    Config, Direction, FlowKey, FlowStats, HookKey, HookSlot, HookStats, hook_slot, names,
+    Config, Direction, FlowKey, FlowSlot, FlowStats, HookKey, HookSlot, HookStats, hook_slot, names,
 };
 
 use crate::{ebpf, netns::Netns};
@@ -79,7 +79,8 @@ pub struct LoadOptions {
     pub config: Config,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
-    /// Entries of the per-flow counter map.
+    /// Flow table entries per CPU (a power of two, at least
+    /// [`tracer_common::FLOW_PROBES`]).
     pub flow_entries: u32,
 }
 
@@ -88,7 +89,7 @@ impl Default for LoadOptions {
         Self {
             config: Config::DEFAULT,
             ring_bytes: 4 << 20,
-            flow_entries: 65536,
+            flow_entries: tracer_common::DEFAULT_FLOW_SLOTS,
         }
     }
 }
@@ -113,6 +114,8 @@ struct Instance {
     /// Hook counter slots of every interface ever attached (detached ones
     /// keep their counts for the totals).
     slots: std::collections::BTreeSet<u32>,
+    /// The flow table, mapped.
+    flows: FlowTable,
 }
 
 /// The loaded programs and everything attached to them.
@@ -148,10 +151,24 @@ impl Kernel {
         if !self.instances.contains_key(&netns.cookie) {
             let mut config = self.opts.config;
             config.netns_cookie = netns.cookie;
+            let slots = self.opts.flow_entries;
+            if !slots.is_power_of_two() || slots < tracer_common::FLOW_PROBES {
+                return Err(KernelError::Load(format!(
+                    "flow table size {slots} per CPU: must be a power of two of at least {}",
+                    tracer_common::FLOW_PROBES
+                )));
+            }
+            config.flow_slots = slots;
+            let cpus = aya::util::nr_cpus()
+                .map_err(|(_, e)| KernelError::Load(format!("counting CPUs: {e}")))?;
+            let entries = u32::try_from(cpus)
+                .ok()
+                .and_then(|c| c.checked_mul(slots))
+                .ok_or_else(|| KernelError::Load(format!("{cpus} CPUs x {slots} flows")))?;
             let mut bpf = EbpfLoader::new()
                 .override_global(names::GLOBAL_CONFIG, &config, true)
                 .map_max_entries(names::MAP_EVENTS, self.opts.ring_bytes)
-                .map_max_entries(names::MAP_FLOWS, self.opts.flow_entries)
+                .map_max_entries(names::MAP_FLOWS, entries)
                 .load(self.object)
                 .map_err(|e| load_error(&e))?;
             for (name, _) in PROGRAMS {
@@ -171,11 +188,13 @@ impl Kernel {
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
+            let flows = FlowTable::map(&bpf, entries as usize)?;
             self.instances.insert(
                 netns.cookie,
                 Instance {
                     bpf,
                     slots: std::collections::BTreeSet::new(),
+                    flows,
                 },
             );
         }
@@ -283,17 +302,94 @@ impl Kernel {
         Ok(out)
     }
 
-    /// Exact per-flow counters, summed over CPUs.
+    /// Exact per-flow counters, summed over CPUs: a scan of the mapped flow
+    /// tables, no syscall.
     pub fn flow_stats(&self) -> Result<BTreeMap<FlowKey, FlowStats>, KernelError> {
         let mut out = BTreeMap::new();
         for inst in self.instances.values() {
-            let map = per_cpu_map::<FlowKey, FlowStats>(&inst.bpf, names::MAP_FLOWS)?;
-            for item in map.iter() {
-                let (k, per_cpu) = item.map_err(|e| map_err(names::MAP_FLOWS, &e))?;
-                out.insert(k, sum_flow(per_cpu.iter()));
-            }
+            inst.flows.for_each(|key, stats| {
+                let s: &mut FlowStats = out.entry(key).or_default();
+                *s = sum_flow([&*s, &stats]);
+            });
         }
         Ok(out)
+    }
+}
+
+/// The kernel's flow table (an mmapable array of [`FlowSlot`]), mapped
+/// read-only into this process for as long as the programs are loaded.
+struct FlowTable {
+    base: std::ptr::NonNull<FlowSlot>,
+    entries: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is only read, through volatile loads, and lives until
+// drop; nothing in it is tied to a thread.
+unsafe impl Send for FlowTable {}
+// SAFETY: as above.
+unsafe impl Sync for FlowTable {}
+
+impl FlowTable {
+    fn map(bpf: &Ebpf, entries: usize) -> Result<Self, KernelError> {
+        use std::os::fd::AsFd as _;
+        let err = |reason: String| KernelError::Map {
+            map: names::MAP_FLOWS,
+            reason,
+        };
+        let Some(aya::maps::Map::Array(data)) = bpf.map(names::MAP_FLOWS) else {
+            return Err(err("missing, or not an array".into()));
+        };
+        // Array values are laid out at 8-byte strides from offset 0.
+        let len = std::mem::size_of::<FlowSlot>() * entries;
+        let len_nz = std::num::NonZeroUsize::new(len).ok_or_else(|| err("empty".into()))?;
+        // SAFETY: a fresh shared read-only mapping of the map's fd; the
+        // kernel keeps the memory for as long as it is mapped.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                len_nz,
+                nix::sys::mman::ProtFlags::PROT_READ,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                data.fd().as_fd(),
+                0,
+            )
+        }
+        .map_err(|e| err(format!("mmap: {e}")))?;
+        Ok(Self {
+            base: ptr.cast(),
+            entries,
+            len,
+        })
+    }
+
+    /// Calls `f` with each flow's key and counters in one CPU's region (a
+    /// key shows up once per CPU that counted it). Entries the kernel is
+    /// rewriting while we read are skipped.
+    fn for_each(&self, mut f: impl FnMut(FlowKey, FlowStats)) {
+        for i in 0..self.entries {
+            // SAFETY: i < entries, inside the mapping; volatile reads, since
+            // the kernel writes the memory concurrently.
+            unsafe {
+                let slot = self.base.as_ptr().add(i);
+                if std::ptr::read_volatile(&raw const (*slot).stats.packets) == 0 {
+                    continue;
+                }
+                let key = std::ptr::read_volatile(&raw const (*slot).key);
+                let stats = std::ptr::read_volatile(&raw const (*slot).stats);
+                let again = std::ptr::read_volatile(&raw const (*slot).key);
+                if stats.packets != 0 && key == again {
+                    f(key, stats);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FlowTable {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `map` with this length, unmapped once.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
     }
 }
 
