@@ -22,7 +22,6 @@ use pcap_file::{
         },
     },
 };
-use serde::{Serialize, Serializer};
 use tracer_common::Direction;
 
 use crate::{
@@ -214,115 +213,204 @@ pub fn write_text_line(
     out.write_all(b"\n")
 }
 
-/// One JSON line, borrowed from the packet and its interface. Fields are in
-/// the order `serde_json::Map` (a `BTreeMap`) gave them when the line was
-/// built as a `serde_json::Value`: sorted by name. That order is part of the
-/// output format, so keep it sorted when adding one.
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    dir: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dport: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dst: Option<Ipv4Addr>,
-    eni_index: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    icmp: Option<JsonIcmp>,
-    iface: Option<&'a str>,
-    ifindex: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ip_id: Option<u16>,
-    ktime_ns: u64,
-    len: u32,
-    mark: u32,
-    node: Option<&'a str>,
-    pod_ip: Option<Ipv4Addr>,
-    probe: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    proto: Option<u8>,
-    role: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sport: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    src: Option<Ipv4Addr>,
-    /// `Packet`'s `Display`, escaped straight into the output.
-    summary: Summary<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tcp: Option<JsonTcp>,
-    /// Nanoseconds since the epoch, as a string (it does not fit a double).
-    time_ns: DecimalString,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttl: Option<u8>,
+/// Appends decimal digits of `v`.
+fn push_uint(buf: &mut Vec<u8>, v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut v = v;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
 }
 
-#[derive(Serialize)]
-struct JsonTcp {
-    ack: u32,
-    flags: TcpFlags,
-    seq: u32,
-}
-
-#[derive(Serialize)]
-struct JsonIcmp {
-    code: u8,
-    id: u16,
-    seq: u16,
-    #[serde(rename = "type")]
-    ty: u8,
-}
-
-struct Summary<'a>(&'a Packet);
-
-impl Serialize for Summary<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self.0)
+/// Appends decimal digits of `v`; u64 arithmetic (until 2554 in ns) is
+/// much cheaper than u128, whose every digit is a call.
+fn push_u128(buf: &mut Vec<u8>, v: u128) {
+    const E19: u128 = 10_000_000_000_000_000_000;
+    match u64::try_from(v) {
+        Ok(v) => push_uint(buf, v),
+        Err(_) => {
+            push_u128(buf, v / E19);
+            let low = u64::try_from(v % E19).unwrap_or(0);
+            let mark = buf.len();
+            push_uint(buf, low);
+            // Zero-fill `low` to 19 digits.
+            let short = 19 - (buf.len() - mark);
+            buf.splice(mark..mark, std::iter::repeat_n(b'0', short));
+        }
     }
 }
 
-struct DecimalString(u128);
+/// Appends `"a.b.c.d"`.
+fn push_ip(buf: &mut Vec<u8>, ip: Ipv4Addr) {
+    buf.push(b'"');
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b'.');
+        }
+        push_uint(buf, u64::from(o));
+    }
+    buf.push(b'"');
+}
 
-impl Serialize for DecimalString {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 39];
-        let mut at = buf.len();
-        // u64 digits (until 2554) cost a multiply each; u128 ones a call.
-        let (mut high, mut low) = match u64::try_from(self.0) {
-            Ok(v) => (0, v),
-            Err(_) => (
-                self.0 / 10_000_000_000_000_000_000,
-                u64::try_from(self.0 % 10_000_000_000_000_000_000).unwrap_or(0),
-            ),
-        };
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (low % 10) as u8;
-            low /= 10;
-            if low == 0 {
-                break;
-            }
-        }
-        if high > 0 {
-            // `low` had 19 digits: zero-fill them, then the high part.
-            let start = buf.len() - 19;
-            buf[start..at].fill(b'0');
-            at = start;
-            while high > 0 {
-                at -= 1;
-                buf[at] = b'0' + (high % 10) as u8;
-                high /= 10;
-            }
-        }
-        s.serialize_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"))
+/// Appends the contents of a JSON string (no quotes), escaped exactly as
+/// serde_json escapes them.
+fn push_escaped(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.extend_from_slice(s.as_bytes());
+    } else {
+        // Rare (names with quotes or control characters): let serde_json
+        // do it, and drop the quotes it adds.
+        let quoted = serde_json::to_vec(s).expect("a str serializes");
+        buf.extend_from_slice(&quoted[1..quoted.len() - 1]);
     }
 }
 
-/// [`crate::decode::tcp_flags`] without allocating.
-struct TcpFlags(u8);
+/// Appends `"..."`, escaped, or `null`.
+fn push_str(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            buf.push(b'"');
+            push_escaped(buf, s);
+            buf.push(b'"');
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+}
 
-impl Serialize for TcpFlags {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 5];
-        let mut n = 0;
+/// `fmt::Write` into a JSON string's contents: what `Display` writes,
+/// escaped on the way.
+struct EscapeInto<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for EscapeInto<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        push_escaped(self.0, s);
+        Ok(())
+    }
+}
+
+/// Appends one JSON object and a newline to `buf`, straight from the
+/// packet: nothing is allocated, except what `Packet`'s `Display` allocates
+/// itself for the summary.
+///
+/// The fields are in the order `serde_json::Map` (a `BTreeMap`) gave them
+/// when the line was built as a `serde_json::Value`: sorted by name. That
+/// order, the spelling of each value and the escaping are part of the
+/// output format; the tests compare every byte with that old
+/// implementation.
+pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &Clock) {
+    let iface = topo.get(&p.hook);
+    let role = iface.map(|i| &i.role);
+    let (role_name, eni_index): (&[u8], _) = match role {
+        Some(Role::PodVeth { .. }) => (b"pod", None),
+        Some(Role::Eni { index, .. }) => (b"eni", *index),
+        Some(Role::PodEth0) => (b"pod_eth0", None),
+        _ => (b"other", None),
+    };
+    let ipv4 = match p.l3 {
+        L3::Ipv4 {
+            src,
+            dst,
+            id,
+            ttl,
+            proto,
+            ..
+        } => Some((src, dst, id, ttl, proto)),
+        _ => None,
+    };
+    let ports = match p.l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => Some((sport, dport)),
+        _ => None,
+    };
+    buf.extend_from_slice(match p.hook.dir {
+        Direction::Ingress => b"{\"dir\":\"ingress\"",
+        Direction::Egress => b"{\"dir\":\"egress\"",
+    });
+    if let Some((_, dport)) = ports {
+        buf.extend_from_slice(b",\"dport\":");
+        push_uint(buf, u64::from(dport));
+    }
+    if let Some((_, dst, ..)) = ipv4 {
+        buf.extend_from_slice(b",\"dst\":");
+        push_ip(buf, dst);
+    }
+    buf.extend_from_slice(b",\"eni_index\":");
+    match eni_index {
+        Some(n) => push_uint(buf, u64::from(n)),
+        None => buf.extend_from_slice(b"null"),
+    }
+    if let L4::Icmp { ty, code, id, seq } = p.l4 {
+        buf.extend_from_slice(b",\"icmp\":{\"code\":");
+        push_uint(buf, u64::from(code));
+        buf.extend_from_slice(b",\"id\":");
+        push_uint(buf, u64::from(id));
+        buf.extend_from_slice(b",\"seq\":");
+        push_uint(buf, u64::from(seq));
+        buf.extend_from_slice(b",\"type\":");
+        push_uint(buf, u64::from(ty));
+        buf.push(b'}');
+    }
+    buf.extend_from_slice(b",\"iface\":");
+    push_str(buf, iface.map(|i| i.name.as_str()));
+    buf.extend_from_slice(b",\"ifindex\":");
+    push_uint(buf, u64::from(p.hook.ifindex));
+    if let Some((_, _, id, ..)) = ipv4 {
+        buf.extend_from_slice(b",\"ip_id\":");
+        push_uint(buf, u64::from(id));
+    }
+    buf.extend_from_slice(b",\"ktime_ns\":");
+    push_uint(buf, p.ts_ns);
+    buf.extend_from_slice(b",\"len\":");
+    push_uint(buf, u64::from(p.len));
+    buf.extend_from_slice(b",\"mark\":");
+    push_uint(buf, u64::from(p.mark));
+    buf.extend_from_slice(b",\"node\":");
+    push_str(buf, iface.map(|i| i.node.as_str()));
+    buf.extend_from_slice(b",\"pod_ip\":");
+    match role {
+        Some(Role::PodVeth {
+            pod_ip: Some(ip), ..
+        }) => push_ip(buf, *ip),
+        _ => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(if p.probe {
+        b",\"probe\":true"
+    } else {
+        b",\"probe\":false"
+    });
+    if let Some((.., proto)) = ipv4 {
+        buf.extend_from_slice(b",\"proto\":");
+        push_uint(buf, u64::from(proto));
+    }
+    buf.extend_from_slice(b",\"role\":\"");
+    buf.extend_from_slice(role_name);
+    buf.push(b'"');
+    if let Some((sport, _)) = ports {
+        buf.extend_from_slice(b",\"sport\":");
+        push_uint(buf, u64::from(sport));
+    }
+    if let Some((src, ..)) = ipv4 {
+        buf.extend_from_slice(b",\"src\":");
+        push_ip(buf, src);
+    }
+    buf.extend_from_slice(b",\"summary\":\"");
+    // Writing to a Vec cannot fail.
+    let _ = write!(EscapeInto(buf), "{p}");
+    buf.push(b'"');
+    if let L4::Tcp {
+        seq, ack, flags, ..
+    } = p.l4
+    {
+        buf.extend_from_slice(b",\"tcp\":{\"ack\":");
+        push_uint(buf, u64::from(ack));
+        buf.extend_from_slice(b",\"flags\":\"");
+        // `decode::tcp_flags`, without its String.
         for (bit, c) in [
             (0x02, b'S'),
             (0x01, b'F'),
@@ -330,106 +418,94 @@ impl Serialize for TcpFlags {
             (0x08, b'P'),
             (0x10, b'.'),
         ] {
-            if self.0 & bit != 0 {
-                buf[n] = c;
-                n += 1;
+            if flags & bit != 0 {
+                buf.push(c);
             }
         }
-        s.serialize_str(std::str::from_utf8(&buf[..n]).expect("ASCII flags"))
+        buf.extend_from_slice(b"\",\"seq\":");
+        push_uint(buf, u64::from(seq));
+        buf.push(b'}');
     }
+    buf.extend_from_slice(b",\"time_ns\":\"");
+    push_u128(buf, clock.wall_ns(p.ts_ns));
+    buf.push(b'"');
+    if let Some((_, _, _, ttl, _)) = ipv4 {
+        buf.extend_from_slice(b",\"ttl\":");
+        push_uint(buf, u64::from(ttl));
+    }
+    buf.extend_from_slice(b"}\n");
 }
 
-/// One JSON object per line.
-///
-/// Serialized straight from the packet into `out` (a `BufWriter` in
-/// `capture`): no `serde_json::Value`, nothing allocated per line except
-/// what `Packet`'s `Display` allocates itself for the summary.
+/// One JSON object per line (see [`format_json_line`]). Allocates a line
+/// buffer per call: [`LineOut`] is the fast way to print many.
 pub fn write_json_line(
     out: &mut impl Write,
     p: &Packet,
     topo: &Topology,
     clock: &Clock,
 ) -> io::Result<()> {
-    let iface = topo.get(&p.hook);
-    let role = iface.map(|i| &i.role);
-    let (role_name, eni_index) = match role {
-        Some(Role::PodVeth { .. }) => ("pod", None),
-        Some(Role::Eni { index, .. }) => ("eni", *index),
-        Some(Role::PodEth0) => ("pod_eth0", None),
-        _ => ("other", None),
-    };
-    let mut line = JsonLine {
-        dir: match p.hook.dir {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        },
-        dport: None,
-        dst: None,
-        eni_index,
-        icmp: None,
-        iface: iface.map(|i| i.name.as_str()),
-        ifindex: p.hook.ifindex,
-        ip_id: None,
-        ktime_ns: p.ts_ns,
-        len: p.len,
-        mark: p.mark,
-        node: iface.map(|i| i.node.as_str()),
-        pod_ip: match role {
-            Some(Role::PodVeth { pod_ip, .. }) => *pod_ip,
-            _ => None,
-        },
-        probe: p.probe,
-        proto: None,
-        role: role_name,
-        sport: None,
-        src: None,
-        summary: Summary(p),
-        tcp: None,
-        time_ns: DecimalString(clock.wall_ns(p.ts_ns)),
-        ttl: None,
-    };
-    if let L3::Ipv4 {
-        src,
-        dst,
-        id,
-        ttl,
-        proto,
-        ..
-    } = p.l3
-    {
-        line.src = Some(src);
-        line.dst = Some(dst);
-        line.ip_id = Some(id);
-        line.ttl = Some(ttl);
-        line.proto = Some(proto);
+    let mut buf = Vec::with_capacity(512);
+    format_json_line(&mut buf, p, topo, clock);
+    out.write_all(&buf)
+}
+
+/// Event lines on their way to `W` (stdout): formatted straight into one
+/// buffer, written out when it holds `cap` bytes and at each
+/// [`LineOut::flush`]. One `write(2)` per buffer instead of one per line
+/// (Rust's stdout is line-buffered).
+pub struct LineOut<W: Write> {
+    buf: Vec<u8>,
+    cap: usize,
+    inner: W,
+}
+
+impl<W: Write> LineOut<W> {
+    /// Buffers up to about `cap` bytes (one line more at most).
+    pub fn new(inner: W, cap: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(cap + 4096),
+            cap,
+            inner,
+        }
     }
-    match p.l4 {
-        L4::Tcp {
-            sport,
-            dport,
-            seq,
-            ack,
-            flags,
-        } => {
-            line.sport = Some(sport);
-            line.dport = Some(dport);
-            line.tcp = Some(JsonTcp {
-                ack,
-                flags: TcpFlags(flags),
-                seq,
-            });
-        }
-        L4::Udp { sport, dport } => {
-            line.sport = Some(sport);
-            line.dport = Some(dport);
-        }
-        L4::Icmp { ty, code, id, seq } => {
-            line.icmp = Some(JsonIcmp { code, id, seq, ty });
-        }
-        L4::None => {}
+
+    /// Appends one JSON line ([`format_json_line`]).
+    pub fn json(&mut self, p: &Packet, topo: &Topology, clock: &Clock) -> io::Result<()> {
+        format_json_line(&mut self.buf, p, topo, clock);
+        self.maybe_write()
     }
-    serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")
+
+    /// Appends one text line ([`write_text_line`]).
+    pub fn text(&mut self, p: &Packet, topo: &Topology, clock: &Clock) -> io::Result<()> {
+        write_text_line(&mut self.buf, p, topo, clock)?;
+        self.maybe_write()
+    }
+
+    fn maybe_write(&mut self) -> io::Result<()> {
+        if self.buf.len() >= self.cap {
+            self.write_buf()?;
+        }
+        Ok(())
+    }
+
+    fn write_buf(&mut self) -> io::Result<()> {
+        // Cleared even on error: what could not be written is lost anyway,
+        // and the caller stops at the first error.
+        let res = self.inner.write_all(&self.buf);
+        self.buf.clear();
+        res
+    }
+
+    /// Writes out every buffered line and flushes `W`.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.write_buf()?;
+        self.inner.flush()
+    }
+
+    /// The writer lines go to.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
 }
 
 /// A pcapng file being written: one interface block per hooked interface.
@@ -933,7 +1009,7 @@ mod tests {
     }
 
     #[test]
-    fn decimal_strings_are_to_string() {
+    fn decimal_digits_are_to_string() {
         let e19 = 10_000_000_000_000_000_000u128;
         for v in [
             0,
@@ -946,11 +1022,51 @@ mod tests {
             e19 + 1,
             e19 * 7 + 42,
             e19 * e19,
+            e19 * e19 + 5,
             u128::MAX,
         ] {
-            let got = serde_json::to_string(&DecimalString(v)).expect("serializes");
-            assert_eq!(got, format!("\"{v}\""));
+            let mut buf = Vec::new();
+            push_u128(&mut buf, v);
+            assert_eq!(String::from_utf8(buf).expect("digits"), v.to_string());
         }
+    }
+
+    /// Every control character, quote and backslash, and non-ASCII, in a
+    /// name: escaped as serde_json escapes them.
+    #[test]
+    fn escaping_is_serde_jsons() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é€😀\u{7f}\u{2028}");
+        let mut buf = Vec::new();
+        push_str(&mut buf, Some(&all));
+        assert_eq!(buf, serde_json::to_vec(&all).expect("serializes"));
+    }
+
+    /// `LineOut` writes the same bytes, whole lines, only when full or
+    /// flushed.
+    #[test]
+    fn line_out_buffers_until_full_or_flushed() {
+        let (topo, hooks) = odd_topology();
+        let clock = clocks()[1];
+        let pkts = odd_packets(&hooks);
+        let mut out = LineOut::new(Vec::new(), 4096);
+        let mut want = Vec::new();
+        for p in &pkts[..3] {
+            out.json(p, &topo, &clock).expect("to a Vec");
+            want.extend(old_json_line(p, &topo, &clock));
+        }
+        assert!(out.get_ref().is_empty(), "nothing written before a flush");
+        out.flush().expect("to a Vec");
+        assert_eq!(out.get_ref(), &want);
+        for p in &pkts {
+            out.text(p, &topo, &clock).expect("to a Vec");
+            want.extend(old_text_line(p, &topo, &clock));
+            let written = out.get_ref();
+            assert!(written.is_empty() || written.ends_with(b"\n"));
+        }
+        assert!(out.get_ref().len() > 3 * 4096, "written when full");
+        out.flush().expect("to a Vec");
+        assert_eq!(out.get_ref(), &want);
     }
 
     #[test]
