@@ -1,12 +1,7 @@
 //! `podtrace capture`: one line per packet event (tcpdump-like), `--json`,
 //! or a pcapng file; totals from the kernel counters on exit.
 
-use std::{
-    io::{BufWriter, Write},
-    path::PathBuf,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -15,7 +10,7 @@ use crate::{
     cli::{FilterArgs, ReadyArgs, ReportArgs, WhereArgs, kernel_config, parse_duration},
     decode::Packet,
     kernel::LoadOptions,
-    output::{self, Clock, PcapngOut},
+    output::{self, Clock, LineOut, PcapngOut},
     session::{HookChange, Session},
     signals::Stop,
     topology::Topology,
@@ -85,7 +80,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let limit = args.count.unwrap_or(u64::MAX);
     let mut printer = Printer {
-        out: BufWriter::with_capacity(OUT_BUF_BYTES, std::io::stdout().lock()),
+        out: LineOut::new(std::io::stdout().lock(), OUT_BUF_BYTES),
         json: args.json,
         clock,
         pcap,
@@ -137,7 +132,7 @@ const OUT_BUF_BYTES: usize = 64 * 1024;
 /// Prints events: lines into a buffer that `capture` flushes after every
 /// batch, the pcapng file, the count, and the first write error.
 struct Printer<W: Write> {
-    out: BufWriter<W>,
+    out: LineOut<W>,
     json: bool,
     clock: Clock,
     pcap: Option<PcapngOut>,
@@ -160,9 +155,9 @@ impl<W: Write> Printer<W> {
         }
         self.printed += 1;
         let res = if self.json {
-            output::write_json_line(&mut self.out, p, topo, &self.clock)
+            self.out.json(p, topo, &self.clock)
         } else {
-            output::write_text_line(&mut self.out, p, topo, &self.clock)
+            self.out.text(p, topo, &self.clock)
         };
         let res = res
             .map_err(anyhow::Error::from)
