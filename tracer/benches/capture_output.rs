@@ -1,13 +1,15 @@
 //! What `podtrace capture` costs per printed event, per core: formatting
 //! decoded packets as JSON lines (`--json`) or text lines, and writing them.
 //!
-//! - `<mode>/sink`: formatting only, into [`std::io::sink`];
 //! - `<mode>/vec`: formatting into a `Vec` that is cleared every 4096 events
 //!   (the bytes are really written, no syscall);
-//! - `<mode>/devnull_line_buffered`: to `/dev/null` through a `LineWriter`,
-//!   which is what Rust's stdout is: one `write(2)` per event;
-//! - `<mode>/devnull_bufwriter_64k`: to `/dev/null` through a 64 KiB
-//!   `BufWriter`, which is what `capture` now writes through.
+//! - `<mode>/sink_lineout_64k`: into `capture`'s 64 KiB [`LineOut`] over
+//!   [`std::io::sink`]: formatting and buffering, no syscall;
+//! - `<mode>/devnull_line_buffered`: `write_*_line` to `/dev/null` through
+//!   a `LineWriter`, which is what Rust's stdout is: one `write(2)` per
+//!   event, as `capture` printed before;
+//! - `<mode>/devnull_lineout_64k`: to `/dev/null` through a 64 KiB
+//!   [`LineOut`], as `capture` prints now: one `write(2)` per 64 KiB.
 //!
 //! The packets are a mix seen at a pod veth and at an ENI: UDP, TCP and
 //! ICMP. Throughput is one element per event, timed in the thread's CPU
@@ -18,7 +20,7 @@
 use std::{
     fs::File,
     hint::black_box,
-    io::{BufWriter, LineWriter, Write},
+    io::{LineWriter, Write},
     net::Ipv4Addr,
     time::Duration,
 };
@@ -26,7 +28,7 @@ use std::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tracer::{
     decode::{HookId, L3, L4, Packet},
-    output::{self, Clock},
+    output::{self, Clock, LineOut},
     topology::{Iface, Role, Topology},
 };
 use tracer_common::Direction;
@@ -143,20 +145,35 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// One line, as `capture` writes it, generic over the writer.
-fn line(
-    json: bool,
-    out: &mut impl Write,
-    p: &Packet,
-    t: &Topology,
-    c: &Clock,
-) -> std::io::Result<()> {
+/// One line into a plain `Vec`.
+fn to_vec(json: bool, v: &mut Vec<u8>, p: &Packet, t: &Topology, c: &Clock) {
     if json {
-        output::write_json_line(out, p, t, c)
+        output::format_json_line(v, p, t, c);
     } else {
-        output::write_text_line(out, p, t, c)
+        output::write_text_line(v, p, t, c).expect("to a Vec");
     }
 }
+
+/// One line through any writer, one `write_all` per line.
+fn to_writer(json: bool, out: &mut impl Write, p: &Packet, t: &Topology, c: &Clock) {
+    if json {
+        output::write_json_line(out, p, t, c).expect("write");
+    } else {
+        output::write_text_line(out, p, t, c).expect("write");
+    }
+}
+
+/// One line as `capture` prints it: into its [`LineOut`].
+fn to_line_out<W: Write>(json: bool, out: &mut LineOut<W>, p: &Packet, t: &Topology, c: &Clock) {
+    if json {
+        out.json(p, t, c).expect("write");
+    } else {
+        out.text(p, t, c).expect("write");
+    }
+}
+
+/// `capture`'s buffer size.
+const CAP: usize = 64 * 1024;
 
 fn bench_mode(c: &mut Criterion, name: &str, json: bool) {
     let topo = topology();
@@ -167,7 +184,7 @@ fn bench_mode(c: &mut Criterion, name: &str, json: bool) {
 
     // Monomorphised per writer, as capture is.
     macro_rules! run {
-        ($label:expr, $out:expr, $after:expr) => {
+        ($label:expr, $out:expr, $line:expr) => {
             g.bench_function($label, |b| {
                 let mut out = $out;
                 let mut i = 0usize;
@@ -175,22 +192,27 @@ fn bench_mode(c: &mut Criterion, name: &str, json: bool) {
                     timed(iters, || {
                         let p = &pkts[i % pkts.len()];
                         i += 1;
-                        line(json, &mut out, black_box(p), &topo, &clock).expect("write");
-                        ($after)(&mut out, i);
+                        ($line)(&mut out, black_box(p), i);
                     })
                 });
-                out.flush().expect("flush");
             });
         };
     }
-    run!("sink", std::io::sink(), |_: &mut std::io::Sink, _| {});
     run!(
         "vec",
         Vec::<u8>::with_capacity(4096 * 512),
-        |v: &mut Vec<u8>, i: usize| if i.is_multiple_of(4096) {
-            black_box(v.len());
-            v.clear();
+        |v: &mut Vec<u8>, p: &Packet, i: usize| {
+            to_vec(json, v, p, &topo, &clock);
+            if i.is_multiple_of(4096) {
+                black_box(v.len());
+                v.clear();
+            }
         }
+    );
+    run!(
+        "sink_lineout_64k",
+        LineOut::new(std::io::sink(), CAP),
+        |o: &mut LineOut<std::io::Sink>, p: &Packet, _| to_line_out(json, o, p, &topo, &clock)
     );
     let null = || {
         File::options()
@@ -201,12 +223,12 @@ fn bench_mode(c: &mut Criterion, name: &str, json: bool) {
     run!(
         "devnull_line_buffered",
         LineWriter::new(null()),
-        |_: &mut LineWriter<File>, _| {}
+        |o: &mut LineWriter<File>, p: &Packet, _| to_writer(json, o, p, &topo, &clock)
     );
     run!(
-        "devnull_bufwriter_64k",
-        BufWriter::with_capacity(64 * 1024, null()),
-        |_: &mut BufWriter<File>, _| {}
+        "devnull_lineout_64k",
+        LineOut::new(null(), CAP),
+        |o: &mut LineOut<File>, p: &Packet, _| to_line_out(json, o, p, &topo, &clock)
     );
     g.finish();
 }
