@@ -208,6 +208,31 @@ pub struct FlowSlot {
     pub stats: FlowStats,
 }
 
+impl FlowKey {
+    /// The key as the four little-endian words of its memory layout, built
+    /// in registers: the kernel compares and stores keys word by word,
+    /// since a struct compare or copy becomes a byte loop in BPF.
+    #[inline(always)]
+    #[expect(clippy::too_many_arguments, reason = "one argument per key field")]
+    pub const fn words(
+        netns_cookie: u64,
+        ifindex: u32,
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        direction: u8,
+    ) -> [u64; 4] {
+        [
+            netns_cookie,
+            ifindex as u64 | (u32::from_le_bytes(src) as u64) << 32,
+            u32::from_le_bytes(dst) as u64 | (sport as u64) << 32 | (dport as u64) << 48,
+            proto as u64 | (direction as u64) << 8,
+        ]
+    }
+}
+
 /// Exact per-flow counters, one copy per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -373,6 +398,33 @@ mod tests {
         };
         assert!(c.contains([192, 168, 1, 77]));
         assert!(!c.contains([192, 168, 2, 77]));
+    }
+
+    #[test]
+    fn flow_key_words_match_its_layout() {
+        let key = FlowKey {
+            netns_cookie: 0x1122_3344_5566_7788,
+            ifindex: 7,
+            src: [10, 0, 1, 2],
+            dst: [192, 168, 3, 4],
+            sport: 40000,
+            dport: 53,
+            proto: 17,
+            direction: 1,
+            _pad: [0; 6],
+        };
+        let layout: [u64; 4] = unsafe { core::mem::transmute(key) };
+        let words = FlowKey::words(
+            key.netns_cookie,
+            key.ifindex,
+            key.src,
+            key.dst,
+            key.sport,
+            key.dport,
+            key.proto,
+            key.direction,
+        );
+        assert_eq!(words, layout.map(u64::from_le));
     }
 
     #[test]

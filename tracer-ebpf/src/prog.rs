@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    Cidr4, Config, Direction, EventKind, FLOW_PROBES, FlowKey, FlowSlot, FlowStats, HOOK_SLOTS,
-    HookKey, HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, hook_slot, mode, reason,
+    Cidr4, Config, Direction, EventKind, FLOW_PROBES, FlowKey, FlowSlot, HOOK_SLOTS, HookKey,
+    HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, hook_slot, mode, reason,
 };
 
 /// Default 4 MiB; userspace resizes it before load (`--ring-size`).
@@ -294,18 +294,16 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32) -> u64 {
     // Tick resolution is plenty for "first/last seen", and the coarse clock
     // is a few ns where the precise one is tens on a VM.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let key = FlowKey {
-        netns_cookie: cfg!(netns_cookie),
+    let words = FlowKey::words(
+        cfg!(netns_cookie),
         ifindex,
-        src: p.src,
-        dst: p.dst,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        direction: dir as u8,
-        _pad: [0; 6],
-    };
-    let words = key_words(&key);
+        p.src,
+        p.dst,
+        p.sport,
+        p.dport,
+        p.proto,
+        dir as u8,
+    );
     let slots = cfg!(flow_slots);
     let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(slots);
     let hash = flow_hash(&words);
@@ -320,10 +318,10 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32) -> u64 {
         let slot = unsafe { &mut *slot };
         let s = &mut slot.stats;
         if s.packets == 0 {
-            claim(slot, &key, p, now, len);
+            claim(slot, &words, p, now, len);
             return 1;
         }
-        if key_words(&slot.key) == words {
+        if same_key(&slot.key, &words) {
             s.packets += 1;
             s.bytes += u64::from(len);
             s.last_ns = now;
@@ -339,18 +337,27 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32) -> u64 {
         return 0;
     }
     // SAFETY: one of the slots above.
-    claim(unsafe { &mut *victim }, &key, p, now, len);
+    claim(unsafe { &mut *victim }, &words, p, now, len);
     1
 }
 
-/// The key as four words, for a compare the compiler cannot split up.
+/// The slot's key as words (see [`FlowKey::words`]).
 #[inline(always)]
-fn key_words(k: &FlowKey) -> [u64; 4] {
-    // SAFETY: FlowKey is 32 bytes, 8-aligned, with no padding.
-    unsafe { core::ptr::read(core::ptr::from_ref(k).cast::<[u64; 4]>()) }
+fn key_ptr(k: &mut FlowKey) -> *mut u64 {
+    core::ptr::from_mut(k).cast()
 }
 
-/// Multiplicative hash of the key (the high bits of a 64-bit product).
+/// True if `k` is the key whose words are `w`, compared word by word (a
+/// slice compare would become a call to a byte loop).
+#[inline(always)]
+fn same_key(k: &FlowKey, w: &[u64; 4]) -> bool {
+    let p: *const u64 = core::ptr::from_ref(k).cast();
+    // SAFETY: FlowKey is 32 bytes, 8-aligned, with no padding.
+    unsafe { *p.add(1) == w[1] && *p.add(2) == w[2] && *p.add(3) == w[3] && *p == w[0] }
+}
+
+/// Multiplicative hash of the key (the high bits of a 64-bit product). The
+/// namespace word is left out: it is the same for every key of a copy.
 #[inline(always)]
 fn flow_hash(w: &[u64; 4]) -> u32 {
     let x =
@@ -358,26 +365,24 @@ fn flow_hash(w: &[u64; 4]) -> u32 {
     (x >> 32) as u32
 }
 
-/// Takes `slot` for the flow: key first, then the counters, `packets` last,
-/// so a reader never sees a half-written key with counters.
+/// Takes `slot` for the flow whose key words are `w`: `packets` to 0 (a
+/// reader skips the slot), the key, the counters, then `packets` to 1, so a
+/// reader never takes one flow's counters for another's.
 #[inline(always)]
-fn claim(slot: &mut FlowSlot, key: &FlowKey, p: &Parsed, now: u64, len: u32) {
+fn claim(slot: &mut FlowSlot, w: &[u64; 4], p: &Parsed, now: u64, len: u32) {
+    let key = key_ptr(&mut slot.key);
+    let s = &raw mut slot.stats;
     // SAFETY: plain stores into this CPU's slot, kept in this order.
     unsafe {
-        core::ptr::write_volatile(&raw mut slot.stats.packets, 0);
-        core::ptr::write_volatile(&raw mut slot.key, *key);
-        core::ptr::write_volatile(
-            &raw mut slot.stats,
-            FlowStats {
-                packets: 0,
-                bytes: u64::from(len),
-                first_ns: now,
-                last_ns: now,
-                tcp_flags: u32::from(p.tcp_flags),
-                _pad: 0,
-            },
-        );
-        core::ptr::write_volatile(&raw mut slot.stats.packets, 1);
+        core::ptr::write_volatile(&raw mut (*s).packets, 0);
+        for (i, word) in w.iter().enumerate() {
+            core::ptr::write_volatile(key.add(i), *word);
+        }
+        core::ptr::write_volatile(&raw mut (*s).bytes, u64::from(len));
+        core::ptr::write_volatile(&raw mut (*s).first_ns, now);
+        core::ptr::write_volatile(&raw mut (*s).last_ns, now);
+        core::ptr::write_volatile(&raw mut (*s).tcp_flags, u32::from(p.tcp_flags));
+        core::ptr::write_volatile(&raw mut (*s).packets, 1);
     }
 }
 
