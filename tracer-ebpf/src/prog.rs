@@ -306,7 +306,7 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32) -> u64 {
     );
     let slots = cfg!(flow_slots);
     let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(slots);
-    let hash = flow_hash(&words);
+    let hash = FlowKey::hash(&words);
     let mut victim: *mut FlowSlot = core::ptr::null_mut();
     let mut oldest = u64::MAX;
     for i in 0..FLOW_PROBES {
@@ -354,15 +354,6 @@ fn same_key(k: &FlowKey, w: &[u64; 4]) -> bool {
     let p: *const u64 = core::ptr::from_ref(k).cast();
     // SAFETY: FlowKey is 32 bytes, 8-aligned, with no padding.
     unsafe { *p.add(1) == w[1] && *p.add(2) == w[2] && *p.add(3) == w[3] && *p == w[0] }
-}
-
-/// Multiplicative hash of the key (the high bits of a 64-bit product). The
-/// namespace word is left out: it is the same for every key of a copy.
-#[inline(always)]
-fn flow_hash(w: &[u64; 4]) -> u32 {
-    let x =
-        (w[1] ^ w[2].rotate_left(29) ^ w[3].rotate_left(47)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x >> 32) as u32
 }
 
 /// Takes `slot` for the flow whose key words are `w`: `packets` to 0 (a
