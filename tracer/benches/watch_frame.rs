@@ -66,7 +66,7 @@ fn frames(c: &mut Criterion) {
     g.bench_function("detail", |b| {
         b.iter(|| {
             if let Some(id) = app.detail_id() {
-                app.set_detail(lab.engine.flow(id));
+                app.set_detail(lab.engine.flow(id).as_ref());
             }
             term.draw(|f| ui::draw(f, black_box(&mut app)))
                 .expect("draw");

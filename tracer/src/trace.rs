@@ -248,6 +248,7 @@ impl Printer {
         let mut stdout = std::io::stdout().lock();
         for id in std::mem::take(&mut self.dirty) {
             let Some(f) = engine.flow(id) else { continue };
+            let f = &f;
             let now = Shown::of(f);
             if f.request.path.is_empty() || self.shown.get(&id) == Some(&now) {
                 continue;

@@ -5,9 +5,9 @@ use tracer_common::{FlowKey, FlowStats};
 
 use super::{
     Config, Sink, Stats, Update,
-    flow::Flows,
+    flow::{FlowHop, Flows},
     flow_model::{ConntrackInfo, Flow, FlowId},
-    journey::{self, Observed},
+    journey::{self, MAX_HOPS, Observed},
     journey_model::{Incomplete, Journey},
     pending::{Lookup, PendingTable},
     places::Places,
@@ -29,6 +29,8 @@ pub struct Correlator {
     flows: Flows,
     /// Reused for every journey, so that closing one does not allocate.
     scratch: Journey,
+    /// The hops of the journey being closed, as its flow keeps them.
+    hops: [FlowHop; MAX_HOPS],
     stats: Stats,
 }
 
@@ -42,6 +44,7 @@ impl Correlator {
             pending: PendingTable::new(cfg.max_pending, cfg.hash_seed),
             flows: Flows::new(cfg.max_flows, cfg.flow_idle_ns, cfg.hash_seed),
             scratch: Journey::default(),
+            hops: [FlowHop::default(); MAX_HOPS],
             stats: Stats::default(),
         }
     }
@@ -53,7 +56,7 @@ impl Correlator {
     pub fn push(&mut self, pkt: &Packet, topo: &Topology, mut sink: impl FnMut(Update<'_>)) {
         let sink: Sink<'_> = &mut sink;
         self.stats.packets += 1;
-        let Some(obs) = journey::observe(pkt) else {
+        let Some(mut obs) = journey::observe(pkt) else {
             self.stats.ignored += 1;
             return;
         };
@@ -61,7 +64,8 @@ impl Correlator {
             self.stats.late += 1;
         }
         self.now = self.now.max(pkt.ts_ns);
-        self.places
+        obs.hop.hook = self
+            .places
             .ensure(pkt.hook.netns_cookie, pkt.hook.ifindex, topo);
         match self.pending.find(&obs, self.cfg.window_ns) {
             Lookup::Join(seq) => {
@@ -106,25 +110,23 @@ impl Correlator {
         entries: impl IntoIterator<Item = (&'a FlowKey, &'a FlowStats)>,
         mut sink: impl FnMut(Update<'_>),
     ) -> usize {
-        self.flows.merge_kernel(entries, &mut sink)
+        self.flows.merge_kernel(entries, &self.places, &mut sink)
     }
 
     /// Attaches conntrack's entry to a flow; `false` if the flow is gone.
     pub fn set_conntrack(&mut self, id: FlowId, info: ConntrackInfo) -> bool {
-        self.flows
-            .by_id_mut(id)
-            .map(|f| f.conntrack = Some(info))
-            .is_some()
+        self.flows.set_conntrack(id, info)
     }
 
-    /// A live flow.
-    pub fn flow(&self, id: FlowId) -> Option<&Flow> {
-        self.flows.by_id(id)
+    /// A copy of a live flow. The engine keeps flows compact (about 200
+    /// bytes each) and makes their public record when asked.
+    pub fn flow(&self, id: FlowId) -> Option<Flow> {
+        self.flows.by_id(id, &self.places)
     }
 
-    /// Live flows, in no particular order.
-    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
-        self.flows.iter()
+    /// Copies of the live flows, in no particular order.
+    pub fn flows(&self) -> impl Iterator<Item = Flow> + '_ {
+        self.flows.iter(&self.places)
     }
 
     /// Kernel time as far as the engine knows (latest packet or advance).
@@ -165,7 +167,7 @@ impl Correlator {
             }
             self.close(seq, false, sink);
         }
-        self.flows.expire(self.now, flow_budget, sink);
+        self.flows.expire(self.now, flow_budget, &self.places, sink);
     }
 
     /// Closes pending journey `seq`: builds it, finds its flow, judges it,
@@ -176,16 +178,19 @@ impl Correlator {
         let evicted = full && p.last_ns.saturating_add(self.cfg.settle_ns) >= self.now;
         let judged = !evicted && p.judged(self.cfg.complete_reports);
         journey::build(p, &self.places, &mut self.scratch);
+        let n = p.hops().len();
+        for (to, from) in self.hops.iter_mut().zip(p.hops()) {
+            *to = FlowHop::of(from);
+        }
         self.pending.remove(seq);
         let j = &mut self.scratch;
         j.evicted = evicted;
-        let (slot, side) = self.flows.locate(j, sink);
-        let flow = self.flows.get(slot);
-        j.flow = flow.id;
+        let (slot, side) = self.flows.locate(j, &self.places, sink);
+        j.flow = self.flows.id(slot);
         j.side = side;
         journey::orient(j);
         if judged {
-            let client = flow.tuple.src;
+            let client = self.flows.client(slot, &self.places);
             j.incomplete =
                 journey::expected_next(j, client, &self.places).map(|expected| Incomplete {
                     last_seen: j.hops.last().expect("a journey has a hop").clone(),
@@ -195,7 +200,7 @@ impl Correlator {
         self.stats.journeys += 1;
         self.stats.incomplete_journeys += u64::from(j.incomplete.is_some());
         sink(Update::Journey(j));
-        self.flows.absorb(slot, j, &self.places);
-        sink(Update::Flow(self.flows.get(slot)));
+        self.flows.absorb(slot, j, &self.hops[..n]);
+        sink(Update::Flow(self.flows.view(slot, &self.places)));
     }
 }

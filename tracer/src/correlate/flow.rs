@@ -2,15 +2,23 @@
 //! NATed replies included. A flow is found through every tuple its
 //! journeys showed at any hop (its aliases), so a reply addressed to a
 //! SNATed source finds the request that was SNATed.
+//!
+//! A flow is kept small (a 128-byte record and its hops, 32 bytes each):
+//! what the public [`Flow`] derives from its paths (tuple, pods, ENIs,
+//! rewrites, latency, labels) is derived again when the flow is reported,
+//! into one [`Flow`] the table reuses, and what few flows have (kernel
+//! counters, conntrack, an incomplete outcome, many aliases) is boxed.
+
+use std::{net::Ipv4Addr, sync::Arc};
 
 use tracer_common::{Direction, FlowKey, FlowStats};
 
 use super::{
     EndReason, Sink, Update,
-    flow_model::{Flow, FlowId, FlowSide, KernelCounters, Labels},
-    journey::icmp_ports,
-    journey_model::{Journey, Side},
-    model::{Dir, Tuple},
+    flow_model::{ConntrackInfo, Flow, FlowId, KernelCounters},
+    journey::{RawHop, icmp_ports},
+    journey_model::{Expected, Incomplete, Journey, NatKind, Rewrite, Side},
+    model::{Dir, Hop, Place, Shared, Tuple},
     paths,
     places::Places,
     table::{ClockSlab, Map, map_with_capacity},
@@ -19,6 +27,8 @@ use super::{
 /// Most distinct tuples one flow is known by (pod side, after SNAT, after
 /// DNAT, after both, ...).
 const MAX_ALIASES: usize = 6;
+/// Aliases kept in the record; more go to its [`Extra`].
+const INLINE_ALIASES: usize = 2;
 
 /// A conversation key: a tuple with its two ends in a fixed order, so that
 /// both directions give the same key.
@@ -42,26 +52,198 @@ impl ConvKey {
     }
 }
 
-#[derive(Default)]
-struct Slot {
-    flow: Flow,
-    /// Request-oriented tuples this flow is known by.
-    aliases: [Tuple; MAX_ALIASES],
-    n_aliases: usize,
-    /// ISN of the request's SYN: another SYN on the same tuple is a new
-    /// connection.
-    syn_seq: Option<u32>,
+/// Addresses and ports of a tuple; the protocol is the flow's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ends {
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
 }
 
-impl Slot {
+impl Ends {
+    fn of(t: &Tuple) -> Self {
+        Self {
+            src: t.src.into(),
+            dst: t.dst.into(),
+            sport: t.sport,
+            dport: t.dport,
+        }
+    }
+
+    fn tuple(self, proto: u8) -> Tuple {
+        Tuple {
+            proto,
+            src: Ipv4Addr::from(self.src),
+            sport: self.sport,
+            dst: Ipv4Addr::from(self.dst),
+            dport: self.dport,
+        }
+    }
+}
+
+/// A hop as a flow keeps it: the place by its hook id, the time since the
+/// journey's first hop derived from the first hop's time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FlowHop {
+    ts_ns: u64,
+    ends: Ends,
+    hook: u32,
+    dir: Dir,
+    ttl: u8,
+}
+
+impl FlowHop {
+    pub(crate) fn of(h: &RawHop) -> Self {
+        Self {
+            ts_ns: h.ts_ns,
+            ends: Ends::of(&h.tuple),
+            hook: h.hook,
+            dir: h.dir,
+            ttl: h.ttl,
+        }
+    }
+
+    /// Same hook, direction and tuple.
+    fn same_shape(&self, o: &Self) -> bool {
+        (self.hook, self.dir, self.ends) == (o.hook, o.dir, o.ends)
+    }
+}
+
+/// Journeys, bytes and incomplete journeys of one direction.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    packets: u64,
+    bytes: u64,
+    incomplete_packets: u64,
+}
+
+/// What few flows have, out of line.
+#[derive(Debug, Default)]
+struct Extra {
+    /// Aliases past the inline ones.
+    aliases: Vec<Ends>,
+    /// Where the latest journey of each side should have gone, when it
+    /// stopped short.
+    expected: [Option<Expected>; 2],
+    kernel: [Option<KernelCounters>; 2],
+    conntrack: Option<ConntrackInfo>,
+}
+
+/// One flow, as the table keeps it.
+#[derive(Debug, Default)]
+struct Rec {
+    id: u64,
+    first_ns: u64,
+    last_ns: u64,
+    counts: [Counts; 2],
+    /// Hops of the latest journey of each side: the request's `n_req`
+    /// first, then the reply's.
+    hops: Box<[FlowHop]>,
+    n_req: u8,
+    proto: u8,
+    n_aliases: u8,
+    /// ISN of the request's SYN: another SYN on the same tuple is a new
+    /// connection.
+    has_syn: bool,
+    syn_seq: u32,
+    /// Request-oriented tuples this flow is known by (the first ones).
+    aliases: [Ends; INLINE_ALIASES],
+    extra: Option<Box<Extra>>,
+}
+
+/// Index of a side in a record's arrays.
+fn ix(side: Side) -> usize {
+    match side {
+        Side::Request => 0,
+        Side::Reply => 1,
+    }
+}
+
+impl Rec {
+    fn side_hops(&self, i: usize) -> &[FlowHop] {
+        let n = usize::from(self.n_req);
+        if i == 0 {
+            &self.hops[..n]
+        } else {
+            &self.hops[n..]
+        }
+    }
+
+    fn set_side_hops(&mut self, i: usize, new: &[FlowHop]) {
+        let (req, rep) = if i == 0 {
+            (new, self.side_hops(1))
+        } else {
+            (self.side_hops(0), new)
+        };
+        let n_req = req.len() as u8;
+        self.hops = req.iter().chain(rep).copied().collect();
+        self.n_req = n_req;
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn alias(&self, i: usize) -> Ends {
+        match self.aliases.get(i) {
+            Some(&a) => a,
+            None => {
+                self.extra
+                    .as_ref()
+                    .expect("aliases past the inline ones")
+                    .aliases[i - INLINE_ALIASES]
+            }
+        }
+    }
+
+    fn has_alias(&self, e: Ends) -> bool {
+        (0..usize::from(self.n_aliases)).any(|i| self.alias(i) == e)
+    }
+
+    fn push_alias(&mut self, e: Ends) {
+        let n = usize::from(self.n_aliases);
+        if n < INLINE_ALIASES {
+            self.aliases[n] = e;
+        } else {
+            self.extra_mut().aliases.push(e);
+        }
+        self.n_aliases += 1;
+    }
+
     fn side_of(&self, t: &Tuple) -> Option<Side> {
-        let aliases = &self.aliases[..self.n_aliases];
-        if aliases.contains(t) {
+        if t.proto != self.proto {
+            return None;
+        }
+        if self.has_alias(Ends::of(t)) {
             Some(Side::Request)
-        } else if aliases.contains(&t.reversed()) {
+        } else if self.has_alias(Ends::of(&t.reversed())) {
             Some(Side::Reply)
         } else {
             None
+        }
+    }
+
+    fn syn_seq(&self) -> Option<u32> {
+        self.has_syn.then_some(self.syn_seq)
+    }
+
+    /// The client's address: see [`paths::client_view`].
+    fn client(&self, places: &Places) -> Ipv4Addr {
+        let veth = |h: &&FlowHop, dir| {
+            h.dir == dir && places.get_id(h.hook).is_some_and(|p| p.is_pod_veth())
+        };
+        let (req, rep) = (self.side_hops(0), self.side_hops(1));
+        if !req.is_empty() {
+            let h = req.iter().find(|h| veth(h, Dir::Ingress)).or(req.first());
+            h.map_or(Ipv4Addr::UNSPECIFIED, |h| h.ends.src.into())
+        } else {
+            let h = rep
+                .iter()
+                .rev()
+                .find(|h| veth(h, Dir::Egress))
+                .or(rep.last());
+            h.map_or(Ipv4Addr::UNSPECIFIED, |h| h.ends.dst.into())
         }
     }
 }
@@ -69,7 +251,7 @@ impl Slot {
 /// Flows, at most `max` of them; when full, CLOCK picks one not active
 /// lately to evict.
 pub(crate) struct Flows {
-    slab: ClockSlab<Slot>,
+    slab: ClockSlab<Rec>,
     /// Last activity per slot, dense, so that the idle sweep reads 8 bytes
     /// a flow instead of the flow.
     last_seen: Vec<u64>,
@@ -79,6 +261,9 @@ pub(crate) struct Flows {
     by_id: Map<FlowId, u32>,
     next_id: u64,
     idle_ns: u64,
+    /// The flow reported last, reused: once warm, reporting a flow neither
+    /// allocates nor touches a reference count.
+    view: Flow,
     pub(crate) evicted: u64,
     pub(crate) expired: u64,
     pub(crate) replaced: u64,
@@ -98,6 +283,7 @@ impl Flows {
             by_id: map_with_capacity(max, seed),
             next_id: 1,
             idle_ns,
+            view: Flow::default(),
             evicted: 0,
             expired: 0,
             replaced: 0,
@@ -113,35 +299,59 @@ impl Flows {
         self.by_key.len()
     }
 
-    pub(crate) fn get(&self, slot: u32) -> &Flow {
-        &self.slab.get(slot).flow
+    pub(crate) fn id(&self, slot: u32) -> FlowId {
+        FlowId(self.slab.get(slot).id)
     }
 
-    pub(crate) fn by_id(&self, id: FlowId) -> Option<&Flow> {
-        self.by_id.get(&id).map(|&s| self.get(s))
+    /// The client's address of the flow in `slot`, as its tuple says.
+    pub(crate) fn client(&self, slot: u32, places: &Places) -> Ipv4Addr {
+        self.slab.get(slot).client(places)
     }
 
-    pub(crate) fn by_id_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
-        let s = *self.by_id.get(&id)?;
-        Some(&mut self.slab.get_mut(s).flow)
+    /// The flow in `slot`, as reported.
+    pub(crate) fn view(&mut self, slot: u32, places: &Places) -> &Flow {
+        materialize(self.slab.get(slot), places, &mut self.view);
+        &self.view
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow> {
-        self.slab.iter().map(|s| &s.flow)
+    /// A copy of a live flow.
+    pub(crate) fn by_id(&self, id: FlowId, places: &Places) -> Option<Flow> {
+        let &s = self.by_id.get(&id)?;
+        let mut f = Flow::default();
+        materialize(self.slab.get(s), places, &mut f);
+        Some(f)
+    }
+
+    /// Attaches conntrack's entry to a flow; `false` if the flow is gone.
+    pub(crate) fn set_conntrack(&mut self, id: FlowId, info: ConntrackInfo) -> bool {
+        let Some(&s) = self.by_id.get(&id) else {
+            return false;
+        };
+        self.slab.get_mut(s).extra_mut().conntrack = Some(info);
+        true
+    }
+
+    /// Copies of the live flows.
+    pub(crate) fn iter<'a>(&'a self, places: &'a Places) -> impl Iterator<Item = Flow> + 'a {
+        self.slab.iter().map(|r| {
+            let mut f = Flow::default();
+            materialize(r, places, &mut f);
+            f
+        })
     }
 
     /// Finds (or makes) the flow of a journey, and which side it is on.
-    pub(crate) fn locate(&mut self, j: &Journey, sink: Sink<'_>) -> (u32, Side) {
+    pub(crate) fn locate(&mut self, j: &Journey, places: &Places, sink: Sink<'_>) -> (u32, Side) {
         let hit = j.hops.iter().find_map(|h| {
             let &s = self.by_key.get(&ConvKey::of(&h.tuple))?;
             Some((s, self.slab.get(s).side_of(&h.tuple)?))
         });
         if let Some((s, side)) = hit {
             let new_syn = pure_syn(j).filter(|_| side == Side::Request);
-            match (new_syn, self.slab.get(s).syn_seq) {
+            match (new_syn, self.slab.get(s).syn_seq()) {
                 (Some(seq), Some(old)) if seq != old => {
                     self.replaced += 1;
-                    self.end(s, EndReason::Replaced, sink);
+                    self.end(s, EndReason::Replaced, places, sink);
                 }
                 _ => return (s, side),
             }
@@ -151,7 +361,7 @@ impl Flows {
             None => {
                 let old = self.slab.victim().expect("a full table has a victim");
                 self.evicted += 1;
-                self.end(old, EndReason::Evicted, sink);
+                self.end(old, EndReason::Evicted, places, sink);
                 self.slab.alloc().expect("a slot was just freed")
             }
         };
@@ -160,10 +370,11 @@ impl Flows {
         }
         let id = FlowId(self.next_id);
         self.next_id += 1;
-        let slot = self.slab.get_mut(s);
-        reset(&mut slot.flow, id);
-        slot.n_aliases = 0;
-        slot.syn_seq = None;
+        *self.slab.get_mut(s) = Rec {
+            id: id.0,
+            proto: j.proto,
+            ..Rec::default()
+        };
         self.by_id.insert(id, s);
         (
             s,
@@ -175,60 +386,47 @@ impl Flows {
         )
     }
 
-    /// Folds a located journey (its `side` set) into its flow.
-    pub(crate) fn absorb(&mut self, s: u32, j: &Journey, places: &Places) {
+    /// Folds a located journey (its `side` set) into its flow; `hops` are
+    /// its hops as the flow keeps them.
+    pub(crate) fn absorb(&mut self, s: u32, j: &Journey, hops: &[FlowHop]) {
         self.register_aliases(s, j);
         self.slab.touch(s);
-        let slot = self.slab.get_mut(s);
-        if j.side == Side::Request && pure_syn(j).is_some() {
-            slot.syn_seq = j.tcp.map(|t| t.seq);
+        let r = self.slab.get_mut(s);
+        if j.side == Side::Request
+            && pure_syn(j).is_some()
+            && let Some(t) = j.tcp
+        {
+            (r.has_syn, r.syn_seq) = (true, t.seq);
         }
-        let f = &mut slot.flow;
-        let side = match j.side {
-            Side::Request => &mut f.request,
-            Side::Reply => &mut f.reply,
-        };
-        side.packets += 1;
-        side.bytes += u64::from(j.bytes);
-        side.incomplete_packets += u64::from(j.incomplete.is_some());
+        let i = ix(j.side);
+        let c = &mut r.counts[i];
+        c.packets += 1;
+        c.bytes += u64::from(j.bytes);
+        c.incomplete_packets += u64::from(j.incomplete.is_some());
         // Steady state: the same hooks and tuples as last time, so only the
-        // times change, and what is derived from the path still holds.
-        let same_path = paths::same_shape(&side.path, &j.hops);
-        if same_path {
-            paths::retime(&mut side.path, &j.hops);
+        // times change (what the path derives stays the same).
+        let old = r.side_hops(i);
+        if old.len() == hops.len() && old.iter().zip(hops).all(|(a, b)| a.same_shape(b)) {
+            let n = usize::from(r.n_req);
+            let at = if i == 0 { 0 } else { n };
+            for (a, b) in r.hops[at..at + hops.len()].iter_mut().zip(hops) {
+                (a.ts_ns, a.ttl) = (b.ts_ns, b.ttl);
+            }
         } else {
-            side.path.clone_from(&j.hops);
-            side.rewrites.clone_from(&j.rewrites);
+            r.set_side_hops(i, hops);
         }
-        let same_outcome = side.incomplete.is_none() && j.incomplete.is_none();
-        if !same_outcome {
-            side.incomplete.clone_from(&j.incomplete);
+        let was_complete = r.extra.as_ref().is_none_or(|e| e.expected[i].is_none());
+        if !(was_complete && j.incomplete.is_none()) {
+            r.extra_mut().expected[i] = j.incomplete.as_ref().map(|x| x.expected.clone());
         }
-        side.latency = paths::latency(&j.hops);
         let last = j.hops.last().map_or(j.first_ns, |h| h.ts_ns);
-        f.first_ns = if f.first_ns == 0 {
+        r.first_ns = if r.first_ns == 0 {
             j.first_ns
         } else {
-            f.first_ns.min(j.first_ns)
+            r.first_ns.min(j.first_ns)
         };
-        f.last_ns = f.last_ns.max(last);
-        self.last_seen[s as usize] = f.last_ns;
-        if same_path && same_outcome {
-            return;
-        }
-        if j.side == Side::Request {
-            f.tuple = paths::client_view(&j.hops, Side::Request);
-        } else if f.request.path.is_empty() {
-            f.tuple = paths::client_view(&j.hops, Side::Reply);
-        }
-        let server = match (f.request.path.last(), f.reply.path.first()) {
-            (Some(h), _) => Some(h.tuple.dst),
-            (None, Some(h)) => Some(h.tuple.src),
-            (None, None) => None,
-        };
-        f.client_pod = places.pod(f.tuple.src).cloned();
-        f.server_pod = server.and_then(|ip| places.pod(ip)).cloned();
-        paths::summarize(f);
+        r.last_ns = r.last_ns.max(last);
+        self.last_seen[s as usize] = r.last_ns;
     }
 
     /// Registers the tuples of a journey as aliases of flow `s`; a tuple
@@ -239,32 +437,32 @@ impl Flows {
                 Side::Request => h.tuple,
                 Side::Reply => h.tuple.reversed(),
             };
-            let slot = self.slab.get_mut(s);
-            if slot.aliases[..slot.n_aliases].contains(&t) {
+            let e = Ends::of(&t);
+            let r = self.slab.get_mut(s);
+            if r.has_alias(e) {
                 continue;
             }
-            if slot.n_aliases == MAX_ALIASES {
+            if usize::from(r.n_aliases) == MAX_ALIASES {
                 self.alias_overflow += 1;
                 continue;
             }
             let owner = *self.by_key.entry(ConvKey::of(&t)).or_insert(s);
             if owner == s {
-                slot.aliases[slot.n_aliases] = t;
-                slot.n_aliases += 1;
+                r.push_alias(e);
             }
         }
     }
 
     /// Ends flows idle for longer than the idle timeout at `now`, looking
     /// at up to `budget` slots from where the last sweep stopped.
-    pub(crate) fn expire(&mut self, now: u64, budget: usize, sink: Sink<'_>) {
+    pub(crate) fn expire(&mut self, now: u64, budget: usize, places: &Places, sink: Sink<'_>) {
         let n = self.last_seen.len();
         for _ in 0..budget.min(n) {
             let s = self.sweep;
             self.sweep = (self.sweep + 1) % n;
             if self.last_seen[s].saturating_add(self.idle_ns) < now && self.slab.is_live(s as u32) {
                 self.expired += 1;
-                self.end(s as u32, EndReason::Idle, sink);
+                self.end(s as u32, EndReason::Idle, places, sink);
             }
         }
     }
@@ -274,19 +472,21 @@ impl Flows {
         self.slab.slots()
     }
 
-    fn end(&mut self, s: u32, reason: EndReason, sink: Sink<'_>) {
-        let slot = self.slab.get(s);
+    fn end(&mut self, s: u32, reason: EndReason, places: &Places, sink: Sink<'_>) {
         sink(Update::FlowEnded {
-            flow: &slot.flow,
+            flow: self.view(s, places),
             reason,
         });
-        for t in &slot.aliases[..slot.n_aliases] {
-            let k = ConvKey::of(t);
+        let r = self.slab.get_mut(s);
+        for i in 0..usize::from(r.n_aliases) {
+            let k = ConvKey::of(&r.alias(i).tuple(r.proto));
             if self.by_key.get(&k) == Some(&s) {
                 self.by_key.remove(&k);
             }
         }
-        self.by_id.remove(&slot.flow.id);
+        self.by_id.remove(&FlowId(r.id));
+        // Gives back what the flow held beyond its record.
+        (r.hops, r.extra) = (Box::default(), None);
         self.slab.free(s);
     }
 
@@ -296,6 +496,7 @@ impl Flows {
     pub(crate) fn merge_kernel<'a>(
         &mut self,
         entries: impl IntoIterator<Item = (&'a FlowKey, &'a FlowStats)>,
+        places: &Places,
         sink: Sink<'_>,
     ) -> usize {
         let mut n = 0;
@@ -304,71 +505,162 @@ impl Flows {
             let Some(&s) = self.by_key.get(&ConvKey::of(&t)) else {
                 continue;
             };
-            let slot = self.slab.get_mut(s);
-            let Some(side_kind) = slot.side_of(&t) else {
+            let r = self.slab.get_mut(s);
+            let Some(side) = r.side_of(&t) else {
                 continue;
             };
-            let f = &mut slot.flow;
-            let side = match side_kind {
-                Side::Request => &mut f.request,
-                Side::Reply => &mut f.reply,
-            };
+            let i = ix(side);
             let dir = Direction::from_u32(u32::from(k.direction)).map(Dir::from);
-            let Some(entry) = side.path.first() else {
+            let Some(entry) = r.side_hops(i).first() else {
                 continue;
             };
-            if (
-                entry.place.netns_cookie,
-                entry.place.ifindex,
-                Some(entry.dir),
-                entry.tuple,
-            ) != (k.netns_cookie, k.ifindex, dir, t)
+            let (cookie, ifindex) = places.hook(entry.hook);
+            if (cookie, ifindex, Some(entry.dir), entry.ends.tuple(r.proto))
+                != (k.netns_cookie, k.ifindex, dir, t)
             {
                 continue;
             }
-            side.kernel = Some(KernelCounters {
+            r.extra_mut().kernel[i] = Some(KernelCounters {
                 packets: st.packets,
                 bytes: st.bytes,
                 first_ns: st.first_ns,
                 last_ns: st.last_ns,
                 tcp_flags: st.tcp_flags,
             });
-            if st.last_ns > f.last_ns {
-                f.last_ns = st.last_ns;
+            if st.last_ns > r.last_ns {
+                r.last_ns = st.last_ns;
                 self.last_seen[s as usize] = st.last_ns;
                 self.slab.touch(s);
             }
             n += 1;
-            sink(Update::Flow(self.get(s)));
+            sink(Update::Flow(self.view(s, places)));
         }
         n
     }
 }
 
-fn reset(f: &mut Flow, id: FlowId) {
-    f.id = id;
-    f.tuple = Tuple::default();
-    f.client_pod = None;
-    f.server_pod = None;
-    for side in [&mut f.request, &mut f.reply] {
-        let (mut path, mut rewrites) = (
-            std::mem::take(&mut side.path),
-            std::mem::take(&mut side.rewrites),
-        );
-        path.clear();
-        rewrites.clear();
-        *side = FlowSide {
-            path,
-            rewrites,
-            ..FlowSide::default()
-        };
+/// Writes the public record of `r` into `out`, reusing its vectors and the
+/// references it holds where they still point at the right place.
+fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
+    out.id = FlowId(r.id);
+    for (i, side) in [&mut out.request, &mut out.reply].into_iter().enumerate() {
+        fill_path(&mut side.path, r.side_hops(i), r.proto, places);
+        fill_rewrites(&mut side.rewrites, &side.path, i == 1);
+        let c = r.counts[i];
+        (side.packets, side.bytes, side.incomplete_packets) =
+            (c.packets, c.bytes, c.incomplete_packets);
+        let extra = r.extra.as_deref();
+        side.incomplete = extra
+            .and_then(|e| e.expected[i].as_ref())
+            .map(|e| Incomplete {
+                last_seen: side
+                    .path
+                    .last()
+                    .expect("an incomplete side has a path")
+                    .clone(),
+                expected: e.clone(),
+            });
+        side.latency = paths::latency(&side.path);
+        side.kernel = extra.and_then(|e| e.kernel[i]);
     }
-    f.egress_eni = None;
-    f.ingress_eni = None;
-    f.labels = Labels::default();
-    f.conntrack = None;
-    f.first_ns = 0;
-    f.last_ns = 0;
+    out.tuple = if !out.request.path.is_empty() {
+        paths::client_view(&out.request.path, Side::Request)
+    } else {
+        paths::client_view(&out.reply.path, Side::Reply)
+    };
+    let server = match (out.request.path.last(), out.reply.path.first()) {
+        (Some(h), _) => Some(h.tuple.dst),
+        (None, Some(h)) => Some(h.tuple.src),
+        (None, None) => None,
+    };
+    set_place(&mut out.client_pod, places.pod(out.tuple.src));
+    set_place(&mut out.server_pod, server.and_then(|ip| places.pod(ip)));
+    paths::summarize(out);
+    out.conntrack = r.extra.as_ref().and_then(|e| e.conntrack.clone());
+    out.first_ns = r.first_ns;
+    out.last_ns = r.last_ns;
+}
+
+/// Sets `slot` to `new`, leaving it alone if it already holds that place.
+fn set_place(slot: &mut Option<Shared<Place>>, new: Option<&Shared<Place>>) {
+    let same = match (&*slot, new) {
+        (Some(a), Some(b)) => Arc::ptr_eq(&a.0, &b.0),
+        (None, None) => true,
+        _ => false,
+    };
+    if !same {
+        *slot = new.cloned();
+    }
+}
+
+/// The hops of a path, as [`super::journey::build`] made them.
+fn fill_path(path: &mut Vec<Hop>, hops: &[FlowHop], proto: u8, places: &Places) {
+    path.truncate(hops.len());
+    let first = hops.first().map_or(0, |h| h.ts_ns);
+    for (i, h) in hops.iter().enumerate() {
+        let since_first_ns = h.ts_ns.saturating_sub(first);
+        let tuple = h.ends.tuple(proto);
+        match path.get_mut(i) {
+            Some(old) => {
+                if !places.is_id(&old.place, h.hook) {
+                    old.place = places.resolve_id(h.hook);
+                }
+                (old.dir, old.ts_ns, old.since_first_ns) = (h.dir, h.ts_ns, since_first_ns);
+                (old.tuple, old.ttl) = (tuple, h.ttl);
+            }
+            None => path.push(Hop {
+                place: places.resolve_id(h.hook),
+                dir: h.dir,
+                ts_ns: h.ts_ns,
+                since_first_ns,
+                tuple,
+                ttl: h.ttl,
+            }),
+        }
+    }
+}
+
+/// The rewrites of a path, as [`super::journey::build`] and, for a reply,
+/// [`super::journey::orient`] name them.
+fn fill_rewrites(rewrites: &mut Vec<Rewrite>, path: &[Hop], reply: bool) {
+    let mut n = 0;
+    for (i, pair) in path.windows(2).enumerate() {
+        let (before, after) = (&pair[0].tuple, &pair[1].tuple);
+        for (changed, kind) in [
+            (after.src_differs(before), NatKind::Snat),
+            (after.dst_differs(before), NatKind::Dnat),
+        ] {
+            if !changed {
+                continue;
+            }
+            let kind = match (reply, kind) {
+                (false, k) => k,
+                (true, NatKind::Snat) => NatKind::Dnat,
+                (true, NatKind::Dnat) => NatKind::Snat,
+            };
+            let at = &pair[1].place;
+            match rewrites.get_mut(n) {
+                Some(r) => {
+                    if !Arc::ptr_eq(&r.at.0, &at.0) {
+                        r.at = at.clone();
+                    }
+                    (r.kind, r.reverse, r.hop, r.dir) = (kind, reply, i + 1, pair[1].dir);
+                    (r.before, r.after) = (*before, *after);
+                }
+                None => rewrites.push(Rewrite {
+                    kind,
+                    reverse: reply,
+                    hop: i + 1,
+                    at: at.clone(),
+                    dir: pair[1].dir,
+                    before: *before,
+                    after: *after,
+                }),
+            }
+            n += 1;
+        }
+    }
+    rewrites.truncate(n);
 }
 
 fn pure_syn(j: &Journey) -> Option<u32> {
@@ -397,5 +689,16 @@ fn tuple_of_key(k: &FlowKey) -> Tuple {
         sport,
         dst: k.dst.into(),
         dport,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_record_stays_small() {
+        assert!(size_of::<Rec>() <= 128, "{}", size_of::<Rec>());
+        assert!(size_of::<FlowHop>() <= 32, "{}", size_of::<FlowHop>());
     }
 }

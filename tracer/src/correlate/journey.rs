@@ -39,6 +39,8 @@ pub(crate) struct Fingerprint {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct RawHop {
     pub(crate) ts_ns: u64,
+    /// [`Places`] id of the hook (set by the engine).
+    pub(crate) hook: u32,
     pub(crate) netns_cookie: u64,
     pub(crate) ifindex: u32,
     pub(crate) bytes: u32,
@@ -112,6 +114,7 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
     };
     let hop = RawHop {
         ts_ns: pkt.ts_ns,
+        hook: 0,
         netns_cookie: pkt.hook.netns_cookie,
         ifindex: pkt.hook.ifindex,
         bytes: pkt.len,

@@ -76,7 +76,8 @@ pub struct Config {
     /// whole (and is judged) if no hop came for this long; else it is
     /// marked `evicted` and not judged. Default 10 ms.
     pub settle_ns: u64,
-    /// Most flows at once (about 1 KiB each with their paths).
+    /// Most flows at once (about 210 bytes each with their paths, plus
+    /// their share of the index, sized for this many up front).
     pub max_flows: usize,
     /// True when the kernel reports every matching packet at every hook
     /// (packets mode, no filter that NAT could defeat): a packet missing

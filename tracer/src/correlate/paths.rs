@@ -7,7 +7,7 @@ use super::{
     flow_model::{Flow, Label, Labels, Latency},
     journey::MAX_HOPS,
     journey_model::{NatKind, Side},
-    model::{Dir, Hop, Tuple},
+    model::{Dir, Hop, Place, Shared, Tuple},
 };
 
 /// The request tuple as the client sent it: at the client pod's veth
@@ -52,23 +52,41 @@ pub(crate) fn latency(hops: &[Hop]) -> Latency {
     }
 }
 
-/// Recomputes the home node's ENIs and the labels from the paths.
+/// Recomputes the home node's ENIs and the labels from the paths. Leaves
+/// an ENI that did not change alone: no allocation, no reference count.
 pub(crate) fn summarize(f: &mut Flow) {
-    let home = f
-        .request
-        .path
-        .first()
-        .or(f.reply.path.last())
-        .map(|h| h.place.node.clone());
-    let eni = |paths: [&[Hop]; 2], dir: Dir| {
-        paths
-            .into_iter()
-            .flatten()
-            .find(|h| h.place.is_eni() && h.dir == dir && Some(&h.place.node) == home.as_ref())
-            .map(|h| h.place.clone())
-    };
-    f.egress_eni = eni([&f.request.path, &f.reply.path], Dir::Egress);
-    f.ingress_eni = eni([&f.reply.path, &f.request.path], Dir::Ingress);
+    {
+        let home = f
+            .request
+            .path
+            .first()
+            .or(f.reply.path.last())
+            .map(|h| h.place.node.as_str());
+        fn eni<'a>(
+            paths: [&'a [Hop]; 2],
+            dir: Dir,
+            home: Option<&str>,
+        ) -> Option<&'a Shared<Place>> {
+            paths
+                .into_iter()
+                .flatten()
+                .find(|h| h.place.is_eni() && h.dir == dir && Some(h.place.node.as_str()) == home)
+                .map(|h| &h.place)
+        }
+        let egress = eni([&f.request.path, &f.reply.path], Dir::Egress, home);
+        let ingress = eni([&f.reply.path, &f.request.path], Dir::Ingress, home);
+        // The paths are borrowed: only what changed is cloned, then set.
+        let (e, i) = (
+            changed(&f.egress_eni, egress),
+            changed(&f.ingress_eni, ingress),
+        );
+        if let Some(e) = e {
+            f.egress_eni = e;
+        }
+        if let Some(i) = i {
+            f.ingress_eni = i;
+        }
+    }
     let mut labels = Labels::default();
     for r in f.rewrites() {
         labels.insert(match r.kind {
@@ -86,6 +104,18 @@ pub(crate) fn summarize(f: &mut Flow) {
         labels.insert(Label::Incomplete);
     }
     f.labels = labels;
+}
+
+/// `Some(new)`, cloned, unless `cur` already holds that very place.
+fn changed(
+    cur: &Option<Shared<Place>>,
+    new: Option<&Shared<Place>>,
+) -> Option<Option<Shared<Place>>> {
+    match (cur, new) {
+        (Some(a), Some(b)) if Arc::ptr_eq(&a.0, &b.0) => None,
+        (None, None) => None,
+        _ => Some(new.cloned()),
+    }
 }
 
 fn encapsulation(t: &Tuple) -> bool {
@@ -130,21 +160,5 @@ impl<'a> FromIterator<&'a Hop> for SmallSet<'a> {
             *slot = Some(h);
         }
         Self { items }
-    }
-}
-
-/// True if `new` crossed the same hooks, in the same order and directions,
-/// with the same tuples, as `old`.
-pub(crate) fn same_shape(old: &[Hop], new: &[Hop]) -> bool {
-    old.len() == new.len()
-        && old.iter().zip(new).all(|(a, b)| {
-            Arc::ptr_eq(&a.place.0, &b.place.0) && a.dir == b.dir && a.tuple == b.tuple
-        })
-}
-
-/// Copies the times (and TTLs) of `new` onto a path of the same shape.
-pub(crate) fn retime(path: &mut [Hop], new: &[Hop]) {
-    for (a, b) in path.iter_mut().zip(new) {
-        (a.ts_ns, a.since_first_ns, a.ttl) = (b.ts_ns, b.since_first_ns, b.ttl);
     }
 }

@@ -14,6 +14,10 @@ use crate::topology::{Iface, Role, Topology};
 pub(crate) struct Places {
     seed: u64,
     by_hook: Map<(u64, u32), Shared<Place>>,
+    /// A small stable number per hook ever seen, so that flows can name a
+    /// hook in 4 bytes: `hooks[id]` is the hook of `id`.
+    ids: Map<(u64, u32), u32>,
+    hooks: Vec<(u64, u32)>,
     by_pod_ip: Map<Ipv4Addr, Shared<Place>>,
     by_eni_addr: Map<Ipv4Addr, Shared<Place>>,
     /// Nodes with at least one ENI hooked (expectations need one).
@@ -27,6 +31,8 @@ impl Places {
         Self {
             seed,
             by_hook: map_with_capacity(0, seed),
+            ids: map_with_capacity(0, seed),
+            hooks: Vec::new(),
             by_pod_ip: map_with_capacity(0, seed),
             by_eni_addr: map_with_capacity(0, seed),
             eni_nodes: Vec::new(),
@@ -36,15 +42,47 @@ impl Places {
 
     /// Makes sure the hook is known: on a miss, re-reads the topology; a
     /// hook the topology does not know either is remembered as unknown, so
-    /// that its next packets cost one lookup.
-    pub(crate) fn ensure(&mut self, netns_cookie: u64, ifindex: u32, topo: &Topology) {
-        if self.by_hook.contains_key(&(netns_cookie, ifindex)) {
-            return;
+    /// that its next packets cost one lookup. Returns the hook's id.
+    pub(crate) fn ensure(&mut self, netns_cookie: u64, ifindex: u32, topo: &Topology) -> u32 {
+        let key = (netns_cookie, ifindex);
+        if !self.by_hook.contains_key(&key) {
+            self.rebuild(topo);
+            self.by_hook
+                .entry(key)
+                .or_insert_with(|| unknown(netns_cookie, ifindex));
         }
-        self.rebuild(topo);
-        self.by_hook
-            .entry((netns_cookie, ifindex))
-            .or_insert_with(|| unknown(netns_cookie, ifindex));
+        match self.ids.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.hooks.len()).expect("fewer than 2^32 hooks");
+                self.hooks.push(key);
+                self.ids.insert(key, id);
+                id
+            }
+        }
+    }
+
+    /// The hook (netns cookie, ifindex) of an id from [`Self::ensure`].
+    pub(crate) fn hook(&self, id: u32) -> (u64, u32) {
+        self.hooks[id as usize]
+    }
+
+    /// The place of hook `id`, as [`Self::resolve`].
+    pub(crate) fn resolve_id(&self, id: u32) -> Shared<Place> {
+        let (cookie, ifindex) = self.hook(id);
+        self.resolve(cookie, ifindex)
+    }
+
+    /// True if `place` is what the index holds for hook `id` now.
+    pub(crate) fn is_id(&self, place: &Shared<Place>, id: u32) -> bool {
+        let (cookie, ifindex) = self.hook(id);
+        self.is(place, cookie, ifindex)
+    }
+
+    /// The place the index holds for hook `id`, without cloning it
+    /// (`None` only if the topology forgot the hook since).
+    pub(crate) fn get_id(&self, id: u32) -> Option<&Shared<Place>> {
+        self.by_hook.get(&self.hook(id))
     }
 
     /// Re-reads everything from the topology. Hooks it still does not

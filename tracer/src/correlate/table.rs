@@ -68,6 +68,9 @@ impl Hasher for FastHasher {
     }
 }
 
+/// Slots per chunk of a [`ClockSlab`].
+const CHUNK: usize = 1024;
+
 struct Slot<V> {
     live: bool,
     referenced: bool,
@@ -80,8 +83,13 @@ struct Slot<V> {
 /// unrelated slots (two cache misses per event at 100k flows). A freed
 /// slot keeps its value (and the value's allocations) for the next user,
 /// who resets what it needs: that keeps the hot path allocation-free.
+/// Slots live in chunks of [`CHUNK`], allocated as needed: a table never
+/// holds more than a chunk of slots it does not use (a doubling vector
+/// would hold up to as many as it uses, and copy them all as it grows).
 pub(crate) struct ClockSlab<V> {
-    slots: Vec<Slot<V>>,
+    chunks: Vec<Vec<Slot<V>>>,
+    /// Slots ever used (live or free).
+    used: usize,
     free: Vec<u32>,
     hand: usize,
     len: usize,
@@ -93,7 +101,8 @@ impl<V: Default> ClockSlab<V> {
     pub(crate) fn new(cap: usize) -> Self {
         let cap = cap.clamp(1, u32::MAX as usize);
         Self {
-            slots: Vec::new(),
+            chunks: Vec::new(),
+            used: 0,
             free: Vec::new(),
             hand: 0,
             len: 0,
@@ -108,7 +117,15 @@ impl<V: Default> ClockSlab<V> {
 
     /// Slots ever used (live or free): valid indexes are below this.
     pub(crate) fn slots(&self) -> usize {
-        self.slots.len()
+        self.used
+    }
+
+    fn slot(&self, i: usize) -> &Slot<V> {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn slot_mut(&mut self, i: usize) -> &mut Slot<V> {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 
     /// A slot, marked used, `None` if the slab is full. Its value is
@@ -116,17 +133,24 @@ impl<V: Default> ClockSlab<V> {
     pub(crate) fn alloc(&mut self) -> Option<u32> {
         let i = if let Some(i) = self.free.pop() {
             i
-        } else if self.slots.len() < self.cap {
-            self.slots.push(Slot {
-                live: false,
-                referenced: false,
-                value: V::default(),
-            });
-            (self.slots.len() - 1) as u32
+        } else if self.used < self.cap {
+            if self.used.is_multiple_of(CHUNK) {
+                self.chunks.push(Vec::with_capacity(CHUNK));
+            }
+            self.chunks
+                .last_mut()
+                .expect("a chunk with room")
+                .push(Slot {
+                    live: false,
+                    referenced: false,
+                    value: V::default(),
+                });
+            self.used += 1;
+            (self.used - 1) as u32
         } else {
             return None;
         };
-        let s = &mut self.slots[i as usize];
+        let s = self.slot_mut(i as usize);
         (s.live, s.referenced) = (true, true);
         self.len += 1;
         Some(i)
@@ -134,7 +158,7 @@ impl<V: Default> ClockSlab<V> {
 
     /// Frees live slot `i`.
     pub(crate) fn free(&mut self, i: u32) {
-        let s = &mut self.slots[i as usize];
+        let s = self.slot_mut(i as usize);
         debug_assert!(s.live);
         s.live = false;
         self.free.push(i);
@@ -143,7 +167,7 @@ impl<V: Default> ClockSlab<V> {
 
     /// Marks live slot `i` as used.
     pub(crate) fn touch(&mut self, i: u32) {
-        self.slots[i as usize].referenced = true;
+        self.slot_mut(i as usize).referenced = true;
     }
 
     /// The slot to evict: the next live one, from the clock hand, not used
@@ -155,8 +179,8 @@ impl<V: Default> ClockSlab<V> {
         }
         loop {
             let i = self.hand;
-            self.hand = (self.hand + 1) % self.slots.len();
-            let s = &mut self.slots[i];
+            self.hand = (self.hand + 1) % self.used;
+            let s = self.slot_mut(i);
             if s.live {
                 if !s.referenced {
                     return Some(i as u32);
@@ -168,22 +192,26 @@ impl<V: Default> ClockSlab<V> {
 
     /// True if `i` is a live slot.
     pub(crate) fn is_live(&self, i: u32) -> bool {
-        self.slots.get(i as usize).is_some_and(|s| s.live)
+        (i as usize) < self.used && self.slot(i as usize).live
     }
 
     /// The value of live slot `i`.
     pub(crate) fn get(&self, i: u32) -> &V {
-        &self.slots[i as usize].value
+        &self.slot(i as usize).value
     }
 
     /// The value of live slot `i`, mutable.
     pub(crate) fn get_mut(&mut self, i: u32) -> &mut V {
-        &mut self.slots[i as usize].value
+        &mut self.slot_mut(i as usize).value
     }
 
     /// Live values, in slot order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &V> {
-        self.slots.iter().filter(|s| s.live).map(|s| &s.value)
+        self.chunks
+            .iter()
+            .flatten()
+            .filter(|s| s.live)
+            .map(|s| &s.value)
     }
 }
 

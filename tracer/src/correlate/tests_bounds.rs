@@ -182,7 +182,7 @@ fn updates_serialize_to_json() {
     ];
     let (eng, seen) = run(super::Config::default(), &pkts);
     let f = eng.flows().next().unwrap();
-    let v = serde_json::to_value(Update::Flow(f)).unwrap();
+    let v = serde_json::to_value(Update::Flow(&f)).unwrap();
     assert_eq!(v["type"], "flow");
     assert_eq!(v["labels"], serde_json::json!(["snat"]));
     assert_eq!(v["request"]["path"][1]["iface"], "ens5");

@@ -227,7 +227,7 @@ impl Edge<'_> {
         app.sweep(secs);
         // Conntrack is read only for the one NATed flow whose details are
         // open: a whole table per flow per second would not scale.
-        let nat = |f: &&Flow| {
+        let nat = |f: &Flow| {
             f.conntrack.is_none()
                 && (f.labels.contains(Label::Snat) || f.labels.contains(Label::Dnat))
         };
@@ -280,7 +280,7 @@ fn draw(
 ) -> anyhow::Result<()> {
     app.now_ns = crate::output::kernel_now_ns();
     if let Some(id) = app.detail_id() {
-        app.set_detail(engine.flow(id));
+        app.set_detail(engine.flow(id).as_ref());
     }
     let (w, h) = Screen::size()?;
     let area = offscreen.backend().buffer().area;

@@ -36,7 +36,7 @@ fn four_flows() -> (Lab, App) {
 
 fn render(app: &mut App, lab: &Lab, w: u16, h: u16) -> Vec<String> {
     if let Some(id) = app.detail_id() {
-        app.set_detail(lab.engine.flow(id));
+        app.set_detail(lab.engine.flow(id).as_ref());
     }
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
     t.draw(|f| ui::draw(f, app)).unwrap();
@@ -207,7 +207,7 @@ fn rewrites_are_highlighted() {
     app.pane = Pane::Detail;
     app.move_by(1);
     if let Some(id) = app.detail_id() {
-        app.set_detail(lab.engine.flow(id));
+        app.set_detail(lab.engine.flow(id).as_ref());
     }
     let mut t = Terminal::new(TestBackend::new(150, 30)).unwrap();
     t.draw(|f| ui::draw(f, &mut app)).unwrap();
@@ -279,7 +279,7 @@ fn rates_follow_counters_and_ended_flows_leave() {
     assert_eq!(rates(&app), [0.0; 4], "nothing since");
 
     let first = app.selected().expect("a selection");
-    let gone = lab.engine.flow(first).expect("live").clone();
+    let gone = lab.engine.flow(first).expect("live");
     let ended = |app: &mut App| {
         app.apply(Update::FlowEnded {
             flow: &gone,
