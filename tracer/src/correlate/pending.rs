@@ -13,7 +13,7 @@ use tracer_common::reason;
 use super::{
     journey::{Fingerprint, MAX_HOPS, Observed, RawHop},
     model::Tuple,
-    table::Seeded,
+    table::{Seeded, prefetch},
 };
 
 /// No journey, in chain links.
@@ -24,7 +24,7 @@ const MAX_CHAIN: usize = 8;
 /// close in ring order, and in a ring of megabytes each would be a miss.
 /// The index entry of a journey is prefetched half as far ahead, once its
 /// hash (in the prefetched slot) is there to say where.
-const AHEAD: u64 = 8;
+const AHEAD: u64 = 16;
 
 /// Where a packet goes.
 pub(crate) enum Lookup {
@@ -88,7 +88,11 @@ impl PendingTable {
     /// their index entries (hints, nothing else).
     fn prefetch_ahead(&self) {
         if let Some(p) = self.ring.get(self.slot(self.head + AHEAD)) {
-            prefetch(std::ptr::from_ref(p).cast());
+            // The head of the journey and its first hop.
+            let p: *const u8 = std::ptr::from_ref(p).cast();
+            for line in [0, 64, 128] {
+                prefetch(p.wrapping_add(line));
+            }
         }
         if let Some(p) = self.ring.get(self.slot(self.head + AHEAD / 2)) {
             self.index.prefetch(p.hash);
@@ -137,6 +141,14 @@ impl PendingTable {
     pub(crate) fn get_mut(&mut self, seq: u64) -> &mut Pending {
         let i = self.slot(seq);
         &mut self.ring[i]
+    }
+
+    /// The journey `k` places after the oldest, if it is live: closing
+    /// goes in this order.
+    pub(crate) fn ahead(&self, k: u64) -> Option<&Pending> {
+        let seq = self.head + k;
+        let p = self.ring.get(self.slot(seq))?;
+        (seq < self.tail && p.live && p.seq == seq).then_some(p)
     }
 
     /// The oldest live journey.
@@ -219,17 +231,6 @@ impl PendingTable {
     }
 }
 
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint, valid for any address.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// Fingerprint hash (never 0) -> newest journey with it: open addressing,
 /// linear probing, at most half full, so that a lookup is one cache line
 /// (hashbrown would do as well, but cannot be asked where a key lives,
@@ -256,7 +257,7 @@ impl Index {
     }
 
     fn prefetch(&self, hash: u64) {
-        prefetch(std::ptr::from_ref(&self.entries[self.home(hash)]).cast());
+        prefetch(&raw const self.entries[self.home(hash)]);
     }
 
     /// Where `hash` is, or the empty entry where it would go.

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, Hasher},
+    hash::{BuildHasher, Hash, Hasher},
 };
 
 /// A hash map with the engine's hasher.
@@ -65,6 +65,123 @@ impl Hasher for FastHasher {
     }
     fn finish(&self) -> u64 {
         fold(self.0, 0x2d35_8dcc_aa6c_78a5)
+    }
+}
+
+/// Asks the CPU for the cache line at `p` (a hint, nothing else).
+#[inline]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint, valid for any address.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// A hash map (open addressing, linear probing, at most half full) that
+/// can say where a key lives: a caller that knows which keys it will look
+/// up next prefetches their entries (hashbrown cannot be asked that).
+pub(crate) struct OpenMap<K, V> {
+    entries: Vec<Option<(K, V)>>,
+    mask: usize,
+    len: usize,
+    hasher: Seeded,
+}
+
+impl<K: Copy + Eq + Hash, V: Copy> OpenMap<K, V> {
+    /// A map sized for `cap` entries (it grows past that).
+    pub(crate) fn with_capacity(cap: usize, seed: u64) -> Self {
+        let n = cap.saturating_mul(2).next_power_of_two().max(16);
+        Self {
+            entries: vec![None; n],
+            mask: n - 1,
+            len: 0,
+            hasher: Seeded(seed),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn home(&self, k: &K) -> usize {
+        self.hasher.hash_one(k) as usize & self.mask
+    }
+
+    /// Prefetches the entry `k` would be found at first.
+    pub(crate) fn prefetch(&self, k: &K) {
+        prefetch(&raw const self.entries[self.home(k)]);
+    }
+
+    /// Where `k` is, or the empty entry where it would go.
+    fn position(&self, k: &K) -> usize {
+        let mut i = self.home(k);
+        loop {
+            match &self.entries[i] {
+                Some((key, _)) if key != k => i = (i + 1) & self.mask,
+                _ => return i,
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, k: &K) -> Option<V> {
+        self.entries[self.position(k)].map(|(_, v)| v)
+    }
+
+    /// The value of `k`, inserting `v` first if there is none.
+    pub(crate) fn get_or_insert(&mut self, k: K, v: V) -> V {
+        let i = self.position(&k);
+        if let Some((_, old)) = self.entries[i] {
+            return old;
+        }
+        self.entries[i] = Some((k, v));
+        self.len += 1;
+        if self.len * 2 > self.entries.len() {
+            self.grow();
+        }
+        v
+    }
+
+    fn grow(&mut self) {
+        let n = self.entries.len() * 2;
+        let old = std::mem::replace(&mut self.entries, vec![None; n]);
+        self.mask = n - 1;
+        for (k, v) in old.into_iter().flatten() {
+            let i = self.position(&k);
+            self.entries[i] = Some((k, v));
+        }
+    }
+
+    /// Removes `k`, shifting back the entries that probed past it.
+    pub(crate) fn remove(&mut self, k: &K) {
+        let mut i = self.position(k);
+        if self.entries[i].is_none() {
+            return;
+        }
+        self.len -= 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let Some((key, _)) = &self.entries[j] else {
+                break;
+            };
+            // j's entry moves into the hole at i unless its home lies
+            // cyclically in (i, j].
+            let h = self.home(key);
+            let stays = if i <= j {
+                i < h && h <= j
+            } else {
+                i < h || h <= j
+            };
+            if !stays {
+                self.entries[i] = self.entries[j];
+                i = j;
+            }
+        }
+        self.entries[i] = None;
     }
 }
 
@@ -165,6 +282,14 @@ impl<V: Default> ClockSlab<V> {
         self.len -= 1;
     }
 
+    /// Prefetches slot `i` (which must exist).
+    pub(crate) fn prefetch(&self, i: u32) {
+        let p: *const Slot<V> = self.slot(i as usize);
+        for line in (0..size_of::<Slot<V>>()).step_by(64) {
+            prefetch(p.cast::<u8>().wrapping_add(line));
+        }
+    }
+
     /// Marks live slot `i` as used.
     pub(crate) fn touch(&mut self, i: u32) {
         self.slot_mut(i as usize).referenced = true;
@@ -245,6 +370,32 @@ mod tests {
             s.free(i);
         }
         assert_eq!((s.len(), s.victim()), (0, None));
+    }
+
+    /// The open map agrees with a HashMap through inserts, removals and
+    /// growth, with keys crowded into few homes.
+    #[test]
+    fn open_map_matches_a_map() {
+        let mut m: OpenMap<(u32, u16), u32> = OpenMap::with_capacity(8, 7);
+        let mut want = HashMap::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..100_000u32 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let k = ((rng % 61) as u32, (rng % 3) as u16);
+            if !rng.is_multiple_of(3) && want.len() < 150 {
+                assert_eq!(m.get_or_insert(k, step), *want.entry(k).or_insert(step));
+            } else {
+                m.remove(&k);
+                want.remove(&k);
+            }
+            assert_eq!(m.len(), want.len());
+            assert_eq!(m.get(&k), want.get(&k).copied());
+        }
+        for (k, v) in &want {
+            assert_eq!(m.get(k), Some(*v));
+        }
     }
 
     #[test]
