@@ -481,7 +481,10 @@ impl Flows {
         let n = self.last_seen.len();
         for _ in 0..budget.min(n) {
             let s = self.sweep;
-            self.sweep = (self.sweep + 1) % n;
+            self.sweep += 1;
+            if self.sweep == n {
+                self.sweep = 0;
+            }
             if self.last_seen[s].saturating_add(self.idle_ns) < now && self.slab.is_live(s as u32) {
                 self.expired += 1;
                 self.end(s as u32, EndReason::Idle, places, sink);

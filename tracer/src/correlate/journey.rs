@@ -41,8 +41,6 @@ pub(crate) struct RawHop {
     pub(crate) ts_ns: u64,
     /// [`Places`] id of the hook (set by the engine).
     pub(crate) hook: u32,
-    pub(crate) netns_cookie: u64,
-    pub(crate) ifindex: u32,
     pub(crate) bytes: u32,
     pub(crate) reason: u32,
     pub(crate) tuple: Tuple,
@@ -115,8 +113,6 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
     let hop = RawHop {
         ts_ns: pkt.ts_ns,
         hook: 0,
-        netns_cookie: pkt.hook.netns_cookie,
-        ifindex: pkt.hook.ifindex,
         bytes: pkt.len,
         reason: pkt.reason,
         tuple: Tuple {
@@ -169,14 +165,14 @@ pub(crate) fn build(p: &Pending, places: &Places, out: &mut Journey) {
         let since_first_ns = h.ts_ns.saturating_sub(p.first_ns);
         match out.hops.get_mut(i) {
             Some(old) => {
-                if !places.is(&old.place, h.netns_cookie, h.ifindex) {
-                    old.place = places.resolve(h.netns_cookie, h.ifindex);
+                if !places.is_id(&old.place, h.hook) {
+                    old.place = places.resolve_id(h.hook);
                 }
                 (old.dir, old.ts_ns, old.since_first_ns) = (h.dir, h.ts_ns, since_first_ns);
                 (old.tuple, old.ttl) = (h.tuple, h.ttl);
             }
             None => out.hops.push(Hop {
-                place: places.resolve(h.netns_cookie, h.ifindex),
+                place: places.resolve_id(h.hook),
                 dir: h.dir,
                 ts_ns: h.ts_ns,
                 since_first_ns,

@@ -376,7 +376,7 @@ impl Pending {
     fn has_hook(&self, hop: &RawHop) -> bool {
         self.hops()
             .iter()
-            .any(|h| (h.netns_cookie, h.ifindex, h.dir) == (hop.netns_cookie, hop.ifindex, hop.dir))
+            .any(|h| (h.hook, h.dir) == (hop.hook, hop.dir))
     }
 
     /// Inserts a hop in time order; `false` (and nothing done) when full.

@@ -18,6 +18,9 @@ pub(crate) struct Places {
     /// hook in 4 bytes: `hooks[id]` is the hook of `id`.
     ids: Map<(u64, u32), u32>,
     hooks: Vec<(u64, u32)>,
+    /// What `by_hook` holds for each id, so that hops find their place
+    /// without hashing.
+    by_id: Vec<Option<Shared<Place>>>,
     by_pod_ip: Map<Ipv4Addr, Shared<Place>>,
     by_eni_addr: Map<Ipv4Addr, Shared<Place>>,
     /// Nodes with at least one ENI hooked (expectations need one).
@@ -33,6 +36,7 @@ impl Places {
             by_hook: map_with_capacity(0, seed),
             ids: map_with_capacity(0, seed),
             hooks: Vec::new(),
+            by_id: Vec::new(),
             by_pod_ip: map_with_capacity(0, seed),
             by_eni_addr: map_with_capacity(0, seed),
             eni_nodes: Vec::new(),
@@ -45,21 +49,29 @@ impl Places {
     /// that its next packets cost one lookup. Returns the hook's id.
     pub(crate) fn ensure(&mut self, netns_cookie: u64, ifindex: u32, topo: &Topology) -> u32 {
         let key = (netns_cookie, ifindex);
+        if let Some(&id) = self.ids.get(&key)
+            && self.by_id[id as usize].is_some()
+        {
+            return id;
+        }
         if !self.by_hook.contains_key(&key) {
             self.rebuild(topo);
             self.by_hook
                 .entry(key)
                 .or_insert_with(|| unknown(netns_cookie, ifindex));
         }
-        match self.ids.get(&key) {
+        let id = match self.ids.get(&key) {
             Some(&id) => id,
             None => {
                 let id = u32::try_from(self.hooks.len()).expect("fewer than 2^32 hooks");
                 self.hooks.push(key);
+                self.by_id.push(None);
                 self.ids.insert(key, id);
                 id
             }
-        }
+        };
+        self.by_id[id as usize] = self.by_hook.get(&key).cloned();
+        id
     }
 
     /// The hook (netns cookie, ifindex) of an id from [`Self::ensure`].
@@ -67,22 +79,28 @@ impl Places {
         self.hooks[id as usize]
     }
 
-    /// The place of hook `id`, as [`Self::resolve`].
+    /// The place of hook `id` (an "unknown" one if the topology forgot it).
     pub(crate) fn resolve_id(&self, id: u32) -> Shared<Place> {
-        let (cookie, ifindex) = self.hook(id);
-        self.resolve(cookie, ifindex)
+        match &self.by_id[id as usize] {
+            Some(p) => p.clone(),
+            None => {
+                let (cookie, ifindex) = self.hook(id);
+                unknown(cookie, ifindex)
+            }
+        }
     }
 
     /// True if `place` is what the index holds for hook `id` now.
     pub(crate) fn is_id(&self, place: &Shared<Place>, id: u32) -> bool {
-        let (cookie, ifindex) = self.hook(id);
-        self.is(place, cookie, ifindex)
+        self.by_id[id as usize]
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(&p.0, &place.0))
     }
 
     /// The place the index holds for hook `id`, without cloning it
     /// (`None` only if the topology forgot the hook since).
     pub(crate) fn get_id(&self, id: u32) -> Option<&Shared<Place>> {
-        self.by_hook.get(&self.hook(id))
+        self.by_id[id as usize].as_ref()
     }
 
     /// Re-reads everything from the topology. Hooks it still does not
@@ -122,21 +140,9 @@ impl Places {
                 self.by_hook.entry(k).or_insert(p);
             }
         }
-    }
-
-    /// The place of a hook (an "unknown" one if the topology forgot it).
-    pub(crate) fn resolve(&self, netns_cookie: u64, ifindex: u32) -> Shared<Place> {
-        self.by_hook
-            .get(&(netns_cookie, ifindex))
-            .cloned()
-            .unwrap_or_else(|| unknown(netns_cookie, ifindex))
-    }
-
-    /// True if `place` is what the index holds for this hook now.
-    pub(crate) fn is(&self, place: &Shared<Place>, netns_cookie: u64, ifindex: u32) -> bool {
-        self.by_hook
-            .get(&(netns_cookie, ifindex))
-            .is_some_and(|p| Arc::ptr_eq(&p.0, &place.0))
+        for (slot, key) in self.by_id.iter_mut().zip(&self.hooks) {
+            *slot = self.by_hook.get(key).cloned();
+        }
     }
 
     /// The veth of the pod that owns `ip`.
