@@ -517,3 +517,41 @@ async fn a_full_flow_table_keeps_the_newest_flows() {
     let counted: u64 = flows.values().map(|s| s.packets).sum();
     assert!(counted <= matched, "{counted} counted, {matched} matched");
 }
+
+#[tokio::test]
+async fn each_packet_brings_its_first_snaplen_bytes() {
+    let _serial = serial();
+    let pair = VethPair::new("cl");
+    for snaplen in [256, 100] {
+        let mut config = Config::DEFAULT;
+        config.snaplen = snaplen;
+        config.proto = 1;
+        let (_kernel, mut reader) = attach_va(
+            &pair,
+            &LoadOptions {
+                config,
+                ..LoadOptions::default()
+            },
+        );
+        // Frames of 42, 102 and 442 bytes: one in each record size the
+        // kernel picks from (64, 128 and 256 bytes of packet).
+        for size in ["0", "60", "400"] {
+            VethPair::exec(&pair.a, &["ping", "-c", "1", "-s", size, VethPair::IP_B]);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut seen = Vec::new();
+        reader.drain_now(|r| {
+            let (p, frame) = r.unwrap();
+            seen.push((p.len, p.cap_len, frame.len(), frame[12..14] == [8, 0]));
+        });
+        let mut lens: Vec<u32> = seen.iter().map(|s| s.0).collect();
+        lens.sort_unstable();
+        lens.dedup();
+        assert_eq!(lens, [42, 102, 442], "snaplen {snaplen}: {seen:?}");
+        for (len, cap, got, ipv4) in seen {
+            assert_eq!(cap, len.min(snaplen), "snaplen {snaplen}, frame of {len}");
+            assert_eq!(got, cap as usize);
+            assert!(ipv4, "the bytes are the frame's, from its start");
+        }
+    }
+}

@@ -81,6 +81,11 @@ pub const PROBE_MAGIC: [u8; 8] = *b"PODTRACE";
 
 /// One packet seen at one hook. The envelope is the first two fields: `kind`
 /// says what follows, so new kinds can share the ring buffer.
+///
+/// A ring buffer record is this struct cut short after the captured bytes:
+/// the kernel reserves room for 64, 128 or [`MAX_SNAPLEN`] bytes of `data`,
+/// whichever is the least that holds `cap_len`, so a record is at least
+/// [`PacketEvent::HEADER_LEN`] + `cap_len` bytes long.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PacketEvent {
@@ -110,6 +115,11 @@ pub struct PacketEvent {
     pub ethertype: u16,
     /// The first `cap_len` bytes of the packet, from the L2 header.
     pub data: [u8; MAX_SNAPLEN],
+}
+
+impl PacketEvent {
+    /// Bytes before `data`: the shortest record that is a packet event.
+    pub const HEADER_LEN: usize = core::mem::offset_of!(PacketEvent, data);
 }
 
 /// What identifies one hook: a direction on an interface in a namespace.

@@ -120,7 +120,7 @@ pub struct Packet {
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    /// Shorter than the fixed header.
+    /// Shorter than the header of a packet event.
     #[error("record of {0} bytes is shorter than a packet event")]
     Short(usize),
     /// A kind this version does not know.
@@ -132,14 +132,25 @@ pub enum DecodeError {
 }
 
 /// Reads the raw kernel record out of a ring buffer item.
+/// A record is a [`PacketEvent`] cut short after its captured bytes; the
+/// missing tail reads as zeros.
 pub fn raw_event(bytes: &[u8]) -> Result<PacketEvent, DecodeError> {
-    if bytes.len() < size_of::<PacketEvent>() {
+    if bytes.len() < PacketEvent::HEADER_LEN {
         return Err(DecodeError::Short(bytes.len()));
     }
-    // SAFETY: length checked; PacketEvent is plain data valid for any bits.
-    let ev: PacketEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let n = bytes.len().min(size_of::<PacketEvent>());
+    // SAFETY: PacketEvent is plain data valid for any bits, zeros included;
+    // at most its size is copied into it.
+    let ev: PacketEvent = unsafe {
+        let mut ev = std::mem::MaybeUninit::<PacketEvent>::zeroed();
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), ev.as_mut_ptr().cast::<u8>(), n);
+        ev.assume_init()
+    };
     if ev.kind != EventKind::Packet as u32 {
         return Err(DecodeError::UnknownKind(ev.kind));
+    }
+    if ev.cap_len as usize > n - PacketEvent::HEADER_LEN {
+        return Err(DecodeError::Corrupt);
     }
     Ok(ev)
 }
@@ -182,7 +193,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// the captured bytes (at most [`MAX_SNAPLEN`]).
 pub fn decode_record(bytes: &[u8]) -> Result<(Packet, &[u8]), DecodeError> {
     use std::mem::offset_of;
-    if bytes.len() < size_of::<PacketEvent>() {
+    if bytes.len() < DATA_AT {
         return Err(DecodeError::Short(bytes.len()));
     }
     let kind = u32_at(bytes, offset_of!(PacketEvent, kind));
@@ -193,7 +204,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Packet, &[u8]), DecodeError> {
         .ok_or(DecodeError::Corrupt)?;
     let cap_len = u32_at(bytes, offset_of!(PacketEvent, cap_len));
     let cap = usize::try_from(cap_len).map_err(|_| DecodeError::Corrupt)?;
-    if cap > MAX_SNAPLEN {
+    // The record is cut short after the captured bytes (see PacketEvent).
+    if cap > MAX_SNAPLEN || bytes.len() < DATA_AT + cap {
         return Err(DecodeError::Corrupt);
     }
     let data = &bytes[DATA_AT..DATA_AT + cap];
@@ -707,6 +719,46 @@ mod tests {
             DecodeError::UnknownKind(0)
         );
         assert_eq!(decode_record(&[0; 10]).unwrap_err(), DecodeError::Short(10));
+    }
+
+    #[test]
+    fn records_cut_short_after_their_bytes_decode_the_same() {
+        let f = frame!(
+            eth().ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2),
+            b"hello",
+        );
+        let mut ev = PacketEvent {
+            kind: EventKind::Packet as u32,
+            reason: 1,
+            ts_ns: 5,
+            netns_cookie: 9,
+            ifindex: 3,
+            direction: 0,
+            pkt_len: f.len() as u32,
+            cap_len: f.len() as u32,
+            mark: 0,
+            l3_offset: 14,
+            ethertype: 0x0800,
+            data: [0; MAX_SNAPLEN],
+        };
+        ev.data[..f.len()].copy_from_slice(&f);
+        // SAFETY: plain data viewed as its bytes.
+        let full = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&ev).cast::<u8>(),
+                size_of::<PacketEvent>(),
+            )
+        };
+        // The kernel's 64-byte class: the header and 64 data bytes.
+        let short = &full[..PacketEvent::HEADER_LEN + 64];
+        let (p, data) = decode_record(short).unwrap();
+        assert_eq!(data, &f[..]);
+        assert_eq!(p, decode_record(full).unwrap().0);
+        assert_eq!(p, decode(&raw_event(short).unwrap()).unwrap());
+        // A record too short for its cap_len is corrupt, in both decoders.
+        let cut = &full[..PacketEvent::HEADER_LEN + f.len() - 1];
+        assert_eq!(decode_record(cut).unwrap_err(), DecodeError::Corrupt);
+        assert_eq!(raw_event(cut).unwrap_err(), DecodeError::Corrupt);
     }
 
     #[test]
