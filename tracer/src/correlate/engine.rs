@@ -64,6 +64,7 @@ impl Correlator {
             self.stats.late += 1;
         }
         self.now = self.now.max(pkt.ts_ns);
+        obs.fp_hash = self.pending.hash(obs.fp);
         obs.hop.hook = self
             .places
             .ensure(pkt.hook.netns_cookie, pkt.hook.ifindex, topo);

@@ -32,11 +32,19 @@ const INLINE_ALIASES: usize = 2;
 
 /// A conversation key: a tuple with its two ends in a fixed order, so that
 /// both directions give the same key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ConvKey {
     proto: u8,
     a: (u32, u16),
     b: (u32, u16),
+}
+
+impl std::hash::Hash for ConvKey {
+    /// Two words rather than five fields.
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(u64::from(self.a.0) << 32 | u64::from(self.b.0));
+        h.write_u64(u64::from(self.a.1) << 32 | u64::from(self.b.1) << 16 | u64::from(self.proto));
+    }
 }
 
 impl ConvKey {

@@ -79,7 +79,9 @@ impl PendingTable {
         (seq & self.mask) as usize
     }
 
-    fn hash(&self, fp: Fingerprint) -> u64 {
+    /// The hash [`Self::find`] and [`Self::insert`] expect in
+    /// [`Observed::fp_hash`].
+    pub(crate) fn hash(&self, fp: Fingerprint) -> u64 {
         // 0 marks an empty index entry.
         self.hasher.hash_one(fp).max(1)
     }
@@ -106,7 +108,8 @@ impl PendingTable {
     pub(crate) fn find(&self, obs: &Observed, window: u64) -> Lookup {
         let mut repeated = false;
         let mut best: Option<(usize, u64)> = None;
-        let mut seq = self.index.get(self.hash(obs.fp)).unwrap_or(NONE);
+        debug_assert_eq!(obs.fp_hash, self.hash(obs.fp));
+        let mut seq = self.index.get(obs.fp_hash).unwrap_or(NONE);
         for _ in 0..MAX_CHAIN {
             if seq == NONE || self.ring[self.slot(seq)].seq != seq {
                 break; // a reused slot: the older links are gone
@@ -180,7 +183,7 @@ impl PendingTable {
         if i == self.ring.len() {
             self.ring.push(Pending::default());
         }
-        let hash = self.hash(obs.fp);
+        let hash = obs.fp_hash;
         let prev = self.index.insert(hash, seq).unwrap_or(NONE);
         let p = &mut self.ring[i];
         p.start(obs);
