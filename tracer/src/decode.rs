@@ -187,6 +187,29 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// Asks the CPU for the start of the record 3 records after this one: a
+/// ring buffer holds records back to back (an 8-byte header, then the
+/// record), and the reader goes through them in order. Only a hint: the
+/// address may be past the ring's end, which a prefetch ignores.
+#[inline]
+fn prefetch_following(record: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // 3 records of 304 bytes, each behind an 8-byte header: 936 bytes
+        // on; the lines from 896 cover its header, data and payload.
+        let at = record.as_ptr().wrapping_add(896);
+        for line in [0, 64, 128, 192] {
+            // SAFETY: prefetching is a hint, valid for any address.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line).cast());
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = record;
+}
+
 /// Decodes a ring buffer item in place: [`raw_event`] then [`decode`],
 /// with the same results and errors, but reading only the fields and
 /// header bytes it needs instead of copying the whole record. Also returns
@@ -209,6 +232,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Packet, &[u8]), DecodeError> {
         return Err(DecodeError::Corrupt);
     }
     let data = &bytes[DATA_AT..DATA_AT + cap];
+    prefetch_following(bytes);
     let mut pkt = decode_frame(data);
     pkt.ts_ns = u64_at(bytes, offset_of!(PacketEvent, ts_ns));
     pkt.hook = HookId {
