@@ -187,18 +187,17 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Asks the CPU for the start of the record 3 records after this one: a
-/// ring buffer holds records back to back (an 8-byte header, then the
-/// record), and the reader goes through them in order. Only a hint: the
-/// address may be past the ring's end, which a prefetch ignores.
+/// Asks the CPU for the bytes about 900 bytes past this record: a ring
+/// buffer holds records back to back (an 8-byte header, then a record of
+/// 112, 176 or 304 bytes), and the reader goes through them in order, so
+/// that is 3 to 7 records ahead. 5 lines a record keep up with the
+/// largest records. Only a hint: past the ring's end a prefetch is ignored.
 #[inline]
 fn prefetch_following(record: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     {
-        // 3 records of 304 bytes, each behind an 8-byte header: 936 bytes
-        // on; the lines from 896 cover its header, data and payload.
         let at = record.as_ptr().wrapping_add(896);
-        for line in [0, 64, 128, 192] {
+        for line in [0, 64, 128, 192, 256] {
             // SAFETY: prefetching is a hint, valid for any address.
             unsafe {
                 use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
