@@ -555,3 +555,37 @@ async fn each_packet_brings_its_first_snaplen_bytes() {
         }
     }
 }
+
+#[test]
+fn write_alone_prints_no_lines_like_tcpdump() {
+    let _serial = serial();
+    let pair = VethPair::new("cq");
+    let file = std::env::temp_dir().join(format!("{}.pcapng", pair.a));
+    let path = file.to_str().unwrap();
+    for (extra, lines) in [(None, false), (Some("--print"), true)] {
+        let mut args = vec![
+            "capture",
+            "--netns",
+            &pair.a,
+            "--filter-proto",
+            "icmp",
+            "-w",
+            path,
+        ];
+        args.extend(extra);
+        let cap = Podtrace::start(&args);
+        VethPair::exec(&pair.a, &["ping", "-c", "2", "-i", "0.2", VethPair::IP_B]);
+        std::thread::sleep(Duration::from_millis(200));
+        let out = cap.stop(libc::SIGINT);
+        assert!(out.status.success(), "{out:?}");
+        let frames = sh(&["tshark", "-r", path, "-T", "fields", "-e", "ip.src"]);
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(
+            String::from_utf8_lossy(&frames.stdout).lines().count(),
+            4,
+            "{args:?}"
+        );
+        let printed = out.stdout.lines().count();
+        assert_eq!(printed, if lines { 4 } else { 0 }, "{args:?}: {out:?}");
+    }
+}

@@ -25,13 +25,18 @@ pub struct CaptureArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub report: ReportArgs,
-    /// Print one JSON object per event instead of text.
+    /// Print one JSON object per event instead of text (also with -w).
     #[arg(long)]
     pub json: bool,
-    /// Also write the events to this pcapng file (one interface block per
-    /// hooked interface, named <netns>/<iface>, with in/out flags).
+    /// Write the events to this pcapng file (one interface block per hooked
+    /// interface, named <netns>/<iface>, with in/out flags). As with
+    /// tcpdump, the text lines are then not printed, unless --print or
+    /// --json asks for them.
     #[arg(long = "write", short = 'w', value_name = "FILE.pcapng")]
     pub write: Option<PathBuf>,
+    /// With -w, also print a text line per event.
+    #[arg(long, requires = "write")]
+    pub print: bool,
     /// Stop after this many events.
     #[arg(long, short = 'c', value_name = "N")]
     pub count: Option<u64>,
@@ -82,6 +87,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let mut printer = Printer {
         out: LineOut::new(std::io::stdout().lock(), OUT_BUF_BYTES),
         json: args.json,
+        lines: args.json || args.print || args.write.is_none(),
         clock,
         pcap,
         printed: 0,
@@ -134,6 +140,8 @@ const OUT_BUF_BYTES: usize = 64 * 1024;
 struct Printer<W: Write> {
     out: LineOut<W>,
     json: bool,
+    /// Print a line per event (not with -w alone).
+    lines: bool,
     clock: Clock,
     pcap: Option<PcapngOut>,
     printed: u64,
@@ -154,7 +162,9 @@ impl<W: Write> Printer<W> {
             return;
         }
         self.printed += 1;
-        let res = if self.json {
+        let res = if !self.lines {
+            Ok(())
+        } else if self.json {
             self.out.json(p, topo, &self.clock)
         } else {
             self.out.text(p, topo, &self.clock)
