@@ -67,12 +67,12 @@ pub fn measure(
     match tracer {
         Tracer::None => {}
         Tracer::Tcpdump => (cell.events, cell.lost) = tcpdump(&report.totals)?,
-        Tracer::Flows | Tracer::Packets | Tracer::Filtered => {
+        Tracer::Flows | Tracer::Packets | Tracer::PacketsJson | Tracer::Filtered => {
             let t = Totals::parse(&report.totals)?;
             cell.events = t.received;
             cell.lost = t.lost;
             cell.exact = Some(t.matches(pair, links));
-            cell.accounted = (tracer == Tracer::Packets)
+            cell.accounted = matches!(tracer, Tracer::Packets | Tracer::PacketsJson)
                 .then(|| t.hooks.iter().all(|h| h.events + h.lost == h.matched));
         }
     }

@@ -109,7 +109,8 @@ fn accounting(results: &Results, v: &mut Vec<Verdict>) {
         measured: format!("{exact} of {} runs", flows.len()),
         met: exact == flows.len(),
     });
-    let packets = cells(results, Tracer::Packets);
+    let mut packets = cells(results, Tracer::Packets);
+    packets.extend(cells(results, Tracer::PacketsJson));
     let counted = packets
         .iter()
         .filter(|c| c.accounted == Some(true) && c.exact == Some(true))

@@ -217,14 +217,34 @@ mod tests {
 
     #[test]
     fn every_configuration_runs_next_to_a_baseline() {
-        use Tracer::{Filtered, Flows, None, Packets, Tcpdump};
+        use Tracer::{Filtered, Flows, None, Packets, PacketsJson, Tcpdump};
         assert_eq!(
             round_order(0),
-            [None, Flows, Packets, None, Filtered, Tcpdump, None]
+            [
+                None,
+                Flows,
+                Packets,
+                None,
+                PacketsJson,
+                Filtered,
+                None,
+                Tcpdump,
+                None
+            ]
         );
         assert_eq!(
             round_order(1),
-            [None, Packets, Filtered, None, Tcpdump, Flows, None]
+            [
+                None,
+                Packets,
+                PacketsJson,
+                None,
+                Filtered,
+                Tcpdump,
+                None,
+                Flows,
+                None
+            ]
         );
     }
 }

@@ -24,8 +24,11 @@ pub enum Tracer {
     None,
     /// `podtrace capture --mode flows` on both veth ends.
     Flows,
-    /// `podtrace capture --mode packets` on both veth ends.
+    /// `podtrace capture --mode packets -w /dev/null` on both veth ends:
+    /// what tcpdump -w does.
     Packets,
+    /// The same, printing a JSON line per packet to /dev/null instead.
+    PacketsJson,
     /// `podtrace capture --filter-proto icmp`: the filter rejects every
     /// packet of the bench (the cost of a hook that reports nothing).
     Filtered,
@@ -35,10 +38,11 @@ pub enum Tracer {
 
 impl Tracer {
     /// Every configuration, in the table's order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::None,
         Self::Flows,
         Self::Packets,
+        Self::PacketsJson,
         Self::Filtered,
         Self::Tcpdump,
     ];
@@ -48,7 +52,8 @@ impl Tracer {
         match self {
             Self::None => "no tracer",
             Self::Flows => "podtrace --mode flows",
-            Self::Packets => "podtrace --mode packets",
+            Self::Packets => "podtrace --mode packets -w /dev/null",
+            Self::PacketsJson => "podtrace --mode packets --json",
             Self::Filtered => "podtrace, filter rejects all",
             Self::Tcpdump => "tcpdump -w /dev/null",
         }
@@ -56,7 +61,10 @@ impl Tracer {
 
     /// Whether this is one of podtrace's configurations.
     pub fn is_podtrace(self) -> bool {
-        matches!(self, Self::Flows | Self::Packets | Self::Filtered)
+        matches!(
+            self,
+            Self::Flows | Self::Packets | Self::PacketsJson | Self::Filtered
+        )
     }
 }
 
@@ -97,15 +105,20 @@ impl Running {
         };
         match tracer {
             Tracer::None => {}
-            Tracer::Flows | Tracer::Packets | Tracer::Filtered => {
+            Tracer::Flows | Tracer::Packets | Tracer::PacketsJson | Tracer::Filtered => {
                 let ready = dir.join("ready");
                 let _ = fs::remove_file(&ready);
                 let mut c = Command::new(podtrace);
                 c.args([
                     "capture", "--mode", mode, "--netns", &pair.a, "--netns", &pair.b,
                 ])
-                .args(["--iface", IFACE, "--json", "--ready-file"])
+                .args(["--iface", IFACE, "--ready-file"])
                 .arg(&ready);
+                if tracer == Tracer::Packets {
+                    c.args(["-w", "/dev/null"]);
+                } else {
+                    c.args(["--json"]);
+                }
                 if tracer == Tracer::Filtered {
                     c.args(["--filter-proto", "icmp"]);
                 }
