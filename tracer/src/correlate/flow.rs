@@ -16,8 +16,8 @@ use tracer_common::{Direction, FlowKey, FlowStats};
 use super::{
     EndReason, Sink, Update,
     flow_model::{ConntrackInfo, Flow, FlowId, KernelCounters},
-    journey::{RawHop, icmp_ports},
-    journey_model::{Expected, Incomplete, Journey, NatKind, Rewrite, Side},
+    journey::{self, RawHop, icmp_ports},
+    journey_model::{Expected, Incomplete, Journey, Side},
     model::{Dir, Hop, Place, Shared, Tuple},
     paths,
     places::Places,
@@ -578,7 +578,7 @@ fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
     out.id = FlowId(r.id);
     for (i, side) in [&mut out.request, &mut out.reply].into_iter().enumerate() {
         fill_path(&mut side.path, r.side_hops(i), r.proto, places);
-        fill_rewrites(&mut side.rewrites, &side.path, i == 1);
+        journey::fill_rewrites(&mut side.rewrites, &side.path, i == 1);
         let c = r.counts[i];
         (side.packets, side.bytes, side.incomplete_packets) =
             (c.packets, c.bytes, c.incomplete_packets);
@@ -651,49 +651,6 @@ fn fill_path(path: &mut Vec<Hop>, hops: &[FlowHop], proto: u8, places: &Places) 
             }),
         }
     }
-}
-
-/// The rewrites of a path, as [`super::journey::build`] and, for a reply,
-/// [`super::journey::orient`] name them.
-fn fill_rewrites(rewrites: &mut Vec<Rewrite>, path: &[Hop], reply: bool) {
-    let mut n = 0;
-    for (i, pair) in path.windows(2).enumerate() {
-        let (before, after) = (&pair[0].tuple, &pair[1].tuple);
-        for (changed, kind) in [
-            (after.src_differs(before), NatKind::Snat),
-            (after.dst_differs(before), NatKind::Dnat),
-        ] {
-            if !changed {
-                continue;
-            }
-            let kind = match (reply, kind) {
-                (false, k) => k,
-                (true, NatKind::Snat) => NatKind::Dnat,
-                (true, NatKind::Dnat) => NatKind::Snat,
-            };
-            let at = &pair[1].place;
-            match rewrites.get_mut(n) {
-                Some(r) => {
-                    if !Arc::ptr_eq(&r.at.0, &at.0) {
-                        r.at = at.clone();
-                    }
-                    (r.kind, r.reverse, r.hop, r.dir) = (kind, reply, i + 1, pair[1].dir);
-                    (r.before, r.after) = (*before, *after);
-                }
-                None => rewrites.push(Rewrite {
-                    kind,
-                    reverse: reply,
-                    hop: i + 1,
-                    at: at.clone(),
-                    dir: pair[1].dir,
-                    before: *before,
-                    after: *after,
-                }),
-            }
-            n += 1;
-        }
-    }
-    rewrites.truncate(n);
 }
 
 fn pure_syn(j: &Journey) -> Option<u32> {

@@ -1,7 +1,7 @@
 //! Journeys: one packet recognised at several hooks by a fingerprint of
 //! what NAT and routing leave alone, and turned into hops and rewrites.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use super::{
     flow_model::FlowId,
@@ -175,7 +175,6 @@ pub(crate) fn build(p: &Pending, places: &Places, out: &mut Journey) {
     out.first_ns = p.first_ns;
     out.incomplete = None;
     out.evicted = false;
-    out.rewrites.clear();
     // Hops are overwritten in place: a place that did not change keeps its
     // reference, which spares two atomic operations per hop.
     out.hops.truncate(p.hops().len());
@@ -199,25 +198,52 @@ pub(crate) fn build(p: &Pending, places: &Places, out: &mut Journey) {
             }),
         }
     }
-    for (i, pair) in out.hops.windows(2).enumerate() {
+    fill_rewrites(&mut out.rewrites, &out.hops, false);
+}
+
+/// The rewrites of a path (a change of source is SNAT, of destination
+/// DNAT, named at the hop where it appears; for a reply, named after the
+/// rule they reverse, as [`orient`] does). Reuses `rewrites`' entries and
+/// the places they hold where unchanged: no reference count once warm.
+pub(crate) fn fill_rewrites(rewrites: &mut Vec<Rewrite>, path: &[Hop], reply: bool) {
+    let mut n = 0;
+    for (i, pair) in path.windows(2).enumerate() {
         let (before, after) = (&pair[0].tuple, &pair[1].tuple);
         for (changed, kind) in [
             (after.src_differs(before), NatKind::Snat),
             (after.dst_differs(before), NatKind::Dnat),
         ] {
-            if changed {
-                out.rewrites.push(Rewrite {
+            if !changed {
+                continue;
+            }
+            let kind = match (reply, kind) {
+                (false, k) => k,
+                (true, NatKind::Snat) => NatKind::Dnat,
+                (true, NatKind::Dnat) => NatKind::Snat,
+            };
+            let at = &pair[1].place;
+            match rewrites.get_mut(n) {
+                Some(r) => {
+                    if !Arc::ptr_eq(&r.at.0, &at.0) {
+                        r.at = at.clone();
+                    }
+                    (r.kind, r.reverse, r.hop, r.dir) = (kind, reply, i + 1, pair[1].dir);
+                    (r.before, r.after) = (*before, *after);
+                }
+                None => rewrites.push(Rewrite {
                     kind,
-                    reverse: false,
+                    reverse: reply,
                     hop: i + 1,
-                    at: pair[1].place.clone(),
+                    at: at.clone(),
                     dir: pair[1].dir,
                     before: *before,
                     after: *after,
-                });
+                }),
             }
+            n += 1;
         }
     }
+    rewrites.truncate(n);
 }
 
 /// Names the rewrites of a reply after the rule they reverse: its
