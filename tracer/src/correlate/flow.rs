@@ -138,8 +138,9 @@ struct Extra {
     conntrack: Option<ConntrackInfo>,
 }
 
-/// One flow, as the table keeps it.
+/// One flow, as the table keeps it: two cache lines.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 struct Rec {
     id: u64,
     first_ns: u64,

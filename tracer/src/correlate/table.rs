@@ -188,14 +188,13 @@ impl<K: Copy + Eq + Hash, V: Copy> OpenMap<K, V> {
 /// Slots per chunk of a [`ClockSlab`].
 const CHUNK: usize = 1024;
 
-struct Slot<V> {
-    live: bool,
-    referenced: bool,
-    value: V,
-}
+/// A slot holds a value.
+const LIVE: u8 = 1;
+/// The slot was used since the clock hand last passed it.
+const REFERENCED: u8 = 2;
 
 /// At most `cap` values in slots, evicted by CLOCK (second chance), the
-/// usual approximation of least-recently-used: a touch only sets a bit in
+/// usual approximation of least-recently-used: a touch only sets a bit of
 /// the slot being used, where a true LRU list would also write to two
 /// unrelated slots (two cache misses per event at 100k flows). A freed
 /// slot keeps its value (and the value's allocations) for the next user,
@@ -203,10 +202,13 @@ struct Slot<V> {
 /// Slots live in chunks of [`CHUNK`], allocated as needed: a table never
 /// holds more than a chunk of slots it does not use (a doubling vector
 /// would hold up to as many as it uses, and copy them all as it grows).
+/// The bits of each slot are apart from the values, densely: a value
+/// takes whole cache lines if its type is aligned to them, and the clock
+/// hand reads a byte a slot.
 pub(crate) struct ClockSlab<V> {
-    chunks: Vec<Vec<Slot<V>>>,
-    /// Slots ever used (live or free).
-    used: usize,
+    chunks: Vec<Vec<V>>,
+    /// [`LIVE`] and [`REFERENCED`] bits of each slot ever used.
+    bits: Vec<u8>,
     free: Vec<u32>,
     hand: usize,
     len: usize,
@@ -219,7 +221,7 @@ impl<V: Default> ClockSlab<V> {
         let cap = cap.clamp(1, u32::MAX as usize);
         Self {
             chunks: Vec::new(),
-            used: 0,
+            bits: Vec::new(),
             free: Vec::new(),
             hand: 0,
             len: 0,
@@ -234,14 +236,14 @@ impl<V: Default> ClockSlab<V> {
 
     /// Slots ever used (live or free): valid indexes are below this.
     pub(crate) fn slots(&self) -> usize {
-        self.used
+        self.bits.len()
     }
 
-    fn slot(&self, i: usize) -> &Slot<V> {
+    fn value(&self, i: usize) -> &V {
         &self.chunks[i / CHUNK][i % CHUNK]
     }
 
-    fn slot_mut(&mut self, i: usize) -> &mut Slot<V> {
+    fn value_mut(&mut self, i: usize) -> &mut V {
         &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 
@@ -250,49 +252,43 @@ impl<V: Default> ClockSlab<V> {
     pub(crate) fn alloc(&mut self) -> Option<u32> {
         let i = if let Some(i) = self.free.pop() {
             i
-        } else if self.used < self.cap {
-            if self.used.is_multiple_of(CHUNK) {
+        } else if self.bits.len() < self.cap {
+            if self.bits.len().is_multiple_of(CHUNK) {
                 self.chunks.push(Vec::with_capacity(CHUNK));
             }
             self.chunks
                 .last_mut()
                 .expect("a chunk with room")
-                .push(Slot {
-                    live: false,
-                    referenced: false,
-                    value: V::default(),
-                });
-            self.used += 1;
-            (self.used - 1) as u32
+                .push(V::default());
+            self.bits.push(0);
+            (self.bits.len() - 1) as u32
         } else {
             return None;
         };
-        let s = self.slot_mut(i as usize);
-        (s.live, s.referenced) = (true, true);
+        self.bits[i as usize] = LIVE | REFERENCED;
         self.len += 1;
         Some(i)
     }
 
     /// Frees live slot `i`.
     pub(crate) fn free(&mut self, i: u32) {
-        let s = self.slot_mut(i as usize);
-        debug_assert!(s.live);
-        s.live = false;
+        debug_assert!(self.is_live(i));
+        self.bits[i as usize] = 0;
         self.free.push(i);
         self.len -= 1;
     }
 
-    /// Prefetches slot `i` (which must exist).
+    /// Prefetches the value of slot `i` (which must exist).
     pub(crate) fn prefetch(&self, i: u32) {
-        let p: *const Slot<V> = self.slot(i as usize);
-        for line in (0..size_of::<Slot<V>>()).step_by(64) {
+        let p: *const V = self.value(i as usize);
+        for line in (0..size_of::<V>()).step_by(64) {
             prefetch(p.cast::<u8>().wrapping_add(line));
         }
     }
 
     /// Marks live slot `i` as used.
     pub(crate) fn touch(&mut self, i: u32) {
-        self.slot_mut(i as usize).referenced = true;
+        self.bits[i as usize] |= REFERENCED;
     }
 
     /// The slot to evict: the next live one, from the clock hand, not used
@@ -304,30 +300,30 @@ impl<V: Default> ClockSlab<V> {
         }
         loop {
             let i = self.hand;
-            self.hand = (self.hand + 1) % self.used;
-            let s = self.slot_mut(i);
-            if s.live {
-                if !s.referenced {
+            self.hand = (self.hand + 1) % self.bits.len();
+            let b = &mut self.bits[i];
+            if *b & LIVE != 0 {
+                if *b & REFERENCED == 0 {
                     return Some(i as u32);
                 }
-                s.referenced = false;
+                *b &= !REFERENCED;
             }
         }
     }
 
     /// True if `i` is a live slot.
     pub(crate) fn is_live(&self, i: u32) -> bool {
-        (i as usize) < self.used && self.slot(i as usize).live
+        self.bits.get(i as usize).is_some_and(|b| b & LIVE != 0)
     }
 
     /// The value of live slot `i`.
     pub(crate) fn get(&self, i: u32) -> &V {
-        &self.slot(i as usize).value
+        self.value(i as usize)
     }
 
     /// The value of live slot `i`, mutable.
     pub(crate) fn get_mut(&mut self, i: u32) -> &mut V {
-        &mut self.slot_mut(i as usize).value
+        self.value_mut(i as usize)
     }
 
     /// Live values, in slot order.
@@ -335,8 +331,9 @@ impl<V: Default> ClockSlab<V> {
         self.chunks
             .iter()
             .flatten()
-            .filter(|s| s.live)
-            .map(|s| &s.value)
+            .zip(&self.bits)
+            .filter(|(_, b)| *b & LIVE != 0)
+            .map(|(v, _)| v)
     }
 }
 
