@@ -138,9 +138,25 @@ fn bpf(results: &Results, v: &mut Vec<Verdict>) {
             .flatten()
             .fold(0.0, f64::max);
         v.push(Verdict {
-            goal: format!("BPF cost per packet per hook <= {limit:.0} ns for {what}"),
-            measured: format!("worst over scenarios and directions: {worst:.0} ns"),
+            goal: format!("BPF cost per packet per hook <= {limit:.0} ns for {what}, in traffic"),
+            measured: format!(
+                "worst over scenarios and directions, statistics overhead included: {worst:.0} ns"
+            ),
             met: worst > 0.0 && worst <= limit,
+        });
+        let alone = results
+            .isolated
+            .iter()
+            .filter(|r| r.tracer == t)
+            .map(|r| r.ns.0.max(r.ns.1))
+            .max()
+            .unwrap_or(0);
+        v.push(Verdict {
+            goal: format!(
+                "BPF cost per packet per hook <= {limit:.0} ns for {what}, program alone"
+            ),
+            measured: format!("worst over UDP and TCP, bpftool prog run: {alone} ns"),
+            met: alone > 0 && alone as f64 <= limit,
         });
     }
 }

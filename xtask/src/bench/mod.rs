@@ -15,6 +15,7 @@
 
 mod cell;
 mod goals;
+mod isolated;
 mod load;
 mod micro;
 mod pair;
@@ -81,7 +82,10 @@ pub fn run(opts: &Options) -> Result<()> {
             secs,
             dir: dir.path(),
         };
-        network(&bench, runs)?
+        let mut results = network(&bench, runs)?;
+        println!("\n== BPF programs in isolation (bpftool prog run)");
+        results.isolated = isolated::run(&podtrace, &pair, dir.path())?;
+        results
     };
     let load_after = load_average();
 
@@ -92,6 +96,7 @@ pub fn run(opts: &Options) -> Result<()> {
         if opts.quick { " --quick" } else { "" }
     );
     println!("{}", report::network(&results));
+    println!("{}", report::isolated(&results.isolated));
     println!("{}", report::micro(&micro));
     println!("Goals of issue 8:\n\n{}", goals::judge(&results, &micro));
     println!("bench took {:.0} s", started.elapsed().as_secs_f64());

@@ -110,6 +110,32 @@ pub fn programs(pid: u32) -> Result<Programs> {
     Ok(p)
 }
 
+/// Ids and names of the BPF programs process `pid` holds open.
+pub fn program_ids(pid: u32) -> Result<Vec<(u64, String)>> {
+    let names = names()?;
+    let dir = format!("/proc/{pid}/fd");
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let entry = entry?;
+        if fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-prog") {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                entry.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                && let Some(name) = names.get(&id)
+            {
+                out.push((id, name.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every loaded program's name by id (`bpftool -j prog show`).
 fn names() -> Result<HashMap<u64, String>> {
     let out = cmd::stdout_of(Command::new("bpftool").args(["-j", "prog", "show"]))?;

@@ -3,7 +3,14 @@
 
 use std::fmt::Write as _;
 
-use super::{cell::Cell, load::Scenario, micro::Micro, procfs::Programs, tracers::Tracer};
+use super::{
+    cell::Cell,
+    isolated::{Isolated, Probe},
+    load::Scenario,
+    micro::Micro,
+    procfs::Programs,
+    tracers::Tracer,
+};
 
 /// Every cell of a run of the bench.
 #[derive(Debug, Default)]
@@ -14,6 +21,8 @@ pub struct Results {
     /// One run per scenario and podtrace configuration with the statistics
     /// on: they cost time of their own, so they stay out of the throughput.
     pub bpf: Vec<(Scenario, Tracer, Programs)>,
+    /// BPF ns per packet of the programs alone (`bpftool prog run`).
+    pub isolated: Vec<Isolated>,
 }
 
 impl Results {
@@ -175,6 +184,32 @@ pub fn network(results: &Results) -> String {
 }
 
 /// The markdown table of the micro-benchmarks.
+/// The programs alone: one row per configuration, one column per packet.
+pub fn isolated(rows: &[Isolated]) -> String {
+    let mut s = String::from("| BPF ns per packet in isolation, in · out |");
+    for p in Probe::ALL {
+        let _ = write!(s, " {} |", p.label());
+    }
+    s.push_str("\n|---|");
+    for _ in Probe::ALL {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for t in [Tracer::Flows, Tracer::Packets, Tracer::Filtered] {
+        let _ = write!(s, "| {} |", t.label());
+        for p in Probe::ALL {
+            match rows.iter().find(|r| r.tracer == t && r.probe == p) {
+                Some(r) => {
+                    let _ = write!(s, " {} · {} |", r.ns.0, r.ns.1);
+                }
+                None => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 pub fn micro(m: &Micro) -> String {
     let mut s = String::from("| userspace, one core | events/s [95 % interval] |\n|---|---|\n");
     for (label, [lo, mid, hi]) in &m.rates {
@@ -240,6 +275,7 @@ mod tests {
                 (s, Tracer::None, 5, cell(7.0)),
             ],
             bpf: Vec::new(),
+            isolated: Vec::new(),
         };
         assert_eq!(r.ratios(s, Tracer::Flows), vec![0.9, 0.5]);
         assert_eq!(r.ratios(s, Tracer::Packets), vec![0.6]);

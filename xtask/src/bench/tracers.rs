@@ -189,6 +189,11 @@ impl Running {
         }
     }
 
+    /// Process ids of the tracer's processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|p| p.child.id()).collect()
+    }
+
     /// CPU seconds used by the tracer so far.
     pub fn cpu_secs(&self) -> Result<f64> {
         self.procs

@@ -1,0 +1,182 @@
+//! BPF cost per packet in isolation: `bpftool prog run` (`BPF_PROG_TEST_RUN`)
+//! of the programs a live `podtrace capture` holds, on one built packet
+//! repeated many times. The figure is the program alone: no statistics
+//! overhead, no interrupt landing in a run, no other CPU contending for the
+//! ring buffer, which all weigh on the in-traffic numbers.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{pair::Pair, procfs, tracers::Running, tracers::Tracer};
+use crate::cmd;
+
+/// Runs per `bpftool prog run`: in packets mode each one is a record, and
+/// this many small records fit in the default ring with room to spare.
+const REPEAT: &str = "10000";
+/// `bpftool prog run` calls per cell; the median is kept.
+const TRIES: usize = 5;
+
+/// A test packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// IPv4 UDP, 64-byte payload (106-byte frame).
+    Udp,
+    /// IPv4 TCP with timestamps, PSH|ACK, 64-byte payload (130-byte frame).
+    Tcp,
+}
+
+impl Probe {
+    /// Both, in the table's order.
+    pub const ALL: [Self; 2] = [Self::Udp, Self::Tcp];
+
+    /// Column name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP, 64 B payload",
+            Self::Tcp => "TCP, 64 B payload",
+        }
+    }
+
+    /// The Ethernet frame, addressed like the bench's own traffic.
+    fn frame(self) -> Vec<u8> {
+        let payload = [0x78u8; 64];
+        let mut l4 = Vec::new();
+        let proto = match self {
+            Self::Udp => {
+                l4.extend(40000u16.to_be_bytes());
+                l4.extend(5201u16.to_be_bytes());
+                l4.extend(u16::try_from(8 + payload.len()).unwrap_or(0).to_be_bytes());
+                l4.extend([0, 0]);
+                17
+            }
+            Self::Tcp => {
+                l4.extend(40000u16.to_be_bytes());
+                l4.extend(5201u16.to_be_bytes());
+                l4.extend(1u32.to_be_bytes());
+                l4.extend(2u32.to_be_bytes());
+                l4.extend([8 << 4, 0x18]);
+                l4.extend(512u16.to_be_bytes());
+                l4.extend([0, 0, 0, 0]);
+                l4.extend([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+                6
+            }
+        };
+        l4.extend(payload);
+        let total = u16::try_from(20 + l4.len()).unwrap_or(0);
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
+        f.extend([0x45, 0]);
+        f.extend(total.to_be_bytes());
+        f.extend([0, 1, 0x40, 0, 64, proto, 0, 0]);
+        f.extend([10, 200, 0, 1, 10, 200, 0, 2]);
+        f.extend(l4);
+        f
+    }
+}
+
+/// One measurement: a configuration, a packet, ns per run of each program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Isolated {
+    /// podtrace's configuration.
+    pub tracer: Tracer,
+    /// The packet.
+    pub probe: Probe,
+    /// Median ns per run: (ingress, egress).
+    pub ns: (u64, u64),
+}
+
+/// Measures each podtrace configuration on each packet.
+pub fn run(podtrace: &Path, pair: &Pair, dir: &Path) -> Result<Vec<Isolated>> {
+    let mut files = Vec::new();
+    for probe in Probe::ALL {
+        let path = dir.join(format!("{probe:?}.bin"));
+        fs::write(&path, probe.frame()).with_context(|| format!("writing {}", path.display()))?;
+        files.push((probe, path));
+    }
+    let mut out = Vec::new();
+    for tracer in [Tracer::Flows, Tracer::Packets, Tracer::Filtered] {
+        let running = Running::start(tracer, podtrace, pair, dir)?;
+        let ids = running
+            .pids()
+            .into_iter()
+            .map(procfs::program_ids)
+            .collect::<Result<Vec<_>>>()?;
+        let pick = |prefix: &str| {
+            ids.iter()
+                .flatten()
+                .find(|(_, name)| name.starts_with(prefix))
+                .map(|(id, _)| *id)
+                .with_context(|| format!("podtrace holds no {prefix}* program"))
+        };
+        let (ingress, egress) = (pick("podtrace_ingres")?, pick("podtrace_egress")?);
+        for (probe, file) in &files {
+            out.push(Isolated {
+                tracer,
+                probe: *probe,
+                ns: (median_ns(ingress, file)?, median_ns(egress, file)?),
+            });
+        }
+        running.finish(0.0)?;
+    }
+    Ok(out)
+}
+
+/// Median over [`TRIES`] of `bpftool prog run`'s average duration.
+fn median_ns(id: u64, file: &Path) -> Result<u64> {
+    let mut v = Vec::with_capacity(TRIES);
+    for _ in 0..TRIES {
+        let out = cmd::stdout_of(Command::new("bpftool").args([
+            "prog",
+            "run",
+            "id",
+            &id.to_string(),
+            "data_in",
+            &file.to_string_lossy(),
+            "repeat",
+            REPEAT,
+        ]))?;
+        v.push(parse_duration(&out)?);
+    }
+    v.sort_unstable();
+    Ok(v[v.len() / 2])
+}
+
+/// `Return value: 0, duration (average): 39ns` -> 39.
+fn parse_duration(out: &str) -> Result<u64> {
+    let Some(rest) = out.split("duration (average):").nth(1) else {
+        bail!("no duration in bpftool's output: {out}");
+    };
+    rest.trim()
+        .trim_end_matches("ns")
+        .trim()
+        .parse()
+        .with_context(|| format!("bpftool's duration: {out}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bpftool_durations() {
+        assert_eq!(
+            parse_duration("Return value: 4294967295, duration (average): 39ns\n").unwrap(),
+            39
+        );
+        assert!(parse_duration("Error: something").is_err());
+    }
+
+    #[test]
+    fn frames_are_well_formed_ipv4() {
+        for p in Probe::ALL {
+            let f = p.frame();
+            assert_eq!(f[12..14], [8, 0]);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([f[16], f[17]])),
+                f.len() - 14
+            );
+        }
+        assert_eq!(Probe::Udp.frame().len(), 106);
+        assert_eq!(Probe::Tcp.frame().len(), 130);
+    }
+}
