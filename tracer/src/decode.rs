@@ -690,8 +690,8 @@ mod tests {
         assert!(fast > total / 4, "fast path taken {fast} of {total}");
     }
 
-    #[test]
-    fn record_in_place_equals_copy_then_decode() {
+    /// A UDP frame and the whole record the kernel would write for it.
+    fn udp_record() -> (Vec<u8>, PacketEvent) {
         let f = frame!(
             eth().ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2),
             b"hello",
@@ -711,16 +711,24 @@ mod tests {
             data: [0; MAX_SNAPLEN],
         };
         ev.data[..f.len()].copy_from_slice(&f);
-        let bytes = |ev: &PacketEvent| {
-            // SAFETY: plain data viewed as its bytes.
-            unsafe {
-                std::slice::from_raw_parts(
-                    std::ptr::from_ref(ev).cast::<u8>(),
-                    size_of::<PacketEvent>(),
-                )
-            }
-            .to_vec()
-        };
+        (f, ev)
+    }
+
+    /// A record's bytes, as the ring buffer holds them.
+    fn bytes(ev: &PacketEvent) -> Vec<u8> {
+        // SAFETY: plain data viewed as its bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(ev).cast::<u8>(),
+                size_of::<PacketEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn record_in_place_equals_copy_then_decode() {
+        let (f, mut ev) = udp_record();
         let b = bytes(&ev);
         let (p, data) = decode_record(&b).unwrap();
         assert_eq!(p, decode(&raw_event(&b).unwrap()).unwrap());
@@ -746,32 +754,8 @@ mod tests {
 
     #[test]
     fn records_cut_short_after_their_bytes_decode_the_same() {
-        let f = frame!(
-            eth().ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2),
-            b"hello",
-        );
-        let mut ev = PacketEvent {
-            kind: EventKind::Packet as u32,
-            reason: 1,
-            ts_ns: 5,
-            netns_cookie: 9,
-            ifindex: 3,
-            direction: 0,
-            pkt_len: f.len() as u32,
-            cap_len: f.len() as u32,
-            mark: 0,
-            l3_offset: 14,
-            ethertype: 0x0800,
-            data: [0; MAX_SNAPLEN],
-        };
-        ev.data[..f.len()].copy_from_slice(&f);
-        // SAFETY: plain data viewed as its bytes.
-        let full = unsafe {
-            std::slice::from_raw_parts(
-                std::ptr::from_ref(&ev).cast::<u8>(),
-                size_of::<PacketEvent>(),
-            )
-        };
+        let (f, ev) = udp_record();
+        let full = &bytes(&ev)[..];
         // The kernel's 64-byte class: the header and 64 data bytes.
         let short = &full[..PacketEvent::HEADER_LEN + 64];
         let (p, data) = decode_record(short).unwrap();
