@@ -176,14 +176,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 /// connection, read through netlink in the traced namespaces (a node's
 /// table is where its SNAT and DNAT happen).
 fn attach_conntrack(session: &Session, engine: &mut Correlator) {
-    let wanted: Vec<(FlowId, correlate::Tuple)> = engine
-        .flows()
-        .filter(|f| {
-            f.conntrack.is_none()
-                && (f.labels.contains(Label::Snat) || f.labels.contains(Label::Dnat))
-        })
-        .map(|f| (f.id, f.tuple))
-        .collect();
+    let mut wanted: Vec<(FlowId, correlate::Tuple)> = Vec::new();
+    engine.each_flow(|f| {
+        if f.conntrack.is_none()
+            && (f.labels.contains(Label::Snat) || f.labels.contains(Label::Dnat))
+        {
+            wanted.push((f.id, f.tuple));
+        }
+    });
     if wanted.is_empty() {
         return;
     }

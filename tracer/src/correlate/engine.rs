@@ -125,6 +125,12 @@ impl Correlator {
         self.flows.by_id(id, &self.places)
     }
 
+    /// Calls `f` with each live flow, in no particular order: cheaper than
+    /// [`Self::flows`], which copies each.
+    pub fn each_flow(&self, f: impl FnMut(&Flow)) {
+        self.flows.each(&self.places, f);
+    }
+
     /// Copies of the live flows, in no particular order.
     pub fn flows(&self) -> impl Iterator<Item = Flow> + '_ {
         self.flows.iter(&self.places)

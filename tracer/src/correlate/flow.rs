@@ -362,6 +362,16 @@ impl Flows {
         true
     }
 
+    /// Each live flow, made in turn in one reused [`Flow`]: no allocation
+    /// per flow.
+    pub(crate) fn each(&self, places: &Places, mut f: impl FnMut(&Flow)) {
+        let mut view = Flow::default();
+        for r in self.slab.iter() {
+            materialize(r, places, &mut view);
+            f(&view);
+        }
+    }
+
     /// Copies of the live flows.
     pub(crate) fn iter<'a>(&'a self, places: &'a Places) -> impl Iterator<Item = Flow> + 'a {
         self.slab.iter().map(|r| {

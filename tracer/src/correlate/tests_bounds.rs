@@ -50,6 +50,9 @@ fn flood_of_one_packet_flows_stays_bounded() {
     );
     // The survivors are the most recent flows.
     let mut live: Vec<u16> = eng.flows().map(|f| f.tuple.sport).collect();
+    let mut each = Vec::new();
+    eng.each_flow(|f| each.push(f.clone()));
+    assert_eq!(each, eng.flows().collect::<Vec<_>>());
     live.sort_unstable();
     assert_eq!(live, (10_000 + n - 32..10_000 + n).collect::<Vec<_>>());
 }
