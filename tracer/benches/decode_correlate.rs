@@ -9,6 +9,10 @@
 //! - `decode_correlate/<n>_flows`: both, from the record bytes, as
 //!   `podtrace trace` does per record.
 //!
+//! Records are whole 304-byte `PacketEvent`s, back to back: the kernel now
+//! cuts a record after its size class (176 bytes for these frames), so a
+//! real ring holds these events in less memory than the bench does.
+//!
 //! Each packet is seen twice, at a pod veth and (SNATed) at an ENI, like the
 //! engine's own bench (`correlate::bench`); flows take turns, one packet
 //! each, so at 100k flows nothing stays in cache: the worst order there is.
