@@ -82,8 +82,9 @@ impl PendingTable {
     /// The hash [`Self::find`] and [`Self::insert`] expect in
     /// [`Observed::fp_hash`].
     pub(crate) fn hash(&self, fp: Fingerprint) -> u64 {
-        // 0 marks an empty index entry.
-        self.hasher.hash_one(fp).max(1)
+        // A high half of 0 marks an empty index entry.
+        let h = self.hasher.hash_one(fp);
+        if h >> 32 == 0 { h | 1 << 32 } else { h }
     }
 
     /// Asks the CPU for the slots of journeys about to close, and for
@@ -109,7 +110,7 @@ impl PendingTable {
         let mut repeated = false;
         let mut best: Option<(usize, u64)> = None;
         debug_assert_eq!(obs.fp_hash, self.hash(obs.fp));
-        let mut seq = self.index.get(obs.fp_hash).unwrap_or(NONE);
+        let mut seq = self.index.get(obs.fp_hash, self.tail).unwrap_or(NONE);
         for _ in 0..MAX_CHAIN {
             if seq == NONE || self.ring[self.slot(seq)].seq != seq {
                 break; // a reused slot: the older links are gone
@@ -184,7 +185,7 @@ impl PendingTable {
             self.ring.push(Pending::default());
         }
         let hash = obs.fp_hash;
-        let prev = self.index.insert(hash, seq).unwrap_or(NONE);
+        let prev = self.index.insert(hash, seq, self.tail).unwrap_or(NONE);
         let p = &mut self.ring[i];
         p.start(obs);
         (p.seq, p.live, p.hash, p.prev_same) = (seq, true, hash, prev);
@@ -199,7 +200,7 @@ impl PendingTable {
         debug_assert!(p.live && p.seq == seq);
         p.live = false;
         let (hash, mut next) = (p.hash, p.prev_same);
-        if self.index.get(hash) == Some(seq) {
+        if self.index.get(hash, self.tail) == Some(seq) {
             // The index keeps pointing at a live journey, or at none.
             let mut newest_live = None;
             for _ in 0..MAX_CHAIN {
@@ -218,7 +219,7 @@ impl PendingTable {
             }
             match newest_live {
                 Some(s) => {
-                    self.index.insert(hash, s);
+                    self.index.insert(hash, s, self.tail);
                 }
                 None => self.index.remove(hash),
             }
@@ -234,13 +235,16 @@ impl PendingTable {
     }
 }
 
-/// Fingerprint hash (never 0) -> newest journey with it: open addressing,
-/// linear probing, at most half full, so that a lookup is one cache line
-/// (hashbrown would do as well, but cannot be asked where a key lives,
-/// to prefetch it).
+/// Fingerprint hash -> newest journey with it: open addressing, linear
+/// probing, at most half full, 8 bytes an entry (the hash's high half, never
+/// 0, and the journey's sequence number's low half, widened against the
+/// table's tail: live journeys are fewer than 2^32 behind it), so that the
+/// index of the default 32k journeys is 512 KiB and stays in L2. Two hashes
+/// that share a high half share an entry: their journeys share a chain,
+/// which lookups walk checking the whole fingerprint anyway.
 struct Index {
-    /// (hash, seq); hash 0 is empty.
-    entries: Vec<(u64, u64)>,
+    /// (tag, seq); tag 0 is empty.
+    entries: Vec<(u32, u32)>,
     mask: usize,
     len: usize,
 }
@@ -255,8 +259,18 @@ impl Index {
         }
     }
 
+    fn tag(hash: u64) -> u32 {
+        debug_assert!(hash >> 32 != 0);
+        (hash >> 32) as u32
+    }
+
     fn home(&self, hash: u64) -> usize {
-        (hash >> 32) as usize & self.mask
+        Self::tag(hash) as usize & self.mask
+    }
+
+    /// The home of the entry at `i` (its tag's low bits).
+    fn home_of(&self, i: usize) -> usize {
+        self.entries[i].0 as usize & self.mask
     }
 
     fn prefetch(&self, hash: u64) {
@@ -265,50 +279,58 @@ impl Index {
 
     /// Where `hash` is, or the empty entry where it would go.
     fn position(&self, hash: u64) -> usize {
+        let tag = Self::tag(hash);
         let mut i = self.home(hash);
         loop {
-            let h = self.entries[i].0;
-            if h == hash || h == 0 {
+            let t = self.entries[i].0;
+            if t == tag || t == 0 {
                 return i;
             }
             i = (i + 1) & self.mask;
         }
     }
 
-    fn get(&self, hash: u64) -> Option<u64> {
-        let (h, seq) = self.entries[self.position(hash)];
-        (h == hash).then_some(seq)
+    /// The sequence number whose low half is `lo`, at most 2^32 - 1 before
+    /// `tail`.
+    fn widen(lo: u32, tail: u64) -> u64 {
+        tail - u64::from((tail as u32).wrapping_sub(lo))
     }
 
-    fn insert(&mut self, hash: u64, seq: u64) -> Option<u64> {
+    fn get(&self, hash: u64, tail: u64) -> Option<u64> {
+        let (t, lo) = self.entries[self.position(hash)];
+        (t == Self::tag(hash)).then(|| Self::widen(lo, tail))
+    }
+
+    fn insert(&mut self, hash: u64, seq: u64, tail: u64) -> Option<u64> {
         let i = self.position(hash);
+        let tag = Self::tag(hash);
         let e = &mut self.entries[i];
-        let old = (e.0 == hash).then_some(e.1);
+        let old = (e.0 == tag).then(|| Self::widen(e.1, tail));
         if old.is_none() {
             self.len += 1;
             debug_assert!(self.len <= self.mask / 2 + 1);
         }
-        *e = (hash, seq);
+        *e = (tag, seq as u32);
         old
     }
 
     /// Removes `hash`, shifting back the entries that probed past it.
     fn remove(&mut self, hash: u64) {
         let mut i = self.position(hash);
-        if self.entries[i].0 != hash {
+        if self.entries[i].0 != Self::tag(hash) {
             return;
         }
         self.len -= 1;
         let mut j = i;
         loop {
             j = (j + 1) & self.mask;
-            let h = self.entries[j].0;
-            if h == 0 {
+            let (t, _) = self.entries[j];
+            if t == 0 {
                 break;
             }
             // j's entry moves into the hole at i unless its home lies
             // cyclically in (i, j].
-            let k = self.home(h);
+            let k = self.home_of(j);
             let stays = if i <= j {
                 i < k && k <= j
             } else {
@@ -435,18 +457,27 @@ mod tests {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            // Few distinct hashes, homes crowded into a few buckets.
-            let hash = ((rng % 97) << 32 | (rng % 5)) + 1;
+            // Few distinct tags, homes crowded into a few buckets; the low
+            // half of the hash does not matter.
+            let tag = ((rng % 97) << 7 | (rng % 5)) + 1;
+            let hash = tag << 32 | (rng >> 40);
+            let tail = step + 1;
             if map.len() < 60 && !rng.is_multiple_of(3) {
-                assert_eq!(idx.insert(hash, step), map.insert(hash, step));
+                assert_eq!(idx.insert(hash, step, tail), map.insert(tag, step));
             } else {
                 idx.remove(hash);
-                map.remove(&hash);
+                map.remove(&tag);
             }
             assert_eq!(idx.len, map.len());
-            for h in [hash, hash ^ (1 << 32)] {
-                assert_eq!(idx.get(h), map.get(&h).copied(), "step {step}");
+            for t in [tag, tag | 1 << 20] {
+                let h = t << 32 | 7;
+                assert_eq!(idx.get(h, tail), map.get(&t).copied(), "step {step}");
             }
         }
+        // Sequence numbers past 2^32 widen back whole.
+        let mut idx = Index::new(4);
+        let seq = (5 << 32) + 3;
+        idx.insert(1 << 32, seq, seq + 10);
+        assert_eq!(idx.get(1 << 32, seq + 1000), Some(seq));
     }
 }
