@@ -443,15 +443,17 @@ fn report_in<const WORDS: usize, const ROOM: u32>(
             (*ev).cap_len = n;
         }
     }
-    // Probes wake userspace at once (ping waits for them). Past the
-    // threshold, flags 0 lets the kernel wake the reader only if it has
-    // caught up: forcing a wakeup there cost one per record while userspace
-    // lagged (the benchmark's top profile entry). Below it, the drain timer
-    // collects records without any wakeup.
-    let flags = if why & reason::PROBE != 0 {
+    // Probes wake userspace at once (ping waits for them). Other records
+    // wake it each time the bytes waiting in the ring cross a multiple of
+    // `wakeup_bytes` (this record's reserve moved the count across one):
+    // a reader that sleeps is woken once per batch, never once per record
+    // (a wakeup is an interrupt, a VM exit here). In between, and for
+    // slow traffic, the drain timer collects records without any wakeup.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let batch = u64::from(cfg!(wakeup_bytes));
+    let before = waiting.saturating_sub((WORDS as u64 + 1) * 8);
+    let flags = if why & reason::PROBE != 0 || (batch != 0 && waiting / batch != before / batch) {
         BPF_RB_FORCE_WAKEUP
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(cfg!(wakeup_bytes)) {
-        0
     } else {
         BPF_RB_NO_WAKEUP
     };

@@ -159,6 +159,10 @@ impl Kernel {
                 )));
             }
             config.flow_slots = slots;
+            // A sixteenth of the ring: a reader that fell asleep is woken
+            // with room for fifteen more batches, and no more than a few
+            // hundred times a second at a million events per second.
+            config.wakeup_bytes = (self.opts.ring_bytes / 16).max(4096);
             let cpus = aya::util::nr_cpus()
                 .map_err(|(_, e)| KernelError::Load(format!("counting CPUs: {e}")))?;
             let entries = u32::try_from(cpus)
