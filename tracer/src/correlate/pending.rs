@@ -13,7 +13,7 @@ use tracer_common::reason;
 use super::{
     journey::{Fingerprint, MAX_HOPS, Observed, RawHop},
     model::Tuple,
-    table::{Seeded, prefetch},
+    table::{Seeded, advise_huge, huge_vec, prefetch},
 };
 
 /// No journey, in chain links.
@@ -58,9 +58,14 @@ impl PendingTable {
     /// An empty table for at most `cap` (>= 1) journeys.
     pub(crate) fn new(cap: usize, seed: u64) -> Self {
         let cap = cap.max(1);
+        let slots = cap.next_power_of_two();
+        // Reserved, not written: pages are taken as journeys first use
+        // their slots, huge ones where the ring spans them.
+        let ring = Vec::with_capacity(slots);
+        advise_huge(ring.as_ptr(), slots * size_of::<Pending>());
         Self {
-            ring: Vec::new(),
-            mask: cap.next_power_of_two() as u64 - 1,
+            ring,
+            mask: slots as u64 - 1,
             cap: cap as u64,
             head: 0,
             tail: 0,
@@ -253,7 +258,7 @@ impl Index {
     fn new(cap: usize) -> Self {
         let n = (cap * 2).next_power_of_two().max(16);
         Self {
-            entries: vec![(0, 0); n],
+            entries: huge_vec(n, (0, 0)),
             mask: n - 1,
             len: 0,
         }
