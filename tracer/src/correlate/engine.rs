@@ -168,7 +168,7 @@ impl Correlator {
     /// `flow_budget` flows for idleness.
     fn expire(&mut self, flow_budget: usize, sink: Sink<'_>) {
         while let Some(seq) = self.pending.oldest() {
-            let last = self.pending.get(seq).last_ns;
+            let last = self.pending.get(seq).last_ns();
             if last.saturating_add(self.cfg.window_ns) >= self.now {
                 break;
             }
@@ -194,7 +194,7 @@ impl Correlator {
     fn close(&mut self, seq: u64, full: bool, sink: Sink<'_>) {
         self.prefetch_ahead();
         let p = self.pending.get(seq);
-        let evicted = full && p.last_ns.saturating_add(self.cfg.settle_ns) >= self.now;
+        let evicted = full && p.last_ns().saturating_add(self.cfg.settle_ns) >= self.now;
         let judged = !evicted && p.judged(self.cfg.complete_reports);
         journey::build(p, &self.places, &mut self.scratch);
         let n = p.hops().len();

@@ -56,8 +56,6 @@ pub(crate) struct RawHop {
     pub(crate) ts_ns: u64,
     /// [`Places`] id of the hook (set by the engine).
     pub(crate) hook: u32,
-    pub(crate) bytes: u32,
-    pub(crate) reason: u32,
     pub(crate) tuple: Tuple,
     pub(crate) dir: Dir,
     pub(crate) ttl: u8,
@@ -70,6 +68,10 @@ pub(crate) struct Observed {
     /// The pending table's hash of `fp` (set by the engine, once).
     pub(crate) fp_hash: u64,
     pub(crate) hop: RawHop,
+    /// Bytes on the wire here (`skb->len`).
+    pub(crate) bytes: u32,
+    /// Why the kernel reported it.
+    pub(crate) reason: u32,
     pub(crate) probe: bool,
 }
 
@@ -130,8 +132,6 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
     let hop = RawHop {
         ts_ns: pkt.ts_ns,
         hook: 0,
-        bytes: pkt.len,
-        reason: pkt.reason,
         tuple: Tuple {
             proto,
             src,
@@ -146,6 +146,8 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
         fp,
         fp_hash: 0,
         hop,
+        bytes: pkt.len,
+        reason: pkt.reason,
         probe: pkt.probe,
     })
 }
@@ -161,7 +163,7 @@ pub(crate) fn build(p: &Pending, places: &Places, out: &mut Journey) {
     out.proto = fp.proto;
     out.ip_id = fp.ip_id;
     out.ip_len = fp.ip_len;
-    out.bytes = p.hops().first().map_or(0, |h| h.bytes);
+    out.bytes = p.bytes;
     out.tcp = (fp.proto == 6).then_some(TcpInfo {
         seq: fp.a,
         ack: fp.b,
@@ -172,14 +174,14 @@ pub(crate) fn build(p: &Pending, places: &Places, out: &mut Journey) {
         code: fp.d,
         seq: fp.a as u16,
     });
-    out.first_ns = p.first_ns;
+    out.first_ns = p.first_ns();
     out.incomplete = None;
     out.evicted = false;
     // Hops are overwritten in place: a place that did not change keeps its
     // reference, which spares two atomic operations per hop.
     out.hops.truncate(p.hops().len());
     for (i, h) in p.hops().iter().enumerate() {
-        let since_first_ns = h.ts_ns.saturating_sub(p.first_ns);
+        let since_first_ns = h.ts_ns.saturating_sub(out.first_ns);
         match out.hops.get_mut(i) {
             Some(old) => {
                 if !places.is_id(&old.place, h.hook) {

@@ -68,7 +68,7 @@ pub struct Config {
     /// A flow with no journey and no kernel counter progress for this long
     /// ends. Default 60 s.
     pub flow_idle_ns: u64,
-    /// Most journeys collecting hops at once (about 0.5 KiB each). To
+    /// Most journeys collecting hops at once (384 bytes each). To
     /// absorb disorder up to the window, size it to journeys per second
     /// times the window; when full, the oldest journey closes early.
     pub max_pending: usize,

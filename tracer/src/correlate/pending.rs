@@ -96,9 +96,9 @@ impl PendingTable {
     /// their index entries (hints, nothing else).
     fn prefetch_ahead(&self) {
         if let Some(p) = self.ring.get(self.slot(self.head + AHEAD)) {
-            // The head of the journey and its first hop.
+            // The head of the journey and its first two hops.
             let p: *const u8 = std::ptr::from_ref(p).cast();
-            for line in [0, 64, 128] {
+            for line in [0, 64] {
                 prefetch(p.wrapping_add(line));
             }
         }
@@ -351,19 +351,22 @@ impl Index {
 }
 
 /// A journey still collecting hops. Fixed-size: lives in a ring slot and
-/// is reused without allocating.
+/// is reused without allocating. Its head and two hops fill two cache
+/// lines: what a packet seen at two hooks costs.
 #[derive(Clone, Debug, Default)]
-#[repr(C)] // what lookups and closing read first, in the first cache line
+#[repr(C, align(64))] // what lookups and closing read first, in the first cache line
 pub(crate) struct Pending {
     /// Position in the ring; the slot is `seq & mask`.
     seq: u64,
     hash: u64,
     /// The journey started before this one with the same hash.
     prev_same: u64,
-    pub(crate) first_ns: u64,
-    pub(crate) last_ns: u64,
     pub(crate) fp: Fingerprint,
-    len: usize,
+    /// Bytes of the first hop (in time).
+    pub(crate) bytes: u32,
+    /// Why the kernel reported the last hop (in time).
+    reason: u32,
+    len: u8,
     live: bool,
     pub(crate) probe: bool,
     hops: [RawHop; MAX_HOPS],
@@ -373,11 +376,20 @@ impl Pending {
     /// Starts over with one hop.
     fn start(&mut self, obs: &Observed) {
         self.fp = obs.fp;
-        self.first_ns = obs.hop.ts_ns;
-        self.last_ns = obs.hop.ts_ns;
+        (self.bytes, self.reason) = (obs.bytes, obs.reason);
         self.probe = obs.probe;
         self.len = 1;
         self.hops[0] = obs.hop;
+    }
+
+    /// Kernel time of the first hop (hops are in time order).
+    pub(crate) fn first_ns(&self) -> u64 {
+        self.hops[0].ts_ns
+    }
+
+    /// Kernel time of the last hop.
+    pub(crate) fn last_ns(&self) -> u64 {
+        self.hops[usize::from(self.len).max(1) - 1].ts_ns
     }
 
     /// How well a tuple continues this journey: the most addresses and
@@ -398,7 +410,7 @@ impl Pending {
 
     /// True if a hop at `ts` belongs within `window` of this journey.
     fn fits(&self, ts: u64, window: u64) -> bool {
-        ts.saturating_add(window) >= self.first_ns && ts <= self.last_ns.saturating_add(window)
+        ts.saturating_add(window) >= self.first_ns() && ts <= self.last_ns().saturating_add(window)
     }
 
     /// True if the journey already crossed this hook (same netns,
@@ -411,26 +423,31 @@ impl Pending {
 
     /// Inserts a hop in time order; `false` (and nothing done) when full.
     pub(crate) fn add(&mut self, obs: &Observed) -> bool {
-        if self.len == MAX_HOPS {
+        let len = usize::from(self.len);
+        if len == MAX_HOPS {
             return false;
         }
         let ts = obs.hop.ts_ns;
-        let mut at = self.len;
+        let mut at = len;
         while at > 0 && self.hops[at - 1].ts_ns > ts {
             self.hops[at] = self.hops[at - 1];
             at -= 1;
         }
         self.hops[at] = obs.hop;
+        if at == 0 {
+            self.bytes = obs.bytes;
+        }
+        if at == len {
+            self.reason = obs.reason;
+        }
         self.len += 1;
-        self.first_ns = self.first_ns.min(ts);
-        self.last_ns = self.last_ns.max(ts);
         self.probe |= obs.probe;
         true
     }
 
     /// The hops, oldest first.
     pub(crate) fn hops(&self) -> &[RawHop] {
-        &self.hops[..self.len]
+        &self.hops[..usize::from(self.len)]
     }
 
     /// True when a missing next hop means the packet was lost: probes are
@@ -438,18 +455,26 @@ impl Pending {
     /// every match (`complete_reports`) and this one was reported as a match
     /// (reason 0: a replayed capture), not as a sample or a flow start.
     pub(crate) fn judged(&self, complete_reports: bool) -> bool {
-        let Some(last) = self.hops().last() else {
+        if self.len == 0 {
             return false;
-        };
+        }
+        let last = self.reason;
         self.probe
-            || last.reason & reason::PROBE != 0
-            || (complete_reports && (last.reason == 0 || last.reason & reason::MATCH != 0))
+            || last & reason::PROBE != 0
+            || (complete_reports && (last == 0 || last & reason::MATCH != 0))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Index;
+    use super::{Index, Pending};
+
+    /// A journey's head and its first two hops fill two cache lines.
+    #[test]
+    fn a_two_hop_journey_takes_two_lines() {
+        assert_eq!(std::mem::offset_of!(Pending, hops), 64);
+        assert_eq!(size_of::<super::RawHop>(), 32);
+    }
 
     /// The index agrees with a HashMap through inserts and removals that
     /// wrap around and collide.
