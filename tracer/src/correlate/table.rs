@@ -146,9 +146,13 @@ impl<K: Copy + Eq + Hash, V: Copy> OpenMap<K, V> {
         self.hasher.hash_one(k) as usize & self.mask
     }
 
-    /// Prefetches the entry `k` would be found at first.
+    /// Prefetches the entry `k` would be found at first, and the next one
+    /// (where a key that collided goes): entries do not fit cache lines
+    /// evenly, so these may span two lines.
     pub(crate) fn prefetch(&self, k: &K) {
-        prefetch(&raw const self.entries[self.home(k)]);
+        let p: *const u8 = (&raw const self.entries[self.home(k)]).cast();
+        prefetch(p);
+        prefetch(p.wrapping_add(2 * size_of::<Option<(K, V)>>() - 1));
     }
 
     /// Where `k` is, or the empty entry where it would go.
