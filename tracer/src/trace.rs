@@ -95,6 +95,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut engine = Correlator::new(correlate::Config {
         max_flows: args.max_flows,
         complete_reports: mode == Mode::Packets && !filtered,
+        // Changed flows are read back once a second (`dirty`): building
+        // each for every update would be wasted.
+        changes_by_id: true,
         ..correlate::Config::default()
     });
     if let Some(path) = &args.ready.ready_file {
@@ -223,6 +226,11 @@ impl Printer {
             Update::Journey(_) => Ok(()),
             Update::Flow(f) => {
                 self.dirty.insert(f.id);
+                Ok(())
+            }
+            // Changed flows are printed from `dirty` once a second.
+            Update::FlowChanged { id } => {
+                self.dirty.insert(id);
                 Ok(())
             }
             Update::FlowEnded { flow, reason } => {

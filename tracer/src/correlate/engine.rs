@@ -111,7 +111,8 @@ impl Correlator {
         entries: impl IntoIterator<Item = (&'a FlowKey, &'a FlowStats)>,
         mut sink: impl FnMut(Update<'_>),
     ) -> usize {
-        self.flows.merge_kernel(entries, &self.places, &mut sink)
+        self.flows
+            .merge_kernel(entries, &self.places, self.cfg.changes_by_id, &mut sink)
     }
 
     /// Attaches conntrack's entry to a flow; `false` if the flow is gone.
@@ -220,6 +221,12 @@ impl Correlator {
         self.stats.incomplete_journeys += u64::from(j.incomplete.is_some());
         sink(Update::Journey(j));
         self.flows.absorb(slot, j, &self.hops[..n]);
-        sink(Update::Flow(self.flows.view(slot, &self.places)));
+        if self.cfg.changes_by_id {
+            sink(Update::FlowChanged {
+                id: self.flows.id_at(slot),
+            });
+        } else {
+            sink(Update::Flow(self.flows.view(slot, &self.places)));
+        }
     }
 }

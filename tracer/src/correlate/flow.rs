@@ -345,6 +345,11 @@ impl Flows {
         &self.view
     }
 
+    /// The id of the flow in `slot`.
+    pub(crate) fn id_at(&self, slot: u32) -> FlowId {
+        FlowId(self.slab.get(slot).id)
+    }
+
     /// A copy of a live flow.
     pub(crate) fn by_id(&self, id: FlowId, places: &Places) -> Option<Flow> {
         let &s = self.by_id.get(&id)?;
@@ -541,6 +546,7 @@ impl Flows {
         &mut self,
         entries: impl IntoIterator<Item = (&'a FlowKey, &'a FlowStats)>,
         places: &Places,
+        by_id: bool,
         sink: Sink<'_>,
     ) -> usize {
         let mut n = 0;
@@ -577,7 +583,11 @@ impl Flows {
                 self.slab.touch(s);
             }
             n += 1;
-            sink(Update::Flow(self.view(s, places)));
+            if by_id {
+                sink(Update::FlowChanged { id: self.id_at(s) });
+            } else {
+                sink(Update::Flow(self.view(s, places)));
+            }
         }
         n
     }

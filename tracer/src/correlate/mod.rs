@@ -87,6 +87,11 @@ pub struct Config {
     /// Seed of the tables' hasher; pass a random one where crafted traffic
     /// could aim at collisions.
     pub hash_seed: u64,
+    /// Report a changed flow as [`Update::FlowChanged`] (its id) instead of
+    /// [`Update::Flow`] (the whole flow, built for the update): for a
+    /// consumer that reads changed flows later, with [`Correlator::flow`],
+    /// and would throw most of them away unread.
+    pub changes_by_id: bool,
 }
 
 impl Default for Config {
@@ -99,6 +104,7 @@ impl Default for Config {
             max_flows: 64 * 1024,
             complete_reports: true,
             hash_seed: 0x706f_6474_7261_6365,
+            changes_by_id: false,
         }
     }
 }
@@ -125,6 +131,12 @@ pub enum Update<'a> {
     Journey(&'a Journey),
     /// A flow was created or changed (by a journey or kernel counters).
     Flow(&'a Flow),
+    /// The same, as only the flow's id, when [`Config::changes_by_id`] is
+    /// set.
+    FlowChanged {
+        /// The flow that changed.
+        id: FlowId,
+    },
     /// A flow left the table; this is its last state.
     FlowEnded {
         /// The flow.

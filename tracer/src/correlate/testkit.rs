@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use tracer_common::{Direction, reason};
 
-use super::{Config, Correlator, EndReason, Flow, Journey, Update};
+use super::{Config, Correlator, EndReason, Flow, FlowId, Journey, Update};
 use crate::{
     decode::{HookId, L3, L4, Packet},
     topology::{Iface, Role, Topology},
@@ -213,6 +213,7 @@ impl Pkt {
 pub(super) struct Seen {
     pub journeys: Vec<Journey>,
     pub flows: Vec<Flow>,
+    pub changed: Vec<FlowId>,
     pub ended: Vec<(Flow, EndReason)>,
 }
 
@@ -221,6 +222,7 @@ impl Seen {
         match u {
             Update::Journey(j) => self.journeys.push(j.clone()),
             Update::Flow(f) => self.flows.push(f.clone()),
+            Update::FlowChanged { id } => self.changed.push(id),
             Update::FlowEnded { flow, reason } => self.ended.push((flow.clone(), reason)),
         }
     }

@@ -421,3 +421,28 @@ fn multicast_is_not_a_journey() {
     );
     assert_eq!(eng.stats().ignored, 2);
 }
+
+#[test]
+fn changes_by_id_name_the_flows_whole_updates_would_show() {
+    for events in [cross_node_ping(), snat_ping()] {
+        let (_, whole) = run(Config::default(), &events);
+        let (eng, by_id) = run(
+            Config {
+                changes_by_id: true,
+                ..Config::default()
+            },
+            &events,
+        );
+        assert!(by_id.flows.is_empty(), "no whole flow is built");
+        let ids: Vec<_> = whole.flows.iter().map(|f| f.id).collect();
+        assert_eq!(by_id.changed, ids, "one change per whole update, in order");
+        for f in whole.last_flows() {
+            assert_eq!(
+                eng.flow(f.id).as_ref(),
+                Some(&f),
+                "read back, the same flow"
+            );
+        }
+        assert_eq!(by_id.journeys.len(), whole.journeys.len());
+    }
+}

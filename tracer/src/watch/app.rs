@@ -154,6 +154,8 @@ impl App {
                 self.held.insert(flow.id, Held::Ended);
             }
             Update::FlowEnded { flow, .. } => self.remove(flow.id),
+            // watch runs its engine with whole-flow updates.
+            Update::FlowChanged { .. } => {}
         }
     }
 
