@@ -17,12 +17,13 @@
 //!
 //! `cargo bench -p tracer --bench capture_output -- --quick`
 
+mod common;
+
 use std::{
     fs::File,
     hint::black_box,
     io::{LineWriter, Write},
     net::Ipv4Addr,
-    time::Duration,
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -31,6 +32,8 @@ use tracer::{
     output::{self, Clock, LineOut},
     topology::{Iface, Role, Topology},
 };
+
+use common::timed;
 use tracer_common::Direction;
 
 const POD_VETH: u32 = 10;
@@ -123,26 +126,6 @@ fn packets() -> Vec<Packet> {
             }
         })
         .collect()
-}
-
-/// CPU time of `iters` calls of `step`, on this thread (user and system).
-fn timed(iters: u64, mut step: impl FnMut()) -> Duration {
-    let start = thread_cpu();
-    for _ in 0..iters {
-        step();
-    }
-    thread_cpu().saturating_sub(start)
-}
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// One line into a plain `Vec`.

@@ -25,12 +25,13 @@
 //!
 //! `cargo bench -p tracer --bench decode_correlate -- --quick`
 
+mod common;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
     net::Ipv4Addr,
     sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -39,6 +40,8 @@ use tracer::{
     decode::{self, Packet},
     topology::{Iface, Role, Topology},
 };
+
+use common::timed;
 use tracer_common::{Direction, EventKind, MAX_SNAPLEN, PacketEvent, reason};
 
 /// Counts live heap bytes, so the bench can say what a flow costs.
@@ -265,28 +268,6 @@ fn warmed(flows: u32, rounds: u32, topo: &Topology) -> (Correlator, Feed<PacketE
         });
     }
     (eng, feed)
-}
-
-/// CPU time of `iters` calls of `step`, on this thread: the target is per
-/// core, and on a shared machine wall time would also count the time the
-/// thread waited for a CPU.
-fn timed(iters: u64, mut step: impl FnMut()) -> Duration {
-    let start = thread_cpu();
-    for _ in 0..iters {
-        step();
-    }
-    thread_cpu().saturating_sub(start)
-}
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn decode_only(c: &mut Criterion) {
