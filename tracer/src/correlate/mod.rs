@@ -18,7 +18,8 @@
 //! let mut on_update = |u: Update<'_>| match u {
 //!     Update::Journey(j) => println!("{}", tracer::correlate::format::journey(j)),
 //!     Update::Flow(f) => println!("{}", tracer::correlate::format::flow(f)),
-//!     Update::FlowEnded { .. } => {}
+//!     // Only with `Config::changes_by_id`: read it back with `engine.flow(id)`.
+//!     Update::FlowChanged { .. } | Update::FlowEnded { .. } => {}
 //! };
 //! for pkt in &packets {
 //!     engine.push(pkt, &topo, &mut on_update);
