@@ -55,23 +55,30 @@ fn image() -> &'static str {
     TAG
 }
 
+/// `podman run --rm` as it works on this host: runc, cgroupfs, and
+/// explicit ulimits (crun fails on its cgroup layout). Options follow.
+fn podman_run_cmd() -> Command {
+    let mut c = Command::new("podman");
+    c.args([
+        "--runtime",
+        "runc",
+        "--cgroup-manager=cgroupfs",
+        "run",
+        "--rm",
+    ])
+    .args([
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1000:1000",
+    ]);
+    c
+}
+
 /// `podman run --rm` of the image with `opts`, then podtrace's `args`.
 fn podman_run(opts: &[&str], args: &[&str]) -> Output {
     let image = image();
-    Command::new("podman")
-        .args([
-            "--runtime",
-            "runc",
-            "--cgroup-manager=cgroupfs",
-            "run",
-            "--rm",
-        ])
-        .args([
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1000:1000",
-        ])
+    podman_run_cmd()
         .args(opts)
         .arg(image)
         .args(args)
@@ -183,20 +190,7 @@ fn in_a_pods_netns_it_traces_eth0_and_says_it_is_the_pod_side() {
     let ready = dir.join("ready");
     let network = format!("--network=ns:/run/netns/{}", pod.netns);
     let volume = format!("{}:/out", dir.display());
-    let mut child = Command::new("podman")
-        .args([
-            "--runtime",
-            "runc",
-            "--cgroup-manager=cgroupfs",
-            "run",
-            "--rm",
-        ])
-        .args([
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1000:1000",
-        ])
+    let mut child = podman_run_cmd()
         .args(["--privileged", &network, "-v", &volume, image()])
         .args([
             "capture",
