@@ -224,12 +224,8 @@ impl Printer {
                 }
             }
             Update::Journey(_) => Ok(()),
-            Update::Flow(f) => {
-                self.dirty.insert(f.id);
-                Ok(())
-            }
             // Changed flows are printed from `dirty` once a second.
-            Update::FlowChanged { id } => {
+            Update::Flow(&Flow { id, .. }) | Update::FlowChanged { id } => {
                 self.dirty.insert(id);
                 Ok(())
             }
