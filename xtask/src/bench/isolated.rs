@@ -7,6 +7,7 @@
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
+use etherparse::{PacketBuilder, TcpOptionElement};
 
 use super::{pair::Pair, procfs, tracers::Running, tracers::Tracer};
 use crate::cmd;
@@ -41,35 +42,23 @@ impl Probe {
     /// The Ethernet frame, addressed like the bench's own traffic.
     fn frame(self) -> Vec<u8> {
         let payload = [0x78u8; 64];
-        let mut l4 = Vec::new();
-        let proto = match self {
-            Self::Udp => {
-                l4.extend(40000u16.to_be_bytes());
-                l4.extend(5201u16.to_be_bytes());
-                l4.extend(u16::try_from(8 + payload.len()).unwrap_or(0).to_be_bytes());
-                l4.extend([0, 0]);
-                17
-            }
-            Self::Tcp => {
-                l4.extend(40000u16.to_be_bytes());
-                l4.extend(5201u16.to_be_bytes());
-                l4.extend(1u32.to_be_bytes());
-                l4.extend(2u32.to_be_bytes());
-                l4.extend([8 << 4, 0x18]);
-                l4.extend(512u16.to_be_bytes());
-                l4.extend([0, 0, 0, 0]);
-                l4.extend([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-                6
-            }
+        let ip = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(
+            [10, 200, 0, 1],
+            [10, 200, 0, 2],
+            64,
+        );
+        let mut f = Vec::new();
+        let written = match self {
+            Self::Udp => ip.udp(40000, 5201).write(&mut f, &payload),
+            Self::Tcp => ip
+                .tcp(40000, 5201, 1, 512)
+                .ack(2)
+                .psh()
+                .options(&[TcpOptionElement::Timestamp(1, 2)])
+                .expect("timestamps fit in TCP options")
+                .write(&mut f, &payload),
         };
-        l4.extend(payload);
-        let total = u16::try_from(20 + l4.len()).unwrap_or(0);
-        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
-        f.extend([0x45, 0]);
-        f.extend(total.to_be_bytes());
-        f.extend([0, 1, 0x40, 0, 64, proto, 0, 0]);
-        f.extend([10, 200, 0, 1, 10, 200, 0, 2]);
-        f.extend(l4);
+        written.expect("writing to a Vec");
         f
     }
 }
