@@ -329,9 +329,9 @@ pub struct Config {
     pub proto: u32,
     /// TCP/UDP port to keep, either side (0: any).
     pub port: u32,
-    /// Wake userspace each time the bytes waiting in the ring buffer cross
-    /// a multiple of this; otherwise userspace drains on its own timer
-    /// (wakeups cost ~1 us each).
+    /// Wake userspace once per this many bytes of records one CPU submits;
+    /// otherwise userspace drains on its own timer (wakeups cost ~1 us
+    /// each).
     pub wakeup_bytes: u32,
     /// Non-zero: report only probe-tagged packets (still count all flows).
     pub probes_only: u32,

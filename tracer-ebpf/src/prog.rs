@@ -29,6 +29,10 @@ static FLOWS: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "HOOK_SLOTS")]
 static HOOK_SLOTS_MAP: PerCpuArray<HookSlot> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
 
+/// Bytes of records this CPU submitted since it last woke the reader.
+#[map(name = "WAKE")]
+static WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Hook counters of interfaces whose slot another interface holds.
 #[map(name = "HOOKS")]
 static HOOKS: LruPerCpuHashMap<HookKey, HookStats> = LruPerCpuHashMap::with_max_entries(4096, 0);
@@ -57,8 +61,6 @@ const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// `BPF_RB_AVAIL_DATA` for `bpf_ringbuf_query`.
-const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Bytes of IPv4 + L4 header (+ probe tag) read in one helper call.
 const HDR_PEEK: usize = 48;
 
@@ -111,8 +113,19 @@ fn trace(ctx: &TcContext, dir: Direction) {
         why |= reason::PROBE;
     }
     let flows = cfg!(mode) == mode::FLOWS;
+    // Packets mode reports every packet it counts (unless only probes are
+    // wanted), with the precise clock: one reading serves both. Flows mode counts with the coarse clock
+    // (tick resolution is plenty for "first/last seen", and it costs a few
+    // ns where the precise one costs tens on a VM) and reads the precise
+    // one only for the few packets it reports.
+    let precise = !flows && cfg!(probes_only) == 0;
+    let now = if precise {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    };
     if parsed.ipv4 {
-        let per_cpu_count = count_flow(ifindex, dir, &parsed, len);
+        let per_cpu_count = count_flow(ifindex, dir, &parsed, len, now);
         if flows && per_cpu_count <= u64::from(cfg!(flow_first_n)) {
             why |= reason::FLOW_START;
         }
@@ -130,7 +143,12 @@ fn trace(ctx: &TcContext, dir: Direction) {
         return;
     }
     stats.reported += 1;
-    if !report(skb, ifindex, dir, why, len) {
+    let ts = if precise {
+        now
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
+    if !report(skb, ifindex, dir, why, len, ts) {
         stats.lost += 1;
     }
 }
@@ -289,10 +307,7 @@ fn filter_matches(p: &Parsed) -> bool {
 /// Adds the packet to its flow's counters in this CPU's region of the flow
 /// table; returns this CPU's count (0 if the table has no region for it).
 #[inline(always)]
-fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32) -> u64 {
-    // Tick resolution is plenty for "first/last seen", and the coarse clock
-    // is a few ns where the precise one is tens on a VM.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> u64 {
     let words = FlowKey::words(
         cfg!(netns_cookie),
         ifindex,
@@ -381,16 +396,16 @@ fn claim(slot: &mut FlowSlot, w: &[u64; 4], p: &Parsed, now: u64, len: u32) {
 /// smallest of three sizes that holds the bytes copied, so that a ring of
 /// small packets holds about twice as many records before it is full.
 #[inline(always)]
-fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32) -> bool {
+fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32, ts: u64) -> bool {
     let snaplen = cfg!(snaplen);
     let snap = if snaplen < len { snaplen } else { len };
     if snap <= 64 {
-        report_in::<{ record_words(64) }, 64>(skb, ifindex, dir, why, len, snap)
+        report_in::<{ record_words(64) }, 64>(skb, ifindex, dir, why, len, ts, snap)
     } else if snap <= 128 {
-        report_in::<{ record_words(128) }, 128>(skb, ifindex, dir, why, len, snap)
+        report_in::<{ record_words(128) }, 128>(skb, ifindex, dir, why, len, ts, snap)
     } else {
         report_in::<{ record_words(MAX_SNAPLEN) }, { MAX_SNAPLEN as u32 }>(
-            skb, ifindex, dir, why, len, snap,
+            skb, ifindex, dir, why, len, ts, snap,
         )
     }
 }
@@ -410,6 +425,7 @@ fn report_in<const WORDS: usize, const ROOM: u32>(
     dir: Direction,
     why: u32,
     len: u32,
+    ts: u64,
     snap: u32,
 ) -> bool {
     let Some(mut entry) = EVENTS.reserve::<[u64; WORDS]>(0) else {
@@ -422,7 +438,7 @@ fn report_in<const WORDS: usize, const ROOM: u32>(
     unsafe {
         (*ev).kind = EventKind::Packet as u32;
         (*ev).reason = why;
-        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).ts_ns = ts;
         (*ev).netns_cookie = cookie;
         (*ev).ifindex = ifindex;
         (*ev).direction = dir as u32;
@@ -444,19 +460,28 @@ fn report_in<const WORDS: usize, const ROOM: u32>(
         }
     }
     // Probes wake userspace at once (ping waits for them). Other records
-    // wake it each time the bytes waiting in the ring cross a multiple of
-    // `wakeup_bytes` (this record's reserve moved the count across one):
-    // a reader that sleeps is woken once per batch, never once per record
-    // (a wakeup is an interrupt, a VM exit here). In between, and for
-    // slow traffic, the drain timer collects records without any wakeup.
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    // wake it once per `wakeup_bytes` of records this CPU submits: a reader
+    // that sleeps is woken once per batch, never once per record (a wakeup
+    // is an interrupt, a VM exit here). In between, and for slow traffic,
+    // the drain timer collects records without any wakeup. The count is
+    // this CPU's own: asking the ring how much waits would read the
+    // positions the reader on another CPU keeps writing, a cache miss per
+    // record.
     let batch = u64::from(cfg!(wakeup_bytes));
-    let before = waiting.saturating_sub((WORDS as u64 + 1) * 8);
-    let flags = if why & reason::PROBE != 0 || (batch != 0 && waiting / batch != before / batch) {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let mut flags = BPF_RB_NO_WAKEUP;
+    if why & reason::PROBE != 0 {
+        flags = BPF_RB_FORCE_WAKEUP;
+    } else if batch != 0
+        && let Some(pending) = WAKE.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU value; TC programs do not nest on one CPU.
+        let pending = unsafe { &mut *pending };
+        *pending += (WORDS as u64 + 1) * 8;
+        if *pending >= batch {
+            *pending = 0;
+            flags = BPF_RB_FORCE_WAKEUP;
+        }
+    }
     entry.submit(u64::from(flags));
     true
 }
