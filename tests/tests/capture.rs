@@ -269,6 +269,46 @@ async fn tiny_ring_counts_every_loss() {
     );
 }
 
+#[tokio::test]
+async fn records_come_whole_across_many_ring_wraps() {
+    let _serial = serial();
+    let pair = VethPair::new("cw");
+    // 16 KiB: about 90 records of these packets, so 2000 of them wrap the
+    // ring about 20 times, and the reader must publish its position for
+    // the kernel to reuse the room.
+    let opts = LoadOptions {
+        ring_bytes: 16 << 10,
+        ..LoadOptions::default()
+    };
+    let (kernel, mut reader) = attach_va(&pair, &opts);
+    const PAYLOAD: &[u8] = b"podtrace ring wrap check";
+    let addr: SocketAddr = format!("{}:5000", VethPair::IP_B).parse().unwrap();
+    let (mut received, mut udp) = (0u64, 0u64);
+    for _ in 0..40 {
+        let (b, a) = (pair.b.clone(), pair.a.clone());
+        tokio::task::spawn_blocking(move || udp_send(&b, &a, addr, PAYLOAD, 50))
+            .await
+            .unwrap();
+        reader.drain_now(|r| {
+            let (p, frame) = r.unwrap();
+            received += 1;
+            if matches!(p.l4, L4::Udp { .. }) {
+                udp += 1;
+                assert!(
+                    frame.ends_with(PAYLOAD),
+                    "record {received} is not the packet sent: {frame:02x?}"
+                );
+            }
+        });
+    }
+    let hooks = kernel.hook_stats().unwrap();
+    let reported: u64 = hooks.values().map(|s| s.reported).sum();
+    let lost: u64 = hooks.values().map(|s| s.lost).sum();
+    assert_eq!(lost, 0, "50 records at a time fit in the ring: {hooks:?}");
+    assert_eq!(received, reported, "every record arrives once");
+    assert_eq!(udp, 2000, "every datagram sent is a record");
+}
+
 #[test]
 fn nothing_stays_attached_after_sigint_or_sigterm() {
     let _serial = serial();

@@ -5,11 +5,13 @@
 
 use std::{io, time::Duration};
 
-use aya::maps::{MapData, RingBuf};
 use futures_util::future::select_all;
 use tokio::io::unix::AsyncFd;
 
-use crate::decode::{self, DecodeError, Packet};
+use crate::{
+    decode::{self, DecodeError, Packet},
+    ring::Ring,
+};
 
 /// A decoded packet and the bytes it was decoded from.
 pub type Record<'a> = Result<(Packet, &'a [u8]), DecodeError>;
@@ -19,7 +21,7 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Async reader of the kernel's packet events.
 pub struct EventReader {
-    rings: Vec<AsyncFd<RingBuf<MapData>>>,
+    rings: Vec<AsyncFd<Ring>>,
     drain: tokio::time::Interval,
 }
 
@@ -35,7 +37,7 @@ impl EventReader {
     }
 
     /// Adds a ring buffer (from [`crate::kernel::Kernel::take_new_rings`]).
-    pub fn add(&mut self, ring: RingBuf<MapData>) -> io::Result<()> {
+    pub fn add(&mut self, ring: Ring) -> io::Result<()> {
         // SAFETY: the ring buffer owns its map fd for as long as the
         // AsyncFd owns the ring buffer.
         self.rings
@@ -77,13 +79,8 @@ impl Default for EventReader {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(Record<'_>)) -> usize {
-    let mut n = 0;
-    while let Some(item) = ring.next() {
-        n += 1;
-        // Read in place: copying the whole record first cost as much as
-        // decoding it.
-        f(decode::decode_record(&item));
-    }
-    n
+fn drain(ring: &mut Ring, f: &mut impl FnMut(Record<'_>)) -> usize {
+    // Read in place: copying the whole record first cost as much as
+    // decoding it.
+    ring.drain(|bytes| f(decode::decode_record(bytes)))
 }

@@ -7,14 +7,14 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
 use tracer_common::{
     Config, Direction, FlowKey, FlowSlot, FlowStats, HookKey, HookSlot, HookStats, hook_slot, names,
 };
 
-use crate::{ebpf, netns::Netns};
+use crate::{ebpf, netns::Netns, ring::Ring};
 
 /// Programs, one per direction.
 const PROGRAMS: [(&str, Direction); 2] = [
@@ -123,7 +123,7 @@ pub struct Kernel {
     opts: LoadOptions,
     object: &'static [u8],
     instances: BTreeMap<u64, Instance>,
-    fresh_rings: Vec<RingBuf<MapData>>,
+    fresh_rings: Vec<Ring>,
     fresh_loggers: Vec<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: BTreeMap<(u64, u32), Attached>,
 }
@@ -187,8 +187,18 @@ impl Kernel {
                 map: names::MAP_EVENTS,
                 reason: "missing".into(),
             })?;
-            self.fresh_rings
-                .push(RingBuf::try_from(map).map_err(|e| map_err(names::MAP_EVENTS, &e))?);
+            let Map::RingBuf(data) = map else {
+                return Err(KernelError::Map {
+                    map: names::MAP_EVENTS,
+                    reason: "not a ring buffer".into(),
+                });
+            };
+            let ring =
+                Ring::new(data, self.opts.ring_bytes as usize).map_err(|e| KernelError::Map {
+                    map: names::MAP_EVENTS,
+                    reason: format!("mapping: {e}"),
+                })?;
+            self.fresh_rings.push(ring);
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
@@ -262,7 +272,7 @@ impl Kernel {
     }
 
     /// Event ring buffers of the copies loaded since the last call.
-    pub fn take_new_rings(&mut self) -> Vec<RingBuf<MapData>> {
+    pub fn take_new_rings(&mut self) -> Vec<Ring> {
         std::mem::take(&mut self.fresh_rings)
     }
 

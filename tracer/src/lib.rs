@@ -21,6 +21,7 @@ pub mod output;
 pub mod ping;
 pub mod pods;
 pub mod probe;
+pub mod ring;
 pub mod session;
 pub mod signals;
 pub mod topology;
