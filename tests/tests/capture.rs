@@ -273,11 +273,11 @@ async fn tiny_ring_counts_every_loss() {
 async fn records_come_whole_across_many_ring_wraps() {
     let _serial = serial();
     let pair = VethPair::new("cw");
-    // 16 KiB: about 90 records of these packets, so 2000 of them wrap the
-    // ring about 20 times, and the reader must publish its position for
-    // the kernel to reuse the room.
+    // 16 KiB per CPU: about 90 records of these packets, so 2000 of them
+    // wrap a ring at least 20 times, and the reader must publish its
+    // position for the kernel to reuse the room.
     let opts = LoadOptions {
-        ring_bytes: 16 << 10,
+        ring_bytes: (16 << 10) * tracer::ring::possible_cpus().unwrap(),
         ..LoadOptions::default()
     };
     let (kernel, mut reader) = attach_va(&pair, &opts);

@@ -16,8 +16,11 @@ pub const DEFAULT_SNAPLEN: u32 = 128;
 pub mod names {
     /// TC program attached at ingress and egress of every hooked interface.
     pub const PROG_TC: &str = "podtrace_tc";
-    /// Ring buffer of [`crate::PacketEvent`]s.
-    pub const MAP_EVENTS: &str = "EVENTS";
+    /// Array of ring buffers of [`crate::PacketEvent`]s, one per possible
+    /// CPU, indexed by the CPU: a program writes to its own CPU's ring, so
+    /// CPUs never wait on each other's lock. Userspace creates the rings
+    /// and shares them between the namespaces' copies of the programs.
+    pub const MAP_RINGS: &str = "RINGS";
     /// Array of [`crate::FlowSlot`]: one region of [`crate::Config::flow_slots`]
     /// entries per possible CPU, memory-mapped by userspace.
     pub const MAP_FLOWS: &str = "FLOWS";

@@ -1,11 +1,12 @@
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    btf_maps::{ArrayOfMaps, RingBuf},
     helpers::{
         bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
         bpf_skb_load_bytes,
     },
-    macros::{classifier, map},
-    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    macros::{btf_map, classifier, map},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray},
     programs::TcContext,
 };
 use tracer_common::{
@@ -13,9 +14,13 @@ use tracer_common::{
     HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, hook_slot, mode, reason,
 };
 
-/// Default 4 MiB; userspace resizes it before load (`--ring-size`).
-#[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+/// One ring buffer per CPU, at the CPU's index: a program writes to its
+/// own CPU's ring, so CPUs never contend for one ring's lock and producer
+/// position. Userspace sizes the array to the possible CPUs, creates the
+/// rings (their size is its choice: the kernel does not compare an inner
+/// ring's size with this template's) and puts them in before attaching.
+#[btf_map(name = "RINGS")]
+static RINGS: ArrayOfMaps<RingBuf<u64, 4096>, 1> = ArrayOfMaps::new();
 
 /// The flow table: an open-addressed hash in a plain array, one region of
 /// `flow_slots` entries per CPU, so a packet costs a multiply and one or two
@@ -428,7 +433,11 @@ fn report_in<const WORDS: usize, const ROOM: u32>(
     ts: u64,
     snap: u32,
 ) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<[u64; WORDS]>(0) else {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(ring) = RINGS.get(cpu) else {
+        return false;
+    };
+    let Some(mut entry) = ring.reserve_untyped::<[u64; WORDS]>(0) else {
         return false;
     };
     let ev = entry.as_mut_ptr().cast::<PacketEvent>();

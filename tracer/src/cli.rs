@@ -53,7 +53,10 @@ pub struct ReportArgs {
     /// In `flows` mode, also report 1 in N packets (0: no sampling).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub sample: u32,
-    /// Ring buffer size in KiB (a power of two, at least 4).
+    /// Ring buffer memory in KiB (a power of two, at least 4), shared out
+    /// into one ring per CPU (each a power of two, at least a page). A
+    /// burst on one CPU can fill that CPU's ring: raise this if `lost`
+    /// counts climb.
     #[arg(long = "ring-size", default_value_t = 4096, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: u32,
 }

@@ -1,12 +1,13 @@
-//! Reading the event ring buffers (one per traced namespace) from tokio:
+//! Reading the event ring buffers (one per CPU) from tokio:
 //! woken by the kernel when it has a batch (or a probe) to deliver, and
 //! drained on a timer otherwise, since the programs submit most records
 //! without a wakeup (a wakeup costs ~1 us).
 
-use std::{io, time::Duration};
+use std::{cmp::Reverse, collections::BinaryHeap, io, time::Duration};
 
 use futures_util::future::select_all;
 use tokio::io::unix::AsyncFd;
+use tracer_common::PacketEvent;
 
 use crate::{
     decode::{self, DecodeError, Packet},
@@ -64,23 +65,51 @@ impl EventReader {
         Ok(self.drain_now(&mut f))
     }
 
-    /// Reads whatever is in the rings now, without waiting.
+    /// Reads whatever is in the rings now, without waiting: one CPU's ring
+    /// in its own order, several merged by timestamp, so that what one
+    /// packet did on two CPUs comes out in the order it happened.
     pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>)) -> usize {
-        self.rings
-            .iter_mut()
-            .map(|r| drain(r.get_mut(), &mut f))
-            .sum()
+        // Read in place: copying the whole record first cost as much as
+        // decoding it.
+        if let [ring] = self.rings.as_mut_slice() {
+            return ring
+                .get_mut()
+                .drain(|bytes| f(decode::decode_record(bytes)));
+        }
+        let mut heads = BinaryHeap::with_capacity(self.rings.len());
+        for (i, ring) in self.rings.iter_mut().enumerate() {
+            if let Some(r) = ring.get_mut().peek() {
+                heads.push(Reverse((record_ts(r), i)));
+            }
+        }
+        let mut read = 0;
+        while let Some(Reverse((_, i))) = heads.pop() {
+            let ring = self.rings[i].get_mut();
+            if let Some(r) = ring.peek() {
+                f(decode::decode_record(r));
+                ring.consume();
+                read += 1;
+            }
+            if let Some(r) = ring.peek() {
+                heads.push(Reverse((record_ts(r), i)));
+            }
+        }
+        for ring in &mut self.rings {
+            ring.get_mut().publish();
+        }
+        read
     }
+}
+
+/// A record's kernel timestamp (0 if it is too short to hold one).
+fn record_ts(r: &[u8]) -> u64 {
+    const AT: usize = std::mem::offset_of!(PacketEvent, ts_ns);
+    r.get(AT..AT + 8)
+        .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
 }
 
 impl Default for EventReader {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn drain(ring: &mut Ring, f: &mut impl FnMut(Record<'_>)) -> usize {
-    // Read in place: copying the whole record first cost as much as
-    // decoding it.
-    ring.drain(|bytes| f(decode::decode_record(bytes)))
 }

@@ -3,18 +3,22 @@
 //! on every exit path (return, error, panic); TCX links also go away if the
 //! process is killed, since the kernel drops them with their last fd.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, os::fd::AsFd as _, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{ArrayOfMaps, MapData, PerCpuArray, PerCpuHashMap},
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
 use tracer_common::{
     Config, Direction, FlowKey, FlowSlot, FlowStats, HookKey, HookSlot, HookStats, hook_slot, names,
 };
 
-use crate::{ebpf, netns::Netns, ring::Ring};
+use crate::{
+    ebpf,
+    netns::Netns,
+    ring::{self, Ring},
+};
 
 /// Programs, one per direction.
 const PROGRAMS: [(&str, Direction); 2] = [
@@ -77,7 +81,8 @@ pub enum KernelError {
 pub struct LoadOptions {
     /// Filter, mode and snap length, fixed before load.
     pub config: Config,
-    /// Ring buffer size in bytes (a power of two, at least a page).
+    /// Ring buffer memory in bytes, shared out into one ring per possible
+    /// CPU (each the largest power of two that fits, at least a page).
     pub ring_bytes: u32,
     /// Flow table entries per CPU (a power of two, at least
     /// [`tracer_common::FLOW_PROBES`]).
@@ -123,6 +128,10 @@ pub struct Kernel {
     opts: LoadOptions,
     object: &'static [u8],
     instances: BTreeMap<u64, Instance>,
+    /// The per-CPU rings, shared by every namespace's copy of the programs.
+    rings: Vec<MapData>,
+    /// Bytes of each ring's data area.
+    ring_size: u32,
     fresh_rings: Vec<Ring>,
     fresh_loggers: Vec<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: BTreeMap<(u64, u32), Attached>,
@@ -136,11 +145,43 @@ impl Kernel {
         if !nix::unistd::geteuid().is_root() {
             return Err(KernelError::NotPermitted);
         }
+        let cpus = ring::possible_cpus()
+            .map_err(|e| KernelError::Load(format!("reading the possible CPUs: {e}")))?;
+        let ring_size = ring::size_per_cpu(opts.ring_bytes, cpus, ring::page_size());
+        let err = |reason: String| KernelError::Map {
+            map: names::MAP_RINGS,
+            reason,
+        };
+        let mut rings = Vec::with_capacity(cpus as usize);
+        let mut fresh_rings = Vec::with_capacity(cpus as usize);
+        for cpu in 0..cpus {
+            let def = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                0,
+                0,
+                ring_size,
+                0,
+            );
+            let map = MapData::create(def, "podtrace_ring", None)
+                .map_err(|e| err(format!("creating the ring of CPU {cpu}: {e}")))?;
+            let fd = map
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| err(format!("{e}")))?;
+            fresh_rings.push(
+                Ring::new(fd, ring_size as usize)
+                    .map_err(|e| err(format!("mapping the ring of CPU {cpu}: {e}")))?,
+            );
+            rings.push(map);
+        }
         Ok(Self {
             opts: opts.clone(),
             object,
             instances: BTreeMap::new(),
-            fresh_rings: Vec::new(),
+            rings,
+            ring_size,
+            fresh_rings,
             fresh_loggers: Vec::new(),
             attached: BTreeMap::new(),
         })
@@ -159,19 +200,17 @@ impl Kernel {
                 )));
             }
             config.flow_slots = slots;
-            // A sixteenth of the ring: a reader that fell asleep is woken
-            // with room for fifteen more batches, and no more than a few
-            // hundred times a second at a million events per second.
-            config.wakeup_bytes = (self.opts.ring_bytes / 16).max(4096);
-            let cpus = aya::util::nr_cpus()
-                .map_err(|(_, e)| KernelError::Load(format!("counting CPUs: {e}")))?;
-            let entries = u32::try_from(cpus)
-                .ok()
-                .and_then(|c| c.checked_mul(slots))
+            // A sixteenth of a CPU's ring: a reader that fell asleep is
+            // woken with room for fifteen more batches, and no more than a
+            // few hundred times a second at a million events per second.
+            config.wakeup_bytes = (self.ring_size / 16).max(1024);
+            let cpus = self.rings.len() as u32;
+            let entries = cpus
+                .checked_mul(slots)
                 .ok_or_else(|| KernelError::Load(format!("{cpus} CPUs x {slots} flows")))?;
             let mut bpf = EbpfLoader::new()
                 .override_global(names::GLOBAL_CONFIG, &config, true)
-                .map_max_entries(names::MAP_EVENTS, self.opts.ring_bytes)
+                .map_max_entries(names::MAP_RINGS, cpus)
                 .map_max_entries(names::MAP_FLOWS, entries)
                 .load(self.object)
                 .map_err(|e| load_error(&e))?;
@@ -183,22 +222,20 @@ impl Kernel {
                     .map_err(|e: aya::programs::ProgramError| KernelError::Load(e.to_string()))?;
                 prog.load().map_err(|e| load_error(&e))?;
             }
-            let map = bpf.take_map(names::MAP_EVENTS).ok_or(KernelError::Map {
-                map: names::MAP_EVENTS,
-                reason: "missing".into(),
-            })?;
-            let Map::RingBuf(data) = map else {
-                return Err(KernelError::Map {
-                    map: names::MAP_EVENTS,
-                    reason: "not a ring buffer".into(),
-                });
+            let err = |reason: String| KernelError::Map {
+                map: names::MAP_RINGS,
+                reason,
             };
-            let ring =
-                Ring::new(data, self.opts.ring_bytes as usize).map_err(|e| KernelError::Map {
-                    map: names::MAP_EVENTS,
-                    reason: format!("mapping: {e}"),
-                })?;
-            self.fresh_rings.push(ring);
+            let mut outer: ArrayOfMaps<&mut MapData, MapData> = bpf
+                .map_mut(names::MAP_RINGS)
+                .ok_or_else(|| err("missing".into()))?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| err(e.to_string()))?;
+            for (cpu, ring) in self.rings.iter().enumerate() {
+                outer
+                    .set(cpu as u32, ring, 0)
+                    .map_err(|e| err(format!("adding the ring of CPU {cpu}: {e}")))?;
+            }
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
@@ -271,7 +308,8 @@ impl Kernel {
         self.attached.values()
     }
 
-    /// Event ring buffers of the copies loaded since the last call.
+    /// The event ring buffers (one per CPU, shared by every namespace), on
+    /// the first call; none after.
     pub fn take_new_rings(&mut self) -> Vec<Ring> {
         std::mem::take(&mut self.fresh_rings)
     }
@@ -346,7 +384,6 @@ unsafe impl Sync for FlowTable {}
 
 impl FlowTable {
     fn map(bpf: &Ebpf, entries: usize) -> Result<Self, KernelError> {
-        use std::os::fd::AsFd as _;
         let err = |reason: String| KernelError::Map {
             map: names::MAP_FLOWS,
             reason,

@@ -14,12 +14,11 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence},
 };
 
-use aya::maps::MapData;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 /// Records read between two publications of the consumer position.
@@ -31,13 +30,19 @@ const HDR: usize = 8;
 
 /// A `BPF_MAP_TYPE_RINGBUF` map, mapped for reading.
 pub struct Ring {
-    map: MapData,
+    fd: OwnedFd,
     consumer: NonNull<u8>,
     producer: NonNull<u8>,
     page: usize,
     size: usize,
     /// Next record to read; published to the kernel in batches.
     pos: usize,
+    /// The producer position last read.
+    prod: usize,
+    /// Size with header and padding of the record `peek` returned.
+    next_len: usize,
+    /// Records consumed since the position was last published.
+    unpublished: usize,
 }
 
 // SAFETY: the mappings are owned by the Ring and only touched through
@@ -45,20 +50,15 @@ pub struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// Maps the ring buffer `map`, whose data area is `size` bytes (a power
-    /// of two, as the kernel requires).
-    pub fn new(map: MapData, size: usize) -> io::Result<Self> {
+    /// Maps the ring buffer whose map fd is `fd` and whose data area is
+    /// `size` bytes (a power of two, as the kernel requires).
+    pub fn new(fd: OwnedFd, size: usize) -> io::Result<Self> {
         if !size.is_power_of_two() {
             return Err(io::Error::other(format!(
                 "ring size {size} is not a power of two"
             )));
         }
-        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .and_then(|p| usize::try_from(p).ok())
-            .unwrap_or(4096);
-        let fd = map.fd().as_fd();
+        let page = page_size() as usize;
         let map_len = |len: usize| std::num::NonZeroUsize::new(len).expect("non-zero");
         // SAFETY: fresh shared mappings of the map's fd at the offsets and
         // protections the kernel allows; unmapped in Drop.
@@ -68,7 +68,7 @@ impl Ring {
                 map_len(page),
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
-                fd,
+                fd.as_fd(),
                 0,
             )
         }?;
@@ -79,7 +79,7 @@ impl Ring {
                 map_len(page + 2 * size),
                 ProtFlags::PROT_READ,
                 MapFlags::MAP_SHARED,
-                fd,
+                fd.as_fd(),
                 i64::try_from(page).expect("page size fits"),
             )
         } {
@@ -91,14 +91,18 @@ impl Ring {
             }
         };
         let mut ring = Self {
-            map,
+            fd,
             consumer: consumer.cast(),
             producer: producer.cast(),
             page,
             size,
             pos: 0,
+            prod: 0,
+            next_len: 0,
+            unpublished: 0,
         };
         ring.pos = ring.consumer_pos().load(Ordering::Acquire);
+        ring.prod = ring.pos;
         Ok(ring)
     }
 
@@ -114,69 +118,111 @@ impl Ring {
         unsafe { self.producer.cast::<AtomicUsize>().as_ref() }
     }
 
-    /// Hands every committed record to `f`, in order, and returns how many
-    /// there were. Stops at a record still being written: the next call
-    /// starts there.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// The next committed record, without consuming it; None when there is
+    /// none, or when the next one is still being written.
+    pub fn peek(&mut self) -> Option<&[u8]> {
         let mask = self.size - 1;
         // SAFETY: the data pages follow the producer page; they are mapped
-        // twice, so `2 * size` bytes are readable from here.
+        // twice, so `2 * size` bytes are readable from there.
         let data = unsafe { self.producer.as_ptr().add(self.page) };
-        let mut pos = self.pos;
-        let mut prod = self.producer_pos().load(Ordering::Acquire);
-        let mut read = 0;
-        let mut unpublished = 0;
         loop {
-            if pos == prod {
-                self.consumer_pos().store(pos, Ordering::Release);
-                unpublished = 0;
+            if self.pos == self.prod {
+                self.publish();
                 // Either a record committed after this point is seen by the
                 // load below, or its producer sees the position just stored.
                 fence(Ordering::SeqCst);
-                prod = self.producer_pos().load(Ordering::Acquire);
-                if pos == prod {
-                    break;
+                self.prod = self.producer_pos().load(Ordering::Acquire);
+                if self.pos == self.prod {
+                    return None;
                 }
             }
-            let off = pos & mask;
+            let off = self.pos & mask;
             // SAFETY: `off < size`, and a header is 8-aligned inside the
             // data area; the kernel commits it with a full barrier, which
             // this acquire load pairs with.
             let header = unsafe { &*data.add(off).cast::<AtomicU32>() }.load(Ordering::Acquire);
             if header & BUSY != 0 {
-                break;
+                return None;
             }
             let len = (header & !(BUSY | DISCARD)) as usize;
             if len > self.size {
                 // Not a header the kernel writes: stop rather than read past
                 // the mapping.
-                break;
+                return None;
             }
+            self.next_len = (HDR + len).next_multiple_of(8);
             if header & DISCARD == 0 {
                 // SAFETY: `off + HDR + len < 2 * size`: the record lies in
                 // the double mapping, and the kernel does not reuse it
                 // before the consumer position passes it.
-                f(unsafe { std::slice::from_raw_parts(data.add(off + HDR), len) });
-                read += 1;
+                return Some(unsafe { std::slice::from_raw_parts(data.add(off + HDR), len) });
             }
-            pos += (HDR + len).next_multiple_of(8);
-            unpublished += 1;
-            if unpublished == PUBLISH_EVERY {
-                self.consumer_pos().store(pos, Ordering::Release);
-                unpublished = 0;
-            }
+            self.consume();
         }
-        if unpublished != 0 {
-            self.consumer_pos().store(pos, Ordering::Release);
+    }
+
+    /// Consumes the record [`peek`](Self::peek) returned. The kernel learns
+    /// of it with the next publication.
+    pub fn consume(&mut self) {
+        self.pos += std::mem::take(&mut self.next_len);
+        self.unpublished += 1;
+        if self.unpublished == PUBLISH_EVERY {
+            self.publish();
         }
-        self.pos = pos;
+    }
+
+    /// Tells the kernel how far this reader has read.
+    pub fn publish(&mut self) {
+        if self.unpublished != 0 {
+            self.consumer_pos().store(self.pos, Ordering::Release);
+            self.unpublished = 0;
+        }
+    }
+
+    /// Hands every committed record to `f`, in order, and returns how many
+    /// there were. Stops at a record still being written: the next call
+    /// starts there.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut read = 0;
+        while let Some(record) = self.peek() {
+            f(record);
+            self.consume();
+            read += 1;
+        }
+        self.publish();
         read
     }
 }
 
+/// The system's page size (4096 if it cannot be read).
+pub fn page_size() -> u32 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(4096)
+}
+
+/// The number of possible CPUs: one ring each.
+pub fn possible_cpus() -> io::Result<u32> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    u32::try_from(n).map_err(io::Error::other)
+}
+
+/// Bytes of each CPU's ring when `total` bytes are shared out among `cpus`
+/// rings: the largest power of two that fits, and never less than a page
+/// (the kernel's minimum).
+pub fn size_per_cpu(total: u32, cpus: u32, page: u32) -> u32 {
+    let share = total / cpus.max(1);
+    if share <= page {
+        return page;
+    }
+    1 << share.ilog2()
+}
+
 impl AsFd for Ring {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.map.fd().as_fd()
+        self.fd.as_fd()
     }
 }
 
@@ -193,5 +239,20 @@ impl Drop for Ring {
             let _ = munmap(self.consumer.cast(), self.page);
             let _ = munmap(self.producer.cast(), self.page + 2 * self.size);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_per_cpu;
+
+    #[test]
+    fn rings_share_the_memory_in_powers_of_two() {
+        assert_eq!(size_per_cpu(4 << 20, 2, 4096), 2 << 20);
+        assert_eq!(size_per_cpu(4 << 20, 96, 4096), 32 << 10);
+        assert_eq!(size_per_cpu(4 << 20, 3, 4096), 1 << 20);
+        assert_eq!(size_per_cpu(4096, 2, 4096), 4096);
+        assert_eq!(size_per_cpu(16 << 10, 1, 4096), 16 << 10);
+        assert_eq!(size_per_cpu(64 << 10, 4, 16384), 16384);
     }
 }
