@@ -79,6 +79,13 @@ pub fn measure(
     Ok(cell)
 }
 
+/// podtrace's `N events received, M lost` from what it printed when it
+/// stopped.
+pub fn received_and_lost(totals: &str) -> Result<(u64, u64)> {
+    let t = Totals::parse(totals)?;
+    Ok((t.received, t.lost))
+}
+
 /// One per-hook line of podtrace's totals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Hook {

@@ -4,19 +4,23 @@
 //! overhead, no interrupt landing in a run, no other CPU contending for the
 //! ring buffer, which all weigh on the in-traffic numbers.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, path::Path, process::Command, thread, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use etherparse::{PacketBuilder, TcpOptionElement};
 
-use super::{pair::Pair, procfs, tracers::Running, tracers::Tracer};
+use super::{cell, pair::Pair, procfs, tracers::Running, tracers::Tracer};
 use crate::cmd;
 
 /// Runs per `bpftool prog run`: in packets mode each one is a record, and
 /// this many small records fit in the default ring with room to spare.
-const REPEAT: &str = "10000";
+const REPEAT: u32 = 10000;
 /// `bpftool prog run` calls per cell; the median is kept.
 const TRIES: usize = 5;
+/// Pause after each call, so that podtrace's reader (woken once per
+/// sixteenth of the ring, or drained every 20 ms) empties the ring before
+/// the next: a full ring would time the cheaper path of a lost record.
+const SETTLE: Duration = Duration::from_millis(60);
 
 /// A test packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,33 +102,73 @@ pub fn run(podtrace: &Path, pair: &Pair, dir: &Path) -> Result<Vec<Isolated>> {
                 .with_context(|| format!("podtrace holds no {prefix}* program"))
         };
         let (ingress, egress) = (pick("podtrace_ingres")?, pick("podtrace_egress")?);
+        // The reader on one CPU, the programs on another, every time: which
+        // CPU the reader lands on otherwise moves the figure by tens of ns.
+        let cpus = cpus();
+        if let Some((reader, _)) = cpus {
+            for pid in running.pids() {
+                cmd::run(Command::new("taskset").args([
+                    "-a",
+                    "-p",
+                    "-c",
+                    &reader.to_string(),
+                    &pid.to_string(),
+                ]))?;
+            }
+        }
+        let runner = cpus.map(|(_, runner)| runner);
         for (probe, file) in &files {
             out.push(Isolated {
                 tracer,
                 probe: *probe,
-                ns: (median_ns(ingress, file)?, median_ns(egress, file)?),
+                ns: (
+                    median_ns(ingress, file, runner)?,
+                    median_ns(egress, file, runner)?,
+                ),
             });
         }
-        running.finish(0.0)?;
+        let report = running.finish(0.0)?;
+        if tracer == Tracer::Packets {
+            // Every run is a record: had the ring been full, some runs
+            // would have timed the lost path instead.
+            let (received, lost) = cell::received_and_lost(&report.totals)?;
+            let runs = (files.len() * 2 * TRIES) as u64 * u64::from(REPEAT);
+            if received < runs || lost != 0 {
+                bail!(
+                    "podtrace received {received} of the {runs} records of `bpftool prog run` \
+                     ({lost} lost): the ring filled, so the figures would time lost records"
+                );
+            }
+        }
     }
     Ok(out)
 }
 
-/// Median over [`TRIES`] of `bpftool prog run`'s average duration.
-fn median_ns(id: u64, file: &Path) -> Result<u64> {
+/// The CPUs for podtrace's reader and for `bpftool`: the first and the
+/// last. None on a single CPU.
+fn cpus() -> Option<(usize, usize)> {
+    let n = thread::available_parallelism().map_or(1, usize::from);
+    (n > 1).then_some((0, n - 1))
+}
+
+/// Median over [`TRIES`] of `bpftool prog run`'s average duration, run on
+/// CPU `cpu` if given.
+fn median_ns(id: u64, file: &Path, cpu: Option<usize>) -> Result<u64> {
     let mut v = Vec::with_capacity(TRIES);
     for _ in 0..TRIES {
-        let out = cmd::stdout_of(Command::new("bpftool").args([
-            "prog",
-            "run",
-            "id",
-            &id.to_string(),
-            "data_in",
-            &file.to_string_lossy(),
-            "repeat",
-            REPEAT,
-        ]))?;
-        v.push(parse_duration(&out)?);
+        let mut c = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "bpftool"]);
+                c
+            }
+            None => Command::new("bpftool"),
+        };
+        c.args(["prog", "run", "id", &id.to_string(), "data_in"])
+            .arg(file)
+            .args(["repeat", &REPEAT.to_string()]);
+        v.push(parse_duration(&cmd::stdout_of(&mut c)?)?);
+        thread::sleep(SETTLE);
     }
     v.sort_unstable();
     Ok(v[v.len() / 2])
