@@ -147,7 +147,7 @@ fn bpf(results: &Results, v: &mut Vec<Verdict>) {
         let alone = results
             .isolated
             .iter()
-            .filter(|r| r.tracer == t)
+            .filter(|r| r.tracer == t && !r.stats)
             .map(|r| r.ns.0.max(r.ns.1))
             .max()
             .unwrap_or(0);

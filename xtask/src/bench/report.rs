@@ -195,10 +195,23 @@ pub fn isolated(rows: &[Isolated]) -> String {
         s.push_str("---|");
     }
     s.push('\n');
-    for t in [Tracer::Flows, Tracer::Packets, Tracer::Filtered] {
-        let _ = write!(s, "| {} |", t.label());
+    for (t, stats) in [
+        (Tracer::Flows, false),
+        (Tracer::Packets, false),
+        (Tracer::Filtered, false),
+        (Tracer::Filtered, true),
+    ] {
+        let _ = write!(
+            s,
+            "| {}{} |",
+            t.label(),
+            if stats { ", bpf_stats on" } else { "" }
+        );
         for p in Probe::ALL {
-            match rows.iter().find(|r| r.tracer == t && r.probe == p) {
+            match rows
+                .iter()
+                .find(|r| r.tracer == t && r.probe == p && r.stats == stats)
+            {
                 Some(r) => {
                     let _ = write!(s, " {} · {} |", r.ns.0, r.ns.1);
                 }
