@@ -10,7 +10,7 @@
 //! the full comparison runs only on ties. The renderer then formats only the
 //! rows that fit on the screen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::row::{Column, FlowRow};
 use crate::{
@@ -84,6 +84,10 @@ pub struct App {
     /// True while paused: flow changes are held, the screen stays put.
     pub paused: bool,
     held: HashMap<FlowId, Held>,
+    /// Flows the engine changed since [`App::take_changes`] last ran: the
+    /// engine reports ids, and a row is rebuilt once per frame, not once
+    /// per packet.
+    changed: HashSet<FlowId>,
     /// Header figures.
     pub header: Header,
     /// Kernel time now, ns (for "last seen").
@@ -119,6 +123,7 @@ impl App {
             help: false,
             paused: false,
             held: HashMap::new(),
+            changed: HashSet::new(),
             header: Header::default(),
             now_ns: 0,
             quit: false,
@@ -154,8 +159,22 @@ impl App {
                 self.held.insert(flow.id, Held::Ended);
             }
             Update::FlowEnded { flow, .. } => self.remove(flow.id),
-            // watch runs its engine with whole-flow updates.
-            Update::FlowChanged { .. } => {}
+            Update::FlowChanged { id } => {
+                self.changed.insert(id);
+            }
+        }
+    }
+
+    /// Rebuilds the rows of the flows changed since the last call, from
+    /// `flow` (the engine's current state of a flow; None once it ended).
+    pub fn take_changes(&mut self, mut flow: impl FnMut(FlowId) -> Option<Flow>) {
+        if self.changed.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.changed) {
+            if let Some(f) = flow(id) {
+                self.apply(Update::Flow(&f));
+            }
         }
     }
 

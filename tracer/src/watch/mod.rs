@@ -115,6 +115,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         max_flows: args.max_flows.max(1),
         max_pending: args.max_flows.clamp(1024, 64 * 1024),
         complete_reports: args.report.mode == Mode::Packets && unfiltered && f.port.is_none(),
+        // Rows are rebuilt once per frame from the ids of changed flows
+        // (App::take_changes), not from a whole flow built per packet.
+        changes_by_id: true,
         ..Config::default()
     });
     engine.refresh_topology(&session.topology);
@@ -224,6 +227,7 @@ impl Edge<'_> {
             st.flows_evicted,
             st.flows_expired,
         );
+        app.take_changes(|id| engine.flow(id));
         app.sweep(secs);
         // Conntrack is read only for the one NATed flow whose details are
         // open: a whole table per flow per second would not scale.
@@ -279,6 +283,7 @@ fn draw(
     screen: &Screen,
 ) -> anyhow::Result<()> {
     app.now_ns = crate::output::kernel_now_ns();
+    app.take_changes(|id| engine.flow(id));
     if let Some(id) = app.detail_id() {
         app.set_detail(engine.flow(id).as_ref());
     }

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     cli::Mode,
-    correlate::{EndReason, Update},
+    correlate::{Config, Correlator, EndReason, Update},
 };
 
 /// A lab with one flow of each kind, on a screen state at 2 s after the
@@ -296,4 +296,39 @@ fn rates_follow_counters_and_ended_flows_leave() {
     assert_ne!(app.selected(), Some(first), "the selection moved on");
     ended(&mut app);
     assert_eq!(app.len(), 3, "ending twice is harmless");
+}
+
+/// `watch` runs its engine reporting changed flows by id: rows appear when
+/// the changes are taken (once per frame), the same rows whole-flow
+/// updates give, and a pause holds them back.
+#[test]
+fn changed_ids_become_the_same_rows_once_taken() {
+    let by_id = |lab: &mut Lab| {
+        lab.engine = Correlator::new(Config {
+            max_flows: 1000,
+            flow_idle_ns: u64::MAX / 4,
+            changes_by_id: true,
+            ..Config::default()
+        });
+    };
+    let (whole_lab, mut whole) = four_flows();
+    let mut lab = Lab::new(2, 1000);
+    by_id(&mut lab);
+    let mut app = App::new();
+    lab.fill(4, |u| app.apply(u));
+    assert_eq!(app.len(), 0, "no row before the changes are taken");
+    app.take_changes(|id| lab.engine.flow(id));
+    assert_eq!(app.len(), 4);
+    (app.now_ns, app.header) = (whole.now_ns, whole.header.clone());
+    assert_eq!(
+        render(&mut app, &lab, 100, 12),
+        render(&mut whole, &whole_lab, 100, 12)
+    );
+
+    app.toggle_pause();
+    lab.fill(4, |u| app.apply(u));
+    app.take_changes(|id| lab.engine.flow(id));
+    assert_eq!(app.len(), 4, "paused: new flows are held");
+    app.toggle_pause();
+    assert_eq!(app.len(), 8, "resumed: they are shown");
 }
