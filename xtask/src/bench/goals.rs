@@ -64,7 +64,7 @@ fn throughput(results: &Results, v: &mut Vec<Verdict>) {
                 "flows mode, {}: throughput >= {want:.2} of no tracer",
                 s.label()
             ),
-            measured: format!("{got:.3} (median of the runs' ratios)"),
+            measured: format!("{got:.4} (median of the runs' ratios)"),
             met: got >= want,
         });
     }
@@ -140,7 +140,7 @@ fn bpf(results: &Results, v: &mut Vec<Verdict>) {
         v.push(Verdict {
             goal: format!("BPF cost per packet per hook <= {limit:.0} ns for {what}, in traffic"),
             measured: format!(
-                "worst over scenarios and directions, statistics overhead included: {worst:.0} ns"
+                "worst over scenarios and directions, statistics overhead included: {worst:.1} ns"
             ),
             met: worst > 0.0 && worst <= limit,
         });
