@@ -51,7 +51,7 @@ pub struct CaptureArgs {
 pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
-        ring_bytes: args.report.ring_kib * 1024,
+        ring_bytes: args.report.ring_bytes(),
         ..LoadOptions::default()
     };
     let mut stop = Stop::install()?;

@@ -56,9 +56,17 @@ pub struct ReportArgs {
     /// Ring buffer memory in KiB (a power of two, at least 4), shared out
     /// into one ring per CPU (each a power of two, at least a page). A
     /// burst on one CPU can fill that CPU's ring: raise this if `lost`
-    /// counts climb.
-    #[arg(long = "ring-size", default_value_t = 4096, value_name = "KIB", value_parser = parse_ring_kib)]
-    pub ring_kib: u32,
+    /// counts climb. [default: 4096, or 256 per CPU where that is more]
+    #[arg(long = "ring-size", value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_kib: Option<u32>,
+}
+
+impl ReportArgs {
+    /// The ring memory asked for, or the default for this machine.
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_kib
+            .map_or_else(crate::ring::default_bytes, |kib| kib * 1024)
+    }
 }
 
 impl Default for ReportArgs {
@@ -67,7 +75,7 @@ impl Default for ReportArgs {
             mode: Mode::Packets,
             snaplen: tracer_common::DEFAULT_SNAPLEN,
             sample: 0,
-            ring_kib: 4096,
+            ring_kib: None,
         }
     }
 }

@@ -93,7 +93,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             config: Config::DEFAULT,
-            ring_bytes: 4 << 20,
+            ring_bytes: crate::ring::default_bytes(),
             flow_entries: tracer_common::DEFAULT_FLOW_SLOTS,
         }
     }

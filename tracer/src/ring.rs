@@ -209,6 +209,20 @@ pub fn possible_cpus() -> io::Result<u32> {
     u32::try_from(n).map_err(io::Error::other)
 }
 
+/// Ring memory when the user does not say: 4 MiB, or 256 KiB per possible
+/// CPU where that is more (rounded up to a power of two), so that each
+/// CPU's ring holds a burst between two drains on a big machine too.
+pub fn default_bytes() -> u32 {
+    default_bytes_for(possible_cpus().unwrap_or(1))
+}
+
+fn default_bytes_for(cpus: u32) -> u32 {
+    cpus.saturating_mul(256 << 10)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 30)
+        .clamp(4 << 20, 1 << 30)
+}
+
 /// Bytes of each CPU's ring when `total` bytes are shared out among `cpus`
 /// rings: the largest power of two that fits, and never less than a page
 /// (the kernel's minimum).
@@ -244,7 +258,16 @@ impl Drop for Ring {
 
 #[cfg(test)]
 mod tests {
-    use super::size_per_cpu;
+    use super::{default_bytes_for, size_per_cpu};
+
+    #[test]
+    fn big_machines_get_256_kib_of_ring_per_cpu_by_default() {
+        assert_eq!(default_bytes_for(2), 4 << 20);
+        assert_eq!(default_bytes_for(16), 4 << 20);
+        assert_eq!(default_bytes_for(96), 32 << 20);
+        assert_eq!(size_per_cpu(default_bytes_for(96), 96, 4096), 256 << 10);
+        assert_eq!(default_bytes_for(u32::MAX), 1 << 30);
+    }
 
     #[test]
     fn rings_share_the_memory_in_powers_of_two() {

@@ -78,7 +78,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mode = args.report.mode;
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
-        ring_bytes: args.report.ring_kib * 1024,
+        ring_bytes: args.report.ring_bytes(),
         ..LoadOptions::default()
     };
     let place = crate::session::traced_namespaces(&args.place, &pods)?;

@@ -91,7 +91,7 @@ fn describe(f: &FilterArgs) -> String {
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
-        ring_bytes: args.report.ring_kib * 1024,
+        ring_bytes: args.report.ring_bytes(),
         ..LoadOptions::default()
     };
     // Errors (no terminal, privileges, a missing netns, a bad pods file)
