@@ -309,6 +309,63 @@ async fn records_come_whole_across_many_ring_wraps() {
     assert_eq!(udp, 2000, "every datagram sent is a record");
 }
 
+/// Runs the calling thread on `cpu` only.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only read and write the set passed by reference.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "pinning to CPU {cpu}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn records_of_several_cpus_come_out_in_time_order() {
+    let _serial = serial();
+    let pair = VethPair::new("co");
+    let (_kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs, the machine has {cpus}"
+    );
+    // Datagram i leaves from CPU i % 2, so its record lands in that CPU's
+    // ring; read ring by ring, the odd ones would all come after the even.
+    let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
+        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
+    });
+    let addr: SocketAddr = format!("{}:5000", VethPair::IP_B).parse().unwrap();
+    std::thread::spawn(move || {
+        for i in 0..40u8 {
+            pin_to(usize::from(i % 2));
+            socket.send_to(&[b'o', b'r', b'd', i], addr).expect("send");
+        }
+    })
+    .join()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut order = Vec::new();
+    reader.drain_now(|r| {
+        let (p, frame) = r.unwrap();
+        if matches!(p.l4, L4::Udp { .. }) && frame.len() >= 4 {
+            let tail = &frame[frame.len() - 4..];
+            if tail[..3] == *b"ord" {
+                order.push(tail[3]);
+            }
+        }
+    });
+    assert_eq!(
+        order,
+        (0..40).collect::<Vec<u8>>(),
+        "records in the order sent"
+    );
+}
+
 #[test]
 fn nothing_stays_attached_after_sigint_or_sigterm() {
     let _serial = serial();
