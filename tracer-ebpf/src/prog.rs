@@ -119,10 +119,11 @@ fn trace(ctx: &TcContext, dir: Direction) {
     }
     let flows = cfg!(mode) == mode::FLOWS;
     // Packets mode reports every packet it counts (unless only probes are
-    // wanted), with the precise clock: one reading serves both. Flows mode counts with the coarse clock
-    // (tick resolution is plenty for "first/last seen", and it costs a few
-    // ns where the precise one costs tens on a VM) and reads the precise
-    // one only for the few packets it reports.
+    // wanted), with the precise clock: one reading serves both. Flows mode
+    // counts with the coarse clock (tick resolution is plenty for "first/
+    // last seen", and it costs a few ns where the precise one costs tens
+    // on a VM) and reads the precise one only for the few packets it
+    // reports.
     let precise = !flows && cfg!(probes_only) == 0;
     let now = if precise {
         unsafe { bpf_ktime_get_ns() }

@@ -168,9 +168,6 @@ impl App {
     /// Rebuilds the rows of the flows changed since the last call, from
     /// `flow` (the engine's current state of a flow; None once it ended).
     pub fn take_changes(&mut self, mut flow: impl FnMut(FlowId) -> Option<Flow>) {
-        if self.changed.is_empty() {
-            return;
-        }
         for id in std::mem::take(&mut self.changed) {
             if let Some(f) = flow(id) {
                 self.apply(Update::Flow(&f));

@@ -125,23 +125,7 @@ pub fn run(podtrace: &Path, pair: &Pair, dir: &Path) -> Result<Vec<Isolated>> {
             }
         }
         let runner = cpus.map(|(_, runner)| runner);
-        for (probe, file) in &files {
-            out.push(Isolated {
-                tracer,
-                probe: *probe,
-                ns: (
-                    median_ns(ingress, file, runner)?,
-                    median_ns(egress, file, runner)?,
-                ),
-                stats: false,
-            });
-        }
-        if tracer == Tracer::Filtered {
-            // The same again with run time statistics on: the in-traffic
-            // figures come from them, and they have a cost of their own
-            // (two clock reads and an interrupt-safe counter update per
-            // run), part of which lands inside the time they measure.
-            let _stats = BpfStats::enable()?;
+        let mut measure = |stats: bool| -> Result<()> {
             for (probe, file) in &files {
                 out.push(Isolated {
                     tracer,
@@ -150,9 +134,19 @@ pub fn run(podtrace: &Path, pair: &Pair, dir: &Path) -> Result<Vec<Isolated>> {
                         median_ns(ingress, file, runner)?,
                         median_ns(egress, file, runner)?,
                     ),
-                    stats: true,
+                    stats,
                 });
             }
+            Ok(())
+        };
+        measure(false)?;
+        if tracer == Tracer::Filtered {
+            // The same again with run time statistics on: the in-traffic
+            // figures come from them, and they have a cost of their own
+            // (two clock reads and an interrupt-safe counter update per
+            // run), part of which lands inside the time they measure.
+            let _stats = BpfStats::enable()?;
+            measure(true)?;
         }
         let report = running.finish(0.0)?;
         if tracer == Tracer::Packets {
