@@ -1,7 +1,7 @@
 //! Reading the event ring buffers (one per CPU) from tokio:
 //! woken by the kernel when it has a batch (or a probe) to deliver, and
 //! drained on a timer otherwise, since the programs submit most records
-//! without a wakeup (a wakeup costs ~1 us).
+//! without a wakeup (a wakeup costs microseconds).
 
 use std::{cmp::Reverse, collections::BinaryHeap, io, time::Duration};
 

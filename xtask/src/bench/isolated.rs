@@ -24,7 +24,7 @@ const REPEAT: u32 = 4000;
 /// `bpftool prog run` calls per cell; the median is kept.
 const TRIES: usize = 7;
 /// Pause after each call, so that podtrace's reader (woken once per
-/// sixteenth of the ring, or drained every 20 ms) empties the ring before
+/// quarter of the ring, or drained every 20 ms) empties the ring before
 /// the next: a full ring would time the cheaper path of a lost record.
 const SETTLE: Duration = Duration::from_millis(60);
 
