@@ -209,26 +209,51 @@ pub const FLOW_PROBES: u32 = 4;
 /// Flow table entries per CPU unless userspace asks for another number.
 pub const DEFAULT_FLOW_SLOTS: u32 = 8192;
 
-/// One entry of the flow table. Free while `stats.packets` is 0; the kernel
-/// writes the key before the counters, so a reader that sees the same key
-/// before and after reading the counters read that flow's counters.
+/// A flow's key inside one namespace's flow table: [`FlowKey`] without
+/// the namespace, which every key of the table shares (each namespace has
+/// its own copy of the programs and of the table). Without it, a key and
+/// its counters fill one 64-byte cache line: a packet touches one line of
+/// the table, not two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    /// Interface index of the hook.
+    pub ifindex: u32,
+    /// Source IPv4 address, network byte order as in the packet.
+    pub src: [u8; 4],
+    /// Destination IPv4 address, network byte order.
+    pub dst: [u8; 4],
+    /// TCP/UDP source port, or ICMP echo identifier (0 for other ICMP).
+    pub sport: u16,
+    /// TCP/UDP destination port, or ICMP type << 8 | code.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`Direction`] as a `u8`.
+    pub direction: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 6],
+}
+
+/// One entry of the flow table, one cache line (the table's memory starts
+/// on a page). Free while `stats.packets` is 0; the kernel writes the key
+/// before the counters, so a reader that sees the same key before and
+/// after reading the counters read that flow's counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
     /// The flow, as seen at its hook.
-    pub key: FlowKey,
+    pub key: SlotKey,
     /// Its counters on this CPU.
     pub stats: FlowStats,
 }
 
-impl FlowKey {
-    /// The key as the four little-endian words of its memory layout, built
+impl SlotKey {
+    /// The key as the three little-endian words of its memory layout, built
     /// in registers: the kernel compares and stores keys word by word,
     /// since a struct compare or copy becomes a byte loop in BPF.
     #[inline(always)]
-    #[expect(clippy::too_many_arguments, reason = "one argument per key field")]
     pub const fn words(
-        netns_cookie: u64,
         ifindex: u32,
         src: [u8; 4],
         dst: [u8; 4],
@@ -236,9 +261,8 @@ impl FlowKey {
         dport: u16,
         proto: u8,
         direction: u8,
-    ) -> [u64; 4] {
+    ) -> [u64; 3] {
         [
-            netns_cookie,
             ifindex as u64 | (u32::from_le_bytes(src) as u64) << 32,
             u32::from_le_bytes(dst) as u64 | (sport as u64) << 32 | (dport as u64) << 48,
             proto as u64 | (direction as u64) << 8,
@@ -249,17 +273,31 @@ impl FlowKey {
     /// each word is folded in with a multiply and a shift, then murmur3's
     /// finalizer mixes the result, so that every bit of the addresses and
     /// ports reaches the low bits (flows often differ only in a last octet
-    /// or a port). The namespace word is left out: it is the same for every
-    /// key of one copy of the programs.
+    /// or a port).
     #[inline(always)]
-    pub const fn hash(w: &[u64; 4]) -> u32 {
-        let mut k = (w[3] ^ w[2]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    pub const fn hash(w: &[u64; 3]) -> u32 {
+        let mut k = (w[2] ^ w[1]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         k ^= k >> 32;
-        k = (k ^ w[1]).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        k = (k ^ w[0]).wrapping_mul(0xff51_afd7_ed55_8ccd);
         k ^= k >> 33;
         k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
         k ^= k >> 33;
         k as u32
+    }
+
+    /// The key as the rest of podtrace knows it, in namespace `netns_cookie`.
+    pub const fn in_netns(self, netns_cookie: u64) -> FlowKey {
+        FlowKey {
+            netns_cookie,
+            ifindex: self.ifindex,
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            direction: self.direction,
+            _pad: [0; 6],
+        }
     }
 }
 
@@ -396,7 +434,8 @@ const _: () = {
     assert!(HOOK_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<FlowKey>() == 32);
     assert!(core::mem::size_of::<FlowStats>() == 40);
-    assert!(core::mem::size_of::<FlowSlot>() == 72);
+    assert!(core::mem::size_of::<SlotKey>() == 24);
+    assert!(core::mem::size_of::<FlowSlot>() == 64);
     assert!(DEFAULT_FLOW_SLOTS.is_power_of_two() && DEFAULT_FLOW_SLOTS >= FLOW_PROBES);
     assert!(core::mem::size_of::<Config>() == 72);
 };
@@ -410,6 +449,7 @@ mod user {
     unsafe impl aya::Pod for super::HookStats {}
     unsafe impl aya::Pod for super::HookSlot {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::SlotKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::Config {}
@@ -432,9 +472,8 @@ mod tests {
     }
 
     #[test]
-    fn flow_key_words_match_its_layout() {
-        let key = FlowKey {
-            netns_cookie: 0x1122_3344_5566_7788,
+    fn slot_key_words_match_its_layout() {
+        let key = SlotKey {
             ifindex: 7,
             src: [10, 0, 1, 2],
             dst: [192, 168, 3, 4],
@@ -444,9 +483,8 @@ mod tests {
             direction: 1,
             _pad: [0; 6],
         };
-        let layout: [u64; 4] = unsafe { core::mem::transmute(key) };
-        let words = FlowKey::words(
-            key.netns_cookie,
+        let layout: [u64; 3] = unsafe { core::mem::transmute(key) };
+        let words = SlotKey::words(
             key.ifindex,
             key.src,
             key.dst,
@@ -456,6 +494,10 @@ mod tests {
             key.direction,
         );
         assert_eq!(words, layout.map(u64::from_le));
+        let full = key.in_netns(9);
+        assert_eq!((full.netns_cookie, full.ifindex, full.src), (9, 7, key.src));
+        assert_eq!((full.dst, full.sport, full.dport), (key.dst, 40000, 53));
+        assert_eq!((full.proto, full.direction), (17, 1));
     }
 
     #[test]
@@ -465,31 +507,21 @@ mod tests {
         // 8192 places used; a hash that ignored those bits would pile them
         // up on a few.
         let mask = (DEFAULT_FLOW_SLOTS - 1) as usize;
-        type KeyOf<'a> = &'a dyn Fn(u32) -> [u64; 4];
+        type KeyOf<'a> = &'a dyn Fn(u32) -> [u64; 3];
         let spread = |key: KeyOf<'_>| {
             let mut used = [false; DEFAULT_FLOW_SLOTS as usize];
             for i in 0..DEFAULT_FLOW_SLOTS {
-                used[FlowKey::hash(&key(i)) as usize & mask] = true;
+                used[SlotKey::hash(&key(i)) as usize & mask] = true;
             }
             used.iter().filter(|u| **u).count()
         };
         let (lo, hi) = (|i: u32| (i % 64) as u8, |i: u32| (i / 64) as u16);
         let cases: [(&str, KeyOf<'_>); 3] = [
             ("client octet and port", &|i| {
-                FlowKey::words(
-                    9,
-                    3,
-                    [10, 0, 1, lo(i)],
-                    [10, 0, 2, 7],
-                    40000 + hi(i),
-                    80,
-                    6,
-                    1,
-                )
+                SlotKey::words(3, [10, 0, 1, lo(i)], [10, 0, 2, 7], 40000 + hi(i), 80, 6, 1)
             }),
             ("server octet and port", &|i| {
-                FlowKey::words(
-                    9,
+                SlotKey::words(
                     3,
                     [10, 0, 1, 5],
                     [10, 0, 2, lo(i)],
@@ -500,8 +532,7 @@ mod tests {
                 )
             }),
             ("ports and direction", &|i| {
-                FlowKey::words(
-                    9,
+                SlotKey::words(
                     3,
                     [10, 0, 1, 5],
                     [10, 0, 2, 7],

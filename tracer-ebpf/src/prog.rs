@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    Cidr4, Config, Direction, EventKind, FLOW_PROBES, FlowKey, FlowSlot, HOOK_SLOTS, HookKey,
-    HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, hook_slot, mode, reason,
+    Cidr4, Config, Direction, EventKind, FLOW_PROBES, FlowSlot, HOOK_SLOTS, HookKey, HookSlot,
+    HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, SlotKey, hook_slot, mode, reason,
 };
 
 /// One ring buffer per CPU, at the CPU's index: a program writes to its
@@ -314,19 +314,10 @@ fn filter_matches(p: &Parsed) -> bool {
 /// table; returns this CPU's count (0 if the table has no region for it).
 #[inline(always)]
 fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> u64 {
-    let words = FlowKey::words(
-        cfg!(netns_cookie),
-        ifindex,
-        p.src,
-        p.dst,
-        p.sport,
-        p.dport,
-        p.proto,
-        dir as u8,
-    );
+    let words = SlotKey::words(ifindex, p.src, p.dst, p.sport, p.dport, p.proto, dir as u8);
     let slots = cfg!(flow_slots);
     let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(slots);
-    let hash = FlowKey::hash(&words);
+    let hash = SlotKey::hash(&words);
     let mut victim: *mut FlowSlot = core::ptr::null_mut();
     let mut oldest = u64::MAX;
     for i in 0..FLOW_PROBES {
@@ -361,26 +352,27 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> u
     1
 }
 
-/// The slot's key as words (see [`FlowKey::words`]).
+/// The slot's key as words (see [`SlotKey::words`]).
 #[inline(always)]
-fn key_ptr(k: &mut FlowKey) -> *mut u64 {
+fn key_ptr(k: &mut SlotKey) -> *mut u64 {
     core::ptr::from_mut(k).cast()
 }
 
 /// True if `k` is the key whose words are `w`, compared word by word (a
 /// slice compare would become a call to a byte loop).
 #[inline(always)]
-fn same_key(k: &FlowKey, w: &[u64; 4]) -> bool {
+fn same_key(k: &SlotKey, w: &[u64; 3]) -> bool {
     let p: *const u64 = core::ptr::from_ref(k).cast();
-    // SAFETY: FlowKey is 32 bytes, 8-aligned, with no padding.
-    unsafe { *p.add(1) == w[1] && *p.add(2) == w[2] && *p.add(3) == w[3] && *p == w[0] }
+    // SAFETY: a slot's key: 24 bytes at the 8-aligned start of the slot,
+    // with no padding.
+    unsafe { *p.add(1) == w[1] && *p.add(2) == w[2] && *p == w[0] }
 }
 
 /// Takes `slot` for the flow whose key words are `w`: `packets` to 0 (a
 /// reader skips the slot), the key, the counters, then `packets` to 1, so a
 /// reader never takes one flow's counters for another's.
 #[inline(always)]
-fn claim(slot: &mut FlowSlot, w: &[u64; 4], p: &Parsed, now: u64, len: u32) {
+fn claim(slot: &mut FlowSlot, w: &[u64; 3], p: &Parsed, now: u64, len: u32) {
     let key = key_ptr(&mut slot.key);
     let s = &raw mut slot.stats;
     // SAFETY: plain stores into this CPU's slot, kept in this order.

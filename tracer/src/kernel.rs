@@ -242,7 +242,7 @@ impl Kernel {
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
-            let flows = FlowTable::map(&bpf, entries as usize)?;
+            let flows = FlowTable::map(&bpf, entries as usize, netns.cookie)?;
             self.instances.insert(
                 netns.cookie,
                 Instance {
@@ -375,6 +375,8 @@ impl Kernel {
 /// read-only into this process for as long as the programs are loaded.
 struct FlowTable {
     base: std::ptr::NonNull<FlowSlot>,
+    /// The namespace of every key in the table.
+    netns_cookie: u64,
     entries: usize,
     len: usize,
 }
@@ -386,7 +388,7 @@ unsafe impl Send for FlowTable {}
 unsafe impl Sync for FlowTable {}
 
 impl FlowTable {
-    fn map(bpf: &Ebpf, entries: usize) -> Result<Self, KernelError> {
+    fn map(bpf: &Ebpf, entries: usize, netns_cookie: u64) -> Result<Self, KernelError> {
         let err = |reason: String| KernelError::Map {
             map: names::MAP_FLOWS,
             reason,
@@ -412,6 +414,7 @@ impl FlowTable {
         .map_err(|e| err(format!("mmap: {e}")))?;
         Ok(Self {
             base: ptr.cast(),
+            netns_cookie,
             entries,
             len,
         })
@@ -433,7 +436,7 @@ impl FlowTable {
                 let stats = std::ptr::read_volatile(&raw const (*slot).stats);
                 let again = std::ptr::read_volatile(&raw const (*slot).key);
                 if stats.packets != 0 && key == again {
-                    f(key, stats);
+                    f(key.in_netns(self.netns_cookie), stats);
                 }
             }
         }
