@@ -51,6 +51,10 @@ enum Task {
     /// micro-benchmarks, then traffic between two scratch namespaces with
     /// no tracer, podtrace and tcpdump, interleaved; prints the tables.
     Bench(bench::Options),
+    /// The bench's floor: an empty TC program at ingress and egress of an
+    /// interface in each namespace, until a signal (run by `bench`).
+    #[command(hide = true)]
+    EmptyHooks(bench::empty::Options),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Task::Demo(opts) => demo::run(&opts),
         Task::Image(opts) => image::run(&opts),
         Task::Bench(opts) => bench::run(&opts),
+        Task::EmptyHooks(opts) => bench::empty::hold(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,7 +65,7 @@ pub fn measure(
         ..Cell::default()
     };
     match tracer {
-        Tracer::None => {}
+        Tracer::None | Tracer::Empty => {}
         Tracer::Tcpdump => (cell.events, cell.lost) = tcpdump(&report.totals)?,
         Tracer::Flows | Tracer::Packets | Tracer::PacketsJson | Tracer::Filtered => {
             let t = Totals::parse(&report.totals)?;

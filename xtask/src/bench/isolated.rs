@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use etherparse::{PacketBuilder, TcpOptionElement};
 
 use super::{
-    cell,
+    cell, empty,
     pair::{BpfStats, Pair},
     procfs,
     tracers::{Running, Tracer},
@@ -95,7 +95,12 @@ pub fn run(podtrace: &Path, pair: &Pair, dir: &Path) -> Result<Vec<Isolated>> {
         files.push((probe, path));
     }
     let mut out = Vec::new();
-    for tracer in [Tracer::Flows, Tracer::Packets, Tracer::Filtered] {
+    for tracer in [
+        Tracer::Flows,
+        Tracer::Packets,
+        Tracer::Filtered,
+        Tracer::Empty,
+    ] {
         let running = Running::start(tracer, podtrace, pair, dir)?;
         let ids = running
             .pids()
@@ -107,9 +112,13 @@ pub fn run(podtrace: &Path, pair: &Pair, dir: &Path) -> Result<Vec<Isolated>> {
                 .flatten()
                 .find(|(_, name)| name.starts_with(prefix))
                 .map(|(id, _)| *id)
-                .with_context(|| format!("podtrace holds no {prefix}* program"))
+                .with_context(|| format!("{} holds no {prefix}* program", tracer.label()))
         };
-        let (ingress, egress) = (pick("podtrace_ingres")?, pick("podtrace_egress")?);
+        let (ingress, egress) = if tracer == Tracer::Empty {
+            (pick(empty::INGRESS)?, pick(empty::EGRESS)?)
+        } else {
+            (pick("podtrace_ingres")?, pick("podtrace_egress")?)
+        };
         // The reader on one CPU, the programs on another, every time: which
         // CPU the reader lands on otherwise moves the figure by tens of ns.
         let cpus = cpus();

@@ -14,6 +14,7 @@
 )]
 
 mod cell;
+pub mod empty;
 mod goals;
 mod isolated;
 mod load;
@@ -161,7 +162,7 @@ fn network(bench: &Bench, runs: usize) -> Result<Results> {
         }
         // BPF run time, in runs of its own: the statistics cost time.
         let _stats = BpfStats::enable()?;
-        for tracer in Tracer::ALL.into_iter().filter(|t| t.is_podtrace()) {
+        for tracer in Tracer::ALL.into_iter().filter(|t| t.has_programs()) {
             let c = bench.cell(scenario, tracer, "BPF statistics run")?;
             results.bpf.push((scenario, tracer, c.programs));
         }
@@ -222,7 +223,7 @@ mod tests {
 
     #[test]
     fn every_configuration_runs_next_to_a_baseline() {
-        use Tracer::{Filtered, Flows, None, Packets, PacketsJson, Tcpdump};
+        use Tracer::{Empty, Filtered, Flows, None, Packets, PacketsJson, Tcpdump};
         assert_eq!(
             round_order(0),
             [
@@ -234,6 +235,7 @@ mod tests {
                 Filtered,
                 None,
                 Tcpdump,
+                Empty,
                 None
             ]
         );
@@ -247,6 +249,7 @@ mod tests {
                 Filtered,
                 Tcpdump,
                 None,
+                Empty,
                 Flows,
                 None
             ]

@@ -7,6 +7,7 @@ use std::{collections::HashMap, fs, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
+use super::empty;
 use crate::cmd;
 
 /// User + system CPU seconds of a process and its threads so far.
@@ -59,7 +60,7 @@ impl RunTime {
     }
 }
 
-/// podtrace's TC programs, by direction.
+/// podtrace's TC programs (or the bench's empty ones), by direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Programs {
     /// `podtrace_ingress`, every namespace's copy.
@@ -100,8 +101,8 @@ pub fn programs(pid: u32) -> Result<Programs> {
     let mut p = Programs::default();
     for (id, rt) in held {
         let slot = match names.get(&id).map(String::as_str) {
-            Some(n) if n.starts_with("podtrace_ingres") => &mut p.ingress,
-            Some(n) if n.starts_with("podtrace_egress") => &mut p.egress,
+            Some(n) if n.starts_with("podtrace_ingres") || n == empty::INGRESS => &mut p.ingress,
+            Some(n) if n.starts_with("podtrace_egress") || n == empty::EGRESS => &mut p.egress,
             _ => continue,
         };
         slot.ns += rt.ns;

@@ -135,6 +135,15 @@ pub fn network(results: &Results) -> String {
             };
             let (events, lost, bpf, exact) = if tracer == Tracer::None {
                 ("-".into(), "-".into(), "-".into(), "-".into())
+            } else if tracer == Tracer::Empty {
+                let ns = |v: Option<f64>| v.map_or("-".into(), |n| format!("{n:.0}"));
+                let [i, e] = results.bpf_ns(scenario, tracer);
+                (
+                    "-".into(),
+                    "-".into(),
+                    format!("{} · {}", ns(i), ns(e)),
+                    "-".into(),
+                )
             } else {
                 let lost: u64 = cells.iter().map(|c| c.lost).sum();
                 let lost = if lost == 0 {
@@ -183,7 +192,6 @@ pub fn network(results: &Results) -> String {
     s
 }
 
-/// The markdown table of the micro-benchmarks.
 /// The programs alone: one row per configuration, one column per packet.
 pub fn isolated(rows: &[Isolated]) -> String {
     let mut s = String::from("| BPF ns per packet in isolation, in · out |");
@@ -200,6 +208,7 @@ pub fn isolated(rows: &[Isolated]) -> String {
         (Tracer::Packets, false),
         (Tracer::Filtered, false),
         (Tracer::Filtered, true),
+        (Tracer::Empty, false),
     ] {
         let _ = write!(
             s,
@@ -223,6 +232,7 @@ pub fn isolated(rows: &[Isolated]) -> String {
     s
 }
 
+/// The markdown table of the micro-benchmarks.
 pub fn micro(m: &Micro) -> String {
     let mut s = String::from("| userspace, one core | events/s [95 % interval] |\n|---|---|\n");
     for (label, [lo, mid, hi]) in &m.rates {

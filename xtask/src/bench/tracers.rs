@@ -34,17 +34,21 @@ pub enum Tracer {
     Filtered,
     /// `tcpdump -w /dev/null` on both veth ends.
     Tcpdump,
+    /// An empty TC program on both veth ends (see [`super::empty`]): the
+    /// floor of the BPF measurements, and what any TC program costs.
+    Empty,
 }
 
 impl Tracer {
     /// Every configuration, in the table's order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::None,
         Self::Flows,
         Self::Packets,
         Self::PacketsJson,
         Self::Filtered,
         Self::Tcpdump,
+        Self::Empty,
     ];
 
     /// Name in the table.
@@ -56,6 +60,7 @@ impl Tracer {
             Self::PacketsJson => "podtrace --mode packets --json",
             Self::Filtered => "podtrace, filter rejects all",
             Self::Tcpdump => "tcpdump -w /dev/null",
+            Self::Empty => "empty BPF program (the floor)",
         }
     }
 
@@ -65,6 +70,11 @@ impl Tracer {
             self,
             Self::Flows | Self::Packets | Self::PacketsJson | Self::Filtered
         )
+    }
+
+    /// Whether it runs BPF programs at the hooks, whose run time counts.
+    pub fn has_programs(self) -> bool {
+        self.is_podtrace() || self == Self::Empty
     }
 }
 
@@ -144,6 +154,17 @@ impl Running {
                 }
                 run.wait(|err| err.matches("listening on").count() == 1)?;
             }
+            Tracer::Empty => {
+                let ready = dir.join("ready");
+                let _ = fs::remove_file(&ready);
+                let xtask = std::env::current_exe().context("finding xtask's own binary")?;
+                let mut c = Command::new(xtask);
+                c.args(["empty-hooks", "--netns", &pair.a, "--netns", &pair.b])
+                    .args(["--iface", IFACE, "--ready-file"])
+                    .arg(&ready);
+                run.spawn(&mut c, dir, "empty-hooks")?;
+                run.wait(|_| ready.exists())?;
+            }
         }
         Ok(run)
     }
@@ -212,7 +233,7 @@ impl Running {
         };
         for p in &self.procs {
             report.peak_rss_kib += procfs::peak_rss_kib(p.child.id())?;
-            if self.tracer.is_podtrace() {
+            if self.tracer.has_programs() {
                 report.programs = procfs::programs(p.child.id())?;
             }
         }
