@@ -213,3 +213,16 @@ fn userspace(results: &Results, micro: &Micro, v: &mut Vec<Verdict>) {
         met: rss < RSS_MIB && per_flow <= BYTES_PER_FLOW,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::worst;
+
+    #[test]
+    fn worst_is_the_largest_cost_above_its_own_floor() {
+        // The largest measurement is not the worst if its floor is higher.
+        let pairs = [(300.0, 100.0), (250.0, 20.0), (90.0, 60.0)];
+        assert_eq!(worst(pairs.into_iter()), (230.0, 250.0, 20.0));
+        assert_eq!(worst(std::iter::empty()), (0.0, 0.0, 0.0));
+    }
+}
