@@ -21,6 +21,12 @@ pub mod names {
     /// CPUs never wait on each other's lock. Userspace creates the rings
     /// and shares them between the namespaces' copies of the programs.
     pub const MAP_RINGS: &str = "RINGS";
+    /// Array of one per-CPU array of `u64`: bytes of records each CPU
+    /// submitted since it last woke the reader. Userspace creates the inner
+    /// map and shares it between the namespaces' copies of the programs,
+    /// like the rings: they all write to the same rings, so they must count
+    /// towards the same wakeup.
+    pub const MAP_WAKES: &str = "WAKES";
     /// Array of [`crate::FlowSlot`]: one region of [`crate::Config::flow_slots`]
     /// entries per possible CPU, memory-mapped by userspace.
     pub const MAP_FLOWS: &str = "FLOWS";
@@ -213,8 +219,9 @@ pub const DEFAULT_FLOW_SLOTS: u32 = 8192;
 /// the namespace, which every key of the table shares (each namespace has
 /// its own copy of the programs and of the table). Without it, a key and
 /// its counters fill one 64-byte cache line: a packet touches one line of
-/// the table, not two.
-#[repr(C)]
+/// the table, not two. 8-aligned, so that the kernel may read and write
+/// it as three words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SlotKey {
     /// Interface index of the hook.
@@ -370,14 +377,15 @@ pub struct Config {
     pub proto: u32,
     /// TCP/UDP port to keep, either side (0: any).
     pub port: u32,
-    /// Wake userspace once per this many bytes of records one CPU submits;
-    /// otherwise userspace drains on its own timer (wakeups cost ~1 us
-    /// each).
+    /// Wake userspace once per this many bytes of records one CPU submits
+    /// (counted over every namespace's copy of the programs); otherwise
+    /// userspace drains on its own timer (a wakeup costs microseconds).
     pub wakeup_bytes: u32,
     /// Non-zero: report only probe-tagged packets (still count all flows).
     pub probes_only: u32,
     /// Cookie of the netns this copy of the programs is attached in,
-    /// copied into every event and key. The kernel's
+    /// copied into every event and hook key (flow keys leave it out: each
+    /// copy has its own flow table). The kernel's
     /// `bpf_get_netns_cookie()` cannot stand in: for a TC program it gives
     /// the socket's netns, or init_net when the packet has no socket (all
     /// ingress and forwarded traffic), so userspace loads one copy of the

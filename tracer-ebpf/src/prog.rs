@@ -1,6 +1,6 @@
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
-    btf_maps::{ArrayOfMaps, RingBuf},
+    btf_maps::{self, ArrayOfMaps, RingBuf},
     helpers::{
         bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
         bpf_skb_load_bytes,
@@ -34,9 +34,11 @@ static FLOWS: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "HOOK_SLOTS")]
 static HOOK_SLOTS_MAP: PerCpuArray<HookSlot> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
 
-/// Bytes of records this CPU submitted since it last woke the reader.
-#[map(name = "WAKE")]
-static WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Bytes of records this CPU submitted since it last woke the reader, in
+/// the inner map at index 0: userspace puts one counter there for every
+/// namespace's copy of the programs, since they all share the CPU's ring.
+#[btf_map(name = "WAKES")]
+static WAKES: ArrayOfMaps<btf_maps::PerCpuArray<u64, 1>, 1> = ArrayOfMaps::new();
 
 /// Hook counters of interfaces whose slot another interface holds.
 #[map(name = "HOOKS")]
@@ -363,8 +365,7 @@ fn key_ptr(k: &mut SlotKey) -> *mut u64 {
 #[inline(always)]
 fn same_key(k: &SlotKey, w: &[u64; 3]) -> bool {
     let p: *const u64 = core::ptr::from_ref(k).cast();
-    // SAFETY: a slot's key: 24 bytes at the 8-aligned start of the slot,
-    // with no padding.
+    // SAFETY: SlotKey is 24 bytes, 8-aligned, with no padding.
     unsafe { *p.add(1) == w[1] && *p.add(2) == w[2] && *p == w[0] }
 }
 
@@ -474,7 +475,8 @@ fn report_in<const WORDS: usize, const ROOM: u32>(
     if why & reason::PROBE != 0 {
         flags = BPF_RB_FORCE_WAKEUP;
     } else if batch != 0
-        && let Some(pending) = WAKE.get_ptr_mut(0)
+        && let Some(wake) = WAKES.get(0)
+        && let Some(pending) = wake.get_ptr_mut(0)
     {
         // SAFETY: per-CPU value; TC programs do not nest on one CPU.
         let pending = unsafe { &mut *pending };

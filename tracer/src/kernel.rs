@@ -130,6 +130,9 @@ pub struct Kernel {
     instances: BTreeMap<u64, Instance>,
     /// The per-CPU rings, shared by every namespace's copy of the programs.
     rings: Vec<MapData>,
+    /// Bytes each CPU submitted to its ring since the last wakeup (a per-CPU
+    /// array of one `u64`), shared like the rings.
+    wakes: MapData,
     /// Bytes of each ring's data area.
     ring_size: u32,
     fresh_rings: Vec<Ring>,
@@ -175,9 +178,25 @@ impl Kernel {
             );
             rings.push(map);
         }
+        let wakes = MapData::create(
+            aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32,
+                4,
+                8,
+                1,
+                0,
+            ),
+            "podtrace_wakes",
+            None,
+        )
+        .map_err(|e| KernelError::Map {
+            map: names::MAP_WAKES,
+            reason: format!("creating the wakeup counters: {e}"),
+        })?;
         Ok(Self {
             opts: opts.clone(),
             object,
+            wakes,
             instances: BTreeMap::new(),
             rings,
             ring_size,
@@ -202,7 +221,9 @@ impl Kernel {
             config.flow_slots = slots;
             // A quarter of a CPU's ring: the drain timer collects most
             // records, and this wakes a reader that sleeps through a burst
-            // with three quarters of the ring still free. A wakeup costs
+            // with three quarters of the ring still free (every namespace's
+            // copy counts into the same per-CPU counter, as into the same
+            // ring). A wakeup costs
             // the CPU that sends it microseconds on a VM (an interrupt to
             // itself, then one to the reader's CPU): once per sixteenth of
             // the ring it added 20-60 ns to every reported packet.
@@ -239,6 +260,18 @@ impl Kernel {
                     .set(cpu as u32, ring, 0)
                     .map_err(|e| err(format!("adding the ring of CPU {cpu}: {e}")))?;
             }
+            let err = |reason: String| KernelError::Map {
+                map: names::MAP_WAKES,
+                reason,
+            };
+            let mut wakes: ArrayOfMaps<&mut MapData, MapData> = bpf
+                .map_mut(names::MAP_WAKES)
+                .ok_or_else(|| err("missing".into()))?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| err(e.to_string()))?;
+            wakes
+                .set(0, &self.wakes, 0)
+                .map_err(|e| err(format!("adding the wakeup counters: {e}")))?;
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
