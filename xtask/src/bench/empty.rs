@@ -10,6 +10,8 @@
 //! the programs and links live as long as that process, and the kernel
 //! detaches them when it exits. Two `bpf()` calls per hook, with the
 //! program's two instructions written out, need no ELF object or compiler.
+//! They attach through TCX (kernel 6.6 and later), as podtrace does where
+//! the kernel has it.
 
 use std::{
     ffi::CString,
@@ -54,6 +56,10 @@ pub fn hold(opts: &Options) -> Result<()> {
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
         // Ends with the bench, however the bench ends.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+    }
+    // A signal that came before the lines above was only noted.
+    if crate::cmd::interrupted() {
+        bail!("interrupted before the programs were attached");
     }
     let mut held = Vec::new();
     for ns in &opts.netns {
@@ -127,7 +133,7 @@ struct LinkCreate {
 const EMPTY_LEN: u32 = 2;
 
 /// `r0 = -1` (`TC_ACT_UNSPEC`: go on as if no program ran), `exit`.
-const EMPTY: [u64; EMPTY_LEN as usize] = [
+static EMPTY: [u64; EMPTY_LEN as usize] = [
     // opcode 0xb7 (BPF_ALU64 | BPF_MOV | BPF_K), dst r0, imm -1
     0xffff_ffff_0000_00b7,
     // opcode 0x95 (BPF_JMP | BPF_EXIT)

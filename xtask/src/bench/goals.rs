@@ -140,17 +140,15 @@ fn bpf(results: &Results, v: &mut Vec<Verdict>) {
                 .bpf_ns(s, t)
                 .into_iter()
                 .zip(floor)
-                .filter_map(|(raw, floor)| Some((raw?, floor.unwrap_or(0.0))))
+                .filter_map(|(raw, floor)| Some((raw?, floor)))
         });
-        let (net, raw, floor) = worst(in_traffic);
-        v.push(Verdict {
-            goal: format!("BPF cost per packet per hook <= {limit:.0} ns for {what}, in traffic"),
-            measured: format!(
-                "worst over scenarios and directions, above the empty program: {net:.1} ns \
-                 ({raw:.1} ns measured, {floor:.1} ns for the empty program)"
-            ),
-            met: raw > 0.0 && net <= limit,
-        });
+        v.push(verdict(
+            format!("BPF cost per packet per hook <= {limit:.0} ns for {what}, in traffic"),
+            "worst over scenarios and directions",
+            worst(in_traffic),
+            limit,
+            1,
+        ));
         let alone = results
             .isolated
             .iter()
@@ -160,30 +158,65 @@ fn bpf(results: &Results, v: &mut Vec<Verdict>) {
                     .isolated
                     .iter()
                     .find(|e| e.tracer == Tracer::Empty && e.probe == r.probe && !e.stats)
-                    .map_or((0, 0), |e| e.ns);
-                [(r.ns.0, floor.0), (r.ns.1, floor.1)]
-            })
-            .map(|(raw, floor)| (raw as f64, floor as f64));
-        let (net, raw, floor) = worst(alone);
-        v.push(Verdict {
-            goal: format!(
-                "BPF cost per packet per hook <= {limit:.0} ns for {what}, program alone"
-            ),
-            measured: format!(
-                "worst over UDP and TCP, bpftool prog run, above the empty program: {net:.0} ns \
-                 ({raw:.0} ns measured, {floor:.0} ns for the empty program)"
-            ),
-            met: raw > 0.0 && net <= limit,
-        });
+                    .map(|e| e.ns);
+                [
+                    (r.ns.0 as f64, floor.map(|f| f.0 as f64)),
+                    (r.ns.1 as f64, floor.map(|f| f.1 as f64)),
+                ]
+            });
+        v.push(verdict(
+            format!("BPF cost per packet per hook <= {limit:.0} ns for {what}, program alone"),
+            "worst over UDP and TCP, bpftool prog run",
+            worst(alone),
+            limit,
+            0,
+        ));
     }
 }
 
-/// The (measured, floor) pair whose difference is largest, as (difference,
-/// measured, floor); zeros if there is none.
-fn worst(pairs: impl Iterator<Item = (f64, f64)>) -> (f64, f64, f64) {
-    pairs
-        .map(|(raw, floor)| (raw - floor, raw, floor))
-        .fold((0.0, 0.0, 0.0), |w, x| if x.0 > w.0 { x } else { w })
+/// The verdict on the worst (measured, floor) cell: met if its cost above
+/// the floor is within `limit`. Without a floor, the measured figure is
+/// judged whole, and the text says so.
+fn verdict(
+    goal: String,
+    over: &str,
+    worst: Option<(f64, Option<f64>)>,
+    limit: f64,
+    digits: usize,
+) -> Verdict {
+    let Some((raw, floor)) = worst else {
+        return Verdict {
+            goal,
+            measured: "not measured".into(),
+            met: false,
+        };
+    };
+    let (cost, measured) = match floor {
+        Some(floor) => (
+            raw - floor,
+            format!(
+                "{over}, above the empty program: {:.digits$} ns ({raw:.digits$} ns measured, \
+                 {floor:.digits$} ns for the empty program)",
+                raw - floor
+            ),
+        ),
+        None => (
+            raw,
+            format!("{over}: {raw:.digits$} ns (no empty program measured to subtract)"),
+        ),
+    };
+    Verdict {
+        goal,
+        measured,
+        met: cost <= limit,
+    }
+}
+
+/// The (measured, floor) cell whose cost above its floor (or whole, if it
+/// has none) is largest; `None` if there is no cell.
+fn worst(cells: impl Iterator<Item = (f64, Option<f64>)>) -> Option<(f64, Option<f64>)> {
+    let cost = |(raw, floor): &(f64, Option<f64>)| raw - floor.unwrap_or(0.0);
+    cells.max_by(|a, b| cost(a).total_cmp(&cost(b)))
 }
 
 /// Events per second per core, and memory.
@@ -216,13 +249,32 @@ fn userspace(results: &Results, micro: &Micro, v: &mut Vec<Verdict>) {
 
 #[cfg(test)]
 mod tests {
-    use super::worst;
+    use super::{verdict, worst};
 
     #[test]
     fn worst_is_the_largest_cost_above_its_own_floor() {
         // The largest measurement is not the worst if its floor is higher.
-        let pairs = [(300.0, 100.0), (250.0, 20.0), (90.0, 60.0)];
-        assert_eq!(worst(pairs.into_iter()), (230.0, 250.0, 20.0));
-        assert_eq!(worst(std::iter::empty()), (0.0, 0.0, 0.0));
+        let cells = [
+            (300.0, Some(100.0)),
+            (250.0, Some(20.0)),
+            (90.0, Some(60.0)),
+        ];
+        assert_eq!(worst(cells.into_iter()), Some((250.0, Some(20.0))));
+        // A cell at or below its floor is still a cell.
+        assert_eq!(
+            worst([(39.0, Some(40.0))].into_iter()),
+            Some((39.0, Some(40.0)))
+        );
+        assert_eq!(worst(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn verdicts_count_the_cost_above_the_floor() {
+        let v = |w| verdict(String::new(), "worst", w, 150.0, 0);
+        assert!(v(Some((200.0, Some(60.0)))).met);
+        assert!(!v(Some((200.0, None))).met);
+        assert!(v(Some((39.0, Some(40.0)))).met);
+        assert!(!v(None).met);
+        assert!(v(Some((200.0, None))).measured.contains("no empty program"));
     }
 }
