@@ -10,6 +10,7 @@ use aya::{
     maps::{ArrayOfMaps, MapData, PerCpuArray, PerCpuHashMap},
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
+use aya_obj::generated::bpf_map_type;
 use tracer_common::{
     Config, Direction, FlowKey, FlowSlot, FlowStats, HookKey, HookSlot, HookStats, hook_slot, names,
 };
@@ -158,15 +159,14 @@ impl Kernel {
         let mut rings = Vec::with_capacity(cpus as usize);
         let mut fresh_rings = Vec::with_capacity(cpus as usize);
         for cpu in 0..cpus {
-            let def = aya_obj::Map::new_from_params(
-                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+            let map = shared_map(
+                bpf_map_type::BPF_MAP_TYPE_RINGBUF,
                 0,
                 0,
                 ring_size,
-                0,
-            );
-            let map = MapData::create(def, "podtrace_ring", None)
-                .map_err(|e| err(format!("creating the ring of CPU {cpu}: {e}")))?;
+                "podtrace_ring",
+            )
+            .map_err(|e| err(format!("creating the ring of CPU {cpu}: {e}")))?;
             let fd = map
                 .fd()
                 .as_fd()
@@ -178,16 +178,12 @@ impl Kernel {
             );
             rings.push(map);
         }
-        let wakes = MapData::create(
-            aya_obj::Map::new_from_params(
-                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32,
-                4,
-                8,
-                1,
-                0,
-            ),
+        let wakes = shared_map(
+            bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
+            4,
+            8,
+            1,
             "podtrace_wakes",
-            None,
         )
         .map_err(|e| KernelError::Map {
             map: names::MAP_WAKES,
@@ -223,10 +219,10 @@ impl Kernel {
             // records, and this wakes a reader that sleeps through a burst
             // with three quarters of the ring still free (every namespace's
             // copy counts into the same per-CPU counter, as into the same
-            // ring). A wakeup costs
-            // the CPU that sends it microseconds on a VM (an interrupt to
-            // itself, then one to the reader's CPU): once per sixteenth of
-            // the ring it added 20-60 ns to every reported packet.
+            // ring). A wakeup costs the CPU that sends it microseconds on a
+            // VM (an interrupt to itself, then one to the reader's CPU):
+            // once per sixteenth of the ring it added 20-60 ns to every
+            // reported packet.
             config.wakeup_bytes = (self.ring_size / 4).max(1024);
             let cpus = self.rings.len() as u32;
             let entries = cpus
@@ -246,32 +242,12 @@ impl Kernel {
                     .map_err(|e: aya::programs::ProgramError| KernelError::Load(e.to_string()))?;
                 prog.load().map_err(|e| load_error(&e))?;
             }
-            let err = |reason: String| KernelError::Map {
-                map: names::MAP_RINGS,
-                reason,
-            };
-            let mut outer: ArrayOfMaps<&mut MapData, MapData> = bpf
-                .map_mut(names::MAP_RINGS)
-                .ok_or_else(|| err("missing".into()))?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| err(e.to_string()))?;
-            for (cpu, ring) in self.rings.iter().enumerate() {
-                outer
-                    .set(cpu as u32, ring, 0)
-                    .map_err(|e| err(format!("adding the ring of CPU {cpu}: {e}")))?;
-            }
-            let err = |reason: String| KernelError::Map {
-                map: names::MAP_WAKES,
-                reason,
-            };
-            let mut wakes: ArrayOfMaps<&mut MapData, MapData> = bpf
-                .map_mut(names::MAP_WAKES)
-                .ok_or_else(|| err("missing".into()))?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| err(e.to_string()))?;
-            wakes
-                .set(0, &self.wakes, 0)
-                .map_err(|e| err(format!("adding the wakeup counters: {e}")))?;
+            fill_outer(&mut bpf, names::MAP_RINGS, &self.rings, |cpu| {
+                format!("the ring of CPU {cpu}")
+            })?;
+            fill_outer(&mut bpf, names::MAP_WAKES, [&self.wakes], |_| {
+                "the wakeup counters".into()
+            })?;
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
@@ -402,6 +378,42 @@ impl Kernel {
         }
         Ok(out)
     }
+}
+
+/// Creates a map that the namespaces' copies of the programs share (put
+/// into each copy's array of maps by [`fill_outer`]).
+fn shared_map(
+    ty: bpf_map_type,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    name: &str,
+) -> Result<MapData, aya::maps::MapError> {
+    let def = aya_obj::Map::new_from_params(ty as u32, key_size, value_size, max_entries, 0);
+    MapData::create(def, name, None)
+}
+
+/// Puts the `inner` maps, at their indexes, into the array of maps named
+/// `outer` of one copy of the programs; `what` names an inner map by its
+/// index for errors.
+fn fill_outer<'a>(
+    bpf: &mut Ebpf,
+    outer: &'static str,
+    inner: impl IntoIterator<Item = &'a MapData>,
+    what: impl Fn(usize) -> String,
+) -> Result<(), KernelError> {
+    let err = |reason: String| KernelError::Map { map: outer, reason };
+    let mut map: ArrayOfMaps<&mut MapData, MapData> = bpf
+        .map_mut(outer)
+        .ok_or_else(|| err("missing".into()))?
+        .try_into()
+        .map_err(|e: aya::maps::MapError| err(e.to_string()))?;
+    for (i, m) in inner.into_iter().enumerate() {
+        let index = u32::try_from(i).map_err(|e| err(e.to_string()))?;
+        map.set(index, m, 0)
+            .map_err(|e| err(format!("adding {}: {e}", what(i))))?;
+    }
+    Ok(())
 }
 
 /// The kernel's flow table (an mmapable array of [`FlowSlot`]), mapped
