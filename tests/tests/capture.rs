@@ -145,7 +145,10 @@ async fn filter_drops_others_and_counters_stay_exact() {
     assert_eq!(sent, 40);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut events = Vec::new();
-    reader.drain_now(|r| events.push(r.unwrap().0));
+    reader
+        .drain_settled(&kernel, |r| events.push(r.unwrap().0))
+        .await
+        .unwrap();
     assert_eq!(
         events.len(),
         40,
@@ -232,7 +235,7 @@ fn follows_veths_added_and_deleted_while_running() {
 async fn tiny_ring_counts_every_loss() {
     let _serial = serial();
     let pair = VethPair::new("cr");
-    // One page: about a dozen records fit.
+    // One page: a few batches of 512 bytes, some 40 of these records.
     let opts = LoadOptions {
         ring_bytes: 4096,
         ..LoadOptions::default()
@@ -246,10 +249,13 @@ async fn tiny_ring_counts_every_loss() {
     .await
     .unwrap();
     let mut received = 0u64;
-    reader.drain_now(|r| {
-        r.unwrap();
-        received += 1;
-    });
+    reader
+        .drain_settled(&kernel, |r| {
+            r.unwrap();
+            received += 1;
+        })
+        .await
+        .unwrap();
     let hooks = kernel.hook_stats().unwrap();
     let egress = hooks
         .iter()
@@ -289,17 +295,20 @@ async fn records_come_whole_across_many_ring_wraps() {
         tokio::task::spawn_blocking(move || udp_send(&b, &a, addr, PAYLOAD, 50))
             .await
             .unwrap();
-        reader.drain_now(|r| {
-            let (p, frame) = r.unwrap();
-            received += 1;
-            if matches!(p.l4, L4::Udp { .. }) {
-                udp += 1;
-                assert!(
-                    frame.ends_with(PAYLOAD),
-                    "record {received} is not the packet sent: {frame:02x?}"
-                );
-            }
-        });
+        reader
+            .drain_settled(&kernel, |r| {
+                let (p, frame) = r.unwrap();
+                received += 1;
+                if matches!(p.l4, L4::Udp { .. }) {
+                    udp += 1;
+                    assert!(
+                        frame.ends_with(PAYLOAD),
+                        "record {received} is not the packet sent: {frame:02x?}"
+                    );
+                }
+            })
+            .await
+            .unwrap();
     }
     let hooks = kernel.hook_stats().unwrap();
     let reported: u64 = hooks.values().map(|s| s.reported).sum();
@@ -328,7 +337,7 @@ fn pin_to(cpu: usize) {
 async fn records_of_several_cpus_come_out_in_time_order() {
     let _serial = serial();
     let pair = VethPair::new("co");
-    let (_kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
+    let (kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     assert!(
         cpus >= 2,
@@ -350,15 +359,18 @@ async fn records_of_several_cpus_come_out_in_time_order() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut order = Vec::new();
-    reader.drain_now(|r| {
-        let (p, frame) = r.unwrap();
-        if matches!(p.l4, L4::Udp { .. }) && frame.len() >= 4 {
-            let tail = &frame[frame.len() - 4..];
-            if tail[..3] == *b"ord" {
-                order.push(tail[3]);
+    reader
+        .drain_settled(&kernel, |r| {
+            let (p, frame) = r.unwrap();
+            if matches!(p.l4, L4::Udp { .. }) && frame.len() >= 4 {
+                let tail = &frame[frame.len() - 4..];
+                if tail[..3] == *b"ord" {
+                    order.push(tail[3]);
+                }
             }
-        }
-    });
+        })
+        .await
+        .unwrap();
     assert_eq!(
         order,
         (0..40).collect::<Vec<u8>>(),
@@ -467,7 +479,10 @@ async fn flows_mode_reports_flow_starts_and_counts_everything() {
     .unwrap();
     assert_eq!(got, 100);
     let mut events = Vec::new();
-    reader.drain_now(|r| events.push(r.unwrap().0));
+    reader
+        .drain_settled(&kernel, |r| events.push(r.unwrap().0))
+        .await
+        .unwrap();
     let udp: Vec<_> = events
         .iter()
         .filter(|p| matches!(p.l4, L4::Udp { dport: 5001, .. }))
@@ -623,24 +638,27 @@ async fn each_packet_brings_its_first_snaplen_bytes() {
         let mut config = Config::DEFAULT;
         config.snaplen = snaplen;
         config.proto = 1;
-        let (_kernel, mut reader) = attach_va(
+        let (kernel, mut reader) = attach_va(
             &pair,
             &LoadOptions {
                 config,
                 ..LoadOptions::default()
             },
         );
-        // Frames of 42, 102 and 442 bytes: one in each record size the
-        // kernel picks from (64, 128 and 256 bytes of packet).
+        // Frames of 42, 102 and 442 bytes: records of three sizes, back to
+        // back in one batch.
         for size in ["0", "60", "400"] {
             VethPair::exec(&pair.a, &["ping", "-c", "1", "-s", size, VethPair::IP_B]);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut seen = Vec::new();
-        reader.drain_now(|r| {
-            let (p, frame) = r.unwrap();
-            seen.push((p.len, p.cap_len, frame.len(), frame[12..14] == [8, 0]));
-        });
+        reader
+            .drain_settled(&kernel, |r| {
+                let (p, frame) = r.unwrap();
+                seen.push((p.len, p.cap_len, frame.len(), frame[12..14] == [8, 0]));
+            })
+            .await
+            .unwrap();
         let mut lens: Vec<u32> = seen.iter().map(|s| s.0).collect();
         lens.sort_unstable();
         lens.dedup();

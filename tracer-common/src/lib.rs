@@ -36,19 +36,69 @@ pub mod names {
     /// Per-CPU array of [`crate::HookSlot`], indexed by
     /// [`crate::hook_slot`] of the interface.
     pub const MAP_HOOK_SLOTS: &str = "HOOK_SLOTS";
+    /// Array of [`crate::Stage`]s, one per possible CPU, indexed by the CPU:
+    /// where a namespace's copy of the programs gathers its records into
+    /// a batch before handing it to the CPU's ring.
+    pub const MAP_STAGES: &str = "STAGES";
     /// Global holding the [`crate::Config`].
     pub const GLOBAL_CONFIG: &str = "CONFIG";
 }
 
 /// What kind of record an event is. Kinds are numbered in ranges and a number
 /// is never reused: 1-99 packet events, 100-199 reserved for kernel state
-/// events (drops, conntrack), 200-299 for userspace-made records.
+/// events (drops, conntrack), 200-299 for userspace-made records. The kernel
+/// hands packet events to the ring in [`EventKind::Batch`] envelopes.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// A packet seen at a TC hook: [`PacketEvent`].
     Packet = 1,
+    /// Records of one CPU and namespace, back to back: a [`BatchHeader`],
+    /// then [`BatchHeader::len`] bytes of [`PacketEvent`]s, each
+    /// [`PacketEvent::record_len`] of its `cap_len` bytes long.
+    Batch = 2,
 }
+
+/// The start of an [`EventKind::Batch`] record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Always [`EventKind::Batch`].
+    pub kind: u32,
+    /// Bytes of records after this header.
+    pub len: u32,
+}
+
+/// Largest batch, header included: the flush threshold is
+/// [`Config::stage_bytes`], at most this.
+pub const STAGE_MAX: usize = 4096;
+
+/// Where one copy of the programs gathers one CPU's records (an entry of
+/// [`names::MAP_STAGES`]). A record costs a copy into this buffer, which
+/// the CPU keeps in its caches, instead of a reservation in the ring,
+/// whose memory is cold by the time the CPU comes round to it again; the
+/// ring then takes one batch of records at a time. A batch goes to the ring
+/// when the next record would not fit, at once after a probe, and from a
+/// timer [`STAGE_DELAY_NS`] after its first record otherwise.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stage {
+    /// The kernel's `struct bpf_timer` (opaque to userspace).
+    pub timer: [u64; 2],
+    /// Bytes of records gathered, after the batch header's room.
+    pub len: u64,
+    /// Bit 0: the timer is set up; bit 1: it is running.
+    pub state: u64,
+    /// The batch: a [`BatchHeader`] (written at flush), then the records;
+    /// past [`STAGE_MAX`], room for the largest record, so that a write at
+    /// any offset below it stays inside the value.
+    pub data: [u8; STAGE_MAX + PacketEvent::HEADER_LEN + MAX_SNAPLEN],
+}
+
+/// Most time a record waits in a [`Stage`] before it goes to the ring.
+/// Each expiry is a timer interrupt (a VM exit on a VM): at 1 ms they
+/// cost bulk TCP tens of ns per packet, at 10 ms nothing measurable.
+pub const STAGE_DELAY_NS: u64 = 10_000_000;
 
 /// Direction of a TC hook, as seen by the interface.
 #[repr(u32)]
@@ -91,10 +141,9 @@ pub const PROBE_MAGIC: [u8; 8] = *b"PODTRACE";
 /// One packet seen at one hook. The envelope is the first two fields: `kind`
 /// says what follows, so new kinds can share the ring buffer.
 ///
-/// A ring buffer record is this struct cut short after the captured bytes:
-/// the kernel reserves room for 64, 128 or [`MAX_SNAPLEN`] bytes of `data`,
-/// whichever is the least that holds `cap_len`, so a record is at least
-/// [`PacketEvent::HEADER_LEN`] + `cap_len` bytes long.
+/// A record is this struct cut short after the captured bytes, padded to 8:
+/// [`PacketEvent::record_len`] of `cap_len`. The kernel hands records to the
+/// ring in [`EventKind::Batch`] envelopes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PacketEvent {
@@ -129,6 +178,12 @@ pub struct PacketEvent {
 impl PacketEvent {
     /// Bytes before `data`: the shortest record that is a packet event.
     pub const HEADER_LEN: usize = core::mem::offset_of!(PacketEvent, data);
+
+    /// Bytes a record with `cap_len` packet bytes takes in a batch: the
+    /// header, then the bytes padded to 8.
+    pub const fn record_len(cap_len: u32) -> usize {
+        Self::HEADER_LEN + (cap_len as usize).next_multiple_of(8)
+    }
 }
 
 /// What identifies one hook: a direction on an interface in a namespace.
@@ -151,9 +206,10 @@ pub struct HookStats {
     pub seen: u64,
     /// Packets that passed the filter (or carried the probe tag).
     pub matched: u64,
-    /// Packets the hook chose to report (reserve attempted).
+    /// Packets the hook chose to report.
     pub reported: u64,
-    /// Of those, reserves that failed because the ring buffer was full.
+    /// Of those, records lost: the CPU's batch was full and its ring
+    /// buffer had no room for it.
     pub lost: u64,
 }
 
@@ -394,8 +450,10 @@ pub struct Config {
     /// Flow table entries per CPU, a power of two of at least
     /// [`FLOW_PROBES`]; the table has this many times the possible CPUs.
     pub flow_slots: u32,
-    /// Explicit padding, always zero.
-    pub _pad: u32,
+    /// Hand a CPU's batch of records to the ring before it grows past
+    /// this many bytes (header included): at most [`STAGE_MAX`], and a
+    /// small part of a CPU's ring, so that a ring holds several batches.
+    pub stage_bytes: u32,
 }
 
 impl Config {
@@ -423,7 +481,7 @@ impl Config {
         probes_only: 0,
         netns_cookie: 0,
         flow_slots: DEFAULT_FLOW_SLOTS,
-        _pad: 0,
+        stage_bytes: STAGE_MAX as u32,
     };
 }
 
@@ -446,6 +504,10 @@ const _: () = {
     assert!(core::mem::size_of::<FlowSlot>() == 64);
     assert!(DEFAULT_FLOW_SLOTS.is_power_of_two() && DEFAULT_FLOW_SLOTS >= FLOW_PROBES);
     assert!(core::mem::size_of::<Config>() == 72);
+    assert!(core::mem::size_of::<BatchHeader>() == 8);
+    assert!(STAGE_MAX.is_power_of_two());
+    assert!(core::mem::size_of::<Stage>() == 32 + STAGE_MAX + 48 + MAX_SNAPLEN);
+    assert!(PacketEvent::record_len(MAX_SNAPLEN as u32) == 48 + MAX_SNAPLEN);
 };
 
 #[cfg(feature = "user")]
@@ -461,6 +523,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Stage {}
 }
 
 #[cfg(test)]

@@ -1,17 +1,24 @@
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MMAPABLE, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    bindings::{
+        __sk_buff, BPF_F_MMAPABLE, BPF_F_TIMER_CPU_PIN, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        TC_ACT_UNSPEC, bpf_timer,
+    },
     btf_maps::{self, ArrayOfMaps, RingBuf},
     helpers::{
         bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
-        bpf_skb_load_bytes,
+        bpf_ringbuf_output, bpf_skb_load_bytes, bpf_timer_init, bpf_timer_set_callback,
+        bpf_timer_start,
     },
     macros::{btf_map, classifier, map},
     maps::{Array, LruPerCpuHashMap, PerCpuArray},
     programs::TcContext,
 };
 use tracer_common::{
-    Cidr4, Config, Direction, EventKind, FLOW_PROBES, FlowSlot, HOOK_SLOTS, HookKey, HookSlot,
-    HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, SlotKey, hook_slot, mode, reason,
+    BatchHeader, Cidr4, Config, Direction, EventKind, FLOW_PROBES, FlowSlot, HOOK_SLOTS, HookKey,
+    HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, STAGE_DELAY_NS, STAGE_MAX, SlotKey,
+    Stage, hook_slot, mode, reason,
 };
 
 /// One ring buffer per CPU, at the CPU's index: a program writes to its
@@ -390,55 +397,63 @@ fn claim(slot: &mut FlowSlot, w: &[u64; 3], p: &Parsed, now: u64, len: u32) {
     }
 }
 
-/// Copies the packet's first bytes into a ring buffer record. False when the
-/// ring buffer is full (the caller counts the loss). The record is the
-/// smallest of three sizes that holds the bytes copied, so that a ring of
-/// small packets holds about twice as many records before it is full.
+/// This CPU's [`Stage`], with the kernel's timer type where userspace has
+/// opaque words: the verifier finds the timer by its BTF type name.
+#[repr(C)]
+pub struct KStage {
+    timer: bpf_timer,
+    len: u64,
+    state: u64,
+    data: [u8; STAGE_MAX + PacketEvent::HEADER_LEN + MAX_SNAPLEN],
+}
+
+const _: () = assert!(core::mem::size_of::<KStage>() == core::mem::size_of::<Stage>());
+
+/// Where this copy of the programs gathers each CPU's records into a batch
+/// (see [`Stage`]), at the CPU's index; userspace sizes it to the possible
+/// CPUs. An array, not a per-CPU array: the kernel allows timers only in
+/// plain arrays and hashes.
+#[btf_map(name = "STAGES")]
+static STAGES: btf_maps::Array<KStage, 1> = btf_maps::Array::new();
+
+const BATCH_HDR: usize = core::mem::size_of::<BatchHeader>();
+const STAGE_TIMER_SET: u64 = 1;
+const STAGE_TIMER_RUNNING: u64 = 2;
+const CLOCK_MONOTONIC: u64 = 1;
+
+/// Copies the packet's first bytes into this CPU's batch. False when the
+/// record could not be kept (the caller counts the loss): the batch was
+/// full and the ring could not take it. A batch that the ring refuses
+/// stays whole, to go with the next record or the timer: a loss is always
+/// the record at hand, counted at its own hook.
 #[inline(always)]
 fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32, ts: u64) -> bool {
     let snaplen = cfg!(snaplen);
     let snap = if snaplen < len { snaplen } else { len };
-    if snap <= 64 {
-        report_in::<{ record_words(64) }, 64>(skb, ifindex, dir, why, len, ts, snap)
-    } else if snap <= 128 {
-        report_in::<{ record_words(128) }, 128>(skb, ifindex, dir, why, len, ts, snap)
-    } else {
-        report_in::<{ record_words(MAX_SNAPLEN) }, { MAX_SNAPLEN as u32 }>(
-            skb, ifindex, dir, why, len, ts, snap,
-        )
-    }
-}
-
-/// Size in 8-byte words of a record with room for `data` packet bytes.
-const fn record_words(data: usize) -> usize {
-    (core::mem::offset_of!(PacketEvent, data) + data) / 8
-}
-
-/// [`report`] into a record of `WORDS` words, which has room for `ROOM`
-/// packet bytes (a power of two): a [`PacketEvent`] cut short after
-/// `data[ROOM - 1]`.
-#[inline(always)]
-fn report_in<const WORDS: usize, const ROOM: u32>(
-    skb: *mut __sk_buff,
-    ifindex: u32,
-    dir: Direction,
-    why: u32,
-    len: u32,
-    ts: u64,
-    snap: u32,
-) -> bool {
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(ring) = RINGS.get(cpu) else {
+    let Some(st) = STAGES.get_ptr_mut(cpu) else {
         return false;
     };
-    let Some(mut entry) = ring.reserve_untyped::<[u64; WORDS]>(0) else {
+    // SAFETY: this CPU's entry. TC programs do not nest on one CPU, and the
+    // timer callback runs in a softirq of this CPU, which does not run
+    // while a TC program does.
+    let st = unsafe { &mut *st };
+    // `snap` is 1..=MAX_SNAPLEN (snaplen is, and a packet has bytes); the
+    // volatile read and the mask put that in a form the verifier follows.
+    let n =
+        (unsafe { core::ptr::read_volatile(&snap) }.wrapping_sub(1) & (MAX_SNAPLEN as u32 - 1)) + 1;
+    let limit = (cfg!(stage_bytes) as usize).min(STAGE_MAX);
+    if BATCH_HDR + st.len as usize + PacketEvent::record_len(n) > limit && !flush(st, cpu, false) {
         return false;
-    };
-    let ev = entry.as_mut_ptr().cast::<PacketEvent>();
+    }
+    // A masked offset the verifier can bound: the value has room for the
+    // largest record past STAGE_MAX.
+    let off = (BATCH_HDR + unsafe { core::ptr::read_volatile(&st.len) } as usize) & (STAGE_MAX - 1);
     let cookie = cfg!(netns_cookie);
-    // SAFETY: `ev` points to a reserved, exclusively owned record; only the
-    // header and the first `ROOM` data bytes, which it holds, are written.
+    let cap;
+    // SAFETY: `off` + a whole record lies inside `data` (see above).
     unsafe {
+        let ev = st.data.as_mut_ptr().add(off).cast::<PacketEvent>();
         (*ev).kind = EventKind::Packet as u32;
         (*ev).reason = why;
         (*ev).ts_ns = ts;
@@ -449,45 +464,146 @@ fn report_in<const WORDS: usize, const ROOM: u32>(
         (*ev).mark = (*skb).mark;
         (*ev).ethertype = u16::from_be(((*skb).protocol & 0xffff) as u16);
         (*ev).l3_offset = ETH_HLEN as u16;
-        (*ev).cap_len = 0;
-        let data = core::ptr::addr_of_mut!((*ev).data).cast::<u8>();
-        // The caller's size choice already bounds `snap` to 1..=ROOM, and
-        // the compiler knows it: it drops or merges any range check written
-        // here, leaving the verifier no bound to check the copy against.
-        // Reading `snap` back through a volatile load hides what the
-        // compiler knows, and a mask bounds it in a form the verifier
-        // follows; for every `snap` the caller passes, `n == snap`.
-        let n = (core::ptr::read_volatile(&snap).wrapping_sub(1) & (ROOM - 1)) + 1;
-        if bpf_skb_load_bytes(skb.cast(), 0, data.cast(), n) == 0 {
-            (*ev).cap_len = n;
-        }
+        let data = st.data.as_mut_ptr().add(off + PacketEvent::HEADER_LEN);
+        // A failed copy leaves a bare header: the record's size follows
+        // `cap_len`, which is how the reader steps through the batch.
+        cap = if bpf_skb_load_bytes(skb.cast(), 0, data.cast(), n) == 0 {
+            n
+        } else {
+            0
+        };
+        (*ev).cap_len = cap;
     }
-    // Probes wake userspace at once (ping waits for them). Other records
-    // wake it once per `wakeup_bytes` of records this CPU submits: a reader
-    // that sleeps is woken once per batch, never once per record (a wakeup
-    // is an interrupt, a VM exit here). In between, and for slow traffic,
-    // the drain timer collects records without any wakeup. The count is
-    // this CPU's own: asking the ring how much waits would read the
-    // positions the reader on another CPU keeps writing, a cache miss per
-    // record.
-    let batch = u64::from(cfg!(wakeup_bytes));
-    let mut flags = BPF_RB_NO_WAKEUP;
+    st.len = (off.wrapping_sub(BATCH_HDR) + PacketEvent::record_len(cap)) as u64;
     if why & reason::PROBE != 0 {
-        flags = BPF_RB_FORCE_WAKEUP;
-    } else if batch != 0
-        && let Some(wake) = WAKES.get(0)
-        && let Some(pending) = wake.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU value; TC programs do not nest on one CPU.
-        let pending = unsafe { &mut *pending };
-        *pending += (WORDS as u64 + 1) * 8;
-        if *pending >= batch {
-            *pending = 0;
-            flags = BPF_RB_FORCE_WAKEUP;
+        // Probes go at once, and wake the reader: ping waits for them.
+        let _ = flush(st, cpu, true);
+    } else if st.state & STAGE_TIMER_RUNNING == 0 {
+        arm(st);
+    }
+    true
+}
+
+/// Hands the CPU's batch to the CPU's ring, as one record. False when the
+/// ring has no room (the batch stays).
+#[inline(always)]
+fn flush(st: &mut KStage, cpu: u32, wake: bool) -> bool {
+    // Bounded for the verifier; `len` never exceeds STAGE_MAX - BATCH_HDR.
+    let len = (unsafe { core::ptr::read_volatile(&st.len) } & (2 * STAGE_MAX as u64 - 1))
+        .min((STAGE_MAX - BATCH_HDR) as u64);
+    if len == 0 {
+        return true;
+    }
+    let Some(ring) = RINGS.get(cpu) else {
+        return false;
+    };
+    // SAFETY: the first bytes of `data` are the header's room.
+    unsafe {
+        st.data
+            .as_mut_ptr()
+            .cast::<BatchHeader>()
+            .write_unaligned(BatchHeader {
+                kind: EventKind::Batch as u32,
+                len: len as u32,
+            });
+    }
+    let size = len + BATCH_HDR as u64;
+    let flags = if wake || wake_due(size) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    // SAFETY: `size` bytes of `data`, a map value, are readable.
+    let r = unsafe {
+        bpf_ringbuf_output(
+            core::ptr::from_ref(ring).cast_mut().cast(),
+            st.data.as_mut_ptr().cast(),
+            size,
+            u64::from(flags),
+        )
+    };
+    if r != 0 {
+        return false;
+    }
+    st.len = 0;
+    true
+}
+
+/// Counts `size` bytes into this CPU's wakeup count; true when the reader
+/// is due a wakeup. A reader that sleeps is woken once per
+/// `wakeup_bytes` of records a CPU submits, never once per batch (a wakeup
+/// is an interrupt, a VM exit here); in between, and for slow traffic, the
+/// drain timer collects records without any wakeup. The count is this
+/// CPU's own: asking the ring how much waits would read the positions the
+/// reader on another CPU keeps writing.
+#[inline(always)]
+fn wake_due(size: u64) -> bool {
+    let every = u64::from(cfg!(wakeup_bytes));
+    if every == 0 {
+        return false;
+    }
+    let Some(wake) = WAKES.get(0) else {
+        return false;
+    };
+    let Some(pending) = wake.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU value; TC programs and this CPU's timer callback do
+    // not run at once on one CPU.
+    let pending = unsafe { &mut *pending };
+    *pending += size + 8;
+    if *pending >= every {
+        *pending = 0;
+        return true;
+    }
+    false
+}
+
+/// Starts the CPU's timer, which flushes the batch [`STAGE_DELAY_NS`] from
+/// now: a quiet hook's records still reach userspace within that time.
+/// The timer is pinned to this CPU, since only this CPU may touch its
+/// batch; without the pin (kernels before 6.7) it runs where the kernel
+/// puts it, and the callback leaves other CPUs' batches alone.
+#[inline(always)]
+fn arm(st: &mut KStage) {
+    // SAFETY: the timer lives in this map's value; the callback has the
+    // signature the verifier checks for a timer callback.
+    unsafe {
+        if st.state & STAGE_TIMER_SET == 0 {
+            let map = core::ptr::from_ref(&STAGES).cast_mut().cast();
+            // -EBUSY if already set up: the callback is set either way.
+            let _ = bpf_timer_init(&raw mut st.timer, map, CLOCK_MONOTONIC);
+            if bpf_timer_set_callback(&raw mut st.timer, stage_timer as *mut c_void) != 0 {
+                return;
+            }
+            st.state |= STAGE_TIMER_SET;
+        }
+        if bpf_timer_start(
+            &raw mut st.timer,
+            STAGE_DELAY_NS,
+            u64::from(BPF_F_TIMER_CPU_PIN),
+        ) == 0
+            || bpf_timer_start(&raw mut st.timer, STAGE_DELAY_NS, 0) == 0
+        {
+            st.state |= STAGE_TIMER_RUNNING;
         }
     }
-    entry.submit(u64::from(flags));
-    true
+}
+
+/// The timer's callback: flushes the CPU's batch, and tries again later if
+/// the ring is full.
+#[inline(never)]
+extern "C" fn stage_timer(_map: *mut c_void, key: *mut u32, st: *mut KStage) -> i32 {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // SAFETY: the verifier passes the key and the value of the timer's
+    // entry; the value is this CPU's (checked below) and no TC program
+    // runs on this CPU while a softirq does.
+    let st = unsafe { &mut *st };
+    st.state &= !STAGE_TIMER_RUNNING;
+    if unsafe { *key } != cpu || !flush(st, cpu, false) {
+        arm(st);
+    }
+    0
 }
 
 #[cfg(not(test))]

@@ -110,7 +110,9 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         res?;
     }
     if !printer.done() {
-        session.drain(|p, frame, topo| printer.emit(p, frame, topo));
+        session
+            .drain(|p, frame, topo| printer.emit(p, frame, topo))
+            .await?;
     }
     printer.flush();
     let Printer { pcap, err, .. } = printer;

@@ -187,10 +187,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Asks the CPU for the bytes about 900 bytes past this record: a ring
-/// buffer holds records back to back (an 8-byte header, then a record of
-/// 112, 176 or 304 bytes), and the reader goes through them in order, so
-/// that is 3 to 7 records ahead. 5 lines a record keep up with the
+/// Asks the CPU for the bytes about 900 bytes past this record: a batch
+/// holds records back to back (48 to 304 bytes each, 176 with the default
+/// snaplen), and the reader goes through them in order, so that is 3 to
+/// 18 records ahead. 5 lines a record keep up with the
 /// largest records. Only a hint: past the ring's end a prefetch is ignored.
 #[inline]
 fn prefetch_following(record: &[u8]) {

@@ -3,14 +3,15 @@
 //! drained on a timer otherwise, since the programs submit most records
 //! without a wakeup (a wakeup costs microseconds).
 
-use std::{cmp::Reverse, collections::BinaryHeap, io, time::Duration};
+use std::{cmp::Reverse, collections::BinaryHeap, io, ops::Range, time::Duration};
 
 use futures_util::future::select_all;
 use tokio::io::unix::AsyncFd;
-use tracer_common::PacketEvent;
+use tracer_common::{BatchHeader, EventKind, MAX_SNAPLEN, PacketEvent, STAGE_DELAY_NS};
 
 use crate::{
     decode::{self, DecodeError, Packet},
+    kernel::{Kernel, KernelError},
     ring::Ring,
 };
 
@@ -22,7 +23,7 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Async reader of the kernel's packet events.
 pub struct EventReader {
-    rings: Vec<AsyncFd<Ring>>,
+    rings: Vec<Source>,
     drain: tokio::time::Interval,
 }
 
@@ -41,13 +42,17 @@ impl EventReader {
     pub fn add(&mut self, ring: Ring) -> io::Result<()> {
         // SAFETY: the ring buffer owns its map fd for as long as the
         // AsyncFd owns the ring buffer.
-        self.rings
-            .push(unsafe { AsyncFd::register(ring) }.map_err(io::Error::from)?);
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(io::Error::from)?;
+        self.rings.push(Source {
+            ring,
+            at: 0,
+            next: 0,
+        });
         Ok(())
     }
 
     /// Waits until records may be there, then hands each one, decoded, to
-    /// `f`. Returns how many records were read (possibly 0 after a tick).
+    /// `f`. Returns how many events were read (possibly 0 after a tick).
     pub async fn next_batch(&mut self, mut f: impl FnMut(Record<'_>)) -> io::Result<usize> {
         if self.rings.is_empty() {
             self.drain.tick().await;
@@ -56,7 +61,7 @@ impl EventReader {
         {
             // Woken by any ring or by the timer, drain them all: cheap, and
             // it keeps the namespaces' events close in time.
-            let ready = select_all(self.rings.iter().map(|r| Box::pin(r.readable())));
+            let ready = select_all(self.rings.iter().map(|s| Box::pin(s.ring.readable())));
             tokio::select! {
                 (guard, _, _) = ready => guard?.clear_ready(),
                 _ = self.drain.tick() => {}
@@ -67,41 +72,141 @@ impl EventReader {
 
     /// Reads whatever is in the rings now, without waiting: one CPU's ring
     /// in its own order, several merged by timestamp, so that what one
-    /// packet did on two CPUs comes out in the order it happened.
+    /// packet did on two CPUs comes out in the order it happened. Returns
+    /// how many events were read.
     pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>)) -> usize {
         // Read in place: copying the whole record first cost as much as
         // decoding it.
-        if let [ring] = self.rings.as_mut_slice() {
-            return ring
-                .get_mut()
-                .drain(|bytes| f(decode::decode_record(bytes)));
+        if let [src] = self.rings.as_mut_slice() {
+            let mut read = 0;
+            src.ring.get_mut().drain(|r| {
+                let mut at = 0;
+                while let Some((range, next)) = event_in(r, at) {
+                    f(decode::decode_record(&r[range]));
+                    read += 1;
+                    at = next;
+                }
+            });
+            src.at = 0;
+            return read;
         }
         let mut heads = BinaryHeap::with_capacity(self.rings.len());
-        for (i, ring) in self.rings.iter_mut().enumerate() {
-            if let Some(r) = ring.get_mut().peek() {
-                heads.push(Reverse((record_ts(r), i)));
+        for (i, src) in self.rings.iter_mut().enumerate() {
+            if let Some(ev) = src.head() {
+                heads.push(Reverse((record_ts(ev), i)));
             }
         }
         let mut read = 0;
         while let Some(Reverse((_, i))) = heads.pop() {
-            let ring = self.rings[i].get_mut();
-            if let Some(r) = ring.peek() {
-                f(decode::decode_record(r));
-                ring.consume();
+            let src = &mut self.rings[i];
+            if let Some(ev) = src.head() {
+                f(decode::decode_record(ev));
+                src.advance();
                 read += 1;
             }
-            if let Some(r) = ring.peek() {
-                heads.push(Reverse((record_ts(r), i)));
+            if let Some(ev) = src.head() {
+                heads.push(Reverse((record_ts(ev), i)));
             }
         }
-        for ring in &mut self.rings {
-            ring.get_mut().publish();
+        for src in &mut self.rings {
+            src.ring.get_mut().publish();
         }
         read
     }
 }
 
-/// A record's kernel timestamp (0 if it is too short to hold one).
+impl EventReader {
+    /// [`drain_now`](Self::drain_now), then again until the programs have
+    /// no records left gathering in batches (see [`tracer_common::Stage`]):
+    /// what a reader calls last, once the packets it waits for were sent.
+    /// Gives up after three times the time a record may wait, should a
+    /// full ring keep refusing a batch.
+    pub async fn drain_settled(
+        &mut self,
+        kernel: &Kernel,
+        mut f: impl FnMut(Record<'_>),
+    ) -> Result<usize, KernelError> {
+        let until = tokio::time::Instant::now() + 3 * Duration::from_nanos(STAGE_DELAY_NS);
+        let mut read = self.drain_now(&mut f);
+        loop {
+            let settled = kernel.staged_bytes()? == 0;
+            if !settled && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            // A batch leaves the count only once it is in its ring.
+            read += self.drain_now(&mut f);
+            if settled || tokio::time::Instant::now() >= until {
+                return Ok(read);
+            }
+        }
+    }
+}
+
+/// One CPU's ring, and where the reader is in its current record.
+struct Source {
+    ring: AsyncFd<Ring>,
+    /// Offset of the next event in the current record (0: its start).
+    at: usize,
+    /// Offset of the event after the one [`Source::head`] returned.
+    next: usize,
+}
+
+impl Source {
+    /// The next event, past records already read through; None when the
+    /// ring has none ready.
+    fn head(&mut self) -> Option<&[u8]> {
+        let ring = self.ring.get_mut();
+        let range = loop {
+            let r = ring.peek()?;
+            if let Some((range, next)) = event_in(r, self.at) {
+                self.next = next;
+                break range;
+            }
+            ring.consume();
+            self.at = 0;
+        };
+        ring.peek().map(|r| &r[range])
+    }
+
+    /// Moves past the event [`Source::head`] returned.
+    fn advance(&mut self) {
+        self.at = self.next;
+    }
+}
+
+/// The event at offset `at` of ring record `r`, and the offset of the one
+/// after it; None past the last. A batch holds events back to back after
+/// its header, each as long as its `cap_len` says; any other record is one
+/// event. A batch whose lengths do not add up yields its rest as one event,
+/// which the decoder rejects, rather than anything read out of step.
+fn event_in(r: &[u8], at: usize) -> Option<(Range<usize>, usize)> {
+    if u32_at(r, 0) != Some(EventKind::Batch as u32) {
+        return (at == 0).then_some((0..r.len(), r.len()));
+    }
+    let body = u32_at(r, std::mem::offset_of!(BatchHeader, len))? as usize;
+    let end = (BATCH_HDR + body).min(r.len());
+    let pos = at.max(BATCH_HDR);
+    if pos >= end {
+        return None;
+    }
+    let len = u32_at(&r[pos..end], std::mem::offset_of!(PacketEvent, cap_len))
+        .filter(|&cap| cap as usize <= MAX_SNAPLEN)
+        .map(PacketEvent::record_len)
+        .filter(|&len| pos + len <= end)
+        .unwrap_or(end - pos);
+    Some((pos..pos + len, pos + len))
+}
+
+/// The native-endian `u32` at `at`, if `b` holds it.
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4)
+        .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+}
+
+/// Bytes of a batch's header.
+const BATCH_HDR: usize = std::mem::size_of::<BatchHeader>();
+
+/// An event's kernel timestamp (0 if it is too short to hold one).
 fn record_ts(r: &[u8]) -> u64 {
     const AT: usize = std::mem::offset_of!(PacketEvent, ts_ns);
     r.get(AT..AT + 8)
@@ -111,5 +216,74 @@ fn record_ts(r: &[u8]) -> u64 {
 impl Default for EventReader {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BATCH_HDR, event_in};
+    use tracer_common::{EventKind, PacketEvent};
+
+    /// A record of `cap` packet bytes, as the kernel writes it in a batch.
+    fn record(cap: u32, fill: u8) -> Vec<u8> {
+        let mut r = vec![fill; PacketEvent::record_len(cap)];
+        r[..4].copy_from_slice(&(EventKind::Packet as u32).to_ne_bytes());
+        let at = std::mem::offset_of!(PacketEvent, cap_len);
+        r[at..at + 4].copy_from_slice(&cap.to_ne_bytes());
+        r
+    }
+
+    fn batch(records: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = records.concat();
+        let mut b = (EventKind::Batch as u32).to_ne_bytes().to_vec();
+        b.extend_from_slice(&u32::try_from(body.len()).unwrap().to_ne_bytes());
+        b.extend_from_slice(&body);
+        b
+    }
+
+    fn events(r: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let (mut at, mut out) = (0, Vec::new());
+        while let Some((range, next)) = event_in(r, at) {
+            out.push(range);
+            at = next;
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_yields_its_records_in_order() {
+        let (a, b, c) = (record(42, 1), record(0, 2), record(256, 3));
+        let r = batch(&[a.clone(), b.clone(), c.clone()]);
+        let got = events(&r);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(&r[got[0].clone()], &a[..]);
+        assert_eq!(&r[got[1].clone()], &b[..]);
+        assert_eq!(&r[got[2].clone()], &c[..]);
+        assert_eq!(got[0].start, BATCH_HDR);
+        assert_eq!(got[2].end, r.len());
+    }
+
+    #[test]
+    fn a_plain_record_is_one_event() {
+        let r = record(60, 7);
+        assert_eq!(events(&r), vec![(0..r.len())]);
+    }
+
+    #[test]
+    fn a_batch_whose_lengths_do_not_add_up_ends_in_one_bad_event() {
+        let mut r = batch(&[record(64, 1), record(64, 2)]);
+        // The second record claims more bytes than the batch holds.
+        let at =
+            BATCH_HDR + PacketEvent::record_len(64) + std::mem::offset_of!(PacketEvent, cap_len);
+        r[at..at + 4].copy_from_slice(&200u32.to_ne_bytes());
+        let got = events(&r);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[1].end, r.len(), "the rest, for the decoder to reject");
+        // A header longer than the record stops at the record's end.
+        let mut short = batch(&[record(8, 1)]);
+        short[4..8].copy_from_slice(&4000u32.to_ne_bytes());
+        assert_eq!(events(&short), vec![(BATCH_HDR..short.len())]);
+        // An empty batch has nothing.
+        assert!(events(&batch(&[])).is_empty());
     }
 }

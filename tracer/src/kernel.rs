@@ -12,7 +12,8 @@ use aya::{
 };
 use aya_obj::generated::bpf_map_type;
 use tracer_common::{
-    Config, Direction, FlowKey, FlowSlot, FlowStats, HookKey, HookSlot, HookStats, hook_slot, names,
+    BatchHeader, Config, Direction, FlowKey, FlowSlot, FlowStats, HookKey, HookSlot, HookStats,
+    MAX_SNAPLEN, PacketEvent, STAGE_MAX, Stage, hook_slot, names,
 };
 
 use crate::{
@@ -224,6 +225,7 @@ impl Kernel {
             // once per sixteenth of the ring it added 20-60 ns to every
             // reported packet.
             config.wakeup_bytes = (self.ring_size / 4).max(1024);
+            config.stage_bytes = stage_bytes(self.ring_size);
             let cpus = self.rings.len() as u32;
             let entries = cpus
                 .checked_mul(slots)
@@ -232,6 +234,7 @@ impl Kernel {
                 .override_global(names::GLOBAL_CONFIG, &config, true)
                 .map_max_entries(names::MAP_RINGS, cpus)
                 .map_max_entries(names::MAP_FLOWS, entries)
+                .map_max_entries(names::MAP_STAGES, cpus)
                 .load(self.object)
                 .map_err(|e| load_error(&e))?;
             for (name, _) in PROGRAMS {
@@ -329,6 +332,28 @@ impl Kernel {
     /// Kernel log readers (aya-log) of the copies loaded since the last call.
     pub fn take_new_loggers(&mut self) -> Vec<aya_log::EbpfLogger<&'static dyn log::Log>> {
         std::mem::take(&mut self.fresh_loggers)
+    }
+
+    /// Bytes of records the programs have gathered but not yet handed to
+    /// the rings (see [`Stage`]); they follow within
+    /// [`tracer_common::STAGE_DELAY_NS`], or once a full ring has room.
+    pub fn staged_bytes(&self) -> Result<u64, KernelError> {
+        let mut total = 0;
+        for inst in self.instances.values() {
+            let map = inst.bpf.map(names::MAP_STAGES).ok_or(KernelError::Map {
+                map: names::MAP_STAGES,
+                reason: "missing".into(),
+            })?;
+            let stages: aya::maps::Array<&MapData, Stage> =
+                aya::maps::Array::try_from(map).map_err(|e| map_err(names::MAP_STAGES, &e))?;
+            for cpu in 0..stages.len() {
+                let st = stages
+                    .get(&cpu, 0)
+                    .map_err(|e| map_err(names::MAP_STAGES, &e))?;
+                total += st.len;
+            }
+        }
+        Ok(total)
     }
 
     /// Per-hook counters, summed over CPUs: the array slots each CPU's
@@ -502,6 +527,17 @@ fn add_hook(s: &mut HookStats, v: &HookStats) {
     s.lost += v.lost;
 }
 
+/// Bytes of a batch's header.
+const BATCH_HDR: usize = std::mem::size_of::<BatchHeader>();
+
+/// Largest batch for rings of `ring_size` bytes: [`STAGE_MAX`], or an
+/// eighth of a ring where that is less (a ring holds several batches), and
+/// never less than room for the largest record.
+fn stage_bytes(ring_size: u32) -> u32 {
+    let least = (BATCH_HDR + PacketEvent::record_len(MAX_SNAPLEN as u32)).next_power_of_two();
+    (ring_size / 8).clamp(least as u32, STAGE_MAX as u32)
+}
+
 fn hook_slot_map(bpf: &Ebpf) -> Result<PerCpuArray<&MapData, HookSlot>, KernelError> {
     let map = bpf.map(names::MAP_HOOK_SLOTS).ok_or(KernelError::Map {
         map: names::MAP_HOOK_SLOTS,
@@ -658,6 +694,17 @@ pub fn podtrace_links() -> Vec<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ring_holds_several_batches_and_a_batch_the_largest_record() {
+        assert_eq!(stage_bytes(2 << 20), STAGE_MAX as u32);
+        assert_eq!(stage_bytes(16 << 10), 2048);
+        // One page: a batch of 512 bytes holds a record of MAX_SNAPLEN.
+        assert_eq!(stage_bytes(4096), 512);
+        assert!(
+            stage_bytes(4096) as usize >= BATCH_HDR + PacketEvent::record_len(MAX_SNAPLEN as u32)
+        );
+    }
 
     #[test]
     fn flow_sums_over_cpus() {

@@ -1,7 +1,7 @@
 //! The event ring buffer, read through its own mappings.
 //!
 //! aya's reader publishes the consumer position after every record. The
-//! programs read that position in every `reserve` and `submit`, on the
+//! programs read that position in every output to the ring, on the
 //! packet's CPU, so each record cost them a cache line fetched back from
 //! the reader's CPU. This reader publishes it once per [`PUBLISH_EVERY`]
 //! records and whenever it catches up, which keeps the line in the

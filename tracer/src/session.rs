@@ -267,20 +267,27 @@ impl Session {
         Ok(())
     }
 
-    /// Reads what is left in the ring buffer, without waiting.
-    pub fn drain(&mut self, mut on_packet: impl FnMut(&Packet, &[u8], &Topology)) {
+    /// Reads what is left: the rings, and the records the programs were
+    /// still gathering (at most [`tracer_common::STAGE_DELAY_NS`] away).
+    pub async fn drain(
+        &mut self,
+        mut on_packet: impl FnMut(&Packet, &[u8], &Topology),
+    ) -> anyhow::Result<()> {
         let topo = &self.topology;
         let received = &mut self.received;
         let undecodable = &mut self.undecodable;
-        self.reader.drain_now(|r| match r {
-            Ok((p, frame)) => {
-                *received
-                    .entry((p.hook.netns_cookie, p.hook.ifindex, p.hook.dir as u32))
-                    .or_default() += 1;
-                on_packet(&p, frame, topo);
-            }
-            Err(_) => *undecodable += 1,
-        });
+        self.reader
+            .drain_settled(&self.kernel, |r| match r {
+                Ok((p, frame)) => {
+                    *received
+                        .entry((p.hook.netns_cookie, p.hook.ifindex, p.hook.dir as u32))
+                        .or_default() += 1;
+                    on_packet(&p, frame, topo);
+                }
+                Err(_) => *undecodable += 1,
+            })
+            .await?;
+        Ok(())
     }
 
     /// Kernel per-hook counters.

@@ -156,7 +156,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    session.drain(|p, _, topo| engine.push(p, topo, |u| out.update(u)));
+    session
+        .drain(|p, _, topo| engine.push(p, topo, |u| out.update(u)))
+        .await?;
     let flows = session.flow_stats()?;
     engine.merge_kernel_counters(flows.iter(), |u| out.update(u));
     attach_conntrack(&session, &mut engine);
