@@ -36,10 +36,14 @@ pub mod names {
     /// Per-CPU array of [`crate::HookSlot`], indexed by
     /// [`crate::hook_slot`] of the interface.
     pub const MAP_HOOK_SLOTS: &str = "HOOK_SLOTS";
-    /// Array of [`crate::Stage`]s, one per possible CPU, indexed by the CPU:
-    /// where a namespace's copy of the programs gathers its records into
-    /// a batch before handing it to the CPU's ring.
+    /// Array of one [`MAP_STAGE_MAP`], shared by every namespace's copy of
+    /// the programs, like the rings.
     pub const MAP_STAGES: &str = "STAGES";
+    /// Array of [`crate::Stage`]s, one per possible CPU, indexed by the CPU:
+    /// where the programs gather each CPU's records into a batch before
+    /// handing it to the CPU's ring. Created with the first copy of the
+    /// programs (it needs their BTF: it holds timers).
+    pub const MAP_STAGE_MAP: &str = "STAGE_MAP";
     /// Global holding the [`crate::Config`].
     pub const GLOBAL_CONFIG: &str = "CONFIG";
 }
@@ -73,8 +77,9 @@ pub struct BatchHeader {
 /// [`Config::stage_bytes`], at most this.
 pub const STAGE_MAX: usize = 4096;
 
-/// Where one copy of the programs gathers one CPU's records (an entry of
-/// [`names::MAP_STAGES`]). A record costs a copy into this buffer, which
+/// Where the programs gather one CPU's records, from every traced
+/// namespace in the order the CPU saw them (an entry of
+/// [`names::MAP_STAGE_MAP`]). A record costs a copy into this buffer, which
 /// the CPU keeps in its caches, instead of a reservation in the ring,
 /// whose memory is cold by the time the CPU comes round to it again; the
 /// ring then takes one batch of records at a time. A batch goes to the ring

@@ -2,8 +2,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_F_MMAPABLE, BPF_F_TIMER_CPU_PIN, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        TC_ACT_UNSPEC, bpf_timer,
+        __sk_buff, BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_TIMER_CPU_PIN, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, bpf_timer,
     },
     btf_maps::{self, ArrayOfMaps, RingBuf},
     helpers::{
@@ -409,12 +409,24 @@ pub struct KStage {
 
 const _: () = assert!(core::mem::size_of::<KStage>() == core::mem::size_of::<Stage>());
 
-/// Where this copy of the programs gathers each CPU's records into a batch
-/// (see [`Stage`]), at the CPU's index; userspace sizes it to the possible
-/// CPUs. An array, not a per-CPU array: the kernel allows timers only in
-/// plain arrays and hashes.
+/// Flags of the stage maps: an inner map's size may differ from its
+/// template's.
+const STAGE_FLAGS: usize = BPF_F_INNER_MAP as usize;
+
+/// The per-CPU batches (see [`Stage`]), in the inner map at index 0, at
+/// the CPU's index: one map for every namespace's copy of the programs,
+/// which all write to the same per-CPU rings, so that a ring receives
+/// each CPU's records in the order the CPU saw them. A plain array, not a
+/// per-CPU one: the kernel allows timers only in arrays and hashes.
 #[btf_map(name = "STAGES")]
-static STAGES: btf_maps::Array<KStage, 1> = btf_maps::Array::new();
+static STAGES: ArrayOfMaps<btf_maps::Array<KStage, 1, STAGE_FLAGS>, 1> = ArrayOfMaps::new();
+
+/// The stage map itself, as the kernel needs it created: with this
+/// object's BTF, which tells the verifier where the timer is. Userspace
+/// sizes the first namespace's copy to the possible CPUs and puts it in
+/// every copy's [`STAGES`]; the others stay at one entry, unused.
+#[btf_map(name = "STAGE_MAP")]
+static STAGE_MAP: btf_maps::Array<KStage, 1, STAGE_FLAGS> = btf_maps::Array::new();
 
 const BATCH_HDR: usize = core::mem::size_of::<BatchHeader>();
 const STAGE_TIMER_SET: u64 = 1;
@@ -431,7 +443,10 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
     let snaplen = cfg!(snaplen);
     let snap = if snaplen < len { snaplen } else { len };
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(st) = STAGES.get_ptr_mut(cpu) else {
+    let Some(stages) = STAGES.get(0) else {
+        return false;
+    };
+    let Some(st) = stages.get_ptr_mut(cpu) else {
         return false;
     };
     // SAFETY: this CPU's entry. TC programs do not nest on one CPU, and the
@@ -479,7 +494,7 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
         // Probes go at once, and wake the reader: ping waits for them.
         let _ = flush(st, cpu, true);
     } else if st.state & STAGE_TIMER_RUNNING == 0 {
-        arm(st);
+        arm(st, core::ptr::from_ref(stages).cast_mut().cast());
     }
     true
 }
@@ -565,12 +580,11 @@ fn wake_due(size: u64) -> bool {
 /// batch; without the pin (kernels before 6.7) it runs where the kernel
 /// puts it, and the callback leaves other CPUs' batches alone.
 #[inline(always)]
-fn arm(st: &mut KStage) {
-    // SAFETY: the timer lives in this map's value; the callback has the
+fn arm(st: &mut KStage, map: *mut c_void) {
+    // SAFETY: the timer lives in the value of `map`; the callback has the
     // signature the verifier checks for a timer callback.
     unsafe {
         if st.state & STAGE_TIMER_SET == 0 {
-            let map = core::ptr::from_ref(&STAGES).cast_mut().cast();
             // -EBUSY if already set up: the callback is set either way.
             let _ = bpf_timer_init(&raw mut st.timer, map, CLOCK_MONOTONIC);
             if bpf_timer_set_callback(&raw mut st.timer, stage_timer as *mut c_void) != 0 {
@@ -578,6 +592,17 @@ fn arm(st: &mut KStage) {
             }
             st.state |= STAGE_TIMER_SET;
         }
+    }
+    start(st);
+}
+
+/// Starts the timer [`arm`] set up. The callback calls only this: a
+/// callback that set a callback would make the verifier follow timer
+/// callbacks within timer callbacks until its call stack overflows.
+#[inline(always)]
+fn start(st: &mut KStage) {
+    // SAFETY: the timer lives in this map's value.
+    unsafe {
         if bpf_timer_start(
             &raw mut st.timer,
             STAGE_DELAY_NS,
@@ -601,7 +626,7 @@ extern "C" fn stage_timer(_map: *mut c_void, key: *mut u32, st: *mut KStage) -> 
     let st = unsafe { &mut *st };
     st.state &= !STAGE_TIMER_RUNNING;
     if unsafe { *key } != cpu || !flush(st, cpu, false) {
-        arm(st);
+        start(st);
     }
     0
 }

@@ -137,6 +137,10 @@ pub struct Kernel {
     wakes: MapData,
     /// Bytes of each ring's data area.
     ring_size: u32,
+    /// Each CPU's batch of records (see [`Stage`]): the first namespace's
+    /// copy of the programs creates the map (the kernel wants it created
+    /// with the programs' BTF, for its timers); every copy uses it.
+    stages: Option<aya::maps::Map>,
     fresh_rings: Vec<Ring>,
     fresh_loggers: Vec<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: BTreeMap<(u64, u32), Attached>,
@@ -197,6 +201,7 @@ impl Kernel {
             instances: BTreeMap::new(),
             rings,
             ring_size,
+            stages: None,
             fresh_rings,
             fresh_loggers: Vec::new(),
             attached: BTreeMap::new(),
@@ -234,7 +239,12 @@ impl Kernel {
                 .override_global(names::GLOBAL_CONFIG, &config, true)
                 .map_max_entries(names::MAP_RINGS, cpus)
                 .map_max_entries(names::MAP_FLOWS, entries)
-                .map_max_entries(names::MAP_STAGES, cpus)
+                // The first copy's stage map serves every copy; the others'
+                // keep one entry.
+                .map_max_entries(
+                    names::MAP_STAGE_MAP,
+                    if self.stages.is_none() { cpus } else { 1 },
+                )
                 .load(self.object)
                 .map_err(|e| load_error(&e))?;
             for (name, _) in PROGRAMS {
@@ -250,6 +260,18 @@ impl Kernel {
             })?;
             fill_outer(&mut bpf, names::MAP_WAKES, [&self.wakes], |_| {
                 "the wakeup counters".into()
+            })?;
+            if self.stages.is_none() {
+                self.stages = bpf.take_map(names::MAP_STAGE_MAP);
+            }
+            let Some(aya::maps::Map::Array(stages)) = &self.stages else {
+                return Err(KernelError::Map {
+                    map: names::MAP_STAGE_MAP,
+                    reason: "missing, or not an array".into(),
+                });
+            };
+            fill_outer(&mut bpf, names::MAP_STAGES, [stages], |_| {
+                "the stage map".into()
             })?;
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
@@ -338,20 +360,14 @@ impl Kernel {
     /// the rings (see [`Stage`]); they follow within
     /// [`tracer_common::STAGE_DELAY_NS`], or once a full ring has room.
     pub fn staged_bytes(&self) -> Result<u64, KernelError> {
+        let Some(map) = &self.stages else {
+            return Ok(0);
+        };
+        let err = |e: aya::maps::MapError| map_err(names::MAP_STAGE_MAP, &e);
+        let stages: aya::maps::Array<&MapData, Stage> = map.try_into().map_err(err)?;
         let mut total = 0;
-        for inst in self.instances.values() {
-            let map = inst.bpf.map(names::MAP_STAGES).ok_or(KernelError::Map {
-                map: names::MAP_STAGES,
-                reason: "missing".into(),
-            })?;
-            let stages: aya::maps::Array<&MapData, Stage> =
-                aya::maps::Array::try_from(map).map_err(|e| map_err(names::MAP_STAGES, &e))?;
-            for cpu in 0..stages.len() {
-                let st = stages
-                    .get(&cpu, 0)
-                    .map_err(|e| map_err(names::MAP_STAGES, &e))?;
-                total += st.len;
-            }
+        for cpu in 0..stages.len() {
+            total += stages.get(&cpu, 0).map_err(err)?.len;
         }
         Ok(total)
     }
