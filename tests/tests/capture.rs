@@ -276,6 +276,36 @@ async fn tiny_ring_counts_every_loss() {
 }
 
 #[tokio::test]
+async fn a_lone_record_arrives_without_more_traffic() {
+    let _serial = serial();
+    let pair = VethPair::new("cl");
+    let (kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
+    let (b, a) = (pair.b.clone(), pair.a.clone());
+    tokio::task::spawn_blocking(move || {
+        let addr: SocketAddr = format!("{}:5002", VethPair::IP_B).parse().unwrap();
+        udp_send(&b, &a, addr, b"alone", 1)
+    })
+    .await
+    .unwrap();
+    // Nothing else is sent: the record sits in its CPU's batch until the
+    // kernel's timer hands the batch to the ring. The reader only waits
+    // (no drain_settled, which asks the kernel what is gathered).
+    let mut got = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !got && tokio::time::Instant::now() < deadline {
+        reader
+            .next_batch(|r| {
+                let (p, frame) = r.unwrap();
+                got |= matches!(p.l4, L4::Udp { dport: 5002, .. }) && frame.ends_with(b"alone");
+            })
+            .await
+            .unwrap();
+    }
+    assert!(got, "the datagram's record never left its batch");
+    assert_eq!(kernel.staged_bytes().unwrap(), 0, "nothing left gathered");
+}
+
+#[tokio::test]
 async fn records_come_whole_across_many_ring_wraps() {
     let _serial = serial();
     let pair = VethPair::new("cw");

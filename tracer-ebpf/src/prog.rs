@@ -451,7 +451,10 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
     };
     // SAFETY: this CPU's entry. TC programs do not nest on one CPU, and the
     // timer callback runs in a softirq of this CPU, which does not run
-    // while a TC program does.
+    // while a TC program does. (`BPF_PROG_TEST_RUN` runs a program with
+    // softirqs on: the callback may then flush between this program's
+    // writes, and a record go out twice; it is never torn, since `len`
+    // only ever covers records already written.)
     let st = unsafe { &mut *st };
     // `snap` is 1..=MAX_SNAPLEN (snaplen is, and a packet has bytes); the
     // volatile read and the mask put that in a form the verifier follows.
