@@ -4,8 +4,9 @@
 //! programs read that position in every output to the ring, on the
 //! packet's CPU, so each record cost them a cache line fetched back from
 //! the reader's CPU. This reader publishes it once per [`PUBLISH_EVERY`]
-//! records and whenever it catches up, which keeps the line in the
-//! producers' caches. The ring loses at most that many records' room.
+//! records or [`PUBLISH_SHARE`] of the ring, whichever comes first, and
+//! whenever it catches up, which keeps the line in the producers' caches.
+//! The ring loses at most that much room.
 //!
 //! The layout is the kernel's (`kernel/bpf/ringbuf.c`): a read-write page
 //! with the consumer position, then a read-only page with the producer
@@ -23,6 +24,9 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 /// Records read between two publications of the consumer position.
 pub const PUBLISH_EVERY: usize = 64;
+/// Or this share of the ring (1/N), when records are large: 64 batches of
+/// records could be half a ring the kernel would think still unread.
+pub const PUBLISH_SHARE: usize = 32;
 
 const BUSY: u32 = 1 << 31;
 const DISCARD: u32 = 1 << 30;
@@ -43,6 +47,8 @@ pub struct Ring {
     next_len: usize,
     /// Records consumed since the position was last published.
     unpublished: usize,
+    /// Bytes consumed since then.
+    unpublished_bytes: usize,
 }
 
 // SAFETY: the mappings are owned by the Ring and only touched through
@@ -100,6 +106,7 @@ impl Ring {
             prod: 0,
             next_len: 0,
             unpublished: 0,
+            unpublished_bytes: 0,
         };
         ring.pos = ring.consumer_pos().load(Ordering::Acquire);
         ring.prod = ring.pos;
@@ -164,9 +171,12 @@ impl Ring {
     /// Consumes the record [`peek`](Self::peek) returned. The kernel learns
     /// of it with the next publication.
     pub fn consume(&mut self) {
-        self.pos += std::mem::take(&mut self.next_len);
+        let len = std::mem::take(&mut self.next_len);
+        self.pos += len;
         self.unpublished += 1;
-        if self.unpublished == PUBLISH_EVERY {
+        self.unpublished_bytes += len;
+        if self.unpublished == PUBLISH_EVERY || self.unpublished_bytes >= self.size / PUBLISH_SHARE
+        {
             self.publish();
         }
     }
@@ -176,6 +186,7 @@ impl Ring {
         if self.unpublished != 0 {
             self.consumer_pos().store(self.pos, Ordering::Release);
             self.unpublished = 0;
+            self.unpublished_bytes = 0;
         }
     }
 
