@@ -581,7 +581,8 @@ fn wake_due(size: u64) -> bool {
 /// now: a quiet hook's records still reach userspace within that time.
 /// The timer is pinned to this CPU, since only this CPU may touch its
 /// batch; without the pin (kernels before 6.7) it runs where the kernel
-/// puts it, and the callback leaves other CPUs' batches alone.
+/// puts it, and the callback leaves other CPUs' batches alone (see
+/// [`stage_timer`]).
 #[inline(always)]
 fn arm(st: &mut KStage, map: *mut c_void) {
     // SAFETY: the timer lives in the value of `map`; the callback has the
@@ -619,16 +620,18 @@ fn start(st: &mut KStage) {
 }
 
 /// The timer's callback: flushes the CPU's batch, and tries again later if
-/// the ring is full.
+/// the ring is full. On another CPU (an unpinned timer, before 6.7) it
+/// only marks the timer stopped: the batch's own CPU starts it again with
+/// its next record, where the kernel then most likely puts it.
 #[inline(never)]
 extern "C" fn stage_timer(_map: *mut c_void, key: *mut u32, st: *mut KStage) -> i32 {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     // SAFETY: the verifier passes the key and the value of the timer's
-    // entry; the value is this CPU's (checked below) and no TC program
-    // runs on this CPU while a softirq does.
+    // entry. Only the entry's own CPU goes further than `state` below, and
+    // no TC program runs on a CPU while its softirq does.
     let st = unsafe { &mut *st };
     st.state &= !STAGE_TIMER_RUNNING;
-    if unsafe { *key } != cpu || !flush(st, cpu, false) {
+    if unsafe { *key } == cpu && !flush(st, cpu, false) {
         start(st);
     }
     0
