@@ -221,7 +221,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let churned = tokio::select! {
             Some(i) = self.churn.recv() => Some(i),
-            res = Self::read(&mut self.reader, &mut self.received, &mut self.undecodable, &self.topology, &mut on_packet) => {
+            res = self.reader.next_batch(tally(&mut self.received, &mut self.undecodable, &self.topology, &mut on_packet)) => {
                 res?;
                 None
             }
@@ -246,47 +246,19 @@ impl Session {
         Ok(())
     }
 
-    async fn read(
-        reader: &mut EventReader,
-        received: &mut BTreeMap<(u64, u32, u32), u64>,
-        undecodable: &mut u64,
-        topo: &Topology,
-        on_packet: &mut impl FnMut(&Packet, &[u8], &Topology),
-    ) -> anyhow::Result<()> {
-        reader
-            .next_batch(|r: Record<'_>| match r {
-                Ok((p, frame)) => {
-                    *received
-                        .entry((p.hook.netns_cookie, p.hook.ifindex, p.hook.dir as u32))
-                        .or_default() += 1;
-                    on_packet(&p, frame, topo);
-                }
-                Err(_) => *undecodable += 1,
-            })
-            .await?;
-        Ok(())
-    }
-
     /// Reads what is left: the rings, and the records the programs were
     /// still gathering (at most [`tracer_common::STAGE_DELAY_NS`] away).
     pub async fn drain(
         &mut self,
         mut on_packet: impl FnMut(&Packet, &[u8], &Topology),
     ) -> anyhow::Result<()> {
-        let topo = &self.topology;
-        let received = &mut self.received;
-        let undecodable = &mut self.undecodable;
-        self.reader
-            .drain_settled(&self.kernel, |r| match r {
-                Ok((p, frame)) => {
-                    *received
-                        .entry((p.hook.netns_cookie, p.hook.ifindex, p.hook.dir as u32))
-                        .or_default() += 1;
-                    on_packet(&p, frame, topo);
-                }
-                Err(_) => *undecodable += 1,
-            })
-            .await?;
+        let count = tally(
+            &mut self.received,
+            &mut self.undecodable,
+            &self.topology,
+            &mut on_packet,
+        );
+        self.reader.drain_settled(&self.kernel, count).await?;
         Ok(())
     }
 
@@ -357,4 +329,23 @@ fn watch_links(
         }
         conn.abort();
     }))
+}
+
+/// What `next` and `drain` do with every record: count it at its hook (or
+/// as undecodable) and hand the packet to `on_packet`.
+fn tally<'a, F: FnMut(&Packet, &[u8], &Topology)>(
+    received: &'a mut BTreeMap<(u64, u32, u32), u64>,
+    undecodable: &'a mut u64,
+    topo: &'a Topology,
+    on_packet: &'a mut F,
+) -> impl FnMut(Record<'_>) + 'a {
+    move |r| match r {
+        Ok((p, frame)) => {
+            *received
+                .entry((p.hook.netns_cookie, p.hook.ifindex, p.hook.dir as u32))
+                .or_default() += 1;
+            on_packet(&p, frame, topo);
+        }
+        Err(_) => *undecodable += 1,
+    }
 }
