@@ -428,7 +428,6 @@ static STAGES: ArrayOfMaps<btf_maps::Array<KStage, 1, STAGE_FLAGS>, 1> = ArrayOf
 #[btf_map(name = "STAGE_MAP")]
 static STAGE_MAP: btf_maps::Array<KStage, 1, STAGE_FLAGS> = btf_maps::Array::new();
 
-const BATCH_HDR: usize = core::mem::size_of::<BatchHeader>();
 const STAGE_TIMER_SET: u64 = 1;
 const STAGE_TIMER_RUNNING: u64 = 2;
 const CLOCK_MONOTONIC: u64 = 1;
@@ -461,12 +460,15 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
     let n =
         (unsafe { core::ptr::read_volatile(&snap) }.wrapping_sub(1) & (MAX_SNAPLEN as u32 - 1)) + 1;
     let limit = (cfg!(stage_bytes) as usize).min(STAGE_MAX);
-    if BATCH_HDR + st.len as usize + PacketEvent::record_len(n) > limit && !flush(st, cpu, false) {
+    if BatchHeader::LEN + st.len as usize + PacketEvent::record_len(n) > limit
+        && !flush(st, cpu, false)
+    {
         return false;
     }
     // A masked offset the verifier can bound: the value has room for the
     // largest record past STAGE_MAX.
-    let off = (BATCH_HDR + unsafe { core::ptr::read_volatile(&st.len) } as usize) & (STAGE_MAX - 1);
+    let off = (BatchHeader::LEN + unsafe { core::ptr::read_volatile(&st.len) } as usize)
+        & (STAGE_MAX - 1);
     let cookie = cfg!(netns_cookie);
     let cap;
     // SAFETY: `off` + a whole record lies inside `data` (see above).
@@ -492,7 +494,7 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
         };
         (*ev).cap_len = cap;
     }
-    st.len = (off.wrapping_sub(BATCH_HDR) + PacketEvent::record_len(cap)) as u64;
+    st.len = (off.wrapping_sub(BatchHeader::LEN) + PacketEvent::record_len(cap)) as u64;
     if why & reason::PROBE != 0 {
         // Probes go at once, and wake the reader: ping waits for them.
         let _ = flush(st, cpu, true);
@@ -506,9 +508,9 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
 /// ring has no room (the batch stays).
 #[inline(always)]
 fn flush(st: &mut KStage, cpu: u32, wake: bool) -> bool {
-    // Bounded for the verifier; `len` never exceeds STAGE_MAX - BATCH_HDR.
+    // Bounded for the verifier; `len` never exceeds STAGE_MAX - BatchHeader::LEN.
     let len = (unsafe { core::ptr::read_volatile(&st.len) } & (2 * STAGE_MAX as u64 - 1))
-        .min((STAGE_MAX - BATCH_HDR) as u64);
+        .min((STAGE_MAX - BatchHeader::LEN) as u64);
     if len == 0 {
         return true;
     }
@@ -525,7 +527,7 @@ fn flush(st: &mut KStage, cpu: u32, wake: bool) -> bool {
                 len: len as u32,
             });
     }
-    let size = len + BATCH_HDR as u64;
+    let size = len + BatchHeader::LEN as u64;
     let flags = if wake || wake_due(size) {
         BPF_RB_FORCE_WAKEUP
     } else {

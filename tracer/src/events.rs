@@ -184,8 +184,8 @@ fn event_in(r: &[u8], at: usize) -> Option<(Range<usize>, usize)> {
         return (at == 0).then_some((0..r.len(), r.len()));
     }
     let body = u32_at(r, std::mem::offset_of!(BatchHeader, len))? as usize;
-    let end = (BATCH_HDR + body).min(r.len());
-    let pos = at.max(BATCH_HDR);
+    let end = (BatchHeader::LEN + body).min(r.len());
+    let pos = at.max(BatchHeader::LEN);
     if pos >= end {
         return None;
     }
@@ -203,9 +203,6 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
         .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
 }
 
-/// Bytes of a batch's header.
-const BATCH_HDR: usize = std::mem::size_of::<BatchHeader>();
-
 /// An event's kernel timestamp (0 if it is too short to hold one).
 fn record_ts(r: &[u8]) -> u64 {
     const AT: usize = std::mem::offset_of!(PacketEvent, ts_ns);
@@ -221,8 +218,8 @@ impl Default for EventReader {
 
 #[cfg(test)]
 mod tests {
-    use super::{BATCH_HDR, event_in};
-    use tracer_common::{EventKind, PacketEvent};
+    use super::event_in;
+    use tracer_common::{BatchHeader, EventKind, PacketEvent};
 
     /// A record of `cap` packet bytes, as the kernel writes it in a batch.
     fn record(cap: u32, fill: u8) -> Vec<u8> {
@@ -259,7 +256,7 @@ mod tests {
         assert_eq!(&r[got[0].clone()], &a[..]);
         assert_eq!(&r[got[1].clone()], &b[..]);
         assert_eq!(&r[got[2].clone()], &c[..]);
-        assert_eq!(got[0].start, BATCH_HDR);
+        assert_eq!(got[0].start, BatchHeader::LEN);
         assert_eq!(got[2].end, r.len());
     }
 
@@ -273,8 +270,9 @@ mod tests {
     fn a_batch_whose_lengths_do_not_add_up_ends_in_one_bad_event() {
         let mut r = batch(&[record(64, 1), record(64, 2)]);
         // The second record claims more bytes than the batch holds.
-        let at =
-            BATCH_HDR + PacketEvent::record_len(64) + std::mem::offset_of!(PacketEvent, cap_len);
+        let at = BatchHeader::LEN
+            + PacketEvent::record_len(64)
+            + std::mem::offset_of!(PacketEvent, cap_len);
         r[at..at + 4].copy_from_slice(&200u32.to_ne_bytes());
         let got = events(&r);
         assert_eq!(got.len(), 2, "{got:?}");
@@ -282,7 +280,7 @@ mod tests {
         // A header longer than the record stops at the record's end.
         let mut short = batch(&[record(8, 1)]);
         short[4..8].copy_from_slice(&4000u32.to_ne_bytes());
-        assert_eq!(events(&short), vec![(BATCH_HDR..short.len())]);
+        assert_eq!(events(&short), vec![(BatchHeader::LEN..short.len())]);
         // An empty batch has nothing.
         assert!(events(&batch(&[])).is_empty());
     }

@@ -543,14 +543,12 @@ fn add_hook(s: &mut HookStats, v: &HookStats) {
     s.lost += v.lost;
 }
 
-/// Bytes of a batch's header.
-const BATCH_HDR: usize = std::mem::size_of::<BatchHeader>();
-
 /// Largest batch for rings of `ring_size` bytes: [`STAGE_MAX`], or an
 /// eighth of a ring where that is less (a ring holds several batches), and
 /// never less than room for the largest record.
 fn stage_bytes(ring_size: u32) -> u32 {
-    let least = (BATCH_HDR + PacketEvent::record_len(MAX_SNAPLEN as u32)).next_power_of_two();
+    let least =
+        (BatchHeader::LEN + PacketEvent::record_len(MAX_SNAPLEN as u32)).next_power_of_two();
     (ring_size / 8).clamp(least as u32, STAGE_MAX as u32)
 }
 
@@ -718,7 +716,8 @@ mod tests {
         // One page: a batch of 512 bytes holds a record of MAX_SNAPLEN.
         assert_eq!(stage_bytes(4096), 512);
         assert!(
-            stage_bytes(4096) as usize >= BATCH_HDR + PacketEvent::record_len(MAX_SNAPLEN as u32)
+            stage_bytes(4096) as usize
+                >= BatchHeader::LEN + PacketEvent::record_len(MAX_SNAPLEN as u32)
         );
     }
 
