@@ -31,7 +31,7 @@ async fn icmp_echo_reports_both_directions_with_addresses() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
         reader
-            .next_batch(|r| seen.push(r.expect("decodes").0))
+            .next_batch(&kernel, |r| seen.push(r.expect("decodes").0))
             .await
             .unwrap();
         let done = |dir, ty| {

@@ -294,7 +294,7 @@ async fn a_lone_record_arrives_without_more_traffic() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while !got && tokio::time::Instant::now() < deadline {
         reader
-            .next_batch(|r| {
+            .next_batch(&kernel, |r| {
                 let (p, frame) = r.unwrap();
                 got |= matches!(p.l4, L4::Udp { dport: 5002, .. }) && frame.ends_with(b"alone");
             })
@@ -406,6 +406,60 @@ async fn records_of_several_cpus_come_out_in_time_order() {
         (0..40).collect::<Vec<u8>>(),
         "records in the order sent"
     );
+}
+
+#[tokio::test]
+async fn a_batch_still_gathering_holds_back_other_cpus_newer_records() {
+    let _serial = serial();
+    let pair = VethPair::new("ch");
+    let (kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs, the machine has {cpus}"
+    );
+    let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
+        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
+    });
+    let addr: SocketAddr = format!("{}:5003", VethPair::IP_B).parse().unwrap();
+    // A plain datagram from CPU 0 waits in that CPU's batch for its timer;
+    // a probe right after it, from CPU 1, goes to CPU 1's ring at once and
+    // wakes the reader, which must not let it overtake the first.
+    // The kernel looks for the tag in the first 48 bytes of IPv4 packets
+    // that have them.
+    let mut probe = tracer_common::PROBE_MAGIC.to_vec();
+    probe.extend_from_slice(b" of the order!");
+    let sender = std::thread::spawn(move || {
+        // A first datagram resolves the neighbour (the two below would
+        // otherwise wait for it and leave together, from one CPU); then
+        // time for every record so far to leave its batch.
+        socket.send_to(b"warm", addr).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        pin_to(0);
+        socket.send_to(b"held", addr).expect("send");
+        pin_to(1);
+        socket.send_to(&probe, addr).expect("send");
+    });
+    let mut order = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while order.len() < 2 && tokio::time::Instant::now() < deadline {
+        reader
+            .next_batch(&kernel, |r| {
+                let (p, frame) = r.unwrap();
+                if !matches!(p.l4, L4::Udp { dport: 5003, .. }) {
+                    return;
+                }
+                if frame.ends_with(b"held") {
+                    order.push("held");
+                } else if frame.ends_with(b"the order!") {
+                    order.push("probe");
+                }
+            })
+            .await
+            .unwrap();
+    }
+    sender.join().unwrap();
+    assert_eq!(order, ["held", "probe"], "records in the order sent");
 }
 
 #[test]

@@ -21,11 +21,11 @@ pub mod names {
     /// CPUs never wait on each other's lock. Userspace creates the rings
     /// and shares them between the namespaces' copies of the programs.
     pub const MAP_RINGS: &str = "RINGS";
-    /// Array of one per-CPU array of `u64`: bytes of records each CPU
-    /// submitted since it last woke the reader. Userspace creates the inner
-    /// map and shares it between the namespaces' copies of the programs,
-    /// like the rings: they all write to the same rings, so they must count
-    /// towards the same wakeup.
+    /// Array of one per-CPU array of [`crate::CpuState`]: what each CPU's
+    /// ring and batch hold back from the reader. Userspace creates the
+    /// inner map and shares it between the namespaces' copies of the
+    /// programs, like the rings: they all write to the same rings and
+    /// batches.
     pub const MAP_WAKES: &str = "WAKES";
     /// Array of [`crate::FlowSlot`]: one region of [`crate::Config::flow_slots`]
     /// entries per possible CPU, memory-mapped by userspace.
@@ -105,6 +105,21 @@ pub struct Stage {
     /// past [`STAGE_MAX`], room for the largest record, so that a write at
     /// any offset below it stays inside the value.
     pub data: [u8; STAGE_MAX + PacketEvent::HEADER_LEN + MAX_SNAPLEN],
+}
+
+/// One CPU's bookkeeping that every namespace's copy of the programs
+/// shares (the value of [`names::MAP_WAKES`]'s inner per-CPU array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuState {
+    /// Bytes of records the CPU handed to its ring since it last woke the
+    /// reader.
+    pub unwoken: u64,
+    /// Kernel time of the oldest record in the CPU's [`Stage`], 0 when the
+    /// stage is empty. Until that batch reaches the ring, the reader holds
+    /// back other CPUs' newer records: it merges the rings by time, and
+    /// can only merge what they hold.
+    pub staged_since: u64,
 }
 
 /// Most time a record waits in a [`Stage`] before it goes to the ring.
@@ -517,6 +532,7 @@ const _: () = {
     assert!(DEFAULT_FLOW_SLOTS.is_power_of_two() && DEFAULT_FLOW_SLOTS >= FLOW_PROBES);
     assert!(core::mem::size_of::<Config>() == 72);
     assert!(core::mem::size_of::<BatchHeader>() == 8);
+    assert!(core::mem::size_of::<CpuState>() == 16);
     assert!(STAGE_MAX.is_power_of_two());
     assert!(core::mem::size_of::<Stage>() == 32 + STAGE_MAX + 48 + MAX_SNAPLEN);
     assert!(PacketEvent::record_len(MAX_SNAPLEN as u32) == 48 + MAX_SNAPLEN);
@@ -536,6 +552,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Stage {}
+    unsafe impl aya::Pod for super::CpuState {}
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    BatchHeader, Cidr4, Config, Direction, EventKind, FLOW_PROBES, FlowSlot, HOOK_SLOTS, HookKey,
-    HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, STAGE_DELAY_NS, STAGE_MAX, SlotKey,
-    Stage, hook_slot, mode, reason,
+    BatchHeader, Cidr4, Config, CpuState, Direction, EventKind, FLOW_PROBES, FlowSlot, HOOK_SLOTS,
+    HookKey, HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, STAGE_DELAY_NS, STAGE_MAX,
+    SlotKey, Stage, hook_slot, mode, reason,
 };
 
 /// One ring buffer per CPU, at the CPU's index: a program writes to its
@@ -41,11 +41,11 @@ static FLOWS: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "HOOK_SLOTS")]
 static HOOK_SLOTS_MAP: PerCpuArray<HookSlot> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
 
-/// Bytes of records this CPU submitted since it last woke the reader, in
-/// the inner map at index 0: userspace puts one counter there for every
-/// namespace's copy of the programs, since they all share the CPU's ring.
+/// This CPU's [`CpuState`], in the inner map at index 0: userspace puts
+/// one there for every namespace's copy of the programs, since they all
+/// share the CPU's ring and batch.
 #[btf_map(name = "WAKES")]
-static WAKES: ArrayOfMaps<btf_maps::PerCpuArray<u64, 1>, 1> = ArrayOfMaps::new();
+static WAKES: ArrayOfMaps<btf_maps::PerCpuArray<CpuState, 1>, 1> = ArrayOfMaps::new();
 
 /// Hook counters of interfaces whose slot another interface holds.
 #[map(name = "HOOKS")]
@@ -465,6 +465,13 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
     {
         return false;
     }
+    if st.len == 0 {
+        // The batch starts with this record: the reader holds back other
+        // CPUs' newer records until it reaches the ring.
+        if let Some(state) = cpu_state() {
+            state.staged_since = ts;
+        }
+    }
     // A masked offset the verifier can bound: the value has room for the
     // largest record past STAGE_MAX.
     let off = (BatchHeader::LEN + unsafe { core::ptr::read_volatile(&st.len) } as usize)
@@ -528,7 +535,8 @@ fn flush(st: &mut KStage, cpu: u32, wake: bool) -> bool {
             });
     }
     let size = len + BatchHeader::LEN as u64;
-    let flags = if wake || wake_due(size) {
+    let mut state = cpu_state();
+    let flags = if wake || wake_due(state.as_deref_mut(), size) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -546,7 +554,20 @@ fn flush(st: &mut KStage, cpu: u32, wake: bool) -> bool {
         return false;
     }
     st.len = 0;
+    if let Some(state) = state {
+        state.staged_since = 0;
+    }
     true
+}
+
+/// This CPU's [`CpuState`].
+#[inline(always)]
+fn cpu_state() -> Option<&'static mut CpuState> {
+    let states = WAKES.get(0)?;
+    let state = states.get_ptr_mut(0)?;
+    // SAFETY: per-CPU value; TC programs and this CPU's timer callback do
+    // not run at once on one CPU.
+    Some(unsafe { &mut *state })
 }
 
 /// Counts `size` bytes into this CPU's wakeup count; true when the reader
@@ -557,23 +578,17 @@ fn flush(st: &mut KStage, cpu: u32, wake: bool) -> bool {
 /// CPU's own: asking the ring how much waits would read the positions the
 /// reader on another CPU keeps writing.
 #[inline(always)]
-fn wake_due(size: u64) -> bool {
+fn wake_due(state: Option<&mut CpuState>, size: u64) -> bool {
     let every = u64::from(cfg!(wakeup_bytes));
     if every == 0 {
         return false;
     }
-    let Some(wake) = WAKES.get(0) else {
+    let Some(state) = state else {
         return false;
     };
-    let Some(pending) = wake.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: per-CPU value; TC programs and this CPU's timer callback do
-    // not run at once on one CPU.
-    let pending = unsafe { &mut *pending };
-    *pending += size + 8;
-    if *pending >= every {
-        *pending = 0;
+    state.unwoken += size + 8;
+    if state.unwoken >= every {
+        state.unwoken = 0;
         return true;
     }
     false

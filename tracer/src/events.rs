@@ -52,8 +52,14 @@ impl EventReader {
     }
 
     /// Waits until records may be there, then hands each one, decoded, to
-    /// `f`. Returns how many events were read (possibly 0 after a tick).
-    pub async fn next_batch(&mut self, mut f: impl FnMut(Record<'_>)) -> io::Result<usize> {
+    /// `f`, up to what `kernel` says every CPU has handed over (see
+    /// [`Kernel::complete_before`]); the rest waits for a later call.
+    /// Returns how many events were read (possibly 0 after a tick).
+    pub async fn next_batch(
+        &mut self,
+        kernel: &Kernel,
+        mut f: impl FnMut(Record<'_>),
+    ) -> io::Result<usize> {
         if self.rings.is_empty() {
             self.drain.tick().await;
             return Ok(0);
@@ -67,14 +73,20 @@ impl EventReader {
                 _ = self.drain.tick() => {}
             }
         }
-        Ok(self.drain_now(&mut f))
+        let before = if self.rings.len() > 1 {
+            kernel.complete_before().map_err(io::Error::other)?
+        } else {
+            u64::MAX
+        };
+        Ok(self.drain_now(&mut f, before))
     }
 
-    /// Reads whatever is in the rings now, without waiting: one CPU's ring
-    /// in its own order, several merged by timestamp, so that what one
-    /// packet did on two CPUs comes out in the order it happened. Returns
-    /// how many events were read.
-    pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>)) -> usize {
+    /// Reads what is in the rings now, without waiting: one CPU's ring in
+    /// its own order, several merged by timestamp, so that what one packet
+    /// did on two CPUs comes out in the order it happened. With several
+    /// rings, stops at the first event stamped `before` or later, which
+    /// stays for the next call. Returns how many events were read.
+    pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>), before: u64) -> usize {
         // Read in place: copying the whole record first cost as much as
         // decoding it.
         if let [src] = self.rings.as_mut_slice() {
@@ -97,7 +109,10 @@ impl EventReader {
             }
         }
         let mut read = 0;
-        while let Some(Reverse((_, i))) = heads.pop() {
+        while let Some(Reverse((ts, i))) = heads.pop() {
+            if ts >= before {
+                break;
+            }
             let src = &mut self.rings[i];
             if let Some(ev) = src.head() {
                 f(decode::decode_record(ev));
@@ -127,17 +142,21 @@ impl EventReader {
         mut f: impl FnMut(Record<'_>),
     ) -> Result<usize, KernelError> {
         let until = tokio::time::Instant::now() + 3 * Duration::from_nanos(STAGE_DELAY_NS);
-        let mut read = self.drain_now(&mut f);
+        let mut read = 0;
         loop {
-            let settled = kernel.staged_bytes()? == 0;
-            if !settled && tokio::time::Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            // A batch leaves the count only once it is in its ring.
-            read += self.drain_now(&mut f);
-            if settled || tokio::time::Instant::now() >= until {
+            // A batch leaves the count only once it is in its ring: once
+            // none is left, every record is in a ring, and all go out.
+            let last = kernel.staged_bytes()? == 0 || tokio::time::Instant::now() >= until;
+            let before = if last {
+                u64::MAX
+            } else {
+                kernel.complete_before()?
+            };
+            read += self.drain_now(&mut f, before);
+            if last {
                 return Ok(read);
             }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }

@@ -12,8 +12,8 @@ use aya::{
 };
 use aya_obj::generated::bpf_map_type;
 use tracer_common::{
-    BatchHeader, Config, Direction, FlowKey, FlowSlot, FlowStats, HookKey, HookSlot, HookStats,
-    MAX_SNAPLEN, PacketEvent, STAGE_MAX, Stage, hook_slot, names,
+    BatchHeader, Config, CpuState, Direction, FlowKey, FlowSlot, FlowStats, HookKey, HookSlot,
+    HookStats, MAX_SNAPLEN, PacketEvent, STAGE_MAX, Stage, hook_slot, names,
 };
 
 use crate::{
@@ -132,9 +132,9 @@ pub struct Kernel {
     instances: BTreeMap<u64, Instance>,
     /// The per-CPU rings, shared by every namespace's copy of the programs.
     rings: Vec<MapData>,
-    /// Bytes each CPU submitted to its ring since the last wakeup (a per-CPU
-    /// array of one `u64`), shared like the rings.
-    wakes: MapData,
+    /// Each CPU's [`CpuState`] (a per-CPU array of one), shared like the
+    /// rings.
+    wakes: aya::maps::Map,
     /// Bytes of each ring's data area.
     ring_size: u32,
     /// Each CPU's batch of records (see [`Stage`]): the first namespace's
@@ -186,14 +186,15 @@ impl Kernel {
         let wakes = shared_map(
             bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
             4,
-            8,
+            std::mem::size_of::<CpuState>() as u32,
             1,
             "podtrace_wakes",
         )
         .map_err(|e| KernelError::Map {
             map: names::MAP_WAKES,
-            reason: format!("creating the wakeup counters: {e}"),
+            reason: format!("creating the per-CPU states: {e}"),
         })?;
+        let wakes = aya::maps::Map::PerCpuArray(wakes);
         Ok(Self {
             opts: opts.clone(),
             object,
@@ -258,8 +259,11 @@ impl Kernel {
             fill_outer(&mut bpf, names::MAP_RINGS, &self.rings, |cpu| {
                 format!("the ring of CPU {cpu}")
             })?;
-            fill_outer(&mut bpf, names::MAP_WAKES, [&self.wakes], |_| {
-                "the wakeup counters".into()
+            let aya::maps::Map::PerCpuArray(wakes) = &self.wakes else {
+                unreachable!("created as a per-CPU array")
+            };
+            fill_outer(&mut bpf, names::MAP_WAKES, [wakes], |_| {
+                "the per-CPU states".into()
             })?;
             if self.stages.is_none() {
                 self.stages = bpf.take_map(names::MAP_STAGE_MAP);
@@ -372,6 +376,30 @@ impl Kernel {
         Ok(total)
     }
 
+    /// Kernel time (`CLOCK_MONOTONIC`) before which every record the
+    /// programs made is in a ring: the oldest record still gathering in a
+    /// CPU's batch, or now if none is. A reader that merges the rings by
+    /// time emits nothing newer, or a CPU whose batch waits for its timer
+    /// would see its records come out after other CPUs' later ones.
+    ///
+    /// A batch older than [`HOLD_AT_MOST_NS`] does not count: its ring is
+    /// full, or its timer late, and the others' records must not wait for
+    /// it forever.
+    pub fn complete_before(&self) -> Result<u64, KernelError> {
+        let now = crate::output::kernel_now_ns();
+        let states: PerCpuArray<&MapData, CpuState> = (&self.wakes)
+            .try_into()
+            .map_err(|e| map_err(names::MAP_WAKES, &e))?;
+        let per_cpu = states
+            .get(&0, 0)
+            .map_err(|e| map_err(names::MAP_WAKES, &e))?;
+        Ok(per_cpu
+            .iter()
+            .map(|s| s.staged_since)
+            .filter(|&since| since != 0 && since.saturating_add(HOLD_AT_MOST_NS) > now)
+            .fold(now, u64::min))
+    }
+
     /// Per-hook counters, summed over CPUs: the array slots each CPU's
     /// interfaces hold, plus the hash for those that found theirs taken.
     pub fn hook_stats(&self) -> Result<BTreeMap<HookKey, HookStats>, KernelError> {
@@ -456,6 +484,11 @@ fn fill_outer<'a>(
     }
     Ok(())
 }
+
+/// Longest a reader holds records back for another CPU's batch (see
+/// [`Kernel::complete_before`]): three times the most a batch waits for
+/// its timer.
+pub const HOLD_AT_MOST_NS: u64 = 3 * tracer_common::STAGE_DELAY_NS;
 
 /// The kernel's flow table (an mmapable array of [`FlowSlot`]), mapped
 /// read-only into this process for as long as the programs are loaded.

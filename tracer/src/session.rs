@@ -221,7 +221,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let churned = tokio::select! {
             Some(i) = self.churn.recv() => Some(i),
-            res = self.reader.next_batch(tally(&mut self.received, &mut self.undecodable, &self.topology, &mut on_packet)) => {
+            res = self.reader.next_batch(&self.kernel, tally(&mut self.received, &mut self.undecodable, &self.topology, &mut on_packet)) => {
                 res?;
                 None
             }
