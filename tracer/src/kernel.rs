@@ -393,11 +393,7 @@ impl Kernel {
         let per_cpu = states
             .get(&0, 0)
             .map_err(|e| map_err(names::MAP_WAKES, &e))?;
-        Ok(per_cpu
-            .iter()
-            .map(|s| s.staged_since)
-            .filter(|&since| since != 0 && since.saturating_add(HOLD_AT_MOST_NS) > now)
-            .fold(now, u64::min))
+        Ok(complete_before(per_cpu.iter(), now))
     }
 
     /// Per-hook counters, summed over CPUs: the array slots each CPU's
@@ -489,6 +485,15 @@ fn fill_outer<'a>(
 /// [`Kernel::complete_before`]): three times the most a batch waits for
 /// its timer.
 pub const HOLD_AT_MOST_NS: u64 = 3 * tracer_common::STAGE_DELAY_NS;
+
+/// [`Kernel::complete_before`] from the CPUs' states at kernel time `now`.
+fn complete_before<'a>(states: impl IntoIterator<Item = &'a CpuState>, now: u64) -> u64 {
+    states
+        .into_iter()
+        .map(|s| s.staged_since)
+        .filter(|&since| since != 0 && since.saturating_add(HOLD_AT_MOST_NS) > now)
+        .fold(now, u64::min)
+}
 
 /// The kernel's flow table (an mmapable array of [`FlowSlot`]), mapped
 /// read-only into this process for as long as the programs are loaded.
@@ -741,6 +746,25 @@ pub fn podtrace_links() -> Vec<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_wait_for_the_oldest_recent_batch_only() {
+        let now = 1_000_000_000;
+        let state = |staged_since| CpuState {
+            unwoken: 0,
+            staged_since,
+        };
+        // Nothing gathering: everything up to now may go.
+        assert_eq!(complete_before(&[state(0), state(0)], now), now);
+        // The oldest batch still gathering bounds what goes out.
+        let (a, b) = (now - 4_000_000, now - 1_000_000);
+        assert_eq!(complete_before(&[state(b), state(0), state(a)], now), a);
+        // A batch older than the hold limit (its ring full, its timer late)
+        // holds nobody back.
+        let stale = now - HOLD_AT_MOST_NS - 1;
+        assert_eq!(complete_before(&[state(stale), state(b)], now), b);
+        assert_eq!(complete_before(&[state(stale)], now), now);
+    }
 
     #[test]
     fn a_ring_holds_several_batches_and_a_batch_the_largest_record() {
