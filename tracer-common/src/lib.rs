@@ -115,10 +115,11 @@ pub struct CpuState {
     /// Bytes of records the CPU handed to its ring since it last woke the
     /// reader.
     pub unwoken: u64,
-    /// Kernel time of the oldest record in the CPU's [`Stage`], 0 when the
-    /// stage is empty. Until that batch reaches the ring, the reader holds
-    /// back other CPUs' newer records: it merges the rings by time, and
-    /// can only merge what they hold.
+    /// Kernel time of the first record in the CPU's [`Stage`] (its oldest:
+    /// a CPU stamps its records in order), 0 when the stage is empty. Until
+    /// that batch reaches the ring, the reader holds back other CPUs' newer
+    /// records: it merges the rings by time, and can only merge what they
+    /// hold.
     pub staged_since: u64,
 }
 

@@ -460,14 +460,14 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
     let n =
         (unsafe { core::ptr::read_volatile(&snap) }.wrapping_sub(1) & (MAX_SNAPLEN as u32 - 1)) + 1;
     let limit = (cfg!(stage_bytes) as usize).min(STAGE_MAX);
-    if BatchHeader::LEN + st.len as usize + PacketEvent::record_len(n) > limit
-        && !flush(st, cpu, false)
-    {
+    let full = BatchHeader::LEN + st.len as usize + PacketEvent::record_len(n) > limit;
+    // The next batch starts with this record: the reader holds back other
+    // CPUs' newer records until it reaches the ring. A full batch's flush
+    // hands the mark straight over, so that it is never 0 in between.
+    if full && !flush(st, cpu, false, ts) {
         return false;
     }
-    if st.len == 0 {
-        // The batch starts with this record: the reader holds back other
-        // CPUs' newer records until it reaches the ring.
+    if !full && st.len == 0 {
         if let Some(state) = cpu_state() {
             state.staged_since = ts;
         }
@@ -502,19 +502,20 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
         (*ev).cap_len = cap;
     }
     st.len = (off.wrapping_sub(BatchHeader::LEN) + PacketEvent::record_len(cap)) as u64;
-    if why & reason::PROBE != 0 {
-        // Probes go at once, and wake the reader: ping waits for them.
-        let _ = flush(st, cpu, true);
-    } else if st.state & STAGE_TIMER_RUNNING == 0 {
+    // Probes go at once, and wake the reader: ping waits for them. Other
+    // records, and a probe the ring refused, wait for the timer.
+    let sent = why & reason::PROBE != 0 && flush(st, cpu, true, 0);
+    if !sent && st.state & STAGE_TIMER_RUNNING == 0 {
         arm(st, core::ptr::from_ref(stages).cast_mut().cast());
     }
     true
 }
 
-/// Hands the CPU's batch to the CPU's ring, as one record. False when the
-/// ring has no room (the batch stays).
+/// Hands the CPU's batch to the CPU's ring, as one record, and marks the
+/// CPU's next batch as gathering since `next_since` (0: empty). False when
+/// the ring has no room (the batch and its mark stay).
 #[inline(always)]
-fn flush(st: &mut KStage, cpu: u32, wake: bool) -> bool {
+fn flush(st: &mut KStage, cpu: u32, wake: bool, next_since: u64) -> bool {
     // Bounded for the verifier; `len` never exceeds STAGE_MAX - BatchHeader::LEN.
     let len = (unsafe { core::ptr::read_volatile(&st.len) } & (2 * STAGE_MAX as u64 - 1))
         .min((STAGE_MAX - BatchHeader::LEN) as u64);
@@ -555,7 +556,7 @@ fn flush(st: &mut KStage, cpu: u32, wake: bool) -> bool {
     }
     st.len = 0;
     if let Some(state) = state {
-        state.staged_since = 0;
+        state.staged_since = next_since;
     }
     true
 }
@@ -648,7 +649,7 @@ extern "C" fn stage_timer(_map: *mut c_void, key: *mut u32, st: *mut KStage) -> 
     // no TC program runs on a CPU while its softirq does.
     let st = unsafe { &mut *st };
     st.state &= !STAGE_TIMER_RUNNING;
-    if unsafe { *key } == cpu && !flush(st, cpu, false) {
+    if unsafe { *key } == cpu && !flush(st, cpu, false, 0) {
         start(st);
     }
     0

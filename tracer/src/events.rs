@@ -21,10 +21,17 @@ pub type Record<'a> = Result<(Packet, &'a [u8]), DecodeError>;
 /// How often the ring buffers are drained when the kernel did not wake us.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
+/// How soon a reader that held records back looks again (see
+/// [`EventReader::drain_now`]), rather than at the next drain tick: the
+/// batch it waits for reaches its ring without waking anyone.
+pub const HELD_RETRY: Duration = Duration::from_millis(5);
+
 /// Async reader of the kernel's packet events.
 pub struct EventReader {
     rings: Vec<Source>,
     drain: tokio::time::Interval,
+    /// The last drain left records in the rings for another CPU's batch.
+    held: bool,
 }
 
 impl EventReader {
@@ -35,6 +42,7 @@ impl EventReader {
         Self {
             rings: Vec::new(),
             drain,
+            held: false,
         }
     }
 
@@ -71,6 +79,7 @@ impl EventReader {
             tokio::select! {
                 (guard, _, _) = ready => guard?.clear_ready(),
                 _ = self.drain.tick() => {}
+                () = tokio::time::sleep(HELD_RETRY), if self.held => {}
             }
         }
         let before = if self.rings.len() > 1 {
@@ -85,8 +94,11 @@ impl EventReader {
     /// its own order, several merged by timestamp, so that what one packet
     /// did on two CPUs comes out in the order it happened. With several
     /// rings, stops at the first event stamped `before` or later, which
-    /// stays for the next call. Returns how many events were read.
+    /// stays for the next call, unless a ring is more than half full:
+    /// then order gives way, rather than records be lost. Returns how many
+    /// events were read.
     pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>), before: u64) -> usize {
+        self.held = false;
         // Read in place: copying the whole record first cost as much as
         // decoding it.
         if let [src] = self.rings.as_mut_slice() {
@@ -102,6 +114,11 @@ impl EventReader {
             src.at = 0;
             return read;
         }
+        let pressed = self.rings.iter().any(|s| {
+            let ring = s.ring.get_ref();
+            ring.filled() > ring.size() / 2
+        });
+        let before = if pressed { u64::MAX } else { before };
         let mut heads = BinaryHeap::with_capacity(self.rings.len());
         for (i, src) in self.rings.iter_mut().enumerate() {
             if let Some(ev) = src.head() {
@@ -111,6 +128,7 @@ impl EventReader {
         let mut read = 0;
         while let Some(Reverse((ts, i))) = heads.pop() {
             if ts >= before {
+                self.held = true;
                 break;
             }
             let src = &mut self.rings[i];

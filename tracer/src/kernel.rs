@@ -376,15 +376,17 @@ impl Kernel {
         Ok(total)
     }
 
-    /// Kernel time (`CLOCK_MONOTONIC`) before which every record the
-    /// programs made is in a ring: the oldest record still gathering in a
-    /// CPU's batch, or now if none is. A reader that merges the rings by
-    /// time emits nothing newer, or a CPU whose batch waits for its timer
-    /// would see its records come out after other CPUs' later ones.
+    /// Kernel time (`CLOCK_MONOTONIC`) before which the programs' records
+    /// are in the rings: the first record of the oldest batch still
+    /// gathering (a CPU stamps its records in order), or [`HOLD_SLACK_NS`]
+    /// ago if none is (a record is stamped a little before it is staged).
+    /// A reader that merges the rings by time emits nothing newer, or a
+    /// CPU whose batch waits for its timer would see its records come out
+    /// after other CPUs' later ones.
     ///
-    /// A batch older than [`HOLD_AT_MOST_NS`] does not count: its ring is
-    /// full, or its timer late, and the others' records must not wait for
-    /// it forever.
+    /// A batch older than [`HOLD_AT_MOST_NS`] does not count (its timer
+    /// is late, or the ring keeps refusing it): the others' records must
+    /// not wait for it forever.
     pub fn complete_before(&self) -> Result<u64, KernelError> {
         let now = crate::output::kernel_now_ns();
         let states: PerCpuArray<&MapData, CpuState> = (&self.wakes)
@@ -486,13 +488,18 @@ fn fill_outer<'a>(
 /// its timer.
 pub const HOLD_AT_MOST_NS: u64 = 3 * tracer_common::STAGE_DELAY_NS;
 
+/// How long a reader holds back the newest records even when no batch is
+/// gathering: a record's stamp is taken before it reaches its batch, and
+/// a virtual CPU may stall in between.
+pub const HOLD_SLACK_NS: u64 = 1_000_000;
+
 /// [`Kernel::complete_before`] from the CPUs' states at kernel time `now`.
 fn complete_before<'a>(states: impl IntoIterator<Item = &'a CpuState>, now: u64) -> u64 {
     states
         .into_iter()
         .map(|s| s.staged_since)
         .filter(|&since| since != 0 && since.saturating_add(HOLD_AT_MOST_NS) > now)
-        .fold(now, u64::min)
+        .fold(now.saturating_sub(HOLD_SLACK_NS), u64::min)
 }
 
 /// The kernel's flow table (an mmapable array of [`FlowSlot`]), mapped
@@ -754,16 +761,19 @@ mod tests {
             unwoken: 0,
             staged_since,
         };
-        // Nothing gathering: everything up to now may go.
-        assert_eq!(complete_before(&[state(0), state(0)], now), now);
+        // Nothing gathering: everything but the last instant may go.
+        let recent = now - HOLD_SLACK_NS;
+        assert_eq!(complete_before(&[state(0), state(0)], now), recent);
         // The oldest batch still gathering bounds what goes out.
-        let (a, b) = (now - 4_000_000, now - 1_000_000);
+        let (a, b) = (now - 4_000_000, now - 2_000_000);
         assert_eq!(complete_before(&[state(b), state(0), state(a)], now), a);
+        // A batch younger than the slack changes nothing.
+        assert_eq!(complete_before(&[state(now - 1000)], now), recent);
         // A batch older than the hold limit (its ring full, its timer late)
         // holds nobody back.
         let stale = now - HOLD_AT_MOST_NS - 1;
         assert_eq!(complete_before(&[state(stale), state(b)], now), b);
-        assert_eq!(complete_before(&[state(stale)], now), now);
+        assert_eq!(complete_before(&[state(stale)], now), recent);
     }
 
     #[test]

@@ -168,6 +168,19 @@ impl Ring {
         }
     }
 
+    /// Bytes the kernel has committed or reserved past what this reader
+    /// has read: how full the ring is.
+    pub fn filled(&self) -> usize {
+        self.producer_pos()
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.pos)
+    }
+
+    /// Bytes of the data area.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// Consumes the record [`peek`](Self::peek) returned. The kernel learns
     /// of it with the next publication.
     pub fn consume(&mut self) {
