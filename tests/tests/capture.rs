@@ -371,25 +371,47 @@ fn pin_to(cpu: usize) {
     }
 }
 
+/// The first two CPUs this thread may run on (a test that sends from two
+/// CPUs fails here if there are not two).
+fn two_cpus() -> [usize; 2] {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, which
+    // sched_getaffinity fills; CPU_ISSET only reads it.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0,
+            "reading this thread's CPUs"
+        );
+        set
+    };
+    let mine: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    assert!(
+        mine.len() >= 2,
+        "this test needs two CPUs, this thread may run on {mine:?}"
+    );
+    [mine[0], mine[1]]
+}
+
 #[tokio::test]
 async fn records_of_several_cpus_come_out_in_time_order() {
     let _serial = serial();
     let pair = VethPair::new("co");
     let (kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    assert!(
-        cpus >= 2,
-        "this test needs two CPUs, the machine has {cpus}"
-    );
-    // Datagram i leaves from CPU i % 2, so its record lands in that CPU's
-    // ring; read ring by ring, the odd ones would all come after the even.
+    let cpus = two_cpus();
+    // Datagram i leaves from CPU i % 2 of the two, so its record lands in
+    // that CPU's ring; read ring by ring, the odd ones would all come
+    // after the even.
     let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
         std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
     });
     let addr: SocketAddr = format!("{}:5000", VethPair::IP_B).parse().unwrap();
     std::thread::spawn(move || {
         for i in 0..40u8 {
-            pin_to(usize::from(i % 2));
+            pin_to(cpus[usize::from(i % 2)]);
             socket.send_to(&[b'o', b'r', b'd', i], addr).expect("send");
         }
     })
@@ -421,18 +443,15 @@ async fn a_batch_still_gathering_holds_back_other_cpus_newer_records() {
     let _serial = serial();
     let pair = VethPair::new("ch");
     let (kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    assert!(
-        cpus >= 2,
-        "this test needs two CPUs, the machine has {cpus}"
-    );
+    let cpus = two_cpus();
     let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
         std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
     });
     let addr: SocketAddr = format!("{}:5003", VethPair::IP_B).parse().unwrap();
-    // A plain datagram from CPU 0 waits in that CPU's batch for its timer;
-    // a probe right after it, from CPU 1, goes to CPU 1's ring at once and
-    // wakes the reader, which must not let it overtake the first.
+    // A plain datagram from one CPU waits in that CPU's batch for its
+    // timer; a probe right after it, from another, goes to that CPU's ring
+    // at once and wakes the reader, which must not let it overtake the
+    // first.
     // The kernel looks for the tag in the first 48 bytes of IPv4 packets
     // that have them.
     let mut probe = tracer_common::PROBE_MAGIC.to_vec();
@@ -443,9 +462,9 @@ async fn a_batch_still_gathering_holds_back_other_cpus_newer_records() {
         // time for every record so far to leave its batch.
         socket.send_to(b"warm", addr).expect("send");
         std::thread::sleep(Duration::from_millis(100));
-        pin_to(0);
+        pin_to(cpus[0]);
         socket.send_to(b"held", addr).expect("send");
-        pin_to(1);
+        pin_to(cpus[1]);
         socket.send_to(&probe, addr).expect("send");
     });
     let mut order = Vec::new();
