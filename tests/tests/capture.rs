@@ -489,6 +489,67 @@ async fn a_batch_still_gathering_holds_back_other_cpus_newer_records() {
     assert_eq!(order, ["held", "probe"], "records in the order sent");
 }
 
+#[tokio::test]
+async fn two_namespaces_records_come_out_in_the_order_one_cpu_saw_them() {
+    let _serial = serial();
+    let pair = VethPair::new("cn");
+    let (mut kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
+    // The second namespace gets its own copy of the programs, which must
+    // write to the same batch as the first: with a batch of its own, each
+    // copy's records would reach the ring together, all of va's egress
+    // before all of vb's ingress.
+    let ns_b = Arc::new(Netns::open(&pair.b).unwrap());
+    kernel.attach(&ns_b, "vb").unwrap();
+    let leftovers = || {
+        std::fs::read_dir("/sys/fs/bpf")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("podtrace-"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        leftovers(),
+        Vec::<String>::new(),
+        "pins left in bpffs after loading"
+    );
+    let cpu = two_cpus()[0];
+    let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
+        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
+    });
+    let addr: SocketAddr = format!("{}:5004", VethPair::IP_B).parse().unwrap();
+    std::thread::spawn(move || {
+        pin_to(cpu);
+        // The first resolves the neighbour: the others leave at once.
+        socket.send_to(b"warm", addr).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 0..10u8 {
+            socket.send_to(&[b'n', b's', i], addr).expect("send");
+        }
+    })
+    .join()
+    .unwrap();
+    let mut order = Vec::new();
+    reader
+        .drain_settled(&kernel, |r| {
+            let (p, frame) = r.unwrap();
+            if matches!(p.l4, L4::Udp { dport: 5004, .. })
+                && frame.len() >= 3
+                && frame[frame.len() - 3..frame.len() - 1] == *b"ns"
+            {
+                order.push((frame[frame.len() - 1], p.hook.dir));
+            }
+        })
+        .await
+        .unwrap();
+    let sent: Vec<_> = (0..10u8)
+        .flat_map(|i| [(i, Direction::Egress), (i, Direction::Ingress)])
+        .collect();
+    assert_eq!(order, sent, "each datagram leaves va, then enters vb");
+}
+
 #[test]
 fn nothing_stays_attached_after_sigint_or_sigterm() {
     let _serial = serial();

@@ -21,11 +21,10 @@ pub mod names {
     /// CPUs never wait on each other's lock. Userspace creates the rings
     /// and shares them between the namespaces' copies of the programs.
     pub const MAP_RINGS: &str = "RINGS";
-    /// Array of one per-CPU array of [`crate::CpuState`]: what each CPU's
-    /// ring and batch hold back from the reader. Userspace creates the
-    /// inner map and shares it between the namespaces' copies of the
-    /// programs, like the rings: they all write to the same rings and
-    /// batches.
+    /// Per-CPU array of one [`crate::CpuState`]: what each CPU's ring and
+    /// batch hold back from the reader. Userspace creates it, and every
+    /// namespace's copy of the programs loads with it in its place (like
+    /// the rings, they all write to the same rings and batches).
     pub const MAP_WAKES: &str = "WAKES";
     /// Array of [`crate::FlowSlot`]: one region of [`crate::Config::flow_slots`]
     /// entries per possible CPU, memory-mapped by userspace.
@@ -36,14 +35,12 @@ pub mod names {
     /// Per-CPU array of [`crate::HookSlot`], indexed by
     /// [`crate::hook_slot`] of the interface.
     pub const MAP_HOOK_SLOTS: &str = "HOOK_SLOTS";
-    /// Array of one [`MAP_STAGE_MAP`], shared by every namespace's copy of
-    /// the programs, like the rings.
-    pub const MAP_STAGES: &str = "STAGES";
     /// Array of [`crate::Stage`]s, one per possible CPU, indexed by the CPU:
     /// where the programs gather each CPU's records into a batch before
     /// handing it to the CPU's ring. Created with the first copy of the
-    /// programs (it needs their BTF: it holds timers).
-    pub const MAP_STAGE_MAP: &str = "STAGE_MAP";
+    /// programs (it needs their BTF: it holds timers); later copies load
+    /// with it in their own one's place.
+    pub const MAP_STAGES: &str = "STAGES";
     /// Global holding the [`crate::Config`].
     pub const GLOBAL_CONFIG: &str = "CONFIG";
 }
@@ -86,7 +83,7 @@ pub const STAGE_MAX: usize = 16384;
 
 /// Where the programs gather one CPU's records, from every traced
 /// namespace in the order the CPU saw them (an entry of
-/// [`names::MAP_STAGE_MAP`]). A record costs a copy into this buffer, which
+/// [`names::MAP_STAGES`]). A record costs a copy into this buffer, which
 /// the CPU keeps in its caches, instead of a reservation in the ring,
 /// whose memory is cold by the time the CPU comes round to it again; the
 /// ring then takes one batch of records at a time. A batch goes to the ring
@@ -108,7 +105,7 @@ pub struct Stage {
 }
 
 /// One CPU's bookkeeping that every namespace's copy of the programs
-/// shares (the value of [`names::MAP_WAKES`]'s inner per-CPU array).
+/// shares (the value of the per-CPU [`names::MAP_WAKES`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuState {

@@ -2,8 +2,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_TIMER_CPU_PIN, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC, bpf_timer,
+        __sk_buff, BPF_F_MMAPABLE, BPF_F_TIMER_CPU_PIN, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        TC_ACT_UNSPEC, bpf_timer,
     },
     btf_maps::{self, ArrayOfMaps, RingBuf},
     helpers::{
@@ -41,11 +41,11 @@ static FLOWS: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "HOOK_SLOTS")]
 static HOOK_SLOTS_MAP: PerCpuArray<HookSlot> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
 
-/// This CPU's [`CpuState`], in the inner map at index 0: userspace puts
-/// one there for every namespace's copy of the programs, since they all
-/// share the CPU's ring and batch.
+/// This CPU's [`CpuState`], at index 0. Userspace creates the map and
+/// every namespace's copy of the programs loads with it (see [`STAGES`]),
+/// since they all share the CPU's ring and batch.
 #[btf_map(name = "WAKES")]
-static WAKES: ArrayOfMaps<btf_maps::PerCpuArray<CpuState, 1>, 1> = ArrayOfMaps::new();
+static WAKES: btf_maps::PerCpuArray<CpuState, 1> = btf_maps::PerCpuArray::new();
 
 /// Hook counters of interfaces whose slot another interface holds.
 #[map(name = "HOOKS")]
@@ -409,24 +409,21 @@ pub struct KStage {
 
 const _: () = assert!(core::mem::size_of::<KStage>() == core::mem::size_of::<Stage>());
 
-/// Flags of the stage maps: an inner map's size may differ from its
-/// template's.
-const STAGE_FLAGS: usize = BPF_F_INNER_MAP as usize;
-
-/// The per-CPU batches (see [`Stage`]), in the inner map at index 0, at
-/// the CPU's index: one map for every namespace's copy of the programs,
-/// which all write to the same per-CPU rings, so that a ring receives
-/// each CPU's records in the order the CPU saw them. A plain array, not a
-/// per-CPU one: the kernel allows timers only in arrays and hashes.
+/// The per-CPU batches (see [`Stage`]), at the CPU's index: one map for
+/// every namespace's copy of the programs, which all write to the same
+/// per-CPU rings, so that a ring receives each CPU's records in the order
+/// the CPU saw them. A plain array, not a per-CPU one: the kernel allows
+/// timers only in arrays and hashes.
+///
+/// The first copy creates it, sized by userspace to the possible CPUs:
+/// the kernel wants it created with the programs' BTF, which tells the
+/// verifier where the timer is. Later copies load with that map in its
+/// place (userspace pins it for the moment they load). A map the program
+/// names directly, rather than one found in an array of maps, has its
+/// lookup inlined by the verifier: a map-in-map lookup was a call per
+/// record, measured at 20-40 ns in traffic.
 #[btf_map(name = "STAGES")]
-static STAGES: ArrayOfMaps<btf_maps::Array<KStage, 1, STAGE_FLAGS>, 1> = ArrayOfMaps::new();
-
-/// The stage map itself, as the kernel needs it created: with this
-/// object's BTF, which tells the verifier where the timer is. Userspace
-/// sizes the first namespace's copy to the possible CPUs and puts it in
-/// every copy's [`STAGES`]; the others stay at one entry, unused.
-#[btf_map(name = "STAGE_MAP")]
-static STAGE_MAP: btf_maps::Array<KStage, 1, STAGE_FLAGS> = btf_maps::Array::new();
+static STAGES: btf_maps::Array<KStage, 1> = btf_maps::Array::new();
 
 const STAGE_TIMER_SET: u64 = 1;
 const STAGE_TIMER_RUNNING: u64 = 2;
@@ -442,10 +439,7 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
     let snaplen = cfg!(snaplen);
     let snap = if snaplen < len { snaplen } else { len };
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(stages) = STAGES.get(0) else {
-        return false;
-    };
-    let Some(st) = stages.get_ptr_mut(cpu) else {
+    let Some(st) = STAGES.get_ptr_mut(cpu) else {
         return false;
     };
     // SAFETY: this CPU's entry. TC programs do not nest on one CPU, and the
@@ -506,7 +500,7 @@ fn report(skb: *mut __sk_buff, ifindex: u32, dir: Direction, why: u32, len: u32,
     // records, and a probe the ring refused, wait for the timer.
     let sent = why & reason::PROBE != 0 && flush(st, cpu, true, 0);
     if !sent && st.state & STAGE_TIMER_RUNNING == 0 {
-        arm(st, core::ptr::from_ref(stages).cast_mut().cast());
+        arm(st, core::ptr::from_ref(&STAGES).cast_mut().cast());
     }
     true
 }
@@ -564,8 +558,7 @@ fn flush(st: &mut KStage, cpu: u32, wake: bool, next_since: u64) -> bool {
 /// This CPU's [`CpuState`].
 #[inline(always)]
 fn cpu_state() -> Option<&'static mut CpuState> {
-    let states = WAKES.get(0)?;
-    let state = states.get_ptr_mut(0)?;
+    let state = WAKES.get_ptr_mut(0)?;
     // SAFETY: per-CPU value; TC programs and this CPU's timer callback do
     // not run at once on one CPU.
     Some(unsafe { &mut *state })

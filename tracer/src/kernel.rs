@@ -19,6 +19,7 @@ use tracer_common::{
 use crate::{
     ebpf,
     netns::Netns,
+    pins::Pins,
     ring::{self, Ring},
 };
 
@@ -236,18 +237,45 @@ impl Kernel {
             let entries = cpus
                 .checked_mul(slots)
                 .ok_or_else(|| KernelError::Load(format!("{cpus} CPUs x {slots} flows")))?;
-            let mut bpf = EbpfLoader::new()
+            // The shared maps go in through pins that last as long as the
+            // load; the first copy creates the stage map.
+            let pin_err = |e: std::io::Error| {
+                KernelError::Load(format!("sharing maps between namespaces: {e}"))
+            };
+            let pins = Pins::new().map_err(pin_err)?;
+            let wakes = self.wakes_data();
+            let mut loader = EbpfLoader::new();
+            loader
                 .override_global(names::GLOBAL_CONFIG, &config, true)
                 .map_max_entries(names::MAP_RINGS, cpus)
                 .map_max_entries(names::MAP_FLOWS, entries)
-                // The first copy's stage map serves every copy; the others'
-                // keep one entry.
-                .map_max_entries(
-                    names::MAP_STAGE_MAP,
-                    if self.stages.is_none() { cpus } else { 1 },
-                )
-                .load(self.object)
-                .map_err(|e| load_error(&e))?;
+                .map_max_entries(names::MAP_STAGES, cpus)
+                .map_pin_path(
+                    names::MAP_WAKES,
+                    pins.pin(names::MAP_WAKES, wakes).map_err(pin_err)?,
+                );
+            if let Some(stages) = self.stages_data() {
+                loader.map_pin_path(
+                    names::MAP_STAGES,
+                    pins.pin(names::MAP_STAGES, stages).map_err(pin_err)?,
+                );
+            }
+            let mut bpf = loader.load(self.object).map_err(|e| load_error(&e))?;
+            drop(pins);
+            for (name, shared) in [
+                (names::MAP_WAKES, Some(wakes)),
+                (names::MAP_STAGES, self.stages_data()),
+            ] {
+                let Some(shared) = shared else { continue };
+                if map_id(bpf.map(name).and_then(map_data)) != map_id(Some(shared)) {
+                    return Err(KernelError::Map {
+                        map: name,
+                        reason: "this namespace's copy of the programs did not get the \
+                                 shared map"
+                            .into(),
+                    });
+                }
+            }
             for (name, _) in PROGRAMS {
                 let prog: &mut SchedClassifier = bpf
                     .program_mut(name)
@@ -259,24 +287,15 @@ impl Kernel {
             fill_outer(&mut bpf, names::MAP_RINGS, &self.rings, |cpu| {
                 format!("the ring of CPU {cpu}")
             })?;
-            let aya::maps::Map::PerCpuArray(wakes) = &self.wakes else {
-                unreachable!("created as a per-CPU array")
-            };
-            fill_outer(&mut bpf, names::MAP_WAKES, [wakes], |_| {
-                "the per-CPU states".into()
-            })?;
             if self.stages.is_none() {
-                self.stages = bpf.take_map(names::MAP_STAGE_MAP);
+                self.stages = bpf.take_map(names::MAP_STAGES);
+                if self.stages_data().is_none() {
+                    return Err(KernelError::Map {
+                        map: names::MAP_STAGES,
+                        reason: "missing, or not an array".into(),
+                    });
+                }
             }
-            let Some(aya::maps::Map::Array(stages)) = &self.stages else {
-                return Err(KernelError::Map {
-                    map: names::MAP_STAGE_MAP,
-                    reason: "missing, or not an array".into(),
-                });
-            };
-            fill_outer(&mut bpf, names::MAP_STAGES, [stages], |_| {
-                "the stage map".into()
-            })?;
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
@@ -323,6 +342,16 @@ impl Kernel {
         Ok(&self.attached[&key])
     }
 
+    /// The per-CPU states' map.
+    fn wakes_data(&self) -> &MapData {
+        map_data(&self.wakes).expect("created as a per-CPU array")
+    }
+
+    /// The stage map, once the first copy has created it.
+    fn stages_data(&self) -> Option<&MapData> {
+        self.stages.as_ref().and_then(map_data)
+    }
+
     /// Detaches `ifindex` of the namespace with `netns_cookie`, if attached.
     /// An interface that has gone away already is not an error.
     pub fn detach(&mut self, netns_cookie: u64, ifindex: u32) {
@@ -367,7 +396,7 @@ impl Kernel {
         let Some(map) = &self.stages else {
             return Ok(0);
         };
-        let err = |e: aya::maps::MapError| map_err(names::MAP_STAGE_MAP, &e);
+        let err = |e: aya::maps::MapError| map_err(names::MAP_STAGES, &e);
         let stages: aya::maps::Array<&MapData, Stage> = map.try_into().map_err(err)?;
         let mut total = 0;
         for cpu in 0..stages.len() {
@@ -448,7 +477,8 @@ impl Kernel {
 }
 
 /// Creates a map that the namespaces' copies of the programs share (put
-/// into each copy's array of maps by [`fill_outer`]).
+/// into each copy's array of maps by [`fill_outer`], or in place of its
+/// own through [`Pins`]).
 fn shared_map(
     ty: bpf_map_type,
     key_size: u32,
@@ -481,6 +511,19 @@ fn fill_outer<'a>(
             .map_err(|e| err(format!("adding {}: {e}", what(i))))?;
     }
     Ok(())
+}
+
+/// The map of an array or a per-CPU array (what the shared maps are).
+fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
+    match m {
+        aya::maps::Map::Array(d) | aya::maps::Map::PerCpuArray(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// The kernel's id of `m`, to tell whether two fds are one map.
+fn map_id(m: Option<&MapData>) -> Option<u32> {
+    m.and_then(|m| m.info().ok()).map(|i| i.id())
 }
 
 /// Longest a reader holds records back for another CPU's batch (see

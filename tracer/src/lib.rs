@@ -19,6 +19,7 @@ pub mod lab;
 pub mod netns;
 pub mod output;
 pub mod ping;
+pub mod pins;
 pub mod pods;
 pub mod probe;
 pub mod ring;

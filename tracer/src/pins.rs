@@ -1,0 +1,170 @@
+//! Handing maps that already exist to a copy of the programs as it loads.
+//!
+//! Every namespace gets its own copy of the programs, and the copies share
+//! some maps (each CPU's batch and state). A program that names a map
+//! directly has its lookups inlined by the verifier, where a map found in
+//! an array of maps costs a call per lookup; aya gives a loading copy an
+//! existing map in place of its own only through a bpffs pin. [`Pins`]
+//! pins the shared maps in a directory of this process's own for as long
+//! as a copy takes to load, and removes the pins and the directory when
+//! dropped: nothing stays in bpffs.
+
+use std::{
+    fs, io,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::maps::MapData;
+
+/// Where bpffs is usually mounted.
+const BPFFS: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC`: the `f_type` of a bpffs.
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+/// Name prefix of the directories (`podtrace-PID-N`).
+const PREFIX: &str = "podtrace-";
+
+/// A directory of pins, gone when dropped.
+#[derive(Debug)]
+pub struct Pins {
+    dir: PathBuf,
+    /// A bpffs of our own, mounted on `dir` (where `/sys/fs/bpf` is not
+    /// one, as in many containers).
+    mounted: bool,
+}
+
+impl Pins {
+    /// A fresh directory in `/sys/fs/bpf`, or, if that is not a bpffs, a
+    /// bpffs of our own mounted on a fresh directory in the first of the
+    /// temp dir, `/run`, `/dev/shm` and `/dev` where we can make one (an
+    /// image FROM scratch has no `/tmp`; a container's `/dev` is a tmpfs).
+    pub fn new() -> io::Result<Self> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut dirs = fs::DirBuilder::new();
+        dirs.mode(0o700);
+        if is_bpffs(Path::new(BPFFS)) {
+            sweep(Path::new(BPFFS));
+            let dir = Path::new(BPFFS).join(name);
+            dirs.create(&dir)?;
+            return Ok(Self {
+                dir,
+                mounted: false,
+            });
+        }
+        let parents = [
+            std::env::temp_dir(),
+            "/run".into(),
+            "/dev/shm".into(),
+            "/dev".into(),
+        ];
+        let dir = parents
+            .iter()
+            .map(|p| p.join(&name))
+            .find(|d| dirs.create(d).is_ok())
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "{BPFFS} is not a bpffs, and there is no directory to mount one on \
+                     (tried {})",
+                    parents.map(|p| p.display().to_string()).join(", ")
+                ))
+            })?;
+        use nix::mount::{MsFlags, mount};
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if let Err(e) = mount(Some("bpf"), &dir, Some("bpf"), flags, None::<&str>) {
+            let _ = fs::remove_dir(&dir);
+            return Err(io::Error::other(format!(
+                "{BPFFS} is not a bpffs, and mounting one on {} failed: {e} (mount one on \
+                 {BPFFS}, or give podtrace CAP_SYS_ADMIN)",
+                dir.display()
+            )));
+        }
+        Ok(Self { dir, mounted: true })
+    }
+
+    /// Pins `map` as `name`; returns the path to hand to
+    /// `EbpfLoader::map_pin_path`.
+    pub fn pin(&self, name: &str, map: &MapData) -> io::Result<PathBuf> {
+        let path = self.dir.join(name);
+        map.pin(&path)
+            .map_err(|e| io::Error::other(format!("pinning {name}: {e}")))?;
+        Ok(path)
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        // Every file, not only the pins we made: aya pins a map it had to
+        // create when it could not open ours.
+        empty(&self.dir);
+        if self.mounted {
+            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as u32 == BPF_FS_MAGIC)
+}
+
+fn empty(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Removes what a podtrace killed while loading left in `bpffs`: the
+/// directories of processes that are gone.
+fn sweep(bpffs: &Path) {
+    let Ok(entries) = fs::read_dir(bpffs) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            empty(&e.path());
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_directories_of_gone_processes_are_swept() {
+        let dir = std::env::temp_dir().join(format!("podtrace-sweep-test-{}", std::process::id()));
+        fs::create_dir_all(dir.join("podtrace-4294967294-0")).unwrap();
+        fs::create_dir_all(dir.join("podtrace-notapid-0")).unwrap();
+        fs::create_dir_all(dir.join(format!("podtrace-{}-0", std::process::id()))).unwrap();
+        fs::write(dir.join("podtrace-4294967294-0/STAGES"), b"").unwrap();
+        sweep(&dir);
+        assert!(
+            !dir.join("podtrace-4294967294-0").exists(),
+            "a gone process's directory stays"
+        );
+        assert!(dir.join("podtrace-notapid-0").exists());
+        assert!(
+            dir.join(format!("podtrace-{}-0", std::process::id()))
+                .exists()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
