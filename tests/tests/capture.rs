@@ -371,9 +371,8 @@ fn pin_to(cpu: usize) {
     }
 }
 
-/// The first two CPUs this thread may run on (a test that sends from two
-/// CPUs fails here if there are not two).
-fn two_cpus() -> [usize; 2] {
+/// The CPUs this thread may run on.
+fn my_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set, which
     // sched_getaffinity fills; CPU_ISSET only reads it.
     let set = unsafe {
@@ -385,10 +384,16 @@ fn two_cpus() -> [usize; 2] {
         );
         set
     };
-    let mine: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+    (0..libc::CPU_SETSIZE as usize)
         // SAFETY: `cpu` is below CPU_SETSIZE.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect();
+        .collect()
+}
+
+/// The first two CPUs this thread may run on (a test that sends from two
+/// CPUs fails here if there are not two).
+fn two_cpus() -> [usize; 2] {
+    let mine = my_cpus();
     assert!(
         mine.len() >= 2,
         "this test needs two CPUs, this thread may run on {mine:?}"
@@ -515,7 +520,7 @@ async fn two_namespaces_records_come_out_in_the_order_one_cpu_saw_them() {
         Vec::<String>::new(),
         "pins left in bpffs after loading"
     );
-    let cpu = two_cpus()[0];
+    let cpu = my_cpus()[0];
     let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
         std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
     });
