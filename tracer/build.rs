@@ -21,10 +21,15 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("tracer has no parent directory"))?;
     let root_dir = workspace.join("tracer-ebpf");
     let root_dir = root_dir.to_str().context("non-UTF-8 path to tracer-ebpf")?;
-    // aya-build watches tracer-ebpf; the shared types live next door.
+    // aya-build watches tracer-ebpf; the shared types live next door, and
+    // the kernel crate's release profile is the workspace's.
     println!(
         "cargo:rerun-if-changed={}",
         workspace.join("tracer-common").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.toml").display()
     );
     // bpf-linker must be on PATH; `cargo xtask setup` installs it. Rebuild
     // when it changes.
