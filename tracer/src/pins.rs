@@ -14,6 +14,7 @@ use std::{
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
 };
 
 use aya::maps::MapData;
@@ -24,6 +25,10 @@ const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// Name prefix of the directories (`podtrace-PID-N`).
 const PREFIX: &str = "podtrace-";
+/// Age past which a directory whose process is gone is swept. A load
+/// takes well under a second; a podtrace in another PID namespace (a
+/// container sharing the node's bpffs) has a PID that ours may not show.
+const SWEEP_AFTER: Duration = Duration::from_secs(60);
 
 /// A directory of pins, gone when dropped.
 #[derive(Debug)]
@@ -49,7 +54,7 @@ impl Pins {
         let mut dirs = fs::DirBuilder::new();
         dirs.mode(0o700);
         if is_bpffs(Path::new(BPFFS)) {
-            sweep(Path::new(BPFFS));
+            sweep(Path::new(BPFFS), SWEEP_AFTER);
             let dir = Path::new(BPFFS).join(name);
             dirs.create(&dir)?;
             return Ok(Self {
@@ -122,8 +127,8 @@ fn empty(dir: &Path) {
 }
 
 /// Removes what a podtrace killed while loading left in `bpffs`: the
-/// directories of processes that are gone.
-fn sweep(bpffs: &Path) {
+/// directories of processes that are gone, once older than `min_age`.
+fn sweep(bpffs: &Path, min_age: Duration) {
     let Ok(entries) = fs::read_dir(bpffs) else {
         return;
     };
@@ -137,7 +142,11 @@ fn sweep(bpffs: &Path) {
         else {
             continue;
         };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age));
+        if old && !Path::new("/proc").join(pid.to_string()).exists() {
             empty(&e.path());
             let _ = fs::remove_dir(e.path());
         }
@@ -149,13 +158,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_directories_of_gone_processes_are_swept() {
+    fn only_old_directories_of_gone_processes_are_swept() {
         let dir = std::env::temp_dir().join(format!("podtrace-sweep-test-{}", std::process::id()));
         fs::create_dir_all(dir.join("podtrace-4294967294-0")).unwrap();
         fs::create_dir_all(dir.join("podtrace-notapid-0")).unwrap();
         fs::create_dir_all(dir.join(format!("podtrace-{}-0", std::process::id()))).unwrap();
         fs::write(dir.join("podtrace-4294967294-0/STAGES"), b"").unwrap();
-        sweep(&dir);
+        sweep(&dir, Duration::from_secs(3600));
+        assert!(
+            dir.join("podtrace-4294967294-0").exists(),
+            "a fresh directory is swept"
+        );
+        sweep(&dir, Duration::ZERO);
         assert!(
             !dir.join("podtrace-4294967294-0").exists(),
             "a gone process's directory stays"
