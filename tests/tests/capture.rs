@@ -505,21 +505,24 @@ async fn two_namespaces_records_come_out_in_the_order_one_cpu_saw_them() {
     // before all of vb's ingress.
     let ns_b = Arc::new(Netns::open(&pair.b).unwrap());
     kernel.attach(&ns_b, "vb").unwrap();
-    let leftovers = || {
-        std::fs::read_dir("/sys/fs/bpf")
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("podtrace-"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    };
-    assert_eq!(
-        leftovers(),
-        Vec::<String>::new(),
-        "pins left in bpffs after loading"
+    // Handing the maps over leaves no pin, directory or bpffs mount of
+    // ours behind.
+    let ours = format!("podtrace-{}-", std::process::id());
+    let mut left: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&ours))
+        .collect();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&ours))
+            .map(str::to_owned),
     );
+    assert_eq!(left, Vec::<String>::new(), "left behind after loading");
     let cpu = my_cpus()[0];
     let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
         std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")

@@ -22,8 +22,8 @@ pub mod names {
     /// and shares them between the namespaces' copies of the programs.
     pub const MAP_RINGS: &str = "RINGS";
     /// Per-CPU array of one [`crate::CpuState`]: what each CPU's ring and
-    /// batch hold back from the reader. Userspace creates it, and every
-    /// namespace's copy of the programs loads with it in its place (like
+    /// batch hold back from the reader. Created with the first copy of the
+    /// programs; later copies load with it in their own one's place (like
     /// the rings, they all write to the same rings and batches).
     pub const MAP_WAKES: &str = "WAKES";
     /// Array of [`crate::FlowSlot`]: one region of [`crate::Config::flow_slots`]

@@ -41,9 +41,9 @@ static FLOWS: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "HOOK_SLOTS")]
 static HOOK_SLOTS_MAP: PerCpuArray<HookSlot> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
 
-/// This CPU's [`CpuState`], at index 0. Userspace creates the map and
-/// every namespace's copy of the programs loads with it (see [`STAGES`]),
-/// since they all share the CPU's ring and batch.
+/// This CPU's [`CpuState`], at index 0: one map for every namespace's
+/// copy of the programs, shared like [`STAGES`], since they all share the
+/// CPU's ring and batch.
 #[btf_map(name = "WAKES")]
 static WAKES: btf_maps::PerCpuArray<CpuState, 1> = btf_maps::PerCpuArray::new();
 

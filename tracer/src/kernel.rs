@@ -134,8 +134,8 @@ pub struct Kernel {
     /// The per-CPU rings, shared by every namespace's copy of the programs.
     rings: Vec<MapData>,
     /// Each CPU's [`CpuState`] (a per-CPU array of one), shared like the
-    /// rings.
-    wakes: aya::maps::Map,
+    /// stage map, and created like it by the first copy.
+    wakes: Option<aya::maps::Map>,
     /// Bytes of each ring's data area.
     ring_size: u32,
     /// Each CPU's batch of records (see [`Stage`]): the first namespace's
@@ -184,22 +184,10 @@ impl Kernel {
             );
             rings.push(map);
         }
-        let wakes = shared_map(
-            bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
-            4,
-            std::mem::size_of::<CpuState>() as u32,
-            1,
-            "podtrace_wakes",
-        )
-        .map_err(|e| KernelError::Map {
-            map: names::MAP_WAKES,
-            reason: format!("creating the per-CPU states: {e}"),
-        })?;
-        let wakes = aya::maps::Map::PerCpuArray(wakes);
         Ok(Self {
             opts: opts.clone(),
             object,
-            wakes,
+            wakes: None,
             instances: BTreeMap::new(),
             rings,
             ring_size,
@@ -237,43 +225,45 @@ impl Kernel {
             let entries = cpus
                 .checked_mul(slots)
                 .ok_or_else(|| KernelError::Load(format!("{cpus} CPUs x {slots} flows")))?;
-            // The shared maps go in through pins that last as long as the
-            // load; the first copy creates the stage map.
-            let pin_err = |e: std::io::Error| {
-                KernelError::Load(format!("sharing maps between namespaces: {e}"))
-            };
-            let pins = Pins::new().map_err(pin_err)?;
-            let wakes = self.wakes_data();
             let mut loader = EbpfLoader::new();
             loader
                 .override_global(names::GLOBAL_CONFIG, &config, true)
                 .map_max_entries(names::MAP_RINGS, cpus)
                 .map_max_entries(names::MAP_FLOWS, entries)
-                .map_max_entries(names::MAP_STAGES, cpus)
-                .map_pin_path(
-                    names::MAP_WAKES,
-                    pins.pin(names::MAP_WAKES, wakes).map_err(pin_err)?,
-                );
-            if let Some(stages) = self.stages_data() {
-                loader.map_pin_path(
-                    names::MAP_STAGES,
-                    pins.pin(names::MAP_STAGES, stages).map_err(pin_err)?,
-                );
-            }
+                .map_max_entries(names::MAP_STAGES, cpus);
+            // The first copy creates the maps the copies share; later ones
+            // get them through pins that last as long as their load.
+            let shared = [
+                (names::MAP_STAGES, self.stages.as_ref().and_then(map_data)),
+                (names::MAP_WAKES, self.wakes.as_ref().and_then(map_data)),
+            ];
+            let pins = if shared.iter().any(|(_, m)| m.is_some()) {
+                let pin_err = |e: std::io::Error| {
+                    KernelError::Load(format!(
+                        "handing the shared maps to netns {}'s copy of the programs: {e}",
+                        netns.name
+                    ))
+                };
+                let pins = Pins::new().map_err(pin_err)?;
+                for (name, map) in shared {
+                    if let Some(map) = map {
+                        loader.map_pin_path(name, pins.pin(name, map).map_err(pin_err)?);
+                    }
+                }
+                Some(pins)
+            } else {
+                None
+            };
             let mut bpf = loader.load(self.object).map_err(|e| load_error(&e))?;
             drop(pins);
-            for (name, shared) in [
-                (names::MAP_WAKES, Some(wakes)),
-                (names::MAP_STAGES, self.stages_data()),
-            ] {
-                let Some(shared) = shared else { continue };
-                if map_id(bpf.map(name).and_then(map_data)) != map_id(Some(shared)) {
-                    return Err(KernelError::Map {
-                        map: name,
-                        reason: "this namespace's copy of the programs did not get the \
-                                 shared map"
-                            .into(),
-                    });
+            for (name, map) in shared {
+                let Some(map) = map else { continue };
+                let got = map_id(bpf.map(name).and_then(map_data));
+                if got.is_none() || got != map_id(Some(map)) {
+                    return Err(KernelError::Load(format!(
+                        "netns {}'s copy of the programs did not get the shared map {name}",
+                        netns.name
+                    )));
                 }
             }
             for (name, _) in PROGRAMS {
@@ -287,13 +277,18 @@ impl Kernel {
             fill_outer(&mut bpf, names::MAP_RINGS, &self.rings, |cpu| {
                 format!("the ring of CPU {cpu}")
             })?;
-            if self.stages.is_none() {
-                self.stages = bpf.take_map(names::MAP_STAGES);
-                if self.stages_data().is_none() {
-                    return Err(KernelError::Map {
-                        map: names::MAP_STAGES,
-                        reason: "missing, or not an array".into(),
-                    });
+            for (name, slot) in [
+                (names::MAP_STAGES, &mut self.stages),
+                (names::MAP_WAKES, &mut self.wakes),
+            ] {
+                if slot.is_none() {
+                    *slot = bpf.take_map(name);
+                    if slot.as_ref().and_then(map_data).is_none() {
+                        return Err(KernelError::Map {
+                            map: name,
+                            reason: "missing, or not an array".into(),
+                        });
+                    }
                 }
             }
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
@@ -340,16 +335,6 @@ impl Kernel {
             );
         }
         Ok(&self.attached[&key])
-    }
-
-    /// The per-CPU states' map.
-    fn wakes_data(&self) -> &MapData {
-        map_data(&self.wakes).expect("created as a per-CPU array")
-    }
-
-    /// The stage map, once the first copy has created it.
-    fn stages_data(&self) -> Option<&MapData> {
-        self.stages.as_ref().and_then(map_data)
     }
 
     /// Detaches `ifindex` of the namespace with `netns_cookie`, if attached.
@@ -418,7 +403,11 @@ impl Kernel {
     /// not wait for it forever.
     pub fn complete_before(&self) -> Result<u64, KernelError> {
         let now = crate::output::kernel_now_ns();
-        let states: PerCpuArray<&MapData, CpuState> = (&self.wakes)
+        let Some(wakes) = &self.wakes else {
+            // Nothing loaded yet: nothing gathers.
+            return Ok(complete_before([], now));
+        };
+        let states: PerCpuArray<&MapData, CpuState> = wakes
             .try_into()
             .map_err(|e| map_err(names::MAP_WAKES, &e))?;
         let per_cpu = states
@@ -477,8 +466,7 @@ impl Kernel {
 }
 
 /// Creates a map that the namespaces' copies of the programs share (put
-/// into each copy's array of maps by [`fill_outer`], or in place of its
-/// own through [`Pins`]).
+/// into each copy's array of maps by [`fill_outer`]).
 fn shared_map(
     ty: bpf_map_type,
     key_size: u32,

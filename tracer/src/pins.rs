@@ -40,28 +40,27 @@ pub struct Pins {
 }
 
 impl Pins {
-    /// A fresh directory in `/sys/fs/bpf`, or, if that is not a bpffs, a
-    /// bpffs of our own mounted on a fresh directory in the first of the
-    /// temp dir, `/run`, `/dev/shm` and `/dev` where we can make one (an
-    /// image FROM scratch has no `/tmp`; a container's `/dev` is a tmpfs).
+    /// A fresh directory in `/sys/fs/bpf`, or, if that is not a bpffs we
+    /// may write to, a bpffs of our own mounted on a fresh directory in the
+    /// first of the temp dir, `/run`, `/dev/shm` and `/dev` where we can
+    /// make one (an image FROM scratch has no `/tmp`; a container's `/dev`
+    /// is a tmpfs).
     pub fn new() -> io::Result<Self> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{PREFIX}{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut dirs = fs::DirBuilder::new();
-        dirs.mode(0o700);
-        if is_bpffs(Path::new(BPFFS)) {
-            sweep(Path::new(BPFFS), SWEEP_AFTER);
-            let dir = Path::new(BPFFS).join(name);
-            dirs.create(&dir)?;
-            return Ok(Self {
-                dir,
-                mounted: false,
-            });
-        }
+        let bpffs = Path::new(BPFFS);
+        let shared = if is_bpffs(bpffs) {
+            sweep(bpffs, SWEEP_AFTER);
+            match fresh_dir(bpffs) {
+                Ok(dir) => {
+                    return Ok(Self {
+                        dir,
+                        mounted: false,
+                    });
+                }
+                Err(e) => format!("{BPFFS} is a bpffs we may not write to ({e})"),
+            }
+        } else {
+            format!("{BPFFS} is not a bpffs")
+        };
         let parents = [
             std::env::temp_dir(),
             "/run".into(),
@@ -70,22 +69,21 @@ impl Pins {
         ];
         let dir = parents
             .iter()
-            .map(|p| p.join(&name))
-            .find(|d| dirs.create(d).is_ok())
+            .find_map(|p| fresh_dir(p).ok())
             .ok_or_else(|| {
                 io::Error::other(format!(
-                    "{BPFFS} is not a bpffs, and there is no directory to mount one on \
-                     (tried {})",
+                    "{shared}, and there is no directory to mount one on (tried {})",
                     parents.map(|p| p.display().to_string()).join(", ")
                 ))
             })?;
         use nix::mount::{MsFlags, mount};
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        if let Err(e) = mount(Some("bpf"), &dir, Some("bpf"), flags, None::<&str>) {
+        // A bpffs root is world-writable unless told otherwise.
+        if let Err(e) = mount(Some("bpf"), &dir, Some("bpf"), flags, Some("mode=0700")) {
             let _ = fs::remove_dir(&dir);
             return Err(io::Error::other(format!(
-                "{BPFFS} is not a bpffs, and mounting one on {} failed: {e} (mount one on \
-                 {BPFFS}, or give podtrace CAP_SYS_ADMIN)",
+                "{shared}, and mounting one on {} failed: {e} (mount one on {BPFFS}, or give \
+                 podtrace CAP_SYS_ADMIN)",
                 dir.display()
             )));
         }
@@ -96,9 +94,31 @@ impl Pins {
     /// `EbpfLoader::map_pin_path`.
     pub fn pin(&self, name: &str, map: &MapData) -> io::Result<PathBuf> {
         let path = self.dir.join(name);
-        map.pin(&path)
-            .map_err(|e| io::Error::other(format!("pinning {name}: {e}")))?;
+        map.pin(&path).map_err(|e| {
+            io::Error::other(format!(
+                "pinning {name} in {}: {}",
+                self.dir.display(),
+                crate::kernel::error_chain(&e)
+            ))
+        })?;
         Ok(path)
+    }
+}
+
+/// Makes a directory of ours in `parent`, `podtrace-PID-N`: N counts up
+/// past names already taken (a directory a killed process of the same
+/// PID left, in a PID namespace of its own).
+fn fresh_dir(parent: &Path) -> io::Result<PathBuf> {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let mut dirs = fs::DirBuilder::new();
+    dirs.mode(0o700);
+    loop {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = parent.join(format!("{PREFIX}{}-{n}", std::process::id()));
+        match dirs.create(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => continue,
+            r => return r.map(|()| dir),
+        }
     }
 }
 
