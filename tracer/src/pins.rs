@@ -35,7 +35,7 @@ const SWEEP_AFTER: Duration = Duration::from_secs(60);
 pub struct Pins {
     dir: PathBuf,
     /// A bpffs of our own, mounted on `dir` (where `/sys/fs/bpf` is not
-    /// one, as in many containers).
+    /// one, as in many containers, or is one we may not write to).
     mounted: bool,
 }
 
