@@ -569,6 +569,55 @@ async fn two_namespaces_records_come_out_in_the_order_one_cpu_saw_them() {
 }
 
 #[test]
+fn without_a_bpffs_it_mounts_its_own_for_a_moment() {
+    let _serial = serial();
+    let pair = VethPair::new("cm");
+    // /sys/fs/bpf hidden under a tmpfs in a mount namespace of the
+    // script's own, as in a container: the second namespace's copy of the
+    // programs gets the shared maps through a bpffs podtrace mounts
+    // itself, and which it must take down again.
+    let ready = std::env::temp_dir().join(format!("podtrace-cm-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let script = format!(
+        "mount -t tmpfs none /sys/fs/bpf || exit 9
+         {bin} capture --netns {a} --netns {b} -c 4 --ready-file {ready} &
+         pt=$!
+         for i in $(seq 100); do [ -e {ready} ] && break; sleep 0.1; done
+         ip netns exec {a} ping -c 2 -i 0.2 -W 1 {ip_b} >/dev/null
+         wait $pt || exit 8
+         echo \"left: $(grep -c podtrace- /proc/self/mountinfo) mounts, \
+$(ls -d /tmp/podtrace-$pt-* /run/podtrace-$pt-* 2>/dev/null | wc -l) dirs\"",
+        bin = podtrace_tests::process::podtrace_bin().display(),
+        a = pair.a,
+        b = pair.b,
+        ready = ready.display(),
+        ip_b = VethPair::IP_B,
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("run unshare");
+    let _ = std::fs::remove_file(&ready);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(" events received, 0 lost"),
+        "{stdout}{stderr}"
+    );
+    for ns in [&pair.a, &pair.b] {
+        assert!(
+            stdout.lines().any(|l| l.contains(&format!(" {ns} "))),
+            "no event from {ns}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("left: 0 mounts, 0 dirs"),
+        "{stdout}{stderr}"
+    );
+}
+
+#[test]
 fn nothing_stays_attached_after_sigint_or_sigterm() {
     let _serial = serial();
     let pair = VethPair::new("cs");
