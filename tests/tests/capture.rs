@@ -401,6 +401,15 @@ fn two_cpus() -> [usize; 2] {
     [mine[0], mine[1]]
 }
 
+/// A UDP socket in `pair.a`, and `pair.b`'s address at `port`.
+fn udp_to_b(pair: &VethPair, port: u16) -> (std::net::UdpSocket, SocketAddr) {
+    let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
+        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
+    });
+    let addr = format!("{}:{port}", VethPair::IP_B).parse().unwrap();
+    (socket, addr)
+}
+
 #[tokio::test]
 async fn records_of_several_cpus_come_out_in_time_order() {
     let _serial = serial();
@@ -410,10 +419,7 @@ async fn records_of_several_cpus_come_out_in_time_order() {
     // Datagram i leaves from CPU i % 2 of the two, so its record lands in
     // that CPU's ring; read ring by ring, the odd ones would all come
     // after the even.
-    let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
-        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
-    });
-    let addr: SocketAddr = format!("{}:5000", VethPair::IP_B).parse().unwrap();
+    let (socket, addr) = udp_to_b(&pair, 5000);
     std::thread::spawn(move || {
         for i in 0..40u8 {
             pin_to(cpus[usize::from(i % 2)]);
@@ -449,10 +455,7 @@ async fn a_batch_still_gathering_holds_back_other_cpus_newer_records() {
     let pair = VethPair::new("ch");
     let (kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
     let cpus = two_cpus();
-    let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
-        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
-    });
-    let addr: SocketAddr = format!("{}:5003", VethPair::IP_B).parse().unwrap();
+    let (socket, addr) = udp_to_b(&pair, 5003);
     // A plain datagram from one CPU waits in that CPU's batch for its
     // timer; a probe right after it, from another, goes to that CPU's ring
     // at once and wakes the reader, which must not let it overtake the
@@ -524,10 +527,7 @@ async fn two_namespaces_records_come_out_in_the_order_one_cpu_saw_them() {
     );
     assert_eq!(left, Vec::<String>::new(), "left behind after loading");
     let cpu = my_cpus()[0];
-    let socket = podtrace_tests::traffic::in_netns(&pair.a, || {
-        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
-    });
-    let addr: SocketAddr = format!("{}:5004", VethPair::IP_B).parse().unwrap();
+    let (socket, addr) = udp_to_b(&pair, 5004);
     std::thread::spawn(move || {
         pin_to(cpu);
         // The first resolves the neighbour: the others leave at once.
