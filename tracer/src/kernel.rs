@@ -258,8 +258,8 @@ impl Kernel {
             drop(pins);
             for (name, map) in shared {
                 let Some(map) = map else { continue };
-                let got = map_id(bpf.map(name).and_then(map_data));
-                if got.is_none() || got != map_id(Some(map)) {
+                let got = bpf.map(name).and_then(map_data).and_then(map_id);
+                if got.is_none() || got != map_id(map) {
                     return Err(KernelError::Load(format!(
                         "netns {}'s copy of the programs did not get the shared map {name}",
                         netns.name
@@ -510,8 +510,8 @@ fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
 }
 
 /// The kernel's id of `m`, to tell whether two fds are one map.
-fn map_id(m: Option<&MapData>) -> Option<u32> {
-    m.and_then(|m| m.info().ok()).map(|i| i.id())
+fn map_id(m: &MapData) -> Option<u32> {
+    m.info().ok().map(|i| i.id())
 }
 
 /// Longest a reader holds records back for another CPU's batch (see
