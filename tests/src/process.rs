@@ -2,6 +2,7 @@
 //! time where tests share kernel-wide state.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Mutex, MutexGuard},
@@ -56,9 +57,30 @@ impl Podtrace {
     /// Starts `podtrace <args> --ready-file <tmp>` and waits until every hook
     /// is attached (or panics with what it printed).
     pub fn start(args: &[&str]) -> Self {
+        Self::start_cmd(Command::new(podtrace_bin()), args)
+    }
+
+    /// [`Podtrace::start`] in a session of its own (`setsid`), so that the
+    /// scheduler treats it apart from the test's own threads, as a node
+    /// treats podtrace apart from the pods.
+    pub fn start_in_own_session(args: &[&str]) -> Self {
+        let mut cmd = Command::new(podtrace_bin());
+        // SAFETY: setsid(2) is async-signal-safe; the child has just forked.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::start_cmd(cmd, args)
+    }
+
+    fn start_cmd(mut cmd: Command, args: &[&str]) -> Self {
         let ready = std::env::temp_dir().join(format!("podtrace-ready-{}", crate::unique("r")));
         let _ = std::fs::remove_file(&ready);
-        let child = Command::new(podtrace_bin())
+        let child = cmd
             .args(args)
             .arg("--ready-file")
             .arg(&ready)
@@ -92,6 +114,11 @@ impl Podtrace {
             std::thread::sleep(Duration::from_millis(20));
         }
         me
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// The hooks it attached, as `netns/iface` lines from the ready file.

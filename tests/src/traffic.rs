@@ -64,3 +64,58 @@ pub fn udp_send(
     }
     got
 }
+
+/// Request/response traffic: `conns` TCP connections from `client_ns` to
+/// an echo server in `server_ns` on `addr`, each sending 64 bytes and
+/// waiting for them to come back, one at a time, for `secs`; returns the
+/// exchanges completed. Many threads that sleep and wake in turn: the load
+/// under which a reader in another session could not get the CPU.
+pub fn request_response(
+    server_ns: &str,
+    client_ns: &str,
+    addr: SocketAddr,
+    conns: usize,
+    secs: Duration,
+) -> u64 {
+    let listener = in_netns(server_ns, move || TcpListener::bind(addr).expect("bind"));
+    let server = std::thread::spawn(move || {
+        let mut echoes = Vec::new();
+        for _ in 0..conns {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_nodelay(true).expect("nodelay");
+            echoes.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while s.read_exact(&mut buf).is_ok() {
+                    if s.write_all(&buf).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        for e in echoes {
+            let _ = e.join();
+        }
+    });
+    let clients: Vec<_> = (0..conns)
+        .map(|_| {
+            let mut c = in_netns(client_ns, move || {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect")
+            });
+            std::thread::spawn(move || {
+                c.set_nodelay(true).expect("nodelay");
+                let until = std::time::Instant::now() + secs;
+                let mut buf = [7u8; 64];
+                let mut done = 0;
+                while std::time::Instant::now() < until {
+                    c.write_all(&buf).expect("request");
+                    c.read_exact(&mut buf).expect("response");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let done = clients.into_iter().map(|c| c.join().expect("client")).sum();
+    server.join().expect("server");
+    done
+}

@@ -23,6 +23,7 @@ pub mod pins;
 pub mod pods;
 pub mod probe;
 pub mod ring;
+pub mod sched;
 pub mod session;
 pub mod signals;
 pub mod topology;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracer::{capture, lab, ping, trace, watch};
+use tracer::{capture, lab, ping, sched, trace, watch};
 
 /// podtrace traces packets through Kubernetes pod networking (AWS VPC CNI):
 /// pod veths, ENIs (ens5, ens6, ...), SNAT and DNAT, with eBPF programs at TC
@@ -47,11 +47,17 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Capture(args) => runtime().and_then(|rt| rt.block_on(capture::run(args))),
+        Command::Capture(args) => {
+            reader_runtime(args.report.no_realtime).and_then(|rt| rt.block_on(capture::run(args)))
+        }
         Command::Lab(args) => runtime().and_then(|rt| rt.block_on(lab::run(args))),
         Command::Ping(args) => runtime().and_then(|rt| rt.block_on(ping::run(args))),
-        Command::Trace(args) => runtime().and_then(|rt| rt.block_on(trace::run(args))),
-        Command::Watch(args) => runtime().and_then(|rt| rt.block_on(watch::run(args))),
+        Command::Trace(args) => {
+            reader_runtime(args.report.no_realtime).and_then(|rt| rt.block_on(trace::run(args)))
+        }
+        Command::Watch(args) => {
+            reader_runtime(args.report.no_realtime).and_then(|rt| rt.block_on(watch::run(args)))
+        }
     };
     match result {
         Ok(code) => code,
@@ -63,9 +69,37 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
+    Ok(builder().build()?)
+}
+
+fn builder() -> tokio::runtime::Builder {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(2).enable_all();
+    b
+}
+
+/// A runtime for commands that read the rings: this thread, which runs
+/// their loop, and the runtime's own, which wait for the rings, run at
+/// real-time priority (see `tracer::sched`), unless `normal`.
+fn reader_runtime(normal: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    if normal {
+        return runtime();
+    }
+    if let Err(e) = sched::raise_this_thread() {
+        // Without root the command stops at its own, clearer error.
+        if nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "podtrace: note: reading at normal priority ({e}; real-time needs \
+                 CAP_SYS_NICE): busy pods may keep the reader off the CPU and events be \
+                 lost (the totals count them); --no-realtime silences this"
+            );
+        }
+        return runtime();
+    }
+    Ok(builder()
+        .on_thread_start(|| {
+            let _ = sched::raise_this_thread();
+        })
         .build()?)
 }
 
