@@ -623,7 +623,8 @@ fn thread_policies(pid: u32) -> Vec<(i32, i32)> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let tid: i32 = t.unwrap().file_name().to_str().unwrap().parse().unwrap();
-        let mut param = libc::sched_param { sched_priority: -1 };
+        // SAFETY: a plain C struct, for which zero is valid.
+        let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
         // SAFETY: plain syscalls on a thread id, with a live out-parameter.
         let (policy, r) = unsafe {
             (

@@ -86,14 +86,7 @@ fn reader_runtime(normal: bool) -> anyhow::Result<tokio::runtime::Runtime> {
         return runtime();
     }
     if let Err(e) = sched::raise_this_thread() {
-        // Without root the command stops at its own, clearer error.
-        if nix::unistd::geteuid().is_root() {
-            eprintln!(
-                "podtrace: note: reading at normal priority ({e}; real-time needs \
-                 CAP_SYS_NICE): busy pods may keep the reader off the CPU and events be \
-                 lost (the totals count them); --no-realtime silences this"
-            );
-        }
+        sched::refused(e);
         return runtime();
     }
     Ok(builder()

@@ -18,7 +18,7 @@
 //! that podtrace starts run at normal priority unless they ask for it, as
 //! the async runtime's workers do.
 
-use std::io;
+use std::{io, sync::Mutex};
 
 /// The priority asked for: the lowest of `SCHED_FIFO`.
 pub const PRIORITY: i32 = 1;
@@ -26,9 +26,10 @@ pub const PRIORITY: i32 = 1;
 /// Runs the calling thread at `SCHED_FIFO` [`PRIORITY`], with
 /// `SCHED_RESET_ON_FORK`. Fails with `EPERM` without `CAP_SYS_NICE`.
 pub fn raise_this_thread() -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: PRIORITY,
-    };
+    // SAFETY: a plain C struct, for which zero is valid; musl's has more
+    // fields than glibc's, all of them 0 here.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = PRIORITY;
     // SAFETY: sched_setscheduler(2) on the calling thread (pid 0), with a
     // parameter that outlives the call.
     let r = unsafe {
@@ -38,4 +39,30 @@ pub fn raise_this_thread() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Why the threads read at normal priority, until [`say_if_refused`]
+/// says it.
+static REFUSED: Mutex<Option<io::Error>> = Mutex::new(None);
+
+/// Keeps `e`, the reason [`raise_this_thread`] failed, for
+/// [`say_if_refused`]: said at once, it would come before the clearer
+/// error of a podtrace that lacks the privileges to trace at all.
+pub fn refused(e: io::Error) {
+    if let Ok(mut r) = REFUSED.lock() {
+        *r = Some(e);
+    }
+}
+
+/// Once everything is attached: says, once, that the rings are read at
+/// normal priority, if the kernel refused real-time.
+pub fn say_if_refused() {
+    let Some(e) = REFUSED.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    eprintln!(
+        "podtrace: note: reading at normal priority ({e}; real-time needs CAP_SYS_NICE): \
+         busy pods may keep the reader off the CPU and events be lost (the totals count \
+         them); --no-realtime silences this"
+    );
 }
