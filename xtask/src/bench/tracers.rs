@@ -3,6 +3,7 @@
 
 use std::{
     fs::{self, File},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
@@ -174,7 +175,21 @@ impl Running {
         let file =
             File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
         let shown = cmd::render(c);
-        println!("$ {shown} &");
+        println!("$ setsid {shown} &");
+        // In a session of its own, as a tracer on a node runs apart from
+        // the pods: the fair scheduler then shares the CPU between the
+        // tracer's session and the traffic's before it shares it between
+        // their threads. In the traffic's own session, podtrace at normal
+        // priority lost nothing here; in its own, 97 % of request/response.
+        // SAFETY: setsid(2) is async-signal-safe; the child has just forked.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = c
             .stdout(Stdio::null())
             .stderr(file)
