@@ -575,18 +575,22 @@ fn without_a_bpffs_it_mounts_its_own_for_a_moment() {
     // /sys/fs/bpf hidden under a tmpfs in a mount namespace of the
     // script's own, as in a container: the second namespace's copy of the
     // programs gets the shared maps through a bpffs podtrace mounts
-    // itself, and which it must take down again.
+    // itself, and which it must take down again. A bpffs that a podtrace
+    // killed while loading left, two minutes ago, goes too.
     let ready = std::env::temp_dir().join(format!("podtrace-cm-ready-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
     let script = format!(
         "mount -t tmpfs none /sys/fs/bpf || exit 9
+         stale=/tmp/podtrace-999999999-0
+         rmdir $stale 2>/dev/null; mkdir $stale && mount -t bpf bpf $stale && touch -d '2 minutes ago' $stale \
+           || exit 7
          {bin} capture --netns {a} --netns {b} -c 4 --ready-file {ready} &
          pt=$!
          for i in $(seq 100); do [ -e {ready} ] && break; sleep 0.1; done
          ip netns exec {a} ping -c 2 -i 0.2 -W 1 {ip_b} >/dev/null
          wait $pt || exit 8
          echo \"left: $(grep -c podtrace- /proc/self/mountinfo) mounts, \
-$(ls -d /tmp/podtrace-$pt-* /run/podtrace-$pt-* 2>/dev/null | wc -l) dirs\"",
+$(ls -d /tmp/podtrace-$pt-* /run/podtrace-$pt-* $stale 2>/dev/null | wc -l) dirs\"",
         bin = podtrace_tests::process::podtrace_bin().display(),
         a = pair.a,
         b = pair.b,

@@ -67,6 +67,9 @@ impl Pins {
             "/dev/shm".into(),
             "/dev".into(),
         ];
+        for p in &parents {
+            sweep(p, SWEEP_AFTER);
+        }
         let dir = parents
             .iter()
             .find_map(|p| fresh_dir(p).ok())
@@ -146,12 +149,16 @@ fn empty(dir: &Path) {
     }
 }
 
-/// Removes what a podtrace killed while loading left in `bpffs`: the
-/// directories of processes that are gone, once older than `min_age`.
-fn sweep(bpffs: &Path, min_age: Duration) {
-    let Ok(entries) = fs::read_dir(bpffs) else {
+/// Removes what a podtrace killed while loading left in `parent`: the
+/// directories of processes that are gone, once older than `min_age`,
+/// with their pins, and the bpffs of its own it had mounted on one. In a
+/// `parent` that is not a bpffs, a directory that is neither a bpffs nor
+/// empty stays: it is not one of ours.
+fn sweep(parent: &Path, min_age: Duration) {
+    let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
+    let in_bpffs = is_bpffs(parent);
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(pid) = name
@@ -167,8 +174,14 @@ fn sweep(bpffs: &Path, min_age: Duration) {
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age));
         if old && !Path::new("/proc").join(pid.to_string()).exists() {
-            empty(&e.path());
-            let _ = fs::remove_dir(e.path());
+            let path = e.path();
+            if in_bpffs {
+                empty(&path);
+            } else if is_bpffs(&path) {
+                empty(&path);
+                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            }
+            let _ = fs::remove_dir(&path);
         }
     }
 }
@@ -180,25 +193,24 @@ mod tests {
     #[test]
     fn only_old_directories_of_gone_processes_are_swept() {
         let dir = std::env::temp_dir().join(format!("podtrace-sweep-test-{}", std::process::id()));
-        fs::create_dir_all(dir.join("podtrace-4294967294-0")).unwrap();
-        fs::create_dir_all(dir.join("podtrace-notapid-0")).unwrap();
-        fs::create_dir_all(dir.join(format!("podtrace-{}-0", std::process::id()))).unwrap();
-        fs::write(dir.join("podtrace-4294967294-0/STAGES"), b"").unwrap();
+        let gone = dir.join("podtrace-4294967294-0");
+        let full = dir.join("podtrace-4294967293-0");
+        let mine = dir.join(format!("podtrace-{}-0", std::process::id()));
+        for d in [&gone, &full, &mine, &dir.join("podtrace-notapid-0")] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(full.join("STAGES"), b"").unwrap();
         sweep(&dir, Duration::from_secs(3600));
-        assert!(
-            dir.join("podtrace-4294967294-0").exists(),
-            "a fresh directory is swept"
-        );
+        assert!(gone.exists(), "a fresh directory was swept");
         sweep(&dir, Duration::ZERO);
+        assert!(!gone.exists(), "a gone process's empty directory stayed");
+        // Not a bpffs, nor in one: files in it are not pins of ours.
         assert!(
-            !dir.join("podtrace-4294967294-0").exists(),
-            "a gone process's directory stays"
+            full.join("STAGES").exists(),
+            "a file outside bpffs was removed"
         );
         assert!(dir.join("podtrace-notapid-0").exists());
-        assert!(
-            dir.join(format!("podtrace-{}-0", std::process::id()))
-                .exists()
-        );
+        assert!(mine.exists(), "a live process's directory was swept");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
