@@ -51,7 +51,9 @@ fn main() -> ExitCode {
             reader_runtime(args.report.no_realtime).and_then(|rt| rt.block_on(capture::run(args)))
         }
         Command::Lab(args) => runtime().and_then(|rt| rt.block_on(lab::run(args))),
-        Command::Ping(args) => runtime().and_then(|rt| rt.block_on(ping::run(args))),
+        Command::Ping(args) => {
+            reader_runtime(args.no_realtime).and_then(|rt| rt.block_on(ping::run(args)))
+        }
         Command::Trace(args) => {
             reader_runtime(args.report.no_realtime).and_then(|rt| rt.block_on(trace::run(args)))
         }

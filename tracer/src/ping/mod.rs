@@ -54,6 +54,11 @@ pub struct PingArgs {
     /// Print one JSON document (the contract scripts depend on) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read the probes' reports at normal priority. By default, as in
+    /// `capture`, the threads that read them run `SCHED_FIFO` 1, so that
+    /// busy pods cannot hold the reports back past the timeout.
+    #[arg(long = "no-realtime")]
+    pub no_realtime: bool,
     #[command(flatten)]
     pub place: WhereArgs,
     #[command(flatten)]
