@@ -30,10 +30,18 @@ pub fn raise_this_thread() -> io::Result<()> {
     // fields than glibc's, all of them 0 here.
     let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
     param.sched_priority = PRIORITY;
+    // The system call, not libc's wrapper: musl's (the image's libc)
+    // fails with ENOSYS, since the call acts on one thread where POSIX
+    // says process; one thread is what is wanted here.
     // SAFETY: sched_setscheduler(2) on the calling thread (pid 0), with a
     // parameter that outlives the call.
     let r = unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
+            &raw const param,
+        )
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
