@@ -47,19 +47,16 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Capture(args) => {
-            reader_runtime(args.report.no_realtime).and_then(|rt| rt.block_on(capture::run(args)))
-        }
+        Command::Capture(args) => reader_runtime(args.report.no_realtime, true)
+            .and_then(|rt| rt.block_on(capture::run(args))),
         Command::Lab(args) => runtime().and_then(|rt| rt.block_on(lab::run(args))),
         Command::Ping(args) => {
-            reader_runtime(args.no_realtime).and_then(|rt| rt.block_on(ping::run(args)))
+            reader_runtime(args.no_realtime, false).and_then(|rt| rt.block_on(ping::run(args)))
         }
-        Command::Trace(args) => {
-            reader_runtime(args.report.no_realtime).and_then(|rt| rt.block_on(trace::run(args)))
-        }
-        Command::Watch(args) => {
-            reader_runtime(args.report.no_realtime).and_then(|rt| rt.block_on(watch::run(args)))
-        }
+        Command::Trace(args) => reader_runtime(args.report.no_realtime, true)
+            .and_then(|rt| rt.block_on(trace::run(args))),
+        Command::Watch(args) => reader_runtime(args.report.no_realtime, true)
+            .and_then(|rt| rt.block_on(watch::run(args))),
     };
     match result {
         Ok(code) => code,
@@ -83,12 +80,18 @@ fn builder() -> tokio::runtime::Builder {
 /// A runtime for commands that read the rings: this thread, which runs
 /// their loop, and the runtime's own, which wait for the rings, run at
 /// real-time priority (see `tracer::sched`), unless `normal`.
-fn reader_runtime(normal: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+/// If the kernel refuses, the command says so once attached when `say`:
+/// `ping` does not, since it reads a few records and its output is a
+/// contract (a container in a cgroup without real-time runtime, under
+/// CONFIG_RT_GROUP_SCHED, is refused even when privileged).
+fn reader_runtime(normal: bool, say: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     if normal {
         return runtime();
     }
     if let Err(e) = sched::raise_this_thread() {
-        sched::refused(e);
+        if say {
+            sched::refused(e);
+        }
         return runtime();
     }
     Ok(builder()
