@@ -83,6 +83,8 @@ pub fn request_response(
         for _ in 0..conns {
             let (mut s, _) = listener.accept().expect("accept");
             s.set_nodelay(true).expect("nodelay");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
             echoes.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 64];
                 while s.read_exact(&mut buf).is_ok() {
@@ -103,6 +105,9 @@ pub fn request_response(
             });
             std::thread::spawn(move || {
                 c.set_nodelay(true).expect("nodelay");
+                // A wedged exchange fails the test rather than hang it.
+                c.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
                 let until = std::time::Instant::now() + secs;
                 let mut buf = [7u8; 64];
                 let mut done = 0;

@@ -581,7 +581,7 @@ fn without_a_bpffs_it_mounts_its_own_for_a_moment() {
     let _ = std::fs::remove_file(&ready);
     let script = format!(
         "mount -t tmpfs none /sys/fs/bpf || exit 9
-         stale=/tmp/podtrace-999999999-0
+         stale={tmp}/podtrace-999999999-0
          rmdir $stale 2>/dev/null; mkdir $stale && mount -t bpf bpf $stale && touch -d '2 minutes ago' $stale \
            || exit 7
          {bin} capture --netns {a} --netns {b} -c 4 --ready-file {ready} &
@@ -590,12 +590,13 @@ fn without_a_bpffs_it_mounts_its_own_for_a_moment() {
          ip netns exec {a} ping -c 2 -i 0.2 -W 1 {ip_b} >/dev/null
          wait $pt || exit 8
          echo \"left: $(grep -c podtrace- /proc/self/mountinfo) mounts, \
-$(ls -d /tmp/podtrace-$pt-* /run/podtrace-$pt-* $stale 2>/dev/null | wc -l) dirs\"",
+$(ls -d {tmp}/podtrace-$pt-* /run/podtrace-$pt-* $stale 2>/dev/null | wc -l) dirs\"",
         bin = podtrace_tests::process::podtrace_bin().display(),
         a = pair.a,
         b = pair.b,
         ready = ready.display(),
         ip_b = VethPair::IP_B,
+        tmp = std::env::temp_dir().display(),
     );
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
@@ -636,7 +637,16 @@ fn thread_policies(pid: u32) -> Vec<(i32, i32)> {
                 libc::sched_getparam(tid, &mut param),
             )
         };
-        assert!(policy >= 0 && r == 0, "thread {tid} of {pid}");
+        if policy < 0 || r != 0 {
+            let e = std::io::Error::last_os_error();
+            // A thread that ended since the listing.
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ESRCH),
+                "thread {tid} of {pid}: {e}"
+            );
+            continue;
+        }
         out.push((policy, param.sched_priority));
     }
     out

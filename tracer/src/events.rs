@@ -32,6 +32,9 @@ pub struct EventReader {
     drain: tokio::time::Interval,
     /// The last drain left records in the rings for another CPU's batch.
     held: bool,
+    /// The last drain stopped at a ring's budget for one pass (see
+    /// [`Ring::begin_pass`]) with records left: drain again at once.
+    more: bool,
 }
 
 impl EventReader {
@@ -43,6 +46,7 @@ impl EventReader {
             rings: Vec::new(),
             drain,
             held: false,
+            more: false,
         }
     }
 
@@ -72,7 +76,11 @@ impl EventReader {
             self.drain.tick().await;
             return Ok(0);
         }
-        {
+        if self.more {
+            // Records are waiting: let the caller's other futures (a stop
+            // signal, a timer) run, then drain on.
+            tokio::task::yield_now().await;
+        } else {
             // Woken by any ring or by the timer, drain them all: cheap, and
             // it keeps the namespaces' events close in time.
             let ready = select_all(self.rings.iter().map(|s| Box::pin(s.ring.readable())));
@@ -99,6 +107,7 @@ impl EventReader {
     /// events were read.
     pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>), before: u64) -> usize {
         self.held = false;
+        self.more = false;
         // Read in place: copying the whole record first cost as much as
         // decoding it.
         if let [src] = self.rings.as_mut_slice() {
@@ -112,6 +121,7 @@ impl EventReader {
                 }
             });
             src.at = 0;
+            self.more = src.ring.get_ref().stopped();
             return read;
         }
         let pressed = self.rings.iter().any(|s| {
@@ -120,6 +130,9 @@ impl EventReader {
         });
         let before = if pressed { u64::MAX } else { before };
         let mut heads = BinaryHeap::with_capacity(self.rings.len());
+        for src in &mut self.rings {
+            src.ring.get_mut().begin_pass();
+        }
         for (i, src) in self.rings.iter_mut().enumerate() {
             if let Some(ev) = src.head() {
                 heads.push(Reverse((record_ts(ev), i)));
@@ -139,6 +152,11 @@ impl EventReader {
             }
             if let Some(ev) = src.head() {
                 heads.push(Reverse((record_ts(ev), i)));
+            } else if src.ring.get_ref().stopped() {
+                // This ring's next record may be older than the others':
+                // the merge goes on in the next pass.
+                self.more = true;
+                break;
             }
         }
         for src in &mut self.rings {
@@ -172,6 +190,15 @@ impl EventReader {
             };
             read += self.drain_now(&mut f, before);
             if last {
+                // Passes are bounded: the last one reads on while a ring
+                // stopped at its budget, for as long as 16 rings' worth
+                // (traffic may still be coming in).
+                for _ in 0..16 {
+                    if !self.more {
+                        break;
+                    }
+                    read += self.drain_now(&mut f, before);
+                }
                 return Ok(read);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

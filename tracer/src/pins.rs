@@ -11,7 +11,7 @@
 
 use std::{
     fs, io,
-    os::unix::fs::DirBuilderExt as _,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -169,17 +169,25 @@ fn sweep(parent: &Path, min_age: Duration) {
         else {
             continue;
         };
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
+        // Not followed: a symlink, or a directory someone else made (in a
+        // world-writable /tmp), is not one of ours. Nobody else may replace
+        // ours: the temp dirs are sticky, the others root's.
+        let Ok(meta) = e.metadata() else {
+            continue;
+        };
+        let ours = meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw();
+        let old = meta
+            .modified()
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age));
-        if old && !Path::new("/proc").join(pid.to_string()).exists() {
+        if ours && old && !Path::new("/proc").join(pid.to_string()).exists() {
             let path = e.path();
             if in_bpffs {
                 empty(&path);
             } else if is_bpffs(&path) {
                 empty(&path);
-                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+                let flags =
+                    nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+                let _ = nix::mount::umount2(&path, flags);
             }
             let _ = fs::remove_dir(&path);
         }
@@ -200,6 +208,12 @@ mod tests {
             fs::create_dir_all(d).unwrap();
         }
         fs::write(full.join("STAGES"), b"").unwrap();
+        // A symlink in a gone process's name is followed nowhere.
+        let target = dir.join("elsewhere");
+        fs::create_dir_all(&target).unwrap();
+        fs::write(target.join("STAGES"), b"").unwrap();
+        let link = dir.join("podtrace-4294967292-0");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
         sweep(&dir, Duration::from_secs(3600));
         assert!(gone.exists(), "a fresh directory was swept");
         sweep(&dir, Duration::ZERO);
@@ -211,6 +225,10 @@ mod tests {
         );
         assert!(dir.join("podtrace-notapid-0").exists());
         assert!(mine.exists(), "a live process's directory was swept");
+        assert!(
+            link.symlink_metadata().is_ok() && target.join("STAGES").exists(),
+            "a symlink was followed"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -49,6 +49,10 @@ pub struct Ring {
     unpublished: usize,
     /// Bytes consumed since then.
     unpublished_bytes: usize,
+    /// Bytes this pass may still read (see [`Ring::begin_pass`]).
+    budget: usize,
+    /// This pass stopped at its budget with records left.
+    stopped: bool,
 }
 
 // SAFETY: the mappings are owned by the Ring and only touched through
@@ -107,6 +111,8 @@ impl Ring {
             next_len: 0,
             unpublished: 0,
             unpublished_bytes: 0,
+            budget: usize::MAX,
+            stopped: false,
         };
         ring.pos = ring.consumer_pos().load(Ordering::Acquire);
         ring.prod = ring.pos;
@@ -158,6 +164,10 @@ impl Ring {
                 return None;
             }
             self.next_len = (HDR + len).next_multiple_of(8);
+            if self.next_len > self.budget {
+                self.stopped = true;
+                return None;
+            }
             if header & DISCARD == 0 {
                 // SAFETY: `off + HDR + len < 2 * size`: the record lies in
                 // the double mapping, and the kernel does not reuse it
@@ -186,6 +196,7 @@ impl Ring {
     pub fn consume(&mut self) {
         let len = std::mem::take(&mut self.next_len);
         self.pos += len;
+        self.budget = self.budget.saturating_sub(len);
         self.unpublished += 1;
         self.unpublished_bytes += len;
         if self.unpublished == PUBLISH_EVERY || self.unpublished_bytes >= self.size / PUBLISH_SHARE
@@ -203,10 +214,27 @@ impl Ring {
         }
     }
 
-    /// Hands every committed record to `f`, in order, and returns how many
-    /// there were. Stops at a record still being written: the next call
-    /// starts there.
+    /// Starts a pass: [`peek`](Self::peek) returns records worth at most
+    /// one ring's size until the next pass. Under a kernel that writes as
+    /// fast as the reader reads, a pass still ends, and the reader gets
+    /// back to its signals and timers (it runs at real-time priority,
+    /// where nothing else would take the CPU from it).
+    pub fn begin_pass(&mut self) {
+        self.budget = self.size;
+        self.stopped = false;
+    }
+
+    /// The pass stopped at its budget, with records left to read.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Hands every committed record to `f`, in order, in one pass (see
+    /// [`begin_pass`](Self::begin_pass)), and returns how many there
+    /// were. Stops at a record still being written: the next call starts
+    /// there.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        self.begin_pass();
         let mut read = 0;
         while let Some(record) = self.peek() {
             f(record);

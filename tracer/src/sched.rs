@@ -69,8 +69,9 @@ pub fn say_if_refused() {
         return;
     };
     eprintln!(
-        "podtrace: note: reading at normal priority ({e}; real-time needs CAP_SYS_NICE): \
-         busy pods may keep the reader off the CPU and events be lost (the totals count \
-         them); --no-realtime silences this"
+        "podtrace: note: reading at normal priority ({e}; real-time needs CAP_SYS_NICE, \
+         and real-time runtime in podtrace's cgroup where the kernel shares it out): busy \
+         pods may keep the reader off the CPU and events be lost (the totals count them); \
+         --no-realtime silences this"
     );
 }
