@@ -77,28 +77,18 @@ fn builder() -> tokio::runtime::Builder {
     b
 }
 
-/// A runtime for commands that read the rings: this thread, which runs
-/// their loop, and the runtime's own, which wait for the rings, run at
-/// real-time priority (see `tracer::sched`), unless `normal`.
-/// If the kernel refuses, the command says so once attached when `say`:
-/// `ping` does not, since it reads a few records and its output is a
-/// contract (a container in a cgroup without real-time runtime, under
-/// CONFIG_RT_GROUP_SCHED, is refused even when privileged).
+/// A runtime for commands that read the rings: once they are attached,
+/// its threads and this one, which runs their loop, run at real-time
+/// priority (see `tracer::sched`), unless `normal`. If the kernel refuses,
+/// the command says so when `say`: `ping` does not, since it reads a few
+/// records and its output is a contract (a container in a cgroup without
+/// real-time runtime, under CONFIG_RT_GROUP_SCHED, is refused even when
+/// privileged).
 fn reader_runtime(normal: bool, say: bool) -> anyhow::Result<tokio::runtime::Runtime> {
-    if normal {
-        return runtime();
+    if !normal {
+        sched::want(say);
     }
-    if let Err(e) = sched::raise_this_thread() {
-        if say {
-            sched::refused(e);
-        }
-        return runtime();
-    }
-    Ok(builder()
-        .on_thread_start(|| {
-            let _ = sched::raise_this_thread();
-        })
-        .build()?)
+    Ok(builder().on_thread_start(sched::on_thread_start).build()?)
 }
 
 /// "context: cause: root cause" on one line.

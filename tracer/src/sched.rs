@@ -12,20 +12,87 @@
 //!
 //! The reader runs when a ring or its drain timer wakes it, drains, and
 //! sleeps again: a few % of a core for `-w`, a quarter for JSON at 400 k
-//! events/s. The kernel's real-time throttling (`sched_rt_runtime_us`, 95 %
+//! events/s. The threads are raised once everything is attached: loading
+//! and verifying the programs, and finding the pods, run at normal
+//! priority. The kernel's real-time throttling (`sched_rt_runtime_us`, 95 %
 //! of each second by default) leaves even a runaway reader's CPU to the
 //! others for the rest. With `SCHED_RESET_ON_FORK`, threads and processes
 //! that podtrace starts run at normal priority unless they ask for it, as
 //! the async runtime's workers do.
 
-use std::{io, sync::Mutex};
+use std::{
+    io,
+    sync::atomic::{AtomicBool, AtomicU8, Ordering},
+};
 
 /// The priority asked for: the lowest of `SCHED_FIFO`.
 pub const PRIORITY: i32 = 1;
 
-/// Runs the calling thread at `SCHED_FIFO` [`PRIORITY`], with
-/// `SCHED_RESET_ON_FORK`. Fails with `EPERM` without `CAP_SYS_NICE`.
-pub fn raise_this_thread() -> io::Result<()> {
+const NOT_WANTED: u8 = 0;
+const QUIETLY: u8 = 1;
+const SAYING_SO: u8 = 2;
+
+/// What the command asked for with [`want`], until [`raise_all`].
+static WANTED: AtomicU8 = AtomicU8::new(NOT_WANTED);
+/// [`raise_all`] raised the threads: the ones started since raise
+/// themselves (see [`on_thread_start`]).
+static RAISED: AtomicBool = AtomicBool::new(false);
+
+/// Asks [`raise_all`] to raise this process's threads; `say`: tell the
+/// user, once, if the kernel refuses.
+pub fn want(say: bool) {
+    WANTED.store(if say { SAYING_SO } else { QUIETLY }, Ordering::Relaxed);
+}
+
+/// For the async runtime's `on_thread_start`: a thread started after
+/// [`raise_all`] joins the others (`SCHED_RESET_ON_FORK` started it at
+/// normal priority).
+pub fn on_thread_start() {
+    if RAISED.load(Ordering::Acquire) {
+        let _ = set(0);
+    }
+}
+
+/// Once everything is attached: runs every thread of this process at
+/// `SCHED_FIFO` [`PRIORITY`], with `SCHED_RESET_ON_FORK`, if [`want`]
+/// asked for it. Where the kernel refuses (no `CAP_SYS_NICE`, or a cgroup
+/// without real-time runtime), they stay at normal priority, and the user
+/// is told once if asked.
+pub fn raise_all() {
+    let wanted = WANTED.swap(NOT_WANTED, Ordering::Relaxed);
+    if wanted == NOT_WANTED {
+        return;
+    }
+    RAISED.store(true, Ordering::Release);
+    let tids: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for tid in tids {
+        match set(tid) {
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                RAISED.store(false, Ordering::Release);
+                if wanted == SAYING_SO {
+                    eprintln!(
+                        "podtrace: note: reading at normal priority ({e}; real-time needs \
+                         CAP_SYS_NICE, and real-time runtime in podtrace's cgroup where the \
+                         kernel shares it out): busy pods may keep the reader off the CPU and \
+                         events be lost (the totals count them); --no-realtime silences this"
+                    );
+                }
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs thread `tid` (0: the calling one) at `SCHED_FIFO` [`PRIORITY`],
+/// with `SCHED_RESET_ON_FORK`.
+fn set(tid: i32) -> io::Result<()> {
     // SAFETY: a plain C struct, for which zero is valid; musl's has more
     // fields than glibc's, all of them 0 here.
     let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
@@ -33,12 +100,12 @@ pub fn raise_this_thread() -> io::Result<()> {
     // The system call, not libc's wrapper: musl's (the image's libc)
     // fails with ENOSYS, since the call acts on one thread where POSIX
     // says process; one thread is what is wanted here.
-    // SAFETY: sched_setscheduler(2) on the calling thread (pid 0), with a
-    // parameter that outlives the call.
+    // SAFETY: sched_setscheduler(2) on one thread, with a parameter that
+    // outlives the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_sched_setscheduler,
-            0,
+            tid,
             libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
             &raw const param,
         )
@@ -47,31 +114,4 @@ pub fn raise_this_thread() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Why the threads read at normal priority, until [`say_if_refused`]
-/// says it.
-static REFUSED: Mutex<Option<io::Error>> = Mutex::new(None);
-
-/// Keeps `e`, the reason [`raise_this_thread`] failed, for
-/// [`say_if_refused`]: said at once, it would come before the clearer
-/// error of a podtrace that lacks the privileges to trace at all.
-pub fn refused(e: io::Error) {
-    if let Ok(mut r) = REFUSED.lock() {
-        *r = Some(e);
-    }
-}
-
-/// Once everything is attached: says, once, that the rings are read at
-/// normal priority, if the kernel refused real-time.
-pub fn say_if_refused() {
-    let Some(e) = REFUSED.lock().ok().and_then(|mut r| r.take()) else {
-        return;
-    };
-    eprintln!(
-        "podtrace: note: reading at normal priority ({e}; real-time needs CAP_SYS_NICE, \
-         and real-time runtime in podtrace's cgroup where the kernel shares it out): busy \
-         pods may keep the reader off the CPU and events be lost (the totals count them); \
-         --no-realtime silences this"
-    );
 }

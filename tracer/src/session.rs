@@ -117,7 +117,7 @@ impl Session {
             );
         }
         crate::container::say_pod_side(&session.topology);
-        crate::sched::say_if_refused();
+        crate::sched::raise_all();
         Ok(session)
     }
 
