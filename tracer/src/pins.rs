@@ -13,7 +13,7 @@ use std::{
     fs, io,
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -46,9 +46,15 @@ impl Pins {
     /// make one (an image FROM scratch has no `/tmp`; a container's `/dev`
     /// is a tmpfs).
     pub fn new() -> io::Result<Self> {
+        // Leftovers are another process's: sweeping once per process is
+        // enough, however many namespaces' copies load after the first.
+        static SWEPT: AtomicBool = AtomicBool::new(false);
+        let first = !SWEPT.swap(true, Ordering::Relaxed);
         let bpffs = Path::new(BPFFS);
         let shared = if is_bpffs(bpffs) {
-            sweep(bpffs, SWEEP_AFTER);
+            if first {
+                sweep(bpffs, SWEEP_AFTER);
+            }
             match fresh_dir(bpffs) {
                 Ok(dir) => {
                     return Ok(Self {
@@ -67,8 +73,10 @@ impl Pins {
             "/dev/shm".into(),
             "/dev".into(),
         ];
-        for p in &parents {
-            sweep(p, SWEEP_AFTER);
+        if first {
+            for p in &parents {
+                sweep(p, SWEEP_AFTER);
+            }
         }
         let dir = parents
             .iter()
