@@ -67,14 +67,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime; a thread it starts after `sched::raise_all` raised
+/// the others joins them.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(builder().build()?)
-}
-
-fn builder() -> tokio::runtime::Builder {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.worker_threads(2).enable_all();
-    b
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(sched::on_thread_start)
+        .build()?)
 }
 
 /// A runtime for commands that read the rings: once they are attached,
@@ -88,7 +88,7 @@ fn reader_runtime(normal: bool, say: bool) -> anyhow::Result<tokio::runtime::Run
     if !normal {
         sched::want(say);
     }
-    Ok(builder().on_thread_start(sched::on_thread_start).build()?)
+    runtime()
 }
 
 /// "context: cause: root cause" on one line.

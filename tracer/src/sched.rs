@@ -72,20 +72,20 @@ pub fn raise_all() {
         })
         .unwrap_or_default();
     for tid in tids {
-        match set(tid) {
-            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
-                RAISED.store(false, Ordering::Release);
-                if wanted == SAYING_SO {
-                    eprintln!(
-                        "podtrace: note: reading at normal priority ({e}; real-time needs \
-                         CAP_SYS_NICE, and real-time runtime in podtrace's cgroup where the \
-                         kernel shares it out): busy pods may keep the reader off the CPU and \
-                         events be lost (the totals count them); --no-realtime silences this"
-                    );
-                }
-                return;
+        // ESRCH: a thread that ended since the listing.
+        if let Err(e) = set(tid)
+            && e.raw_os_error() != Some(libc::ESRCH)
+        {
+            RAISED.store(false, Ordering::Release);
+            if wanted == SAYING_SO {
+                eprintln!(
+                    "podtrace: note: reading at normal priority ({e}; real-time needs \
+                     CAP_SYS_NICE, and real-time runtime in podtrace's cgroup where the \
+                     kernel shares it out): busy pods may keep the reader off the CPU and \
+                     events be lost (the totals count them); --no-realtime silences this"
+                );
             }
-            _ => {}
+            return;
         }
     }
 }
