@@ -118,6 +118,50 @@ fn icmp_tcp_udp_events_on_the_right_hooks() {
     );
 }
 
+#[test]
+fn ipv6_packets_show_their_addresses() {
+    let _serial = serial();
+    let pair = VethPair::new("c6");
+    let (a6, b6) = ("fd00:200::1", "fd00:200::2");
+    for (ns, dev, ip) in [(&pair.a, "va", a6), (&pair.b, "vb", b6)] {
+        let cidr = format!("{ip}/64");
+        sh(&[
+            "ip", "-n", ns, "-6", "addr", "add", &cidr, "dev", dev, "nodad",
+        ]);
+    }
+    let cap = Podtrace::start(&["capture", "--netns", &pair.a, "--json"]);
+    let ping = VethPair::exec(
+        &pair.a,
+        &["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", b6],
+    );
+    assert!(ping.status.success(), "{ping:?}");
+    std::thread::sleep(Duration::from_millis(200));
+
+    let out = cap.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    let ev = json_lines(&out.stdout);
+    let echo = |e: &Value, dir: &str, ty: u64, src: &str, dst: &str| {
+        e["dir"] == dir
+            && e["iface"] == "va"
+            && e["proto"] == 58
+            && e["icmp"]["type"] == ty
+            && e["src"] == src
+            && e["dst"] == dst
+            && e["ip_id"].is_null()
+    };
+    assert_eq!(count(&ev, |e| echo(e, "egress", 128, a6, b6)), 2, "{ev:#?}");
+    assert_eq!(count(&ev, |e| echo(e, "ingress", 129, b6, a6)), 2);
+    let request = ev
+        .iter()
+        .find(|e| echo(e, "egress", 128, a6, b6))
+        .expect("a request");
+    let summary = request["summary"].as_str().expect("a summary");
+    assert!(
+        summary.starts_with(&format!("IP6 {a6} > {b6}: ICMP6, echo request, id ")),
+        "{summary}"
+    );
+}
+
 #[tokio::test]
 async fn filter_drops_others_and_counters_stay_exact() {
     let _serial = serial();

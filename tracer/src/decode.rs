@@ -3,7 +3,10 @@
 //! Headers are parsed with etherparse's lax parser, because a record holds
 //! only the first `snaplen` bytes of a packet.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, LinkSlice, TransportSlice};
 use tracer_common::{Direction, EventKind, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent};
@@ -47,8 +50,21 @@ pub enum L3 {
         /// Target protocol address.
         target: Ipv4Addr,
     },
-    /// IPv6 (addresses not kept yet).
-    Ipv6,
+    /// IPv6: the fixed header's fields. podtrace follows IPv4 flows
+    /// only; IPv6 packets are decoded for `capture` to show.
+    Ipv6 {
+        /// Source address.
+        src: Ipv6Addr,
+        /// Destination address.
+        dst: Ipv6Addr,
+        /// Payload length (extension headers included).
+        payload_len: u16,
+        /// Hop limit.
+        hop_limit: u8,
+        /// The protocol after any extension headers (6 TCP, 17 UDP, 58
+        /// ICMPv6).
+        proto: u8,
+    },
     /// Anything else, by EtherType.
     Other(u16),
 }
@@ -81,6 +97,17 @@ pub enum L4 {
         /// ICMP type.
         ty: u8,
         /// ICMP code.
+        code: u8,
+        /// Echo identifier.
+        id: u16,
+        /// Echo sequence number.
+        seq: u16,
+    },
+    /// ICMPv6; id and seq are meaningful for echo (type 128 and 129).
+    Icmp6 {
+        /// ICMPv6 type.
+        ty: u8,
+        /// ICMPv6 code.
         code: u8,
         /// Echo identifier.
         id: u16,
@@ -290,7 +317,16 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
                 proto: h.protocol().0,
             };
         }
-        Some(LaxNetSlice::Ipv6(_)) => pkt.l3 = L3::Ipv6,
+        Some(LaxNetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            pkt.l3 = L3::Ipv6 {
+                src: h.source_addr(),
+                dst: h.destination_addr(),
+                payload_len: h.payload_length(),
+                hop_limit: h.hop_limit(),
+                proto: ip.payload().ip_number.0,
+            };
+        }
         Some(LaxNetSlice::Arp(arp)) => {
             let ip4 = |b: &[u8]| <[u8; 4]>::try_from(b).map(Ipv4Addr::from).ok();
             if let (Some(sender), Some(target)) = (
@@ -327,6 +363,16 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
         Some(TransportSlice::Icmpv4(i)) => {
             let b = i.bytes5to8();
             pkt.l4 = L4::Icmp {
+                ty: i.type_u8(),
+                code: i.code_u8(),
+                id: u16::from_be_bytes([b[0], b[1]]),
+                seq: u16::from_be_bytes([b[2], b[3]]),
+            };
+            i.payload()
+        }
+        Some(TransportSlice::Icmpv6(i)) => {
+            let b = i.bytes5to8();
+            pkt.l4 = L4::Icmp6 {
                 ty: i.type_u8(),
                 code: i.code_u8(),
                 id: u16::from_be_bytes([b[0], b[1]]),
@@ -500,7 +546,9 @@ impl fmt::Display for Packet {
                     }?;
                     write!(f, ", length {total_len}")
                 }
-                L4::None => write!(f, "IP {src} > {dst}: proto {proto}, length {total_len}"),
+                L4::Icmp6 { .. } | L4::None => {
+                    write!(f, "IP {src} > {dst}: proto {proto}, length {total_len}")
+                }
             },
             L3::Arp {
                 op: 1,
@@ -510,7 +558,49 @@ impl fmt::Display for Packet {
                 write!(f, "ARP, Request who-has {target} tell {sender}")
             }
             L3::Arp { sender, .. } => write!(f, "ARP, Reply {sender} is-at ..."),
-            L3::Ipv6 => write!(f, "IP6, length {}", self.len),
+            L3::Ipv6 {
+                src,
+                dst,
+                payload_len,
+                proto,
+                ..
+            } => {
+                // The IP length, as IPv4's lines give it: header included.
+                let len = u32::from(payload_len) + 40;
+                match self.l4 {
+                    L4::Tcp {
+                        sport,
+                        dport,
+                        seq,
+                        ack,
+                        flags,
+                    } => write!(
+                        f,
+                        "IP6 {src}.{sport} > {dst}.{dport}: Flags [{}], seq {seq}, ack {ack}, length {len}",
+                        tcp_flags(flags)
+                    ),
+                    L4::Udp { sport, dport } => {
+                        write!(f, "IP6 {src}.{sport} > {dst}.{dport}: UDP, length {len}")
+                    }
+                    L4::Icmp6 { ty, code, id, seq } => {
+                        write!(f, "IP6 {src} > {dst}: ICMP6, ")?;
+                        match ty {
+                            128 => write!(f, "echo request, id {id}, seq {seq}"),
+                            129 => write!(f, "echo reply, id {id}, seq {seq}"),
+                            1 => write!(f, "destination unreachable, code {code}"),
+                            2 => write!(f, "packet too big"),
+                            3 => write!(f, "time exceeded"),
+                            133 => write!(f, "router solicitation"),
+                            134 => write!(f, "router advertisement"),
+                            135 => write!(f, "neighbor solicitation"),
+                            136 => write!(f, "neighbor advertisement"),
+                            _ => write!(f, "type {ty} code {code}"),
+                        }?;
+                        write!(f, ", length {len}")
+                    }
+                    _ => write!(f, "IP6 {src} > {dst}: proto {proto}, length {len}"),
+                }
+            }
             L3::Other(et) => write!(f, "ethertype 0x{et:04x}, length {}", self.len),
         }
     }
@@ -578,6 +668,72 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 60"
+        );
+    }
+
+    /// fd00::1 and fd00::2 as etherparse's builder takes them.
+    const V6_A: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const V6_B: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    #[test]
+    fn ipv6_lines_read_like_tcpdumps() {
+        let echo = decode_frame(&frame!(
+            eth().ipv6(V6_A, V6_B, 64).icmpv6_echo_request(1778, 1),
+            &[0; 56],
+        ));
+        assert_eq!(
+            echo.l3,
+            L3::Ipv6 {
+                src: "fd00::1".parse().unwrap(),
+                dst: "fd00::2".parse().unwrap(),
+                payload_len: 64,
+                hop_limit: 64,
+                proto: 58,
+            }
+        );
+        assert_eq!(
+            echo.to_string(),
+            "IP6 fd00::1 > fd00::2: ICMP6, echo request, id 1778, seq 1, length 104"
+        );
+        let reply = decode_frame(&frame!(
+            eth().ipv6(V6_B, V6_A, 64).icmpv6_echo_reply(1778, 1),
+            &[0; 56],
+        ));
+        assert_eq!(
+            reply.to_string(),
+            "IP6 fd00::2 > fd00::1: ICMP6, echo reply, id 1778, seq 1, length 104"
+        );
+        let syn = decode_frame(&frame!(
+            eth().ipv6(V6_A, V6_B, 64).tcp(40000, 80, 1000, 512).syn(),
+            &[],
+        ));
+        assert_eq!(
+            syn.to_string(),
+            "IP6 fd00::1.40000 > fd00::2.80: Flags [S], seq 1000, ack 0, length 60"
+        );
+        let udp = decode_frame(&frame!(eth().ipv6(V6_B, V6_A, 1).udp(53, 5353), b"hello"));
+        assert_eq!(
+            udp.l4,
+            L4::Udp {
+                sport: 53,
+                dport: 5353
+            }
+        );
+        assert_eq!(
+            udp.to_string(),
+            "IP6 fd00::2.53 > fd00::1.5353: UDP, length 53"
+        );
+        // Cut inside the ICMPv6 header: the addresses, no transport.
+        let cut = decode_frame(
+            &frame!(
+                eth().ipv6(V6_A, V6_B, 64).icmpv6_echo_request(1, 1),
+                &[0; 56],
+            )[..14 + 40 + 2],
+        );
+        assert_eq!(cut.l4, L4::None);
+        assert_eq!(
+            cut.to_string(),
+            "IP6 fd00::1 > fd00::2: proto 58, length 104"
         );
     }
 

@@ -6,7 +6,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     io::{self, BufWriter, Write},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::Path,
     time::Duration,
 };
@@ -247,6 +247,17 @@ fn push_u128(buf: &mut Vec<u8>, v: u128) {
     }
 }
 
+/// Appends an IPv4 or IPv6 address as a JSON string.
+fn push_addr(buf: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => push_ip(buf, ip),
+        IpAddr::V6(ip) => {
+            // Writing to a Vec cannot fail.
+            let _ = write!(buf, "\"{ip}\"");
+        }
+    }
+}
+
 /// Appends `"a.b.c.d"`.
 fn push_ip(buf: &mut Vec<u8>, ip: Ipv4Addr) {
     buf.push(b'"');
@@ -313,7 +324,8 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
         Some(Role::PodEth0) => (b"pod_eth0", None),
         _ => (b"other", None),
     };
-    let ipv4 = match p.l3 {
+    // Addresses, IP id (IPv4 only), TTL or hop limit, protocol.
+    let ip = match p.l3 {
         L3::Ipv4 {
             src,
             dst,
@@ -321,7 +333,14 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
             ttl,
             proto,
             ..
-        } => Some((src, dst, id, ttl, proto)),
+        } => Some((IpAddr::V4(src), IpAddr::V4(dst), Some(id), ttl, proto)),
+        L3::Ipv6 {
+            src,
+            dst,
+            hop_limit,
+            proto,
+            ..
+        } => Some((IpAddr::V6(src), IpAddr::V6(dst), None, hop_limit, proto)),
         _ => None,
     };
     let ports = match p.l4 {
@@ -336,16 +355,16 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
         buf.extend_from_slice(b",\"dport\":");
         push_uint(buf, u64::from(dport));
     }
-    if let Some((_, dst, ..)) = ipv4 {
+    if let Some((_, dst, ..)) = ip {
         buf.extend_from_slice(b",\"dst\":");
-        push_ip(buf, dst);
+        push_addr(buf, dst);
     }
     buf.extend_from_slice(b",\"eni_index\":");
     match eni_index {
         Some(n) => push_uint(buf, u64::from(n)),
         None => buf.extend_from_slice(b"null"),
     }
-    if let L4::Icmp { ty, code, id, seq } = p.l4 {
+    if let L4::Icmp { ty, code, id, seq } | L4::Icmp6 { ty, code, id, seq } = p.l4 {
         buf.extend_from_slice(b",\"icmp\":{\"code\":");
         push_uint(buf, u64::from(code));
         buf.extend_from_slice(b",\"id\":");
@@ -360,7 +379,7 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
     push_str(buf, iface.map(|i| i.name.as_str()));
     buf.extend_from_slice(b",\"ifindex\":");
     push_uint(buf, u64::from(p.hook.ifindex));
-    if let Some((_, _, id, ..)) = ipv4 {
+    if let Some((_, _, Some(id), ..)) = ip {
         buf.extend_from_slice(b",\"ip_id\":");
         push_uint(buf, u64::from(id));
     }
@@ -384,7 +403,7 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
     } else {
         b",\"probe\":false"
     });
-    if let Some((.., proto)) = ipv4 {
+    if let Some((.., proto)) = ip {
         buf.extend_from_slice(b",\"proto\":");
         push_uint(buf, u64::from(proto));
     }
@@ -395,9 +414,9 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
         buf.extend_from_slice(b",\"sport\":");
         push_uint(buf, u64::from(sport));
     }
-    if let Some((src, ..)) = ipv4 {
+    if let Some((src, ..)) = ip {
         buf.extend_from_slice(b",\"src\":");
-        push_ip(buf, src);
+        push_addr(buf, src);
     }
     buf.extend_from_slice(b",\"summary\":\"");
     // Writing to a Vec cannot fail.
@@ -429,7 +448,7 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
     buf.extend_from_slice(b",\"time_ns\":\"");
     push_u128(buf, clock.wall_ns(p.ts_ns));
     buf.push(b'"');
-    if let Some((_, _, _, ttl, _)) = ipv4 {
+    if let Some((_, _, _, ttl, _)) = ip {
         buf.extend_from_slice(b",\"ttl\":");
         push_uint(buf, u64::from(ttl));
     }
@@ -705,6 +724,19 @@ mod tests {
             obj.insert("ttl".into(), json!(ttl));
             obj.insert("proto".into(), json!(proto));
         }
+        if let L3::Ipv6 {
+            src,
+            dst,
+            hop_limit,
+            proto,
+            ..
+        } = p.l3
+        {
+            obj.insert("src".into(), json!(src.to_string()));
+            obj.insert("dst".into(), json!(dst.to_string()));
+            obj.insert("ttl".into(), json!(hop_limit));
+            obj.insert("proto".into(), json!(proto));
+        }
         match p.l4 {
             L4::Tcp {
                 sport,
@@ -724,7 +756,7 @@ mod tests {
                 obj.insert("sport".into(), json!(sport));
                 obj.insert("dport".into(), json!(dport));
             }
-            L4::Icmp { ty, code, id, seq } => {
+            L4::Icmp { ty, code, id, seq } | L4::Icmp6 { ty, code, id, seq } => {
                 obj.insert(
                     "icmp".into(),
                     json!({"type": ty, "code": code, "id": id, "seq": seq}),
@@ -886,7 +918,20 @@ mod tests {
                 sender: Ipv4Addr::new(10, 0, 0, 2),
                 target: Ipv4Addr::new(10, 0, 0, 1),
             },
-            L3::Ipv6,
+            L3::Ipv6 {
+                src: "fd00::1".parse().expect("an address"),
+                dst: "2001:db8:ffff::abcd:1".parse().expect("an address"),
+                payload_len: 64,
+                hop_limit: 64,
+                proto: 58,
+            },
+            L3::Ipv6 {
+                src: std::net::Ipv6Addr::UNSPECIFIED,
+                dst: std::net::Ipv6Addr::from(u128::MAX),
+                payload_len: u16::MAX,
+                hop_limit: 255,
+                proto: 255,
+            },
             L3::Other(0x88cc),
         ];
         let mut l4s = vec![
@@ -907,6 +952,14 @@ mod tests {
         }
         for ty in [0, 3, 8, 11, 5, 255] {
             l4s.push(L4::Icmp {
+                ty,
+                code: ty / 2,
+                id: 7,
+                seq: u16::MAX,
+            });
+        }
+        for ty in [128, 129, 1, 2, 3, 133, 134, 135, 136, 255] {
+            l4s.push(L4::Icmp6 {
                 ty,
                 code: ty / 2,
                 id: 7,

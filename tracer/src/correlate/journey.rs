@@ -127,7 +127,8 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
             (fp.a, fp.c, fp.d) = (u32::from(seq), ty, code);
             icmp_ports(ty, id)
         }
-        L4::None => (0, 0),
+        // ICMPv6 only rides IPv6, which this does not follow.
+        L4::Icmp6 { .. } | L4::None => (0, 0),
     };
     let hop = RawHop {
         ts_ns: pkt.ts_ns,

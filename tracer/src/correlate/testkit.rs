@@ -163,7 +163,7 @@ impl Pkt {
     /// Sets the ICMP echo id, or the TCP/UDP source port.
     pub fn sport(mut self, p: u16) -> Self {
         match &mut self.l4 {
-            L4::Icmp { id, .. } => *id = p,
+            L4::Icmp { id, .. } | L4::Icmp6 { id, .. } => *id = p,
             L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = p,
             L4::None => {}
         }
@@ -173,7 +173,7 @@ impl Pkt {
     /// Sets the ICMP echo id, or the TCP/UDP destination port.
     pub fn dport(mut self, p: u16) -> Self {
         match &mut self.l4 {
-            L4::Icmp { id, .. } => *id = p,
+            L4::Icmp { id, .. } | L4::Icmp6 { id, .. } => *id = p,
             L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = p,
             L4::None => {}
         }
