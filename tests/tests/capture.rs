@@ -819,6 +819,10 @@ fn pcapng_is_read_by_tshark() {
         "ip.dst",
         "-e",
         "frame.p2p_dir",
+        "-e",
+        "ipv6.src",
+        "-e",
+        "ipv6.dst",
     ]);
     let _ = std::fs::remove_file(&file);
     let rows: Vec<String> = String::from_utf8_lossy(&fields.stdout)
@@ -830,12 +834,15 @@ fn pcapng_is_read_by_tshark() {
     for (row, ev) in rows.iter().zip(&events) {
         let cols: Vec<&str> = row.split(',').collect();
         assert_eq!(cols[0], name, "{row}");
+        // IPv4 in ip.*, IPv6 (the namespace's own neighbour discovery
+        // and MLD) in ipv6.*.
         if let Some(src) = ev["src"].as_str() {
-            assert_eq!(
-                (cols[1], cols[2]),
-                (src, ev["dst"].as_str().unwrap()),
-                "{row}"
-            );
+            let (tsrc, tdst) = if src.contains(':') {
+                (cols[4], cols[5])
+            } else {
+                (cols[1], cols[2])
+            };
+            assert_eq!((tsrc, tdst), (src, ev["dst"].as_str().unwrap()), "{row}");
         }
     }
     let echo = rows
