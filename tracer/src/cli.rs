@@ -20,9 +20,12 @@ pub struct WhereArgs {
 }
 
 /// What to trace: the in-kernel filter, applied before any byte is copied.
+/// It reads IPv4 headers: with any filter set, IPv6 and ARP packets are
+/// not kept.
 #[derive(Args, Clone, Debug, Default)]
 pub struct FilterArgs {
-    /// Keep packets whose source is in this prefix (e.g. 192.168.1.0/24).
+    /// Keep packets whose source is in this IPv4 prefix (e.g. 192.168.1.0/24).
+    /// Any `--filter-*` keeps IPv4 packets only.
     #[arg(long = "filter-src", value_name = "CIDR")]
     pub src: Option<Cidr>,
     /// Keep packets whose destination is in this prefix.
