@@ -5,7 +5,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, LinkSlice, TransportSlice};
@@ -361,22 +361,22 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
             u.payload()
         }
         Some(TransportSlice::Icmpv4(i)) => {
-            let b = i.bytes5to8();
+            let (id, seq) = echo_id_seq(i.bytes5to8());
             pkt.l4 = L4::Icmp {
                 ty: i.type_u8(),
                 code: i.code_u8(),
-                id: u16::from_be_bytes([b[0], b[1]]),
-                seq: u16::from_be_bytes([b[2], b[3]]),
+                id,
+                seq,
             };
             i.payload()
         }
         Some(TransportSlice::Icmpv6(i)) => {
-            let b = i.bytes5to8();
+            let (id, seq) = echo_id_seq(i.bytes5to8());
             pkt.l4 = L4::Icmp6 {
                 ty: i.type_u8(),
                 code: i.code_u8(),
-                id: u16::from_be_bytes([b[0], b[1]]),
-                seq: u16::from_be_bytes([b[2], b[3]]),
+                id,
+                seq,
             };
             i.payload()
         }
@@ -384,6 +384,15 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
     };
     pkt.probe = payload.starts_with(&PROBE_MAGIC);
     pkt.payload_hash = payload_hash(payload);
+}
+
+/// An ICMP or ICMPv6 header's bytes 5 to 8: an echo's identifier and
+/// sequence number.
+fn echo_id_seq(b: [u8; 4]) -> (u16, u16) {
+    (
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]]),
+    )
 }
 
 /// The common case of [`decode_frame`], read straight from the bytes:
@@ -510,98 +519,79 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 impl fmt::Display for Packet {
     /// tcpdump-like summary of L3/L4: `IP a > b: ICMP echo request, id 1, seq 2, length 64`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.l3 {
+        // Family tag, addresses, IP length (header included) and protocol.
+        let (ip, src, dst, len, proto): (_, IpAddr, IpAddr, _, _) = match self.l3 {
             L3::Ipv4 {
                 src,
                 dst,
                 total_len,
                 proto,
                 ..
-            } => match self.l4 {
-                L4::Tcp {
-                    sport,
-                    dport,
-                    seq,
-                    ack,
-                    flags,
-                } => write!(
-                    f,
-                    "IP {src}.{sport} > {dst}.{dport}: Flags [{}], seq {seq}, ack {ack}, length {total_len}",
-                    tcp_flags(flags)
-                ),
-                L4::Udp { sport, dport } => {
-                    write!(
-                        f,
-                        "IP {src}.{sport} > {dst}.{dport}: UDP, length {total_len}"
-                    )
-                }
-                L4::Icmp { ty, code, id, seq } => {
-                    write!(f, "IP {src} > {dst}: ICMP ")?;
-                    match ty {
-                        8 => write!(f, "echo request, id {id}, seq {seq}"),
-                        0 => write!(f, "echo reply, id {id}, seq {seq}"),
-                        3 => write!(f, "unreachable, code {code}"),
-                        11 => write!(f, "time exceeded"),
-                        _ => write!(f, "type {ty} code {code}"),
-                    }?;
-                    write!(f, ", length {total_len}")
-                }
-                L4::Icmp6 { .. } | L4::None => {
-                    write!(f, "IP {src} > {dst}: proto {proto}, length {total_len}")
-                }
-            },
-            L3::Arp {
-                op: 1,
-                sender,
-                target,
-            } => {
-                write!(f, "ARP, Request who-has {target} tell {sender}")
-            }
-            L3::Arp { sender, .. } => write!(f, "ARP, Reply {sender} is-at ..."),
+            } => ("IP", src.into(), dst.into(), u32::from(total_len), proto),
             L3::Ipv6 {
                 src,
                 dst,
                 payload_len,
                 proto,
                 ..
-            } => {
-                // The IP length, as IPv4's lines give it: header included.
-                let len = u32::from(payload_len) + 40;
-                match self.l4 {
-                    L4::Tcp {
-                        sport,
-                        dport,
-                        seq,
-                        ack,
-                        flags,
-                    } => write!(
-                        f,
-                        "IP6 {src}.{sport} > {dst}.{dport}: Flags [{}], seq {seq}, ack {ack}, length {len}",
-                        tcp_flags(flags)
-                    ),
-                    L4::Udp { sport, dport } => {
-                        write!(f, "IP6 {src}.{sport} > {dst}.{dport}: UDP, length {len}")
-                    }
-                    L4::Icmp6 { ty, code, id, seq } => {
-                        write!(f, "IP6 {src} > {dst}: ICMP6, ")?;
-                        match ty {
-                            128 => write!(f, "echo request, id {id}, seq {seq}"),
-                            129 => write!(f, "echo reply, id {id}, seq {seq}"),
-                            1 => write!(f, "destination unreachable, code {code}"),
-                            2 => write!(f, "packet too big"),
-                            3 => write!(f, "time exceeded"),
-                            133 => write!(f, "router solicitation"),
-                            134 => write!(f, "router advertisement"),
-                            135 => write!(f, "neighbor solicitation"),
-                            136 => write!(f, "neighbor advertisement"),
-                            _ => write!(f, "type {ty} code {code}"),
-                        }?;
-                        write!(f, ", length {len}")
-                    }
-                    _ => write!(f, "IP6 {src} > {dst}: proto {proto}, length {len}"),
-                }
+            } => (
+                "IP6",
+                src.into(),
+                dst.into(),
+                u32::from(payload_len) + 40,
+                proto,
+            ),
+            L3::Arp {
+                op: 1,
+                sender,
+                target,
+            } => return write!(f, "ARP, Request who-has {target} tell {sender}"),
+            L3::Arp { sender, .. } => return write!(f, "ARP, Reply {sender} is-at ..."),
+            L3::Other(et) => return write!(f, "ethertype 0x{et:04x}, length {}", self.len),
+        };
+        match self.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+            } => write!(
+                f,
+                "{ip} {src}.{sport} > {dst}.{dport}: Flags [{}], seq {seq}, ack {ack}, length {len}",
+                tcp_flags(flags)
+            ),
+            L4::Udp { sport, dport } => {
+                write!(f, "{ip} {src}.{sport} > {dst}.{dport}: UDP, length {len}")
             }
-            L3::Other(et) => write!(f, "ethertype 0x{et:04x}, length {}", self.len),
+            L4::Icmp { ty, code, id, seq } if src.is_ipv4() => {
+                write!(f, "{ip} {src} > {dst}: ICMP ")?;
+                match ty {
+                    8 => write!(f, "echo request, id {id}, seq {seq}"),
+                    0 => write!(f, "echo reply, id {id}, seq {seq}"),
+                    3 => write!(f, "unreachable, code {code}"),
+                    11 => write!(f, "time exceeded"),
+                    _ => write!(f, "type {ty} code {code}"),
+                }?;
+                write!(f, ", length {len}")
+            }
+            L4::Icmp6 { ty, code, id, seq } if src.is_ipv6() => {
+                write!(f, "{ip} {src} > {dst}: ICMP6, ")?;
+                match ty {
+                    128 => write!(f, "echo request, id {id}, seq {seq}"),
+                    129 => write!(f, "echo reply, id {id}, seq {seq}"),
+                    1 => write!(f, "destination unreachable, code {code}"),
+                    2 => write!(f, "packet too big"),
+                    3 => write!(f, "time exceeded"),
+                    133 => write!(f, "router solicitation"),
+                    134 => write!(f, "router advertisement"),
+                    135 => write!(f, "neighbor solicitation"),
+                    136 => write!(f, "neighbor advertisement"),
+                    _ => write!(f, "type {ty} code {code}"),
+                }?;
+                write!(f, ", length {len}")
+            }
+            _ => write!(f, "{ip} {src} > {dst}: proto {proto}, length {len}"),
         }
     }
 }
