@@ -371,11 +371,13 @@ fn down_leaves_no_netns_link_rule_route_chain_or_process() {
 fn down_cleans_up_after_a_crashed_up() {
     let _lock = LabLock::acquire();
     tracer::lab::down().unwrap();
-    // What an `up` killed half way could leave: some namespaces, a link,
-    // a chain, a process inside one, an inventory-less state.
-    sh(&["ip", "netns", "add", "vpc"]);
-    sh(&["ip", "netns", "add", "node-a"]);
-    sh(&["ip", "netns", "add", "lab-default-pod-9"]);
+    // What an `up` killed half way could leave: some namespaces (recorded
+    // as the lab's, as `up` records each one it makes), a link, a chain, a
+    // process inside one, an inventory-less state.
+    for name in ["vpc", "node-a", "lab-default-pod-9"] {
+        sh(&["ip", "netns", "add", name]);
+        tracer::lab::mark_owned(name).unwrap();
+    }
     sh(&[
         "ip",
         "-n",
@@ -425,4 +427,81 @@ fn down_cleans_up_after_a_crashed_up() {
         assert!(!Path::new("/run/netns").join(name).exists(), "{name} left");
     }
     // And a fresh `up` over nothing works (covered by every LabGuard::up).
+}
+
+/// Namespaces named like the lab's (the names are plain: `internet`,
+/// `vpc`) that a person made: `down` must neither delete them nor stop
+/// what runs in them, and `up` must refuse rather than take them over.
+#[test]
+fn namespaces_the_lab_did_not_make_are_left_alone() {
+    let _lock = LabLock::acquire();
+    tracer::lab::down().unwrap();
+    let theirs = ["internet", "lab-default-pod-9"];
+    for name in theirs {
+        sh(&["ip", "netns", "add", name]);
+    }
+    sh(&[
+        "ip", "-n", "internet", "link", "add", "mine0", "type", "veth", "peer", "name", "mine1",
+    ]);
+    let mut sleeper = Command::new("ip")
+        .args(["netns", "exec", "internet", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    // `ip netns exec` enters the netns just after it starts: wait for that.
+    let ino = std::fs::metadata("/run/netns/internet").unwrap().ino();
+    let ns_link = format!("/proc/{}/ns/net", sleeper.id());
+    while std::fs::read_link(&ns_link)
+        .map(|l| l.to_string_lossy() != format!("net:[{ino}]"))
+        .unwrap_or(true)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let cleanup = |sleeper: &mut std::process::Child| {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        for name in theirs {
+            sh(&["ip", "netns", "del", name]);
+        }
+    };
+
+    let report = tracer::lab::down();
+    let up = podtrace_tests::block_on(|| async { tracer::lab::up(&Plan::default()).await });
+    let alive = sleeper.try_wait().unwrap().is_none();
+    let links =
+        String::from_utf8_lossy(&sh(&["ip", "-n", "internet", "-o", "link"]).stdout).into_owned();
+    let left: Vec<bool> = theirs
+        .iter()
+        .map(|n| Path::new("/run/netns").join(n).exists())
+        .collect();
+    let made_any = Plan::default()
+        .netns_names()
+        .iter()
+        .any(|n| !theirs.contains(n) && Path::new("/run/netns").join(n).exists());
+    cleanup(&mut sleeper);
+    tracer::lab::down().unwrap();
+
+    let report = report.unwrap();
+    assert_eq!(
+        report.netns,
+        Vec::<String>::new(),
+        "down removed: {report:?}"
+    );
+    let mut foreign = report.foreign.clone();
+    foreign.sort();
+    assert_eq!(foreign, ["internet", "lab-default-pod-9"]);
+    assert_eq!(
+        left,
+        [true, true],
+        "a namespace the lab did not make is gone"
+    );
+    assert!(
+        alive,
+        "down stopped a process in a namespace it did not make"
+    );
+    assert!(links.contains("mine0"), "{links}");
+    match up {
+        Err(LabError::Foreign(names)) => assert_eq!(names, ["internet"]),
+        other => panic!("up over someone else's `internet` netns: {other:?}"),
+    }
+    assert!(!made_any, "a refused `up` made namespaces");
 }

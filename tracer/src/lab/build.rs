@@ -46,6 +46,8 @@ pub async fn build(plan: &Plan) -> Result<(), LabError> {
     for name in names.iter().rev() {
         // The namespace file itself is the only thing made outside the lab.
         run(None, &["ip", "netns", "add", name], None)?;
+        // Recorded at once, so that `down` removes it and nothing else.
+        super::teardown::mark_owned(name)?;
         let path = Path::new(NETNS_RUN_DIR).join(name);
         let file = File::open(&path).map_err(|source| LabError::Io {
             what: "opening netns",

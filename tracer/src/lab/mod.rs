@@ -27,7 +27,7 @@ use clap::{Args, Subcommand};
 pub use self::{
     inventory::{INVENTORY_PATH, Inventory},
     plan::{Cidr, EniPlan, HostPlan, Mac, NodePlan, Plan, PlanError, PodPlan, ServicePlan},
-    teardown::DownReport,
+    teardown::{DownReport, OWNED_DIR, mark_owned},
 };
 use crate::netns::NetnsError;
 
@@ -100,6 +100,23 @@ pub enum LabError {
     /// `down` could not delete some namespaces.
     #[error("could not remove netns {0} (see `ip netns list`)")]
     Leftovers(String),
+    /// Namespaces the lab needs by name exist, and the lab did not make them.
+    #[error("{}", foreign_message(.0))]
+    Foreign(Vec<String>),
+}
+
+fn foreign_message(names: &[String]) -> String {
+    let (verb, pronoun, noun) = if names.len() == 1 {
+        ("exists but was", "it", "name")
+    } else {
+        ("exist but were", "them", "names")
+    };
+    format!(
+        "netns {} {verb} not made by `podtrace lab up`, and the lab needs the {noun}: delete or \
+         rename {pronoun} (`ip netns del {}`), then run `podtrace lab up` again",
+        names.join(", "),
+        names.join("; ip netns del "),
+    )
 }
 
 /// `podtrace lab` flags.
@@ -152,6 +169,12 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!("removed netns {}", report.netns.join(", "));
             }
+            if !report.foreign.is_empty() {
+                println!(
+                    "left netns {} alone: not made by `podtrace lab up`",
+                    report.foreign.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Status { json } => Ok(status::run(json)?),
@@ -172,18 +195,26 @@ pub enum UpOutcome {
 pub async fn up(plan: &Plan) -> Result<UpOutcome, LabError> {
     preflight("up")?;
     let _lock = op_lock()?;
-    if let Ok(inv) = Inventory::load(INVENTORY_PATH)
-        && inv.plan().netns_names().iter().all(|n| {
-            std::path::Path::new(crate::netns::NETNS_RUN_DIR)
-                .join(n)
-                .exists()
-        })
-        && teardown::whoami_pid().is_some()
-    {
-        if inv.plan() != plan {
-            return Err(LabError::OtherLabUp(inv.plan().vpc_cidr));
+    if let Ok(inv) = Inventory::load(INVENTORY_PATH) {
+        let own = teardown::existing_netns(inv.plan());
+        if inv
+            .plan()
+            .netns_names()
+            .iter()
+            .all(|n| own.iter().any(|o| o == n))
+            && teardown::whoami_pid().is_some()
+        {
+            if inv.plan() != plan {
+                return Err(LabError::OtherLabUp(inv.plan().vpc_cidr));
+            }
+            return Ok(UpOutcome::AlreadyUp(inv));
         }
-        return Ok(UpOutcome::AlreadyUp(inv));
+    }
+    // Checked before anything is removed or made: the lab touches only
+    // namespaces it made.
+    let foreign = teardown::foreign_netns(plan);
+    if !foreign.is_empty() {
+        return Err(LabError::Foreign(foreign));
     }
     let leftovers = teardown::remove(plan)?;
     if !leftovers.netns.is_empty() {
