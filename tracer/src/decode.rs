@@ -547,6 +547,9 @@ impl fmt::Display for Packet {
                 target,
             } => return write!(f, "ARP, Request who-has {target} tell {sender}"),
             L3::Arp { sender, .. } => return write!(f, "ARP, Reply {sender} is-at ..."),
+            // Too few bytes kept for an Ethernet header (`--snaplen`
+            // below 14): tcpdump's mark for a cut header.
+            L3::Other(_) if self.cap_len < 14 => return write!(f, "[|ether], length {}", self.len),
             L3::Other(et) => return write!(f, "ethertype 0x{et:04x}, length {}", self.len),
         };
         match self.l4 {
@@ -659,6 +662,25 @@ mod tests {
             p.to_string(),
             "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 60"
         );
+    }
+
+    #[test]
+    fn a_capture_shorter_than_the_ethernet_header_says_so() {
+        let f = frame!(
+            eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .icmpv4_echo_request(1, 1),
+            &[0; 56],
+        );
+        for keep in [0, 1, 13] {
+            let mut p = decode_frame(&f[..keep]);
+            p.len = 98;
+            assert_eq!(p.to_string(), "[|ether], length 98", "{keep} bytes kept");
+        }
+        // 14 bytes: the EtherType is there, the IPv4 header is not.
+        let mut p = decode_frame(&f[..14]);
+        p.len = 98;
+        assert_eq!(p.to_string(), "ethertype 0x0800, length 98");
     }
 
     /// fd00::1 and fd00::2 as etherparse's builder takes them.
