@@ -121,6 +121,11 @@ impl Podtrace {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Its `--ready-file`.
+    pub fn ready_file(&self) -> PathBuf {
+        self.ready.clone()
+    }
+
     /// The hooks it attached, as `netns/iface` lines from the ready file.
     pub fn hooks(&self) -> Vec<String> {
         std::fs::read_to_string(&self.ready)

@@ -775,8 +775,13 @@ fn nothing_stays_attached_after_sigint_or_sigterm() {
         let cap = Podtrace::start(&["capture", "--netns", &pair.a, "--netns", &pair.b]);
         assert_eq!(cap.hooks().len(), 2);
         assert_eq!(podtrace_links().len(), 4, "two interfaces, two directions");
+        let ready = cap.ready_file();
         let out = cap.stop(sig);
         assert!(out.status.success(), "signal {sig}: {out:?}");
+        assert!(
+            !ready.exists(),
+            "signal {sig}: the ready file outlived the run"
+        );
         assert!(
             podtrace_links().is_empty(),
             "signal {sig} left {:?}",

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    cli::{FilterArgs, ReadyArgs, ReportArgs, WhereArgs, kernel_config, parse_duration},
+    cli::{FilterArgs, ReadyArgs, ReportArgs, WhereArgs, kernel_config, parse_positive_duration},
     decode::Packet,
     kernel::LoadOptions,
     output::{self, Clock, LineOut, PcapngOut},
@@ -38,10 +38,10 @@ pub struct CaptureArgs {
     #[arg(long, requires = "write")]
     pub print: bool,
     /// Stop after this many events.
-    #[arg(long, short = 'c', value_name = "N")]
+    #[arg(long, short = 'c', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Stop after this long (e.g. 500ms, 10s, 2m).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub ready: ReadyArgs,
@@ -54,15 +54,17 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: args.report.ring_bytes(),
         ..LoadOptions::default()
     };
+    args.ready.clear_stale()?;
     let mut stop = Stop::install()?;
     let mut session = Session::start(&args.place, &opts).await?;
     let pcap = match &args.write {
         Some(path) => Some(PcapngOut::create(path, args.report.snaplen)?),
         None => None,
     };
-    if let Some(path) = &args.ready.ready_file {
-        session.write_ready_file(path)?;
-    }
+    let _ready = match &args.ready.ready_file {
+        Some(path) => Some(session.write_ready_file(path)?),
+        None => None,
+    };
     {
         eprintln!(
             "podtrace: tracing {} interface(s) in {}: {}",

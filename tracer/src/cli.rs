@@ -51,7 +51,7 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = Mode::Packets)]
     pub mode: Mode,
     /// Bytes of each packet to copy, from the Ethernet header (1-256).
-    #[arg(long, default_value_t = tracer_common::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=MAX_SNAPLEN as i64))]
+    #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=MAX_SNAPLEN as i64))]
     pub snaplen: u32,
     /// In `flows` mode, also report 1 in N packets (0: no sampling).
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -202,12 +202,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// [`parse_duration`], refusing 0: for a timeout or a run's length, where
+/// 0 would end before anything could be seen.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{s:?} is no time at all: give more than 0 (e.g. 500ms, 2s)"
+        ));
+    }
+    Ok(d)
+}
+
 /// Written once every hook is attached, for scripts and tests.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ReadyArgs {
     /// Write this file once every hook is attached (for scripts and tests).
     #[arg(long = "ready-file", value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+}
+
+impl ReadyArgs {
+    /// Removes the ready file an earlier run left (killed before it could
+    /// remove it), before this run starts: a script then waits for this
+    /// run's file, not an old one.
+    pub fn clear_stale(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.ready_file else {
+            return Ok(());
+        };
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::Error::new(e)
+                .context(format!("removing the old ready file {}", path.display()))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Builds the kernel configuration from the flags.
@@ -253,6 +281,13 @@ mod tests {
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("3h").is_err());
         assert!(parse_duration("x").is_err());
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("0").is_err());
+        assert_eq!(
+            parse_positive_duration("1ms").unwrap(),
+            Duration::from_millis(1)
+        );
     }
 
     #[test]

@@ -273,14 +273,30 @@ impl Session {
         Ok(self.kernel.flow_stats()?)
     }
 
-    /// Writes `path` (with the hooks, one per line) once everything is attached.
-    pub fn write_ready_file(&self, path: &Path) -> anyhow::Result<()> {
+    /// Writes `path` (with the hooks, one per line) once everything is
+    /// attached. The file is removed when the returned guard drops, as the
+    /// run ends: a script that waits for it never takes a finished run's
+    /// file for a live one.
+    pub fn write_ready_file(&self, path: &Path) -> anyhow::Result<ReadyFile> {
         let body: String = self
             .hooks()
             .iter()
             .map(|(n, i)| format!("{n}/{i}\n"))
             .collect();
-        std::fs::write(path, body).with_context(|| format!("writing ready file {}", path.display()))
+        std::fs::write(path, body)
+            .with_context(|| format!("writing ready file {}", path.display()))?;
+        Ok(ReadyFile(path.to_owned()))
+    }
+}
+
+/// A written `--ready-file`, removed on drop.
+#[must_use = "the ready file is removed when this drops"]
+#[derive(Debug)]
+pub struct ReadyFile(std::path::PathBuf);
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -12,7 +12,9 @@ use clap::Args;
 use serde_json::json;
 
 use crate::{
-    cli::{FilterArgs, Mode, ReadyArgs, ReportArgs, WhereArgs, kernel_config, parse_duration},
+    cli::{
+        FilterArgs, Mode, ReadyArgs, ReportArgs, WhereArgs, kernel_config, parse_positive_duration,
+    },
     conntrack,
     correlate::{self, Correlator, Flow, FlowId, Label, Update, format},
     kernel::LoadOptions,
@@ -43,10 +45,10 @@ pub struct TraceArgs {
     #[arg(long)]
     pub journeys: bool,
     /// Stop after this long (e.g. 10s, 2m).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
     /// Most flows tracked at once (least recently seen are evicted).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long = "max-flows", default_value_t = 100_000, value_name = "N")]
     pub max_flows: usize,
     #[command(flatten)]
     pub ready: ReadyArgs,
@@ -74,6 +76,7 @@ impl Shown {
 /// Runs `podtrace trace`.
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut pods = pods::load(&args.pods).await?;
+    args.ready.clear_stale()?;
     let mut stop = Stop::install()?;
     let mode = args.report.mode;
     let opts = LoadOptions {
@@ -93,16 +96,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         || args.filter.port.is_some()
         || args.filter.proto.is_some();
     let mut engine = Correlator::new(correlate::Config {
-        max_flows: args.max_flows,
+        max_flows: args.max_flows.max(1),
         complete_reports: mode == Mode::Packets && !filtered,
         // Changed flows are read back once a second (`dirty`): building
         // each for every update would be wasted.
         changes_by_id: true,
         ..correlate::Config::default()
     });
-    if let Some(path) = &args.ready.ready_file {
-        session.write_ready_file(path)?;
-    }
+    let _ready = match &args.ready.ready_file {
+        Some(path) => Some(session.write_ready_file(path)?),
+        None => None,
+    };
     eprintln!(
         "podtrace: tracing {} in {} ({} mode); Ctrl-C to stop",
         session

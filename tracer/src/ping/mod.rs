@@ -18,7 +18,7 @@ use tracer_common::{Config, mode};
 
 use self::report::{Endpoint, ProbeView, probe_view, summarize};
 use crate::{
-    cli::{WhereArgs, parse_duration},
+    cli::{WhereArgs, parse_duration, parse_positive_duration},
     decode::{L4, Packet},
     kernel::{KernelError, LoadOptions},
     netns::Netns,
@@ -37,13 +37,13 @@ pub struct PingArgs {
     /// Destination: a pod (name or namespace/name), an IP, or a hostname.
     pub dst: String,
     /// Number of probes.
-    #[arg(short = 'c', long = "count", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=10000))]
     pub count: u16,
     /// Time between probes (e.g. 200ms, 1s).
     #[arg(short = 'i', long = "interval", default_value = "200ms", value_parser = parse_duration)]
     pub interval: Duration,
     /// How long to wait for each reply.
-    #[arg(short = 'W', long = "timeout", default_value = "1s", value_parser = parse_duration)]
+    #[arg(short = 'W', long = "timeout", default_value = "1s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
     /// Probe protocol.
     #[arg(long, value_enum, default_value_t = ProbeProto::Icmp)]

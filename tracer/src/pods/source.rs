@@ -26,16 +26,20 @@ const SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// Where pod names come from: the flags `ping`, `trace` and `watch`
 /// flatten, grouped under their own heading in `--help`.
 #[derive(Args, Clone, Debug, Default)]
-#[command(next_help_heading = "Pod names")]
 pub struct PodSourceArgs {
     /// Name pods from a file made by `kubectl get pods -A -o json`.
-    #[arg(long = "pods-file", value_name = "PATH", conflicts_with = "kubeconfig")]
+    #[arg(
+        long = "pods-file",
+        value_name = "PATH",
+        conflicts_with = "kubeconfig",
+        help_heading = "Pod names"
+    )]
     pub pods_file: Option<PathBuf>,
     /// Name pods from the Kubernetes API, with this kubeconfig. Without
     /// either flag podtrace tries, in order: $KUBECONFIG, the in-cluster
     /// service account, the kubelet's kubeconfig, the lab inventory,
     /// ~/.kube/config; else it shows IPs only.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Pod names")]
     pub kubeconfig: Option<PathBuf>,
 }
 

@@ -102,6 +102,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut pods = pods::load(&args.pods).await?;
+    args.ready.clear_stale()?;
     let mut stop = Stop::install()?;
     let place = crate::session::traced_namespaces(&args.place, &pods)?;
     let mut session = Session::start(&place, &opts).await?;
@@ -125,9 +126,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     app.header.mode = Some(args.report.mode);
     app.header.kernel_filter = describe(&args.filter);
     let mut screen = Screen::enter()?;
-    if let Some(path) = &args.ready.ready_file {
-        session.write_ready_file(path)?;
-    }
+    let _ready = match &args.ready.ready_file {
+        Some(path) => Some(session.write_ready_file(path)?),
+        None => None,
+    };
     let mut edge = Edge {
         session: &mut session,
         engine: &mut engine,
