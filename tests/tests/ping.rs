@@ -113,6 +113,35 @@ fn lab_paths_and_bad_input() {
         legs.contains(&"request") && legs.contains(&"reply"),
         "{doc:#}"
     );
+    // Several probes to the service: DNAT spreads them over its backends,
+    // and the summary gives each backend it saw its own count and path:
+    // out by an ENI to a backend on node-b, no ENI to one on node-a.
+    let (code, doc, err) = ping(&[
+        "pod-1", &svc, "--proto", "tcp", "--port", "80", "-c", "6", "-i", "50ms",
+    ]);
+    assert_eq!(code, 0, "{err}\n{doc:#}");
+    let backends = doc["summary"]["backends"].as_array().expect("backends");
+    let total: u64 = backends.iter().map(|b| b["probes"].as_u64().unwrap()).sum();
+    assert_eq!(total, 6, "{doc:#}");
+    for b in backends {
+        let to = b["to"].as_str().unwrap();
+        let pod = lab
+            .plan()
+            .service
+            .backends
+            .iter()
+            .map(|name| lab.pod(name))
+            .find(|p| to == format!("{}:{}", p.ip, lab.plan().service.target_port))
+            .unwrap_or_else(|| panic!("{to} is not a backend of the service: {doc:#}"));
+        if pod.node == "node-a" {
+            assert_eq!(b["egress_eni"], Value::Null, "{doc:#}");
+            assert_eq!(b["same_node"], true, "{doc:#}");
+        } else {
+            assert!(b["egress_eni"].as_str().is_some(), "{doc:#}");
+            assert_eq!(b["same_node"], Value::Null, "{doc:#}");
+        }
+    }
+
     // UDP to a closed port on node-b: ICMP port unreachable is the answer.
     let (code, doc, err) = ping(&[
         "pod-1", "pod-4", "--proto", "udp", "--port", "9999", "-c", "1",

@@ -101,6 +101,28 @@ pub struct Summary {
     pub snat_to: Option<String>,
     /// Where a lost probe was last seen.
     pub lost_at: Option<String>,
+    /// For `dnat`: each address the probes were rewritten to, in the order
+    /// first seen. A service spreads probes over its backends, and each
+    /// backend has a path of its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<Backend>,
+}
+
+/// One address a service's DNAT sent probes to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    /// Address (and port) after DNAT.
+    pub to: String,
+    /// How many probes went there.
+    pub probes: usize,
+    /// ENI those probes left the source's node through (none: they stayed
+    /// on it, or no traced ENI saw them leave).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_eni: Option<String>,
+    /// True when those probes reached a pod on the source's own node,
+    /// leaving it through no ENI.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub same_node: bool,
 }
 
 fn endpoint(ip: Ipv4Addr, port: Option<u16>) -> String {
@@ -224,14 +246,57 @@ pub fn probe_view(
     }
 }
 
+/// The ENI the request of `hops` left its first node through.
+fn egress_eni_of<'a>(hops: impl Iterator<Item = &'a HopView> + Clone) -> Option<String> {
+    let mut request = hops.filter(|h| h.leg == Leg::Request);
+    let first_node = request.clone().next().map(|h| h.node.clone())?;
+    request
+        .find(|h| h.role == "eni" && h.dir == "egress" && h.node == first_node)
+        .map(|h| h.iface.clone())
+}
+
+/// Each DNAT target of `probes` with its probe count and exit ENI.
+fn backends(probes: &[ProbeView]) -> Vec<Backend> {
+    let mut out: Vec<Backend> = Vec::new();
+    for p in probes {
+        let Some(to) = p
+            .hops
+            .iter()
+            .filter(|h| h.leg == Leg::Request)
+            .find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"))
+            .map(|n| n.to.clone())
+        else {
+            continue;
+        };
+        let eni = egress_eni_of(p.hops.iter());
+        let request: Vec<&HopView> = p.hops.iter().filter(|h| h.leg == Leg::Request).collect();
+        let first = request.first().map(|h| h.node.as_str());
+        let same_node = eni.is_none()
+            && request.last().is_some_and(|h| {
+                h.role == "pod" && h.dir == "egress" && Some(h.node.as_str()) == first
+            });
+        match out.iter_mut().find(|b| b.to == to) {
+            Some(b) => {
+                b.probes += 1;
+                b.egress_eni = b.egress_eni.take().or(eni);
+                b.same_node &= same_node;
+            }
+            None => out.push(Backend {
+                to,
+                probes: 1,
+                egress_eni: eni,
+                same_node,
+            }),
+        }
+    }
+    out
+}
+
 /// The summary over all probes.
 pub fn summarize(probes: &[ProbeView]) -> Summary {
     let all = || probes.iter().flat_map(|p| p.hops.iter());
     let request = || all().filter(|h| h.leg == Leg::Request);
-    let first_node = request().next().map(|h| h.node.clone());
-    let egress_eni = request()
-        .find(|h| h.role == "eni" && h.dir == "egress" && Some(&h.node) == first_node.as_ref())
-        .map(|h| h.iface.clone());
+    let egress_eni = egress_eni_of(all());
     let snat = request().find_map(|h| h.nat.as_ref().filter(|n| n.kind == "snat").map(|n| (h, n)));
     let dnat = request().find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"));
     let path = if snat.is_some() {
@@ -266,6 +331,11 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
         egress_eni,
         snat_to,
         lost_at,
+        backends: if path == "dnat" {
+            backends(probes)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -427,6 +497,45 @@ mod tests {
         assert_eq!(
             (s.path, s.snat_to.as_deref()),
             ("snat", Some("192.168.1.5"))
+        );
+    }
+
+    #[test]
+    fn a_service_summary_gives_each_backend_its_own_path() {
+        use Direction::{Egress, Ingress};
+        let (a, svc) = ([192, 168, 1, 21], [10, 100, 0, 10]);
+        let (b, c) = ([192, 168, 2, 21], [192, 168, 2, 22]);
+        // Probe 1 goes to b and leaves node-a by ens5; probe 2 goes to c,
+        // and no traced ENI of node-a sees it leave; probe 3 to b again.
+        let to = |backend, id, t0| {
+            [
+                icmp(NODE_A, 5, Ingress, t0, a, svc, 8, id),
+                icmp(NODE_A, 2, Egress, t0 + 1_000, a, backend, 8, id),
+                icmp(NODE_B, 2, Ingress, t0 + 2_000, a, backend, 8, id),
+            ]
+        };
+        let p1 = probe_view(1, Some(3.0), &to(b, 1, 1_000), &[], &topo());
+        let second = to(c, 2, 10_000);
+        let p2 = probe_view(2, Some(3.0), &[second[0], second[2]], &[], &topo());
+        let p3 = probe_view(3, Some(3.0), &to(b, 3, 20_000), &[], &topo());
+        let s = summarize(&[p1, p2, p3]);
+        assert_eq!(s.path, "dnat");
+        assert_eq!(
+            s.backends,
+            [
+                Backend {
+                    to: "192.168.2.21".into(),
+                    probes: 2,
+                    egress_eni: Some("ens5".into()),
+                    same_node: false,
+                },
+                Backend {
+                    to: "192.168.2.22".into(),
+                    probes: 1,
+                    egress_eni: None,
+                    same_node: false,
+                },
+            ]
         );
     }
 

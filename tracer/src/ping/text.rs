@@ -154,15 +154,40 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>) -> Str
             )
         }
         "dnat" => {
-            let n = probes
+            let from = probes
                 .iter()
                 .flat_map(|p| &p.hops)
-                .find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"));
-            format!(
-                "DNAT {} -> {}{eni}",
-                n.map_or("?", |n| n.from.as_str()),
-                n.map_or("?", |n| n.to.as_str())
-            )
+                .find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"))
+                .map_or("?", |n| n.from.as_str());
+            let leaves = |b: &super::report::Backend| match &b.egress_eni {
+                Some(e) => format!("leaves {node} via {e}"),
+                None if b.same_node => format!("stays on {node}"),
+                None => String::new(),
+            };
+            match s.backends.as_slice() {
+                [] => format!("DNAT {from} -> ?{eni}"),
+                [b] => {
+                    let l = leaves(b);
+                    let sep = if l.is_empty() { "" } else { "; " };
+                    format!("DNAT {from} -> {}{sep}{l}", b.to)
+                }
+                many => {
+                    let each: Vec<String> = many
+                        .iter()
+                        .map(|b| {
+                            let n = if b.probes == 1 { "probe" } else { "probes" };
+                            let l = leaves(b);
+                            let sep = if l.is_empty() { "" } else { ", " };
+                            format!("{} ({} {n}{sep}{l})", b.to, b.probes)
+                        })
+                        .collect();
+                    format!(
+                        "DNAT {from} to {} backends: {}",
+                        many.len(),
+                        each.join("; ")
+                    )
+                }
+            }
         }
         _ => "path unknown: no hook saw the probes".to_owned(),
     };
