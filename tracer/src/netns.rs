@@ -24,6 +24,15 @@ pub enum NetnsError {
         /// Names under /run/netns, comma-separated.
         known: String,
     },
+    /// The path is a file, but not a network namespace.
+    #[error(
+        "{path} is not a network namespace: give a name under /run/netns (ip netns list) or a \
+         path like /proc/PID/ns/net"
+    )]
+    NotNetns {
+        /// The path given.
+        path: String,
+    },
     /// Opening or entering the namespace failed.
     #[error("netns \"{name}\": {what}: {source}")]
     Io {
@@ -65,13 +74,18 @@ impl Netns {
         } else {
             Path::new(NETNS_RUN_DIR).join(spec)
         };
-        if !path.exists() {
-            return Err(NetnsError::NotFound {
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::NotFound {
                 name: spec.to_owned(),
                 known: known_names().join(", "),
-            });
+            }),
+            Err(source) => Err(NetnsError::Io {
+                name: spec.to_owned(),
+                what: "stat",
+                source,
+            }),
+            Ok(_) => Self::open_path(spec, &path),
         }
-        Self::open_path(spec, &path)
     }
 
     fn open_path(name: &str, path: &Path) -> Result<Self, NetnsError> {
@@ -83,6 +97,11 @@ impl Netns {
             }
         };
         let file = File::open(path).map_err(io_err("open"))?;
+        if !is_netns(&file) {
+            return Err(NetnsError::NotNetns {
+                path: path.display().to_string(),
+            });
+        }
         let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(io_err("stat"))?);
         let mut ns = Self {
             name: name.to_owned(),
@@ -135,6 +154,16 @@ impl Drop for NetnsGuard {
     }
 }
 
+/// Whether `file` is a network namespace (`NS_GET_NSTYPE`, Linux >= 4.11).
+fn is_netns(file: &File) -> bool {
+    /// `_IO(0xb7, 0x3)` from linux/nsfs.h.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl without arguments on an fd we own; any other file
+    // fails it with ENOTTY.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    rc == libc::CLONE_NEWNET
+}
+
 /// The netns cookie of the calling thread's namespace (Linux >= 5.14).
 pub fn netns_cookie() -> io::Result<u64> {
     // SAFETY: plain socket(2); the fd is owned right away.
@@ -175,4 +204,22 @@ pub fn known_names() -> Vec<String> {
         names.push("(none)".to_owned());
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_network_namespace_file_is_taken_for_one() {
+        let open = |p: &str| File::open(p).unwrap();
+        assert!(is_netns(&open("/proc/self/ns/net")));
+        assert!(!is_netns(&open("/proc/self/ns/mnt")));
+        assert!(!is_netns(&open("/tmp")));
+        assert!(!is_netns(&open("/proc/self/status")));
+        assert!(matches!(
+            Netns::open("/proc/self/ns/uts"),
+            Err(NetnsError::NotNetns { .. })
+        ));
+    }
 }
