@@ -187,6 +187,16 @@ fn lab_paths_and_bad_input() {
             vec!["pod-1", "pod-3", "--netns", "node-c"],
             "netns \"node-c\" does not exist",
         ),
+        (
+            vec!["pod-1", "pod-1"],
+            "source and destination are the same",
+        ),
+        (vec!["pod-1", "fd00::1"], "is an IPv6 address"),
+        (vec!["pod-1", "192.168.2.0/24"], "is a CIDR"),
+        (
+            vec!["pod-1", "pod-3", "--netns", "/proc/self/ns/mnt"],
+            "is not a network namespace",
+        ),
     ] {
         let (code, _, err) = ping(&args);
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -83,6 +83,13 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     let dst = resolve_dst(&pods, &args.dst)?;
     let dst_ip = dst.0;
     let dst_end = dst.1;
+    if dst_ip == src_ip {
+        return Err(UsageError(format!(
+            "source and destination are the same ({src_ip}): the probes would never leave the \
+             pod; give another pod or address as the destination"
+        ))
+        .into());
+    }
 
     let place = crate::session::traced_namespaces(&args.place, &pods)?;
     let nodes: Vec<Arc<Netns>> = place
@@ -181,7 +188,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                 src_end
                     .node
                     .as_deref()
-                    .or_else(|| nodes.first().map(|n| n.name.as_str()))
+                    .or_else(|| nodes.first().map(|n| n.name.as_str())),
+                dst_end.pod.is_some(),
             )
         );
     }
@@ -223,7 +231,11 @@ fn endpoint_of(r: &Resolved<'_>) -> Endpoint {
 fn resolve_dst(pods: &PodSet, spec: &str) -> anyhow::Result<(Ipv4Addr, Endpoint)> {
     match pods.resolve(spec) {
         Ok(r) => Ok((r.ip(), endpoint_of(&r))),
-        Err(e) if spec.contains('.') && !spec.contains('/') => {
+        Err(e)
+            if spec.contains('.')
+                && !spec.contains('/')
+                && !matches!(e, pods::ResolveError::NotAnEndpoint { .. }) =>
+        {
             let ip = (spec, 0)
                 .to_socket_addrs()
                 .ok()

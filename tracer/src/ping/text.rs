@@ -127,7 +127,7 @@ fn same_path(a: &ProbeView, b: &ProbeView) -> bool {
 }
 
 /// The summary block: verdict in words, then loss and rtt like ping(8).
-pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>) -> String {
+pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_pod: bool) -> String {
     let mut out = String::from("--- summary ---\n");
     let node = src_node.unwrap_or("the source node");
     let eni = s
@@ -135,7 +135,8 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>) -> Str
         .as_ref()
         .map_or_else(String::new, |e| format!("; leaves {node} via {e}"));
     let verdict = match s.path {
-        "direct" => format!("direct pod-to-pod: no NAT, no encapsulation{eni}"),
+        "direct" if dst_pod => format!("direct pod-to-pod: no NAT, no encapsulation{eni}"),
+        "direct" => format!("direct: no NAT, no encapsulation{eni}"),
         "snat" => {
             let at = probes
                 .iter()

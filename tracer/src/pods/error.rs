@@ -23,6 +23,14 @@ pub enum ResolveError {
         /// What to try next, starting with "; " (may be empty).
         hint: &'static str,
     },
+    /// Something that is neither a pod name nor one IPv4 address.
+    #[error("\"{spec}\" {why}")]
+    NotAnEndpoint {
+        /// What the user typed.
+        spec: String,
+        /// What it is, and what to give instead.
+        why: &'static str,
+    },
     /// A pod name, but no source to look it up in.
     #[error(
         "cannot resolve pod \"{spec}\": no pod source (give --pods-file or --kubeconfig, \

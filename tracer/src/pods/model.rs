@@ -153,6 +153,12 @@ impl PodSet {
         if let Ok(ip) = spec.parse::<Ipv4Addr>() {
             return Ok(self.by_ip(ip).map_or(Resolved::Ip(ip), Resolved::Pod));
         }
+        if let Some(why) = not_an_endpoint(spec) {
+            return Err(ResolveError::NotAnEndpoint {
+                spec: spec.to_owned(),
+                why,
+            });
+        }
         if self.source == Source::None {
             return Err(ResolveError::NoSource {
                 spec: spec.to_owned(),
@@ -252,4 +258,18 @@ impl Serialize for Resolved<'_> {
         st.serialize_field("node", &pod.and_then(|p| p.node.as_ref()))?;
         st.end()
     }
+}
+
+/// Why `spec` (not an IPv4 address) cannot be a pod either, if it is
+/// plainly something else: an IPv6 address or an IPv4 CIDR.
+fn not_an_endpoint(spec: &str) -> Option<&'static str> {
+    if spec.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Some(
+            "is an IPv6 address: ping, trace and watch follow IPv4 (give the pod's IPv4 address \
+             or name)",
+        );
+    }
+    let (addr, len) = spec.split_once('/')?;
+    (addr.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok())
+        .then_some("is a CIDR, not one endpoint: give a pod's name or one IPv4 address")
 }

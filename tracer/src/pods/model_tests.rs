@@ -163,3 +163,29 @@ fn without_a_source_only_ips_resolve() {
     );
     assert!(set.take_note().is_some());
 }
+
+#[test]
+fn an_ipv6_address_or_a_cidr_is_named_for_what_it_is() {
+    let set = lab();
+    for (spec, says) in [
+        ("fd00::1", "\"fd00::1\" is an IPv6 address"),
+        ("::1", "\"::1\" is an IPv6 address"),
+        ("192.168.2.11/32", "\"192.168.2.11/32\" is a CIDR"),
+        ("fd00::/64", "\"fd00::/64\" is a CIDR"),
+    ] {
+        let e = set.resolve(spec).unwrap_err();
+        assert!(
+            matches!(e, ResolveError::NotAnEndpoint { .. }),
+            "{spec}: {e:?}"
+        );
+        assert!(e.to_string().starts_with(says), "{spec}: {e}");
+    }
+    // A namespace/name is still a pod.
+    assert!(set.resolve("default/pod-1").is_ok());
+    // With no pod source, too.
+    let none = PodSet::new(Source::None, Vec::new());
+    assert!(matches!(
+        none.resolve("fd00::1"),
+        Err(ResolveError::NotAnEndpoint { .. })
+    ));
+}
