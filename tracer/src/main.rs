@@ -12,7 +12,20 @@ use tracer::{capture, lab, ping, sched, trace, watch};
 /// Exit codes: 0 success; 1 the traced traffic failed (e.g. `ping` got no
 /// reply); 2 bad input, missing privileges or a setup error.
 #[derive(Parser, Debug)]
-#[command(name = "podtrace", version, about, long_about)]
+#[command(
+    name = "podtrace",
+    version,
+    about,
+    long_about,
+    after_help = "\
+Examples (in the built-in lab; on a node use your pods' names):
+  podtrace lab up                      build the lab: two nodes, four pods, no cluster needed
+  podtrace ping pod-1 pod-3            the path of 3 probes between two pods
+  podtrace trace --duration 10s        live traffic as flows, for 10 s
+  podtrace watch                       the same in a terminal UI
+  podtrace capture --netns node-a --iface ens5 -w a.pcapng
+                                       every packet on node-a's ens5, for Wireshark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +35,16 @@ struct Cli {
 enum Command {
     /// Print every packet crossing pod veths and ENIs, one line each
     /// (tcpdump-like), or write them to a pcapng file.
+    #[command(after_help = "\
+Examples:
+  podtrace capture --netns node-a --iface ens5
+      every packet on node-a's ens5, both directions
+  podtrace capture --netns node-a --filter-host 192.168.1.21 --filter-proto icmp
+      one pod's ICMP on every pod veth and ENI of node-a
+  podtrace capture --netns node-a -w node-a.pcapng --duration 30s
+      30 s of packets to a file for Wireshark or tshark (-r)
+  podtrace capture --netns node-a --mode flows --json
+      exact per-flow counters, few events")]
     Capture(capture::CaptureArgs),
     /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
     /// path made of network namespaces on this host.
@@ -30,14 +53,36 @@ enum Command {
     /// each took: hops with times, the ENI used, SNAT/DNAT rewrites, and
     /// where a lost probe was last seen. Exit 0 replies received, 1 no
     /// reply, 2 usage or resolution error.
+    #[command(after_help = "\
+Examples:
+  podtrace ping pod-1 pod-3
+      3 ICMP probes: pod veth, ENI out, ENI in, pod veth, and back
+  podtrace ping default/pod-1 10.100.0.10 --proto tcp --port 80 -c 6
+      through a ClusterIP: which backend each probe reached (DNAT)
+  podtrace ping pod-1 203.0.113.10 -c 1 --json
+      to an address outside the VPC (SNAT to the node's IP), as JSON")]
     Ping(ping::PingArgs),
     /// Follow live traffic as flows: each packet's path across pod veths and
     /// ENIs (both nodes in the lab), SNAT/DNAT rewrites with conntrack's
     /// tuples, the ENIs used, and labels direct, snat, dnat,
     /// asymmetric-eni, incomplete.
+    #[command(after_help = "\
+Examples:
+  podtrace trace
+      every flow on this node (both nodes in the lab), until Ctrl-C
+  podtrace trace --filter-host 192.168.1.21 --duration 30s --journeys
+      one pod's flows for 30 s, with each reported packet's hops
+  podtrace trace --json
+      one JSON object per line, for scripts")]
     Trace(trace::TraceArgs),
     /// A live terminal UI of flows: path label, ENI, NAT, counters, and the
     /// hop-by-hop path of the selected flow (`q` quits).
+    #[command(after_help = "\
+Examples:
+  podtrace watch
+      every flow on this node (both nodes in the lab)
+  podtrace watch --filter-proto tcp --filter-port 443
+      only HTTPS flows")]
     Watch(watch::WatchArgs),
 }
 
