@@ -191,6 +191,10 @@ fn lab_paths_and_bad_input() {
             vec!["pod-1", "pod-1"],
             "source and destination are the same",
         ),
+        (
+            vec!["pod-1", "pod-3", "--port", "8080"],
+            "needs --proto tcp or udp",
+        ),
         (vec!["pod-1", "fd00::1"], "is an IPv6 address"),
         (vec!["pod-1", "192.168.2.0/24"], "is a CIDR"),
         (

@@ -149,11 +149,15 @@ impl FromStr for Cidr {
         let ip: Ipv4Addr = ip
             .parse()
             .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let mask = mask(len);
-        Ok(Self {
-            addr: Ipv4Addr::from(u32::from(ip) & mask),
-            len,
-        })
+        let network = Ipv4Addr::from(u32::from(ip) & mask(len));
+        if network != ip {
+            // As tcpdump and `ip route` do: a typo here would quietly
+            // filter another range than the one meant.
+            return Err(format!(
+                "{s:?} has host bits set: say {network}/{len} for the network, or {ip} for the host"
+            ));
+        }
+        Ok(Self { addr: network, len })
     }
 }
 
@@ -261,8 +265,10 @@ mod tests {
 
     #[test]
     fn cidr_parses_and_masks() {
-        let c: Cidr = "192.168.1.77/24".parse().unwrap();
+        let c: Cidr = "192.168.1.0/24".parse().unwrap();
         assert_eq!(c.addr, Ipv4Addr::new(192, 168, 1, 0));
+        let e = "192.168.1.77/24".parse::<Cidr>().unwrap_err();
+        assert!(e.contains("say 192.168.1.0/24"), "{e}");
         let k: Cidr4 = c.into();
         assert_eq!(k.mask, [255, 255, 255, 0]);
         assert!(k.contains([192, 168, 1, 3]));

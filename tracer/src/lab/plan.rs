@@ -60,6 +60,14 @@ pub enum PlanError {
     /// Not `a.b.c.d/n`.
     #[error("\"{0}\" is not an IPv4 CIDR such as 192.168.0.0/16")]
     BadCidr(String),
+    /// An address inside the range rather than the range's own.
+    #[error("VPC CIDR {given} has host bits set: did you mean {network}?")]
+    HostBits {
+        /// What was asked for, as typed.
+        given: String,
+        /// The range it lies in.
+        network: Cidr,
+    },
     /// Fewer than the /16 the plan carves subnets out of.
     #[error("VPC CIDR {0} is too small: the lab needs a /16 or larger")]
     TooSmall(Cidr),
@@ -232,6 +240,12 @@ impl Plan {
     /// The lab for a VPC CIDR of /16 or larger: subnet-a is its `x.x.1.0/24`,
     /// subnet-b `x.x.2.0/24`, the NLB's subnet `x.x.100.0/24`.
     pub fn new(vpc_cidr: Cidr) -> Result<Self, PlanError> {
+        if vpc_cidr.addr != vpc_cidr.network() {
+            return Err(PlanError::HostBits {
+                given: format!("{}/{}", vpc_cidr.addr, vpc_cidr.prefix),
+                network: vpc_cidr,
+            });
+        }
         if vpc_cidr.prefix > 16 {
             return Err(PlanError::TooSmall(vpc_cidr));
         }
@@ -531,6 +545,11 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "VPC CIDR 10.0.0.0/8 overlaps the lab's service range 10.100.0.0/16"
+        );
+        let err = Plan::new("10.0.5.0/16".parse().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "VPC CIDR 10.0.5.0/16 has host bits set: did you mean 10.0.0.0/16?"
         );
     }
 }

@@ -48,9 +48,9 @@ pub struct PingArgs {
     /// Probe protocol.
     #[arg(long, value_enum, default_value_t = ProbeProto::Icmp)]
     pub proto: ProbeProto,
-    /// Destination port for --proto tcp|udp.
-    #[arg(long, default_value_t = 80)]
-    pub port: u16,
+    /// Destination port for --proto tcp|udp. [default: 80]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
     /// Print one JSON document (the contract scripts depend on) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -65,6 +65,9 @@ pub struct PingArgs {
     pub pods: PodSourceArgs,
 }
 
+/// `--port` unless given.
+const DEFAULT_PORT: u16 = 80;
+
 /// A usage or resolution problem: exit code 2, one line.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -74,6 +77,12 @@ pub struct UsageError(pub String);
 pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         return Err(KernelError::NotPermitted.into());
+    }
+    if let (Some(port), ProbeProto::Icmp) = (args.port, args.proto) {
+        return Err(UsageError(format!(
+            "--port {port} needs --proto tcp or udp: ICMP probes have no port"
+        ))
+        .into());
     }
     let mut pods = pods::load(&args.pods).await?;
     let note = pods.take_note();
@@ -129,7 +138,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
         proto: args.proto,
         src: src_ip,
         dst: dst_ip,
-        port: args.port,
+        port: args.port.unwrap_or(DEFAULT_PORT),
         count: args.count,
         interval: args.interval,
         timeout: args.timeout,
@@ -207,8 +216,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
 fn proto_label(args: &PingArgs) -> String {
     match args.proto {
         ProbeProto::Icmp => "icmp".into(),
-        ProbeProto::Tcp => format!("tcp port {}", args.port),
-        ProbeProto::Udp => format!("udp port {}", args.port),
+        ProbeProto::Tcp => format!("tcp port {}", args.port.unwrap_or(DEFAULT_PORT)),
+        ProbeProto::Udp => format!("udp port {}", args.port.unwrap_or(DEFAULT_PORT)),
     }
 }
 
