@@ -35,6 +35,18 @@ pub(super) struct Endpoint {
     who: &'static str,
 }
 
+/// Fails with the OS's own words ("No such file or directory") when
+/// `path` cannot be read, before kube's message, which quotes the path
+/// twice, can.
+fn readable(path: &Path, named: String) -> Result<(), SourceError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| SourceError::Kubeconfig {
+            path: named,
+            message: format!("cannot read {}: {e}", path.display()),
+        })
+}
+
 impl Endpoint {
     /// From a kubeconfig file. `root` is where the host's filesystem is
     /// mounted when podtrace runs in a debug pod (`/host`): the kubelet's
@@ -48,6 +60,7 @@ impl Endpoint {
             path: path.display().to_string(),
             message: one_line(e),
         };
+        readable(path, path.display().to_string())?;
         let mut kc = Kubeconfig::read_from(path).map_err(|e| err(&e))?;
         if let Some(root) = root {
             rebase(&mut kc, root);
@@ -60,10 +73,15 @@ impl Endpoint {
 
     /// From `$KUBECONFIG` (a path, or several joined by `:`, merged).
     pub(super) async fn kubeconfig_env() -> Result<Self, SourceError> {
+        let value = std::env::var_os("KUBECONFIG").unwrap_or_default();
+        let named = format!("$KUBECONFIG ({})", value.to_string_lossy());
         let err = |e: &dyn std::error::Error| SourceError::Kubeconfig {
-            path: "$KUBECONFIG".to_owned(),
+            path: named.clone(),
             message: one_line(e),
         };
+        for path in std::env::split_paths(&value).filter(|p| !p.as_os_str().is_empty()) {
+            readable(&path, named.clone())?;
+        }
         let kc = Kubeconfig::from_env()
             .map_err(|e| err(&e))?
             .unwrap_or_default();

@@ -237,7 +237,23 @@ async fn unreachable_and_broken_kubeconfigs() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with("kubeconfig /nonexistent/kubeconfig: "), "{e}");
+    assert_eq!(
+        e,
+        "kubeconfig /nonexistent/kubeconfig: cannot read /nonexistent/kubeconfig: No such file or \
+         directory (os error 2)"
+    );
+
+    // A YAML error's excerpt of the file stays out of the one line.
+    let bad = TempFile::new("kc-yaml", "garbage: [\n");
+    let e = load_choice(Choice::Kubeconfig(bad.0.clone()), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("kubeconfig {}: ", bad.0.display())),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
 }
 
 #[tokio::test]

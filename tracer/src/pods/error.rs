@@ -254,7 +254,27 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// An error and its causes on one line, skipping causes that the message
 /// above already quotes.
 pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
-    crate::kernel::error_chain(e)
+    // Some messages (a YAML parser's) add a source excerpt on lines of
+    // their own: keep each message's first line.
+    let first = |e: &dyn std::error::Error| {
+        e.to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned()
+    };
+    let mut s = first(e);
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = first(c);
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// The innermost message of an error chain: the part a person can act on
