@@ -157,7 +157,7 @@ impl Drop for NetnsGuard {
 /// Whether `file` is a network namespace (`NS_GET_NSTYPE`, Linux >= 4.11).
 fn is_netns(file: &File) -> bool {
     /// `_IO(0xb7, 0x3)` from linux/nsfs.h.
-    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
     // SAFETY: an ioctl without arguments on an fd we own; any other file
     // fails it with ENOTTY.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
