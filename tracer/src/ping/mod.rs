@@ -198,7 +198,14 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                     .node
                     .as_deref()
                     .or_else(|| nodes.first().map(|n| n.name.as_str())),
-                dst_end.pod.is_some(),
+                // "pod-to-pod" unless the destination is known not to
+                // be a pod: no pod of that IP in the pod list, and no
+                // probe delivered into a pod's veth.
+                dst_end.pod.is_some()
+                    || *pods.source() == pods::Source::None
+                    || views.iter().flat_map(|v| &v.hops).any(|h| {
+                        h.leg == report::Leg::Request && h.role == "pod" && h.dir == "egress"
+                    }),
             )
         );
     }
