@@ -315,8 +315,13 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
             Leg::Request => "request",
             Leg::Reply => "reply",
         };
+        let late = if last.leg == Leg::Reply {
+            ", not received within the timeout (-W)"
+        } else {
+            ""
+        };
         Some(format!(
-            "{leg} last seen at {} {} {}",
+            "{leg} last seen at {} {} {}{late}",
             last.node, last.iface, last.dir
         ))
     });
@@ -552,6 +557,13 @@ mod tests {
         assert_eq!(
             s.lost_at.as_deref(),
             Some("request last seen at node-b ens5 ingress")
+        );
+        // The reply came back to the source's veth, but after the timeout.
+        let rep = [icmp(NODE_A, 5, Egress, 4_000, b, a, 0, 9)];
+        let late = summarize(&[probe_view(1, None, &req, &rep, &topo())]);
+        assert_eq!(
+            late.lost_at.as_deref(),
+            Some("reply last seen at node-a eni1 egress, not received within the timeout (-W)")
         );
         let none = summarize(&[probe_view(1, None, &[], &[], &topo())]);
         assert_eq!(

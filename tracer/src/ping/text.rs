@@ -89,7 +89,16 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
         }
     }
     if p.rtt_us.is_none() {
+        let last_reply = p.hops.iter().rev().find(|h| h.leg == Leg::Reply);
         match requests.last() {
+            // A reply was traced, but the sender did not get it in time.
+            Some(_) if let Some(r) = last_reply => {
+                let _ = writeln!(
+                    out,
+                    "   x reply last seen at {} {} {}: not received within the timeout (-W)",
+                    r.node, r.iface, r.dir
+                );
+            }
             Some(last) => {
                 let _ = writeln!(
                     out,
