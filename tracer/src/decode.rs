@@ -49,6 +49,8 @@ pub enum L3 {
         sender: Ipv4Addr,
         /// Target protocol address.
         target: Ipv4Addr,
+        /// Sender hardware address (what a reply tells).
+        sender_mac: [u8; 6],
     },
     /// IPv6: the fixed header's fields. podtrace follows IPv4 flows
     /// only; IPv6 packets are decoded for `capture` to show.
@@ -337,6 +339,7 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
                     op: arp.operation().0,
                     sender,
                     target,
+                    sender_mac: <[u8; 6]>::try_from(arp.sender_hw_addr()).unwrap_or_default(),
                 };
             }
         }
@@ -545,8 +548,19 @@ impl fmt::Display for Packet {
                 op: 1,
                 sender,
                 target,
+                ..
             } => return write!(f, "ARP, Request who-has {target} tell {sender}"),
-            L3::Arp { sender, .. } => return write!(f, "ARP, Reply {sender} is-at ..."),
+            L3::Arp {
+                sender,
+                sender_mac: m,
+                ..
+            } => {
+                return write!(
+                    f,
+                    "ARP, Reply {sender} is-at {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                );
+            }
             // Too few bytes kept for an Ethernet header (`--snaplen`
             // below 14): tcpdump's mark for a cut header.
             L3::Other(_) if self.cap_len < 14 => return write!(f, "[|ether], length {}", self.len),
@@ -586,6 +600,10 @@ impl fmt::Display for Packet {
                     1 => write!(f, "destination unreachable, code {code}"),
                     2 => write!(f, "packet too big"),
                     3 => write!(f, "time exceeded"),
+                    130 => write!(f, "multicast listener query"),
+                    131 => write!(f, "multicast listener report"),
+                    132 => write!(f, "multicast listener done"),
+                    143 => write!(f, "multicast listener report v2"),
                     133 => write!(f, "router solicitation"),
                     134 => write!(f, "router advertisement"),
                     135 => write!(f, "neighbor solicitation"),
@@ -661,6 +679,39 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 60"
+        );
+    }
+
+    #[test]
+    fn arp_replies_and_multicast_listener_reports_read_like_tcpdumps() {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 0xab, 0x08, 0x06]);
+        // Ethernet/IPv4, 6-byte MACs, 4-byte addresses, reply.
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 0xab, 10, 0, 0, 2]);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 10, 0, 0, 1]);
+        assert_eq!(
+            decode_frame(&f).to_string(),
+            "ARP, Reply 10.0.0.2 is-at 02:00:00:00:00:ab"
+        );
+        f[21] = 1;
+        assert_eq!(
+            decode_frame(&f).to_string(),
+            "ARP, Request who-has 10.0.0.1 tell 10.0.0.2"
+        );
+        let mld = decode_frame(&frame!(
+            eth()
+                .ipv6(V6_A, V6_B, 1)
+                .icmpv6(etherparse::Icmpv6Type::Unknown {
+                    type_u8: 143,
+                    code_u8: 0,
+                    bytes5to8: [0, 0, 0, 1],
+                }),
+            &[0; 20],
+        ));
+        assert_eq!(
+            mld.to_string(),
+            "IP6 fd00::1 > fd00::2: ICMP6, multicast listener report v2, length 68"
         );
     }
 

@@ -912,11 +912,13 @@ mod tests {
                 op: 1,
                 sender: Ipv4Addr::new(10, 0, 0, 1),
                 target: Ipv4Addr::new(10, 0, 0, 2),
+                sender_mac: [2, 0, 0, 0, 0, 1],
             },
             L3::Arp {
                 op: 2,
                 sender: Ipv4Addr::new(10, 0, 0, 2),
                 target: Ipv4Addr::new(10, 0, 0, 1),
+                sender_mac: [2, 0, 0, 0, 0, 0xab],
             },
             L3::Ipv6 {
                 src: "fd00::1".parse().expect("an address"),
