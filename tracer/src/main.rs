@@ -44,7 +44,12 @@ Examples:
   podtrace capture --netns node-a -w node-a.pcapng --duration 30s
       30 s of packets to a file for Wireshark or tshark (-r)
   podtrace capture --netns node-a --mode flows --json
-      exact per-flow counters, few events")]
+      exact per-flow counters, few events
+
+At exit, per interface and direction: pkts and B (IPv4 packets and bytes
+the filter kept), seen (every packet at the hook), matched (kept by the
+filter), events (records received), lost (records the kernel could not
+hand over: raise --ring-size).")]
     Capture(capture::CaptureArgs),
     /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
     /// path made of network namespaces on this host.
