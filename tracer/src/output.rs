@@ -101,7 +101,9 @@ impl Clock {
 fn write_iface_tag(out: &mut impl Write, role: &Role) -> io::Result<()> {
     match role {
         Role::Eni { index: Some(n), .. } => write!(out, "(eni{n})"),
-        Role::Eni { index: None, .. } => out.write_all(b"(eni)"),
+        // An interface with an address that is neither a pod's nor an
+        // ENI by its name or routes (outside the VPC CNI): no tag.
+        Role::Eni { index: None, .. } => Ok(()),
         Role::PodVeth { pod: Some(pod), .. } => {
             out.write_all(b"(")?;
             out.write_all(pod.rsplit('/').next().unwrap_or(pod).as_bytes())?;
@@ -796,7 +798,7 @@ mod tests {
             Some(i) => {
                 let tag = match &i.role {
                     Role::Eni { index: Some(n), .. } => format!("(eni{n})"),
-                    Role::Eni { index: None, .. } => "(eni)".into(),
+                    Role::Eni { index: None, .. } => String::new(),
                     Role::PodVeth { pod: Some(pod), .. } => {
                         format!("({})", pod.rsplit('/').next().unwrap_or(pod))
                     }

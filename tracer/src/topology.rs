@@ -43,7 +43,7 @@ impl fmt::Display for Role {
             Self::PodVeth { .. } => write!(f, "pod veth"),
             Self::Eni { index: Some(0), .. } => write!(f, "ENI 0 (primary)"),
             Self::Eni { index: Some(i), .. } => write!(f, "ENI {i}"),
-            Self::Eni { index: None, .. } => write!(f, "ENI"),
+            Self::Eni { index: None, .. } => write!(f, "interface"),
             Self::PodEth0 => write!(f, "pod eth0"),
             Self::Other => write!(f, "other"),
         }

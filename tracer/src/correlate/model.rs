@@ -99,7 +99,7 @@ impl fmt::Display for PlaceRole {
             Self::PodVeth { .. } => f.write_str("pod veth"),
             Self::Eni { index: Some(0), .. } => f.write_str("ENI 0 (primary)"),
             Self::Eni { index: Some(i), .. } => write!(f, "ENI {i}"),
-            Self::Eni { index: None, .. } => f.write_str("ENI"),
+            Self::Eni { index: None, .. } => f.write_str("interface"),
             Self::PodEth0 => f.write_str("pod eth0"),
             Self::Other => f.write_str("other"),
             Self::Unknown => f.write_str("unknown"),
