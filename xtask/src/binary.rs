@@ -17,15 +17,48 @@ pub fn build(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     let mut exe = None;
-    let status = cmd::stream(&mut c, false, |line| {
+    let status = cmd::stream(&mut c, true, |line| {
         if let Some(path) = executable(line) {
             exe = Some(path);
+        } else if !line.starts_with('{') && !nested_progress(line) {
+            eprintln!("{line}");
         }
     })?;
     if !status.success() {
         bail!("building podtrace failed ({status})");
     }
     exe.context("cargo did not report where it put podtrace")
+}
+
+/// A progress line of the kernel crate's own cargo build, which aya-build
+/// passes up as a build-script warning (`warning: tracer@0.1.0:
+/// Compiling aya-ebpf ...`): dozens of "warnings" on a first build that
+/// warn of nothing. Real warnings and errors of that build still show.
+fn nested_progress(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix("warning: ") else {
+        return false;
+    };
+    let Some((package, message)) = rest.split_once(": ") else {
+        return false;
+    };
+    package.contains('@')
+        && !package.contains(' ')
+        && matches!(
+            message.split_whitespace().next(),
+            Some(
+                "Compiling"
+                    | "Checking"
+                    | "Finished"
+                    | "Fresh"
+                    | "Running"
+                    | "Updating"
+                    | "Locking"
+                    | "Adding"
+                    | "Downloading"
+                    | "Downloaded"
+                    | "Blocking"
+            )
+        )
 }
 
 /// The `podtrace` executable from one line of cargo's JSON messages.
@@ -40,6 +73,25 @@ fn executable(line: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_nested_builds_progress_is_hidden() {
+        for hidden in [
+            "warning: tracer@0.1.0:    Compiling aya-ebpf v0.2.1",
+            "warning: tracer@0.1.0:     Finished `release` profile [optimized] target(s) in 1.42s",
+        ] {
+            assert!(nested_progress(hidden), "{hidden}");
+        }
+        for shown in [
+            "warning: tracer@0.1.0: error[E0308]: mismatched types",
+            "warning: tracer@0.1.0: warning: unused variable: `x`",
+            "warning: unused variable: `x`",
+            "   Compiling tracer v0.1.0 (/work/main/tracer)",
+            "error: could not compile `tracer`",
+        ] {
+            assert!(!nested_progress(shown), "{shown}");
+        }
+    }
 
     #[test]
     fn finds_the_podtrace_executable() {
