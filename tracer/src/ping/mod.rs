@@ -34,7 +34,10 @@ pub struct PingArgs {
     /// Source: a pod on a traced node (name or namespace/name) or its IP.
     /// The probes are sent from inside its network namespace.
     pub src: String,
-    /// Destination: a pod (name or namespace/name), an IP, or a hostname.
+    /// Destination: a pod (name or namespace/name), an IPv4 address, or a
+    /// hostname with a dot in it, looked up by the resolver of the host
+    /// podtrace runs on (not the pod's cluster DNS: for a service, give its
+    /// ClusterIP).
     pub dst: String,
     /// Number of probes.
     #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=10000))]
