@@ -305,3 +305,66 @@ fn watch_shows_the_lab_flow_and_restores_the_terminal() {
     let back = w.assert_left(&tmux, "a panic", 101);
     assert!(back.contains("test panic requested"), "{back}");
 }
+
+/// A terminal that never answers "where is your cursor?" (the bare pty
+/// `script` gives, as some serial consoles and CI runners do): watch must
+/// still start (its ready file, written once the screen is up, appears)
+/// and leave cleanly on SIGINT, with nothing attached.
+#[test]
+fn watch_starts_on_a_terminal_that_never_answers_cursor_queries() {
+    let _serial = serial();
+    let pair = podtrace_tests::VethPair::new("wq");
+    let ready = std::env::temp_dir().join(format!("{}.ready", unique("wq")));
+    let cmd = format!(
+        "exec {} watch --netns {} --ready-file {}",
+        podtrace_bin().display(),
+        pair.a,
+        ready.display()
+    );
+    // `script` puts watch on a pty of its own and writes the screen to
+    // stdout; nothing on the other side answers the terminal's queries.
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script(1)");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ready.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "watch ended ({status}) before its screen was up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(Instant::now() < deadline, "watch never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!podtrace_links().is_empty(), "watch attached nothing");
+    // SIGINT to watch itself (script's child, exec'd in its place).
+    let script = child.id().to_string();
+    let watch: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // "pid (comm) S ppid ...": the comm may hold spaces.
+            let ppid = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?;
+            (ppid == script).then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    assert_eq!(watch.len(), 1, "script's child: {watch:?}");
+    // SAFETY: plain kill(2) of the watch process we started.
+    unsafe { libc::kill(watch[0], libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "watch did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "watch under script exited with {status}");
+    assert!(podtrace_links().is_empty(), "programs left attached");
+    assert!(!ready.exists(), "the ready file outlived the run");
+}

@@ -75,9 +75,16 @@ impl Screen {
             events: mpsc::channel(1).1,
         };
         // From here on, an error drops `screen`, which restores.
-        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
-        let mut term = Terminal::new(CrosstermBackend::new(io::stdout()))?;
-        term.clear()?;
+        // Cleared here rather than by `Terminal::clear`, which first asks
+        // the terminal where its cursor is: a terminal that never answers
+        // (a bare pty, some serial consoles) would fail the start.
+        execute!(
+            io::stdout(),
+            EnterAlternateScreen,
+            cursor::Hide,
+            terminal::Clear(terminal::ClearType::All)
+        )?;
+        let term = Terminal::new(CrosstermBackend::new(io::stdout()))?;
         // One frame in flight: if the terminal is slower than the tick,
         // frames are skipped rather than queued.
         let (tx, rx) = std_mpsc::sync_channel::<Buffer>(1);
