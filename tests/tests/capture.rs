@@ -1105,3 +1105,21 @@ fn write_alone_prints_no_lines_like_tcpdump() {
         assert_eq!(printed, if lines { 4 } else { 0 }, "{args:?}: {out:?}");
     }
 }
+
+/// With the lab up and no `--netns`, `capture` traces both lab nodes, as
+/// `trace`, `watch` and `ping` do, rather than the host's own NIC.
+#[test]
+fn with_the_lab_up_capture_traces_both_lab_nodes_by_default() {
+    let lab = podtrace_tests::LabGuard::up();
+    let cap = Podtrace::start(&["capture", "--json"]);
+    let hooks = cap.hooks();
+    let nodes: std::collections::BTreeSet<&str> = hooks
+        .iter()
+        .filter_map(|h| h.split_once('/').map(|(node, _)| node))
+        .collect();
+    let want: std::collections::BTreeSet<&str> =
+        lab.plan().nodes.iter().map(|n| n.netns.as_str()).collect();
+    let out = cap.stop(libc::SIGINT);
+    assert_eq!(nodes, want, "{hooks:?}\n{out:?}");
+    drop(lab);
+}

@@ -56,7 +56,8 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     };
     args.ready.clear_stale()?;
     let mut stop = Stop::install()?;
-    let mut session = Session::start(&args.place, &opts).await?;
+    let place = crate::session::capture_namespaces(&args.place);
+    let mut session = Session::start(&place, &opts).await?;
     let pcap = match &args.write {
         Some(path) => Some(PcapngOut::create(path, args.report.snaplen)?),
         None => None,

@@ -9,8 +9,9 @@ use tracer_common::{Cidr4, Config, MAX_SNAPLEN, mode};
 #[derive(Args, Clone, Debug, Default)]
 pub struct WhereArgs {
     /// Network namespace to trace, by `ip netns` name or path
-    /// (/run/netns/X, /proc/PID/ns/net). Repeat for several; default: the
-    /// namespace podtrace runs in.
+    /// (/run/netns/X, /proc/PID/ns/net). Repeat for several. Default: the
+    /// namespace podtrace runs in (the node's, in a node debug pod); with
+    /// the built-in lab up, both lab nodes.
     #[arg(long = "netns", value_name = "NAME|PATH")]
     pub netns: Vec<String>,
     /// Trace exactly these interfaces instead of discovering ENIs and pod

@@ -327,6 +327,32 @@ pub fn traced_namespaces(
     })
 }
 
+/// The namespaces `capture` traces: as [`traced_namespaces`] picks them,
+/// from the lab's inventory alone, since `capture` names no pods: with no
+/// `--netns`, outside a debug pod and with the lab up, both lab nodes.
+pub fn capture_namespaces(place: &WhereArgs) -> WhereArgs {
+    if !place.netns.is_empty() || crate::container::traces_only_this_node() {
+        return place.clone();
+    }
+    let Ok(inv) = crate::lab::Inventory::load_default() else {
+        return place.clone();
+    };
+    let nodes: Vec<String> = inv.plan().nodes.iter().map(|n| n.netns.clone()).collect();
+    let up = !nodes.is_empty()
+        && nodes.iter().all(|n| {
+            std::path::Path::new(crate::netns::NETNS_RUN_DIR)
+                .join(n)
+                .exists()
+        });
+    if !up {
+        return place.clone();
+    }
+    WhereArgs {
+        netns: nodes,
+        iface: place.iface.clone(),
+    }
+}
+
 /// Subscribes to link, address and route changes in `ns`; sends `i` on each.
 fn watch_links(
     ns: &Netns,
