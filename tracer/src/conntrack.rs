@@ -153,15 +153,20 @@ fn proto_number(p: &Protocol) -> u8 {
 }
 
 /// The entry whose original tuple is `t` (as seen before any NAT: the
-/// client's side), matching ports only for TCP and UDP.
+/// client's side), matching ports for TCP and UDP, and for ICMP the echo
+/// id when `t` has one (in `sport`, as conntrack's original tuple has it):
+/// every ping between two addresses has an entry of its own, and only
+/// the id tells them apart.
 pub fn find<'a>(entries: &'a [ConntrackInfo], t: &Tuple) -> Option<&'a ConntrackInfo> {
     let ports = matches!(t.proto, 6 | 17);
+    let icmp_id = t.proto == 1 && t.sport != 0;
     entries.iter().find(|e| {
         let o = &e.original;
         o.proto == t.proto
             && o.src == t.src
             && o.dst == t.dst
             && (!ports || (o.sport == t.sport && o.dport == t.dport))
+            && (!icmp_id || o.sport == t.sport)
     })
 }
 
@@ -223,7 +228,27 @@ mod tests {
         );
         assert!(
             find(&entries, &t(1, [192, 168, 1, 11], 0, [203, 0, 113, 10], 0)).is_some(),
-            "ICMP ids differ across NAT: match on addresses"
+            "no id known: match on addresses"
+        );
+        // Two pings between the same addresses: the id picks the entry.
+        let older = ConntrackInfo {
+            id: None,
+            original: t(1, [192, 168, 1, 11], 4700, [203, 0, 113, 10], 0),
+            reply: t(1, [203, 0, 113, 10], 31000, [192, 168, 1, 10], 0),
+            mark: 0,
+        };
+        let entries = [older, entries[0].clone()];
+        let found = find(
+            &entries,
+            &t(1, [192, 168, 1, 11], 4711, [203, 0, 113, 10], 0),
+        );
+        assert_eq!(found.map(|e| e.reply.sport), Some(20946));
+        assert!(
+            find(
+                &entries,
+                &t(1, [192, 168, 1, 11], 4712, [203, 0, 113, 10], 0)
+            )
+            .is_none()
         );
     }
 }
