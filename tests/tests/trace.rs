@@ -53,10 +53,11 @@ fn lab_flows_are_labelled_with_their_path() {
     let ens5_a = lab.node("node-a").enis[0].primary_ip;
     let trace = Podtrace::start(&["trace", "--json"]);
 
-    // pod -> pod across nodes, from an ens5 pod and from an ens6 pod.
+    // pod -> pod across nodes, from an ens5 pod and from an ens6 pod; the
+    // first long enough that its counts keep moving after it is printed.
     netns_exec(
         &p1.netns,
-        &["ping", "-c", "2", "-i", "0.2", &p3.ip.to_string()],
+        &["ping", "-c", "8", "-i", "0.2", &p3.ip.to_string()],
     );
     netns_exec(
         &p2.netns,
@@ -106,8 +107,21 @@ fn lab_flows_are_labelled_with_their_path() {
         ]
     );
     assert_eq!(
-        direct5["request"]["kernel"]["packets"], 2,
-        "exact kernel counters: {direct5:#}"
+        direct5["request"]["kernel"]["packets"], 8,
+        "exact kernel counters, as of the exit: {direct5:#}"
+    );
+    // Every live flow ends the output with its final record.
+    let ended: Vec<u64> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "flow_end" && v["reason"] == "exit")
+        .filter_map(|v| v["flow"]["id"].as_u64())
+        .collect();
+    assert!(
+        ended.contains(&direct5["id"].as_u64().unwrap()),
+        "no flow_end at exit for flow {}: {ended:?}",
+        direct5["id"]
     );
 
     let direct6 = find(&all, 1, &p2.ip.to_string(), &p3.ip.to_string());

@@ -131,6 +131,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         json: args.json,
         journeys: args.journeys,
         shown: HashMap::new(),
+        counted: HashMap::new(),
         dirty: BTreeSet::new(),
         clock,
     };
@@ -168,6 +169,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     attach_conntrack(&session, &mut engine);
     out.print_changed(&engine);
     engine.flush(|u| out.update(u));
+    out.print_at_exit(&engine);
     let stats = engine.stats();
     if args.json {
         println!("{}", json!({"type": "stats", "stats": stats}));
@@ -214,8 +216,23 @@ struct Printer {
     json: bool,
     journeys: bool,
     shown: HashMap<FlowId, Shown>,
+    /// Each printed flow's counts when it was printed.
+    counted: HashMap<FlowId, Counts>,
     dirty: BTreeSet<FlowId>,
     clock: Clock,
+}
+
+/// A flow's packet counts, each side's own and the kernel's.
+type Counts = [u64; 4];
+
+fn counts(f: &Flow) -> Counts {
+    let k = |s: &correlate::FlowSide| s.kernel.map_or(0, |k| k.packets);
+    [
+        f.request.packets,
+        f.reply.packets,
+        k(&f.request),
+        k(&f.reply),
+    ]
 }
 
 impl Printer {
@@ -253,6 +270,39 @@ impl Printer {
         };
     }
 
+    /// At exit, every live flow's final counters: a flow is printed while
+    /// its story changes, not at each packet, so its last block may show
+    /// counts from its first second. JSON gets a `flow_end` with reason
+    /// `exit` for every flow (its whole record, counters included); text
+    /// gets one line per flow whose counts moved since it was printed.
+    fn print_at_exit(&mut self, engine: &Correlator) {
+        let mut flows: Vec<Flow> = engine.flows().collect();
+        flows.sort_by_key(|f| f.id);
+        let mut stdout = std::io::stdout().lock();
+        if self.json {
+            for f in &flows {
+                let _ = writeln!(
+                    stdout,
+                    "{}",
+                    json!({"type": "flow_end", "reason": "exit", "flow": f})
+                );
+            }
+            return;
+        }
+        let lines: Vec<String> = flows
+            .iter()
+            .filter(|f| !f.request.path.is_empty())
+            .filter(|f| self.counted.get(&f.id) != Some(&counts(f)))
+            .map(format::flow_counters)
+            .collect();
+        if !lines.is_empty() {
+            let _ = writeln!(stdout, "--- flows at exit ---");
+            for l in lines {
+                let _ = writeln!(stdout, "{l}");
+            }
+        }
+    }
+
     /// Prints the flows whose story changed since they were last printed.
     fn print_changed(&mut self, engine: &Correlator) {
         let mut stdout = std::io::stdout().lock();
@@ -264,6 +314,7 @@ impl Printer {
                 continue;
             }
             self.shown.insert(id, now);
+            self.counted.insert(id, counts(f));
             let _ = self.flow(&mut stdout, f);
         }
     }

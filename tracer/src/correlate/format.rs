@@ -180,15 +180,29 @@ pub fn journey(j: &Journey) -> String {
     out
 }
 
+/// The kernel's exact count when merged, with how many of those packets
+/// were traced hop by hop (flows mode traces only each flow's first
+/// packets); the traced count alone before the kernel's is known.
 fn counters(s: &FlowSide) -> String {
-    let mut out = format!("{} pkts {}", s.packets, bytes(s.bytes));
-    if let Some(KernelCounters {
-        packets, bytes: b, ..
-    }) = s.kernel
-    {
-        let _ = write!(out, " (kernel {packets} pkts {})", bytes(b));
+    match s.kernel {
+        Some(KernelCounters {
+            packets, bytes: b, ..
+        }) => format!("{packets} pkts {} ({} traced)", bytes(b), s.packets),
+        None => format!("{} pkts {}", s.packets, bytes(s.bytes)),
     }
-    out
+}
+
+/// One line of a flow's final counts: `flow 1  icmp  pod-1 -> pod-3
+/// [direct]  request 10 pkts 980 B (4 traced)  reply ...`.
+pub fn flow_counters(f: &Flow) -> String {
+    let block = flow(f);
+    // The block's first line names the flow, its endpoints and labels.
+    let head = block.lines().next().unwrap_or_default().trim_end();
+    format!(
+        "{head}  request {}  reply {}",
+        counters(&f.request),
+        counters(&f.reply)
+    )
 }
 
 /// One block per flow: endpoints, labels, path of each direction, ENIs,
