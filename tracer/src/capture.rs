@@ -28,8 +28,9 @@ pub struct CaptureArgs {
     /// Print one JSON object per event instead of text (also with -w).
     #[arg(long)]
     pub json: bool,
-    /// Write the events to this pcapng file (one interface block per hooked
-    /// interface, named <netns>/<iface>, with in/out flags). As with
+    /// Write the events to this pcapng file (one interface block per
+    /// interface that saw a packet, named <netns>/<iface>, with in/out
+    /// flags). As with
     /// tcpdump, the text lines are then not printed, unless --print or
     /// --json asks for them.
     #[arg(long = "write", short = 'w', value_name = "FILE.pcapng")]

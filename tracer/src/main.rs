@@ -44,7 +44,7 @@ Examples:
   podtrace capture --netns node-a -w node-a.pcapng --duration 30s
       30 s of packets to a file for Wireshark or tshark (-r)
   podtrace capture --netns node-a --mode flows --json
-      exact per-flow counters, few events
+      only each flow's first packets, with exact counters at exit
 
 At exit, per interface and direction: pkts and B (IPv4 packets and bytes
 the filter kept), seen (every packet at the hook), matched (kept by the
@@ -70,13 +70,15 @@ Examples:
     /// Follow live traffic as flows: each packet's path across pod veths and
     /// ENIs (both nodes in the lab), SNAT/DNAT rewrites with conntrack's
     /// tuples, the ENIs used, and labels direct, snat, dnat,
-    /// asymmetric-eni, incomplete.
+    /// asymmetric-eni, incomplete (judged with --mode packets and no
+    /// filter only).
     #[command(after_help = "\
 Examples:
   podtrace trace
       every flow on this node (both nodes in the lab), until Ctrl-C
   podtrace trace --filter-host 192.168.1.21 --duration 30s --journeys
-      one pod's flows for 30 s, with each reported packet's hops
+      one pod's flows for 30 s, with each reported packet's hops (hops
+      after a NAT that rewrote the pod's address do not match the filter)
   podtrace trace --json
       one JSON object per line, for scripts")]
     Trace(trace::TraceArgs),

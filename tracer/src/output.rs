@@ -529,7 +529,8 @@ impl<W: Write> LineOut<W> {
     }
 }
 
-/// A pcapng file being written: one interface block per hooked interface.
+/// A pcapng file being written: one interface block per interface that
+/// saw a packet, added as the first one does.
 pub struct PcapngOut {
     writer: PcapNgWriter<BufWriter<File>>,
     ids: BTreeMap<(u64, u32), u32>,

@@ -95,6 +95,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         || args.filter.host.is_some()
         || args.filter.port.is_some()
         || args.filter.proto.is_some();
+    if args.filter.src.is_some() || args.filter.dst.is_some() || args.filter.host.is_some() {
+        eprintln!(
+            "podtrace: an address filter misses a packet once NAT rewrites the address: a \
+             flow's SNAT/DNAT and the hops after it may not show (ping, or no filter, shows them)"
+        );
+    }
     let mut engine = Correlator::new(correlate::Config {
         max_flows: args.max_flows.max(1),
         complete_reports: mode == Mode::Packets && !filtered,
