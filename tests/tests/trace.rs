@@ -118,6 +118,21 @@ fn lab_flows_are_labelled_with_their_path() {
         .filter(|v| v["type"] == "flow_end" && v["reason"] == "exit")
         .filter_map(|v| v["flow"]["id"].as_u64())
         .collect();
+    // Every flow line says when, in wall-clock time, as capture does.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    for line in out.stdout.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if matches!(v["type"].as_str(), Some("flow" | "flow_end")) {
+            let t: u128 = v["time_ns"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("no wall-clock time_ns: {line}"));
+            assert!(now.abs_diff(t) < 120_000_000_000, "{t} is not now: {line}");
+        }
+    }
     assert!(
         ended.contains(&direct5["id"].as_u64().unwrap()),
         "no flow_end at exit for flow {}: {ended:?}",

@@ -38,7 +38,9 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub pods: PodSourceArgs,
     /// Print one JSON object per line (`type`: journey, flow, flow_end,
-    /// stats) instead of text.
+    /// stats) instead of text. Flow lines carry `time_ns`, the wall-clock
+    /// time of the flow's last packet; at exit every live flow gets a
+    /// flow_end with reason "exit" and its final counters.
     #[arg(long)]
     pub json: bool,
     /// Also print every journey (one packet's hops), not only flows.
@@ -265,7 +267,7 @@ impl Printer {
                     writeln!(
                         stdout,
                         "{}",
-                        json!({"type": "flow_end", "reason": reason, "flow": flow})
+                        json!({"type": "flow_end", "time_ns": self.wall(flow), "reason": reason, "flow": flow})
                     )
                 } else if changed && !flow.request.path.is_empty() {
                     self.flow(&mut stdout, flow)
@@ -290,7 +292,7 @@ impl Printer {
                 let _ = writeln!(
                     stdout,
                     "{}",
-                    json!({"type": "flow_end", "reason": "exit", "flow": f})
+                    json!({"type": "flow_end", "time_ns": self.wall(f), "reason": "exit", "flow": f})
                 );
             }
             return;
@@ -307,6 +309,14 @@ impl Printer {
                 let _ = writeln!(stdout, "{l}");
             }
         }
+    }
+
+    /// Wall-clock time of the flow's last packet, in ns since the epoch, as
+    /// a string (as `capture --json`'s `time_ns`): the kernel's stamps in
+    /// the record are monotonic, which logs from several nodes cannot be
+    /// lined up by.
+    fn wall(&self, f: &Flow) -> String {
+        self.clock.wall_ns(f.last_ns).to_string()
     }
 
     /// Prints the flows whose story changed since they were last printed.
@@ -327,7 +337,11 @@ impl Printer {
 
     fn flow(&self, out: &mut impl std::io::Write, f: &Flow) -> std::io::Result<()> {
         if self.json {
-            return writeln!(out, "{}", json!({"type": "flow", "flow": f}));
+            return writeln!(
+                out,
+                "{}",
+                json!({"type": "flow", "time_ns": self.wall(f), "flow": f})
+            );
         }
         let mut block = format::flow(f);
         if let Some(ct) = &f.conntrack {
