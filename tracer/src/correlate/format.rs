@@ -79,11 +79,13 @@ pub fn rewrite_change(r: &Rewrite) -> String {
     }
 }
 
-/// `SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) at node-a ens5 egress`,
-/// with `(reverse, on the reply)` for the reverse translation.
+/// `SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 egress`,
+/// with `(reverse, on the reply)` for the reverse translation. "Seen at":
+/// the first hook after the rewrite, not where netfilter made it (DNAT
+/// happens in PREROUTING, before the packet reaches the ENI).
 pub fn rewrite(r: &Rewrite) -> String {
     format!(
-        "{:8} {} at {} {} {}{}",
+        "{:8} {} seen at {} {} {}{}",
         r.kind,
         rewrite_change(r),
         r.at.node,
@@ -321,8 +323,8 @@ mod tests {
   request  pod-1 veth > node-a ens5 (ENI 0)
   reply    node-a ens5 (ENI 0) > pod-1 veth
   ENI      out node-a ens5 (ENI 0), in node-a ens5 (ENI 0)
-  SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) at node-a ens5 egress
-  SNAT     192.168.1.5 -> 192.168.1.21 (icmp id 20946 -> 4711) at node-a eni-pod-1 egress (reverse, on the reply)
+  SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 egress
+  SNAT     192.168.1.5 -> 192.168.1.21 (icmp id 20946 -> 4711) seen at node-a eni-pod-1 egress (reverse, on the reply)
   latency  request: pod veth > ENI 0.015 ms, first > last hop 0.015 ms
   latency  reply: ENI > pod veth 0.012 ms, first > last hop 0.012 ms
   counters request 1 pkts 98 B, reply 1 pkts 98 B
