@@ -61,6 +61,7 @@ pub struct TraceArgs {
 #[derive(PartialEq, Eq)]
 struct Shown {
     labels: Vec<Label>,
+    request_seen: bool,
     reply_seen: bool,
     conntrack: bool,
 }
@@ -69,6 +70,7 @@ impl Shown {
     fn of(f: &Flow) -> Self {
         Self {
             labels: f.labels.iter().collect(),
+            request_seen: !f.request.path.is_empty(),
             reply_seen: !f.reply.path.is_empty(),
             conntrack: f.conntrack.is_some(),
         }
@@ -230,6 +232,12 @@ struct Printer {
     clock: Clock,
 }
 
+/// Whether no traced hook saw a packet of `f` in either direction (a flow
+/// known only from the kernel's counters): nothing to print.
+fn unseen(f: &Flow) -> bool {
+    f.request.path.is_empty() && f.reply.path.is_empty()
+}
+
 /// A flow's packet counts, each side's own and the kernel's.
 type Counts = [u64; 4];
 
@@ -269,7 +277,7 @@ impl Printer {
                         "{}",
                         json!({"type": "flow_end", "time_ns": self.wall(flow), "reason": reason, "flow": flow})
                     )
-                } else if changed && !flow.request.path.is_empty() {
+                } else if changed && !unseen(flow) {
                     self.flow(&mut stdout, flow)
                 } else {
                     Ok(())
@@ -299,7 +307,7 @@ impl Printer {
         }
         let lines: Vec<String> = flows
             .iter()
-            .filter(|f| !f.request.path.is_empty())
+            .filter(|f| !unseen(f))
             .filter(|f| self.counted.get(&f.id) != Some(&counts(f)))
             .map(format::flow_counters)
             .collect();
@@ -326,7 +334,7 @@ impl Printer {
             let Some(f) = engine.flow(id) else { continue };
             let f = &f;
             let now = Shown::of(f);
-            if f.request.path.is_empty() || self.shown.get(&id) == Some(&now) {
+            if unseen(f) || self.shown.get(&id) == Some(&now) {
                 continue;
             }
             self.shown.insert(id, now);

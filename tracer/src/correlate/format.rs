@@ -239,6 +239,12 @@ pub fn flow(f: &Flow) -> String {
             let _ = writeln!(out, "  {name:8} {}", path(&s.path));
         }
     }
+    if f.request.path.is_empty() && !f.reply.path.is_empty() {
+        // Replies with no request in sight: a server answering a client
+        // whose packets came in where no hook saw them, or an answer
+        // leaving by a way its request did not come.
+        let _ = writeln!(out, "  request  not seen by any traced hook");
+    }
     let eni = |e: &Option<Shared<Place>>| e.as_deref().map_or("-".into(), place_name);
     if f.egress_eni.is_some() || f.ingress_eni.is_some() {
         let _ = writeln!(
@@ -302,6 +308,19 @@ mod tests {
             path(&seen.journeys[0].hops),
             "pod-1 veth > node-a ens5 (ENI 0) > node-b ens5 (ENI 0) > pod-3 veth"
         );
+    }
+
+    #[test]
+    fn a_flow_seen_only_by_its_replies_says_so() {
+        let (_, seen) = run(Config::default(), &cross_node_ping());
+        let mut f = seen.last_flows()[0].clone();
+        f.request.path.clear();
+        let block = flow(&f);
+        assert!(
+            block.contains("\n  request  not seen by any traced hook\n"),
+            "{block}"
+        );
+        assert!(block.contains("\n  reply    "), "{block}");
     }
 
     #[test]
