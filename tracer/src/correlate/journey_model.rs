@@ -113,7 +113,9 @@ pub struct TcpInfo {
 /// which `--random-fully` SNAT rewrites: see each hop's tuple).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct IcmpInfo {
-    /// ICMP type (8 echo request, 0 echo reply).
+    /// ICMP type (8 echo request, 0 echo reply); `type` in JSON, as in
+    /// `capture --json`.
+    #[serde(rename = "type")]
     pub ty: u8,
     /// ICMP code.
     pub code: u8,
