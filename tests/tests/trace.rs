@@ -118,6 +118,18 @@ fn lab_flows_are_labelled_with_their_path() {
         .filter(|v| v["type"] == "flow_end" && v["reason"] == "exit")
         .filter_map(|v| v["flow"]["id"].as_u64())
         .collect();
+    // The last line gives every hook's counters, lost events included.
+    let stats: Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(stats["type"], "stats");
+    let hooks = stats["hooks"].as_array().expect("hooks");
+    assert!(
+        hooks.iter().any(|h| h["node"] == "node-a"
+            && h["iface"] == "ens5"
+            && h["dir"] == "egress"
+            && h["seen"].as_u64() >= Some(8)
+            && h["lost"] == 0),
+        "{stats:#}"
+    );
     // Every flow line says when, in wall-clock time, as capture does.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -602,6 +602,44 @@ impl PcapngOut {
     }
 }
 
+/// The kernel's per-hook counters and what userspace received, one JSON
+/// object per interface and direction: `trace --json`'s stats line.
+pub fn hook_totals_json(session: &Session) -> anyhow::Result<Vec<serde_json::Value>> {
+    let hooks = session.hook_stats()?;
+    let mut out = Vec::new();
+    for (cookie, iface) in session.topology.iter() {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let hs = hooks
+                .iter()
+                .find(|(k, _)| {
+                    k.netns_cookie == cookie
+                        && k.ifindex == iface.ifindex
+                        && k.direction == dir as u32
+                })
+                .map(|(_, v)| *v)
+                .unwrap_or_default();
+            let got = session
+                .received
+                .get(&(cookie, iface.ifindex, dir as u32))
+                .copied()
+                .unwrap_or(0);
+            out.push(serde_json::json!({
+                "node": iface.node,
+                "iface": iface.name,
+                "dir": match dir {
+                    Direction::Ingress => "ingress",
+                    Direction::Egress => "egress",
+                },
+                "seen": hs.seen,
+                "matched": hs.matched,
+                "events": got,
+                "lost": hs.lost,
+            }));
+        }
+    }
+    Ok(out)
+}
+
 /// Totals from the kernel counters and what userspace received: events
 /// received, lost per hook, packets and bytes per interface and direction.
 pub fn totals(session: &Session) -> anyhow::Result<String> {

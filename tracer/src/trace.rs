@@ -38,7 +38,8 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub pods: PodSourceArgs,
     /// Print one JSON object per line (`type`: journey, flow, flow_end,
-    /// stats) instead of text. Flow lines carry `time_ns`, the wall-clock
+    /// stats) instead of text. The last line, stats, also gives each
+    /// hook's seen, matched, events and lost. Flow lines carry `time_ns`, the wall-clock
     /// time of the flow's last packet; at exit every live flow gets a
     /// flow_end with reason "exit" and its final counters.
     #[arg(long)]
@@ -182,7 +183,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     out.print_at_exit(&engine);
     let stats = engine.stats();
     if args.json {
-        println!("{}", json!({"type": "stats", "stats": stats}));
+        // The hooks' counters too: a script must be able to tell that
+        // events were lost.
+        let hooks = crate::output::hook_totals_json(&session)?;
+        println!(
+            "{}",
+            json!({"type": "stats", "stats": stats, "hooks": hooks})
+        );
     } else {
         eprintln!("{}", crate::output::totals(&session)?);
         eprintln!(
