@@ -71,7 +71,8 @@ pub struct Timing {
 }
 
 /// Creates the debug pod, streams its output to `out`, deletes it, and
-/// returns podtrace's exit code. Ctrl-C deletes it too (exit 130).
+/// returns podtrace's exit code. Ctrl-C, SIGTERM and SIGHUP delete it too
+/// (exit 130, 143, 129).
 pub async fn run(
     client: &Client,
     pod: &DebugPod,
@@ -91,7 +92,7 @@ pub async fn run(
         })?;
     let result = tokio::select! {
         r = follow(&api, &pod.name, timing, out) => r,
-        _ = tokio::signal::ctrl_c() => Ok(130),
+        code = stopped() => code,
     };
     let deleted = api
         .delete(&pod.name, &DeleteParams::default().grace_period(0))
@@ -105,6 +106,28 @@ pub async fn run(
         );
     }
     result
+}
+
+/// Waits for Ctrl-C, SIGTERM (a CI job cancelled, `timeout`) or SIGHUP
+/// (the terminal closed) and returns the shell's exit code for it: each
+/// of them must delete the privileged pod, not only Ctrl-C.
+async fn stopped() -> Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("watching for SIGHUP")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching for SIGINT")?;
+    Ok(tokio::select! {
+        _ = int.recv() => 128 + libc_signal::SIGINT,
+        _ = term.recv() => 128 + libc_signal::SIGTERM,
+        _ = hup.recv() => 128 + libc_signal::SIGHUP,
+    })
+}
+
+/// Signal numbers (Linux), for the exit codes a shell gives.
+mod libc_signal {
+    pub const SIGHUP: i32 = 1;
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
 }
 
 async fn follow(

@@ -37,6 +37,9 @@ pub struct DebugPod {
     pub args: Vec<String>,
 }
 
+/// How long a debug pod may run before the kubelet stops it.
+pub const ACTIVE_DEADLINE_S: u64 = 24 * 3600;
+
 impl DebugPod {
     /// The Pod object to create.
     pub fn to_json(&self) -> Value {
@@ -58,6 +61,9 @@ impl DebugPod {
                 "hostIPC": true,
                 "dnsPolicy": "ClusterFirstWithHostNet",
                 "restartPolicy": "Never",
+                // A safety net for a plugin killed outright (SIGKILL, a
+                // lost laptop): the privileged pod does not outlive a day.
+                "activeDeadlineSeconds": ACTIVE_DEADLINE_S,
                 "serviceAccountName": self.service_account,
                 "tolerations": [{"operator": "Exists"}],
                 "containers": [{

@@ -315,3 +315,57 @@ async fn exit_code_of_podtrace_is_the_plugins() {
         .unwrap();
     assert_eq!(code, 1);
 }
+
+/// SIGTERM (a cancelled CI job, `timeout`) while the pod is still
+/// starting: the privileged pod is deleted, as on Ctrl-C, and the exit
+/// code is the shell's for SIGTERM.
+#[tokio::test]
+async fn sigterm_deletes_the_debug_pod_too() {
+    let mut created = Value::Null;
+    let mock = Mock::start(move |req| match req.method.as_str() {
+        "POST" => {
+            created = serde_json::from_str(&req.body).unwrap();
+            (201, created.to_string())
+        }
+        "GET" => (
+            200,
+            debug_status(
+                &created,
+                "Pending",
+                json!({"waiting": {"reason": "ContainerCreating"}}),
+            ),
+        ),
+        "DELETE" => (200, created.to_string()),
+        _ => status(404, "NotFound", "not found"),
+    });
+    let pod = debug_pod(NODE);
+    let client = mock.client();
+    let slow = Timing {
+        start: Duration::from_secs(30),
+        poll: Duration::from_millis(20),
+    };
+    let run = tokio::spawn(async move { cluster::run(&client, &pod, slow, &mut Vec::new()).await });
+    // Once the pod is created the plugin is waiting, its handlers set.
+    let t0 = std::time::Instant::now();
+    while !mock.requests().iter().any(|r| r.starts_with("GET ")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            mock.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SAFETY: kill(2) of this very process; the plugin's handler takes it.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    let code = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("run returned after SIGTERM")
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 143);
+    assert!(
+        mock.requests().last().unwrap().starts_with("DELETE "),
+        "{:?}",
+        mock.requests()
+    );
+}
