@@ -275,6 +275,12 @@ impl App {
         self.sel_pos = found
             .unwrap_or(self.sel_pos)
             .min(self.view.len().saturating_sub(1));
+        if found.is_none() && self.selected.is_some() && self.pane == Pane::Detail {
+            // The flow in the open detail pane ended: keep it there, marked
+            // ended, rather than show whichever flow now sits in its row
+            // under its title. Moving the selection picks a live one.
+            return;
+        }
         self.selected = self
             .view
             .get(self.sel_pos)

@@ -298,6 +298,37 @@ fn rates_follow_counters_and_ended_flows_leave() {
     assert_eq!(app.len(), 3, "ending twice is harmless");
 }
 
+#[test]
+fn the_detail_pane_keeps_its_flow_when_it_ends() {
+    let (lab, mut app) = four_flows();
+    app.refresh();
+    app.pane = Pane::Detail;
+    let first = app.selected().expect("a selection");
+    let gone = lab.engine.flow(first).expect("live");
+    app.set_detail(Some(&gone));
+    app.apply(Update::FlowEnded {
+        flow: &gone,
+        reason: EndReason::Idle,
+    });
+    app.refresh();
+    assert_eq!(app.selected(), Some(first), "the pane still names its flow");
+    // The engine no longer has it (as in watch; `render` would ask the
+    // test's engine, which still does).
+    app.set_detail(None);
+    assert!(app.detail_ended);
+    let mut t = Terminal::new(TestBackend::new(150, 30)).unwrap();
+    t.draw(|f| ui::draw(f, &mut app)).unwrap();
+    let got = lines(t.backend().buffer());
+    assert!(
+        got.iter()
+            .any(|l| l.contains(&format!(" flow {first} (ended) "))),
+        "{got:#?}"
+    );
+    // Moving the selection picks a live flow again.
+    app.move_by(1);
+    assert_ne!(app.selected(), Some(first));
+}
+
 /// `watch` runs its engine reporting changed flows by id: rows appear when
 /// the changes are taken (once per frame), the same rows whole-flow
 /// updates give, and a pause holds them back.
