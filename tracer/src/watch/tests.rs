@@ -91,7 +91,7 @@ fn table_narrow_keeps_the_path_and_eni() {
             " podtrace watch  |  mode flows  |  kernel filter: none  |  hooks: node-a 4, node",
             " 1.2k events/s  32 events  0 lost  |  flows 4 tracked, 0 evicted, 0 idle",
             "  SOURCE      DESTINATION  PROTO/PORTS  PATH                ENI      PKTS LAST▼",
-            "> pod-a1      pod-b0       tcp 1025>80  direct,asymmetric-e ens6        2    2s",
+            "> pod-a1      pod-b0       tcp 1025>80  direct,asymmetric-… ens6        2    2s",
             "  pod-a0      pod-b1       udp 1025>53  dnat                ens6        2    2s",
             "  pod-a1      203.0.113.10 icmp id 1024 snat                ens5        2    2s",
             "  pod-a0      pod-b1       tcp 1024>80  direct              ens5        2    2s",

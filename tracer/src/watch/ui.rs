@@ -216,6 +216,18 @@ fn layout_columns(width: u16, rows: &[&FlowRow]) -> Vec<(Column, u16)> {
     cols.into_iter().map(|c| (c.c, c.w)).collect()
 }
 
+/// `text` in `width` columns, ending in `…` when cut: a cell cut short
+/// silently reads as another valid value (`203.0.113.1` for
+/// `203.0.113.10`, port `8` for `80`).
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// Colour of a row's path label: the worst label wins.
 pub fn label_style(labels: Labels) -> Style {
     let c = if labels.contains(Label::Incomplete) {
@@ -230,13 +242,13 @@ pub fn label_style(labels: Labels) -> Style {
     Style::new().fg(c)
 }
 
-fn cell(r: &FlowRow, c: Column, now_ns: u64) -> Cell<'static> {
+fn cell(r: &FlowRow, c: Column, width: u16, now_ns: u64) -> Cell<'static> {
     let text = match c {
         Column::Packets => r.packets.to_string(),
         Column::Bytes => format::bytes(r.bytes),
         Column::Rate => rate_cell(r.rate),
         Column::Last => ago_cell(now_ns, r.last_ns),
-        _ => r.text(c).to_owned(),
+        _ => cut(r.text(c), usize::from(width)),
     };
     let line = if c.numeric() {
         Line::from(text).right_aligned()
@@ -269,7 +281,7 @@ fn table(frame: &mut Frame, area: Rect, app: &mut App) {
     let header = Row::new(titles).style(Style::new().add_modifier(Modifier::BOLD).fg(Color::Cyan));
     let body = rows
         .iter()
-        .map(|r| Row::new(cols.iter().map(|&(c, _)| cell(r, c, now))));
+        .map(|r| Row::new(cols.iter().map(|&(c, w)| cell(r, c, w, now))));
     let widths = cols.iter().map(|&(c, w)| {
         if c == Column::Rewrite {
             Constraint::Min(w)
