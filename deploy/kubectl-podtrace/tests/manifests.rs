@@ -193,7 +193,16 @@ fn the_daemonset_runs_a_node_pod_in_the_rbac_namespace() {
     }
     let pod = spec.template.spec.expect("pod spec");
     check_node_pod(&pod, "daemonset");
-    assert_eq!(pod.containers[0].image.as_deref(), Some(DEFAULT_IMAGE));
+    // The image the README pushes, REGISTRY filled in by the README's sed:
+    // no node can pull the local build's name.
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("REGISTRY/podtrace:0.1.0")
+    );
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    assert!(readme.contains("podman push localhost/podtrace:latest REGISTRY/podtrace:0.1.0"));
+    assert!(readme.contains("sed 's|REGISTRY|your.registry|' deploy/daemonset.yaml"));
 }
 
 #[test]

@@ -275,10 +275,14 @@ impl App {
         self.sel_pos = found
             .unwrap_or(self.sel_pos)
             .min(self.view.len().saturating_sub(1));
-        if found.is_none() && self.selected.is_some() && self.pane == Pane::Detail {
+        let ended = self
+            .selected
+            .is_some_and(|id| !self.rows.iter().any(|r| r.id == id));
+        if found.is_none() && ended && self.pane == Pane::Detail {
             // The flow in the open detail pane ended: keep it there, marked
             // ended, rather than show whichever flow now sits in its row
-            // under its title. Moving the selection picks a live one.
+            // under its title. Moving the selection picks a live one. (A
+            // flow the filter hides is not ended: the selection moves.)
             return;
         }
         self.selected = self
