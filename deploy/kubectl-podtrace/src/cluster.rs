@@ -200,6 +200,22 @@ pub fn started(pod: &Pod) -> Result<bool, String> {
     let Some(status) = &pod.status else {
         return Ok(false);
     };
+    // Failed before any container ran: the kubelet refused the pod (e.g.
+    // OutOfpods on a node at its max pods, common with the VPC CNI's
+    // per-ENI address limit, since `nodeName` skips the scheduler). There
+    // is no log to stream: say why.
+    let ran = status.container_statuses.iter().flatten().any(|c| {
+        c.state
+            .as_ref()
+            .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+    });
+    if status.phase.as_deref() == Some("Failed") && !ran {
+        let reason = status.reason.as_deref().unwrap_or("Failed");
+        return Err(match status.message.as_deref() {
+            Some(m) => format!("{reason}: {m}"),
+            None => reason.to_owned(),
+        });
+    }
     if matches!(
         status.phase.as_deref(),
         Some("Running" | "Succeeded" | "Failed")

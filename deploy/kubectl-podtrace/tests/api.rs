@@ -369,3 +369,39 @@ async fn sigterm_deletes_the_debug_pod_too() {
         mock.requests()
     );
 }
+
+/// The kubelet refuses the pod before any container runs (OutOfpods: the
+/// node is at its max pods, as VPC CNI nodes often are): one line with
+/// the kubelet's reason, not a log stream of nothing and a timeout.
+#[tokio::test]
+async fn a_pod_the_kubelet_refuses_says_why() {
+    let mut created = Value::Null;
+    let mock = Mock::start(move |req| match req.method.as_str() {
+        "POST" => {
+            created = serde_json::from_str(&req.body).unwrap();
+            (201, created.to_string())
+        }
+        "GET" => {
+            let mut pod = created.clone();
+            pod["status"] = json!({"phase": "Failed", "reason": "OutOfpods",
+                "message": "Node didn't have enough resource: pods, requested: 1, used: 29, capacity: 29"});
+            (200, pod.to_string())
+        }
+        "DELETE" => (200, created.to_string()),
+        _ => status(404, "NotFound", "not found"),
+    });
+    let pod = debug_pod(NODE);
+    let e = cluster::run(&mock.client(), &pod, timing(), &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "debug pod podtrace-ip-192-168-27-90-00000007 cannot start: OutOfpods: Node didn't have \
+         enough resource: pods, requested: 1, used: 29, capacity: 29"
+    );
+    assert!(
+        mock.requests().last().unwrap().starts_with("DELETE "),
+        "{:?}",
+        mock.requests()
+    );
+}
