@@ -166,6 +166,30 @@ fn debug_status(created: &Value, phase: &str, state: Value) -> String {
     pod.to_string()
 }
 
+/// An API server for the debug pod: creating it echoes it, reading it
+/// gives `pod(created)` (the pod with a status), deleting it succeeds.
+fn debug_pod_server(pod: impl Fn(&Value) -> String + Send + 'static) -> Mock {
+    let mut created = Value::Null;
+    Mock::start(move |req| match req.method.as_str() {
+        "POST" => {
+            created = serde_json::from_str(&req.body).unwrap();
+            (201, created.to_string())
+        }
+        "GET" => (200, pod(&created)),
+        "DELETE" => (200, created.to_string()),
+        _ => status(404, "NotFound", "not found"),
+    })
+}
+
+/// The plugin's last request deleted the debug pod.
+fn assert_deleted(mock: &Mock) {
+    assert!(
+        mock.requests().last().unwrap().starts_with("DELETE "),
+        "{:?}",
+        mock.requests()
+    );
+}
+
 #[tokio::test]
 async fn looks_up_the_node_runs_there_streams_and_deletes() {
     const OUTPUT: &str = "PING app/web-0 (192.168.14.21) -> app/db-0 (192.168.40.7) icmp\n\
@@ -254,23 +278,13 @@ async fn looks_up_the_node_runs_there_streams_and_deletes() {
 
 #[tokio::test]
 async fn a_pod_that_cannot_start_is_one_line_and_deleted() {
-    let mut created = Value::Null;
-    let mock = Mock::start(move |req| match req.method.as_str() {
-        "POST" => {
-            created = serde_json::from_str(&req.body).unwrap();
-            (201, created.to_string())
-        }
-        "GET" => (
-            200,
-            debug_status(
-                &created,
-                "Pending",
-                json!({"waiting": {"reason": "ErrImagePull",
-                        "message": "failed to pull image \"registry.example/podtrace:0.1.0\": not found"}}),
-            ),
-        ),
-        "DELETE" => (200, created.to_string()),
-        _ => status(404, "NotFound", "not found"),
+    let mock = debug_pod_server(|created| {
+        debug_status(
+            created,
+            "Pending",
+            json!({"waiting": {"reason": "ErrImagePull",
+                    "message": "failed to pull image \"registry.example/podtrace:0.1.0\": not found"}}),
+        )
     });
     let pod = debug_pod(NODE);
     let e = cluster::run(&mock.client(), &pod, timing(), &mut Vec::new())
@@ -281,11 +295,7 @@ async fn a_pod_that_cannot_start_is_one_line_and_deleted() {
         "debug pod podtrace-ip-192-168-27-90-00000007 cannot start: ErrImagePull: failed to \
          pull image \"registry.example/podtrace:0.1.0\": not found"
     );
-    assert!(
-        mock.requests().last().unwrap().starts_with("DELETE "),
-        "{:?}",
-        mock.requests()
-    );
+    assert_deleted(&mock);
 }
 
 #[tokio::test]
@@ -321,22 +331,12 @@ async fn exit_code_of_podtrace_is_the_plugins() {
 /// code is the shell's for SIGTERM.
 #[tokio::test]
 async fn sigterm_deletes_the_debug_pod_too() {
-    let mut created = Value::Null;
-    let mock = Mock::start(move |req| match req.method.as_str() {
-        "POST" => {
-            created = serde_json::from_str(&req.body).unwrap();
-            (201, created.to_string())
-        }
-        "GET" => (
-            200,
-            debug_status(
-                &created,
-                "Pending",
-                json!({"waiting": {"reason": "ContainerCreating"}}),
-            ),
-        ),
-        "DELETE" => (200, created.to_string()),
-        _ => status(404, "NotFound", "not found"),
+    let mock = debug_pod_server(|created| {
+        debug_status(
+            created,
+            "Pending",
+            json!({"waiting": {"reason": "ContainerCreating"}}),
+        )
     });
     let pod = debug_pod(NODE);
     let client = mock.client();
@@ -363,11 +363,7 @@ async fn sigterm_deletes_the_debug_pod_too() {
         .unwrap()
         .unwrap();
     assert_eq!(code, 143);
-    assert!(
-        mock.requests().last().unwrap().starts_with("DELETE "),
-        "{:?}",
-        mock.requests()
-    );
+    assert_deleted(&mock);
 }
 
 /// The kubelet refuses the pod before any container runs (OutOfpods: the
@@ -375,20 +371,11 @@ async fn sigterm_deletes_the_debug_pod_too() {
 /// the kubelet's reason, not a log stream of nothing and a timeout.
 #[tokio::test]
 async fn a_pod_the_kubelet_refuses_says_why() {
-    let mut created = Value::Null;
-    let mock = Mock::start(move |req| match req.method.as_str() {
-        "POST" => {
-            created = serde_json::from_str(&req.body).unwrap();
-            (201, created.to_string())
-        }
-        "GET" => {
-            let mut pod = created.clone();
-            pod["status"] = json!({"phase": "Failed", "reason": "OutOfpods",
-                "message": "Node didn't have enough resource: pods, requested: 1, used: 29, capacity: 29"});
-            (200, pod.to_string())
-        }
-        "DELETE" => (200, created.to_string()),
-        _ => status(404, "NotFound", "not found"),
+    let mock = debug_pod_server(|created| {
+        let mut pod = created.clone();
+        pod["status"] = json!({"phase": "Failed", "reason": "OutOfpods",
+            "message": "Node didn't have enough resource: pods, requested: 1, used: 29, capacity: 29"});
+        pod.to_string()
     });
     let pod = debug_pod(NODE);
     let e = cluster::run(&mock.client(), &pod, timing(), &mut Vec::new())
@@ -399,9 +386,5 @@ async fn a_pod_the_kubelet_refuses_says_why() {
         "debug pod podtrace-ip-192-168-27-90-00000007 cannot start: OutOfpods: Node didn't have \
          enough resource: pods, requested: 1, used: 29, capacity: 29"
     );
-    assert!(
-        mock.requests().last().unwrap().starts_with("DELETE "),
-        "{:?}",
-        mock.requests()
-    );
+    assert_deleted(&mock);
 }
