@@ -113,21 +113,20 @@ pub async fn run(
 /// of them must delete the privileged pod, not only Ctrl-C.
 async fn stopped() -> Result<i32> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("watching for SIGTERM")?;
-    let mut hup = signal(SignalKind::hangup()).context("watching for SIGHUP")?;
-    let mut int = signal(SignalKind::interrupt()).context("watching for SIGINT")?;
-    Ok(tokio::select! {
-        _ = int.recv() => 128 + libc_signal::SIGINT,
-        _ = term.recv() => 128 + libc_signal::SIGTERM,
-        _ = hup.recv() => 128 + libc_signal::SIGHUP,
-    })
-}
-
-/// Signal numbers (Linux), for the exit codes a shell gives.
-mod libc_signal {
-    pub const SIGHUP: i32 = 1;
-    pub const SIGINT: i32 = 2;
-    pub const SIGTERM: i32 = 15;
+    let (int, term, hup) = (
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    );
+    let mut on_int = signal(int).context("watching for SIGINT")?;
+    let mut on_term = signal(term).context("watching for SIGTERM")?;
+    let mut on_hup = signal(hup).context("watching for SIGHUP")?;
+    let got = tokio::select! {
+        _ = on_int.recv() => int,
+        _ = on_term.recv() => term,
+        _ = on_hup.recv() => hup,
+    };
+    Ok(128 + got.as_raw_value())
 }
 
 async fn follow(
