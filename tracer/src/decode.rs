@@ -551,14 +551,12 @@ impl fmt::Display for Packet {
                 ..
             } => return write!(f, "ARP, Request who-has {target} tell {sender}"),
             L3::Arp {
-                sender,
-                sender_mac: m,
-                ..
+                sender, sender_mac, ..
             } => {
                 return write!(
                     f,
-                    "ARP, Reply {sender} is-at {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                    m[0], m[1], m[2], m[3], m[4], m[5]
+                    "ARP, Reply {sender} is-at {}",
+                    crate::lab::Mac(sender_mac)
                 );
             }
             // Too few bytes kept for an Ethernet header (`--snaplen`
