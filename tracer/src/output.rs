@@ -602,94 +602,98 @@ impl PcapngOut {
     }
 }
 
-/// The kernel's per-hook counters and what userspace received, one JSON
-/// object per interface and direction: `trace --json`'s stats line.
-pub fn hook_totals_json(session: &Session) -> anyhow::Result<Vec<serde_json::Value>> {
+/// One hook of the session: the kernel's counters at it and the records
+/// userspace received from it.
+struct HookTotal<'a> {
+    cookie: u64,
+    iface: &'a crate::topology::Iface,
+    dir: Direction,
+    stats: tracer_common::HookStats,
+    events: u64,
+}
+
+/// Every traced interface's two hooks, with their counters.
+fn hook_totals(session: &Session) -> anyhow::Result<Vec<HookTotal<'_>>> {
     let hooks = session.hook_stats()?;
     let mut out = Vec::new();
     for (cookie, iface) in session.topology.iter() {
         for dir in [Direction::Ingress, Direction::Egress] {
-            let hs = hooks
-                .iter()
-                .find(|(k, _)| {
-                    k.netns_cookie == cookie
-                        && k.ifindex == iface.ifindex
-                        && k.direction == dir as u32
-                })
-                .map(|(_, v)| *v)
-                .unwrap_or_default();
-            let got = session
-                .received
-                .get(&(cookie, iface.ifindex, dir as u32))
-                .copied()
-                .unwrap_or(0);
-            out.push(serde_json::json!({
-                "node": iface.node,
-                "iface": iface.name,
-                "dir": match dir {
-                    Direction::Ingress => "ingress",
-                    Direction::Egress => "egress",
-                },
-                "seen": hs.seen,
-                "matched": hs.matched,
-                "events": got,
-                "lost": hs.lost,
-            }));
+            let key = tracer_common::HookKey {
+                netns_cookie: cookie,
+                ifindex: iface.ifindex,
+                direction: dir as u32,
+            };
+            out.push(HookTotal {
+                cookie,
+                iface,
+                dir,
+                stats: hooks.get(&key).copied().unwrap_or_default(),
+                events: session
+                    .received
+                    .get(&(cookie, iface.ifindex, dir as u32))
+                    .copied()
+                    .unwrap_or(0),
+            });
         }
     }
     Ok(out)
 }
 
+/// The kernel's per-hook counters and what userspace received, one JSON
+/// object per interface and direction: `trace --json`'s stats line.
+pub fn hook_totals_json(session: &Session) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(hook_totals(session)?
+        .into_iter()
+        .map(|h| {
+            serde_json::json!({
+                "node": h.iface.node,
+                "iface": h.iface.name,
+                "dir": match h.dir {
+                    Direction::Ingress => "ingress",
+                    Direction::Egress => "egress",
+                },
+                "seen": h.stats.seen,
+                "matched": h.stats.matched,
+                "events": h.events,
+                "lost": h.stats.lost,
+            })
+        })
+        .collect())
+}
+
 /// Totals from the kernel counters and what userspace received: events
 /// received, lost per hook, packets and bytes per interface and direction.
 pub fn totals(session: &Session) -> anyhow::Result<String> {
-    let hooks = session.hook_stats()?;
     let flows = session.flow_stats()?;
     let received: u64 = session.received.values().sum();
     let mut s = String::new();
     let mut lost_total = 0;
     let mut lines = Vec::new();
-    for (cookie, iface) in session.topology.iter() {
-        for dir in [Direction::Ingress, Direction::Egress] {
-            let hs = hooks
-                .iter()
-                .find(|(k, _)| {
-                    k.netns_cookie == cookie
-                        && k.ifindex == iface.ifindex
-                        && k.direction == dir as u32
-                })
-                .map(|(_, v)| *v)
-                .unwrap_or_default();
-            let (pkts, bytes) = flows
-                .iter()
-                .filter(|(k, _)| {
-                    k.netns_cookie == cookie
-                        && k.ifindex == iface.ifindex
-                        && u32::from(k.direction) == dir as u32
-                })
-                .fold((0, 0), |(p, b), (_, v)| (p + v.packets, b + v.bytes));
-            lost_total += hs.lost;
-            let got = session
-                .received
-                .get(&(cookie, iface.ifindex, dir as u32))
-                .copied()
-                .unwrap_or(0);
-            lines.push((
-                format!("{}/{}", iface.node, iface.name),
-                dir,
-                format!(
-                    "{} {:<3} {:>8} pkts {:>10}  seen {} matched {} events {} lost {}",
-                    "",
-                    dir_word(dir),
-                    pkts,
-                    human_bytes(bytes),
-                    hs.seen,
-                    hs.matched,
-                    got,
-                    hs.lost
-                ),
-            ));
-        }
+    for h in hook_totals(session)? {
+        let (pkts, bytes) = flows
+            .iter()
+            .filter(|(k, _)| {
+                k.netns_cookie == h.cookie
+                    && k.ifindex == h.iface.ifindex
+                    && u32::from(k.direction) == h.dir as u32
+            })
+            .fold((0, 0), |(p, b), (_, v)| (p + v.packets, b + v.bytes));
+        lost_total += h.stats.lost;
+        lines.push((
+            format!("{}/{}", h.iface.node, h.iface.name),
+            h.dir,
+            format!(
+                "{} {:<3} {:>8} pkts {:>10}  seen {} matched {} events {} lost {}",
+                "",
+                dir_word(h.dir),
+                pkts,
+                human_bytes(bytes),
+                h.stats.seen,
+                h.stats.matched,
+                h.events,
+                h.stats.lost
+            ),
+        ));
     }
     lines.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let _ = writeln!(s, "{received} events received, {lost_total} lost");
