@@ -197,19 +197,16 @@ fn counters(s: &FlowSide) -> String {
 /// One line of a flow's final counts: `flow 1  icmp  pod-1 -> pod-3
 /// [direct]  request 10 pkts 980 B (4 traced)  reply ...`.
 pub fn flow_counters(f: &Flow) -> String {
-    let block = flow(f);
-    // The block's first line names the flow, its endpoints and labels.
-    let head = block.lines().next().unwrap_or_default().trim_end();
     format!(
-        "{head}  request {}  reply {}",
+        "{}  request {}  reply {}",
+        head(f),
         counters(&f.request),
         counters(&f.reply)
     )
 }
 
-/// One block per flow: endpoints, labels, path of each direction, ENIs,
-/// rewrites, latency, counters, where an incomplete journey stopped.
-pub fn flow(f: &Flow) -> String {
+/// A flow block's first line: the flow, its endpoints and its labels.
+fn head(f: &Flow) -> String {
     let t = &f.tuple;
     let server_ip = f.request.path.last().map_or(t.dst, |h| h.tuple.dst);
     let labels: Vec<&str> = f.labels.iter().map(Label::name).collect();
@@ -233,7 +230,15 @@ pub fn flow(f: &Flow) -> String {
             endpoint(server_ip, backend, t.proto, f.server_pod.as_deref())
         );
     }
-    let _ = writeln!(out, "  [{}]", labels.join(", "));
+    let _ = write!(out, "  [{}]", labels.join(", "));
+    out
+}
+
+/// One block per flow: endpoints, labels, path of each direction, ENIs,
+/// rewrites, latency, counters, where an incomplete journey stopped.
+pub fn flow(f: &Flow) -> String {
+    let mut out = head(f);
+    out.push('\n');
     for (name, s) in [("request", &f.request), ("reply", &f.reply)] {
         if !s.path.is_empty() {
             let _ = writeln!(out, "  {name:8} {}", path(&s.path));
