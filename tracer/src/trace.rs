@@ -39,9 +39,9 @@ pub struct TraceArgs {
     pub pods: PodSourceArgs,
     /// Print one JSON object per line (`type`: journey, flow, flow_end,
     /// stats) instead of text. The last line, stats, also gives each
-    /// hook's seen, matched, events and lost. Flow lines carry `time_ns`, the wall-clock
-    /// time of the flow's last packet; at exit every live flow gets a
-    /// flow_end with reason "exit" and its final counters.
+    /// hook's seen, matched, events and lost. Flow lines carry `time_ns`,
+    /// the wall-clock time of the flow's last packet; at exit every live
+    /// flow gets a flow_end with reason "exit" and its final counters.
     #[arg(long)]
     pub json: bool,
     /// Also print every journey (one packet's hops), not only flows.
@@ -277,6 +277,7 @@ impl Printer {
             }
             Update::FlowEnded { flow, reason } => {
                 self.dirty.remove(&flow.id);
+                self.counted.remove(&flow.id);
                 let changed = self.shown.remove(&flow.id) != Some(Shown::of(flow));
                 if self.json {
                     writeln!(
