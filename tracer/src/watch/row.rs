@@ -202,14 +202,25 @@ pub fn proto_cell(t: &Tuple) -> String {
     }
 }
 
-fn nat_cell(out: &mut String, kind: &str, c: (Ipv4Addr, u16, Ipv4Addr, u16)) {
+/// `DNAT 10.100.0.10>192.168.32.21`, `DNAT :80>:8080`, or both parts when
+/// both changed (`DNAT 10.100.0.10:53>192.168.32.21:5353`): a port that
+/// a rewrite changed is never left out. ICMP has no ports: its echo id
+/// shows only when nothing else changed (`SNAT id 7>1024`).
+fn nat_cell(out: &mut String, kind: &str, proto: u8, c: (Ipv4Addr, u16, Ipv4Addr, u16)) {
     if !out.is_empty() {
         out.push(' ');
     }
-    if c.0 == c.2 {
-        let _ = write!(out, "{kind} :{}>:{}", c.1, c.3);
-    } else {
+    let ports = matches!(proto, 6 | 17);
+    if c.0 != c.2 && (!ports || c.1 == c.3) {
         let _ = write!(out, "{kind} {}>{}", c.0, c.2);
+    } else if c.0 != c.2 {
+        let _ = write!(out, "{kind} {}:{}>{}:{}", c.0, c.1, c.2, c.3);
+    } else if ports {
+        let _ = write!(out, "{kind} :{}>:{}", c.1, c.3);
+    } else if kind == "SNAT" {
+        // The source side of an ICMP echo is its id; the destination
+        // side, its type and code, which no NAT changes.
+        let _ = write!(out, "{kind} id {}>{}", c.1, c.3);
     }
 }
 
@@ -259,9 +270,20 @@ impl FlowRow {
     fn format(&mut self, f: &Flow, ident: Ident) {
         let t = &f.tuple;
         self.src = endpoint(t.src, f.client_pod.as_ref());
-        let server_ip = f.request.path.last().map_or(t.dst, |h| h.tuple.dst);
+        // The server as the request reached it, after any DNAT, with the
+        // port it reached there: the cells name one endpoint, never the
+        // service's address with the backend's port or the other way.
+        let server = f.request.path.last().map_or(*t, |h| h.tuple);
+        let server_ip = server.dst;
         self.dst = endpoint(server_ip, f.server_pod.as_ref());
-        self.proto = proto_cell(t);
+        self.proto = proto_cell(&Tuple {
+            dport: if matches!(t.proto, 6 | 17) {
+                server.dport
+            } else {
+                t.dport
+            },
+            ..*t
+        });
         self.labels = f.labels;
         self.label = f
             .labels
@@ -275,10 +297,10 @@ impl FlowRow {
             .map_or_else(|| "-".to_owned(), |p| p.iface.clone());
         self.rewrite.clear();
         if let Some(c) = ident.snat {
-            nat_cell(&mut self.rewrite, "SNAT", c);
+            nat_cell(&mut self.rewrite, "SNAT", t.proto, c);
         }
         if let Some(c) = ident.dnat {
-            nat_cell(&mut self.rewrite, "DNAT", c);
+            nat_cell(&mut self.rewrite, "DNAT", t.proto, c);
         }
         self.haystack.clear();
         let _ = write!(
@@ -393,5 +415,43 @@ pub fn ago_cell(now_ns: u64, last_ns: u64) -> String {
         1..60 => format!("{s}s"),
         60..3600 => format!("{}m", s / 60),
         _ => format!("{}h", s / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::nat_cell;
+
+    fn cell(proto: u8, c: (&str, u16, &str, u16)) -> String {
+        let mut out = String::new();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let kind = if proto == 1 { "SNAT" } else { "DNAT" };
+        nat_cell(&mut out, kind, proto, (ip(c.0), c.1, ip(c.2), c.3));
+        out
+    }
+
+    #[test]
+    fn a_rewrite_shows_every_part_it_changed() {
+        assert_eq!(
+            cell(6, ("10.100.0.10", 80, "10.0.1.5", 80)),
+            "DNAT 10.100.0.10>10.0.1.5"
+        );
+        assert_eq!(
+            cell(6, ("10.0.1.5", 80, "10.0.1.5", 8080)),
+            "DNAT :80>:8080"
+        );
+        assert_eq!(
+            cell(17, ("10.100.0.10", 53, "10.0.1.5", 5353)),
+            "DNAT 10.100.0.10:53>10.0.1.5:5353"
+        );
+        // ICMP's "ports" are its echo id and type: the address is what
+        // changed, unless only the id did.
+        assert_eq!(
+            cell(1, ("192.168.16.21", 7, "192.168.16.5", 9)),
+            "SNAT 192.168.16.21>192.168.16.5"
+        );
+        assert_eq!(cell(1, ("10.0.1.5", 7, "10.0.1.5", 9)), "SNAT id 7>9");
     }
 }
