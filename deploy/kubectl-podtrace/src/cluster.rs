@@ -260,11 +260,32 @@ pub fn exit_code(pod: &Pod) -> Option<i32> {
         .map(|t| t.exit_code)
 }
 
+/// How an error that never reached the API server starts (after what was
+/// tried); the caller may name the server after it.
+pub const UNREACHABLE: &str = "cannot reach the API server";
+
 /// An API error as one line: the API's own message (e.g. "pods is
 /// forbidden: User ... cannot create resource ...") after what was tried.
 fn one_line(e: &kube::Error, doing: &str) -> anyhow::Error {
     let msg = match e {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        kube::Error::Service(_) | kube::Error::HyperError(_) => {
+            // kube's own words are "ServiceError: client error (Connect)";
+            // the reason is at the end of the chain of sources.
+            let mut causes = Vec::new();
+            let mut next = std::error::Error::source(e);
+            while let Some(cause) = next {
+                causes.push(cause.to_string());
+                next = cause.source();
+            }
+            let tail: Vec<_> = causes
+                .iter()
+                .skip_while(|c| c.starts_with("client error"))
+                .cloned()
+                .collect();
+            let reason = if tail.is_empty() { causes } else { tail };
+            format!("{UNREACHABLE}: {}", reason.join(": "))
+        }
         other => other.to_string(),
     };
     if doing.is_empty() {

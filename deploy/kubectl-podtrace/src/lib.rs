@@ -5,4 +5,5 @@
 //! [`cluster`] finds the node and runs the pod through the API.
 
 pub mod cluster;
+pub mod kubeconfig;
 pub mod manifest;

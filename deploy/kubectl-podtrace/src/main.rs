@@ -10,6 +10,7 @@ use kube::{
 };
 use kubectl_podtrace::{
     cluster::{self, Timing},
+    kubeconfig,
     manifest::{self, DebugPod, PingFlags, ping_args, pod_name, qualify},
 };
 
@@ -113,9 +114,18 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<i32> {
     let Command::Ping(args) = cli.command;
     let c = &args.cluster;
-    let (client, default_ns) = client(c).await?;
+    let (client, default_ns, url) = client(c).await?;
     let namespace = c.namespace.clone().unwrap_or(default_ns);
-    let src = cluster::locate(&client, &namespace, &args.src).await?;
+    let src = cluster::locate(&client, &namespace, &args.src)
+        .await
+        .map_err(|e| {
+            let msg = format!("{e:#}").replacen(
+                cluster::UNREACHABLE,
+                &format!("{} {url}", cluster::UNREACHABLE),
+                1,
+            );
+            anyhow::anyhow!(msg)
+        })?;
     let flags = PingFlags {
         count: args.count,
         interval: args.interval.clone(),
@@ -147,9 +157,17 @@ async fn run(cli: Cli) -> Result<i32> {
     cluster::run(&client, &pod, timing, &mut tokio::io::stdout()).await
 }
 
-/// A client for the kubeconfig and context given (or the defaults), and
-/// the context's namespace.
-async fn client(c: &ClusterArgs) -> Result<(Client, String)> {
+/// A client for the kubeconfig and context given (or the defaults), the
+/// context's namespace, and the API server's address.
+async fn client(c: &ClusterArgs) -> Result<(Client, String, String)> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    if let Some(problem) = kubeconfig::missing(
+        c.kubeconfig.as_deref(),
+        std::env::var_os("KUBECONFIG").as_deref(),
+        home.as_deref(),
+    ) {
+        anyhow::bail!(problem);
+    }
     let options = KubeConfigOptions {
         context: c.context.clone(),
         ..KubeConfigOptions::default()
@@ -164,9 +182,11 @@ async fn client(c: &ClusterArgs) -> Result<(Client, String)> {
     }
     .context("loading the kubeconfig")?;
     let namespace = config.default_namespace.clone();
+    let url = config.cluster_url.to_string();
     Ok((
         Client::try_from(config).context("creating the API client")?,
         namespace,
+        url,
     ))
 }
 

@@ -110,6 +110,34 @@ async fn node_of_a_pod_by_name_namespace_and_ip() {
     );
 }
 
+/// No API server behind the address: the reason, not kube's
+/// "ServiceError: client error (Connect)".
+#[tokio::test]
+async fn an_unreachable_api_server_says_why() {
+    // A port that was just free on 127.0.0.1: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).expect("client");
+    let e = cluster::locate(&client, "app", "web-0").await.unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.starts_with(&format!(
+            "getting pod app/web-0: {}: ",
+            cluster::UNREACHABLE
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("Connection refused"), "{msg}");
+    assert!(
+        !msg.contains("ServiceError") && !msg.contains('\n'),
+        "{msg}"
+    );
+}
+
 #[tokio::test]
 async fn unscheduled_and_forbidden_are_one_line() {
     let mock = Mock::start(|req| match req.target.as_str() {
