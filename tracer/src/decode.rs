@@ -632,6 +632,26 @@ pub fn tcp_flags(flags: u8) -> String {
     s
 }
 
+/// The name of an ICMPv4 message that is not an echo: what a router or
+/// host says about a packet it could not deliver (`port unreachable`).
+pub fn icmp_name(ty: u8, code: u8) -> Option<&'static str> {
+    Some(match (ty, code) {
+        (3, 0) => "net unreachable",
+        (3, 1) => "host unreachable",
+        (3, 2) => "protocol unreachable",
+        (3, 3) => "port unreachable",
+        (3, 4) => "fragmentation needed",
+        (3, 9 | 10 | 13) => "administratively prohibited",
+        (3, _) => "destination unreachable",
+        (4, _) => "source quench",
+        (5, _) => "redirect",
+        (11, 0) => "TTL exceeded in transit",
+        (11, _) => "fragment reassembly time exceeded",
+        (12, _) => "parameter problem",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use etherparse::PacketBuilder;

@@ -293,13 +293,11 @@ fn run_icmp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
 }
 
 fn icmp_error(ty: u8, code: u8, from: Ipv4Addr) -> String {
-    match (ty, code) {
-        (3, 0) => format!("net unreachable from {from}"),
-        (3, 1) => format!("host unreachable from {from}"),
-        (3, 3) => format!("port unreachable from {from}"),
-        (3, 13) => format!("administratively prohibited by {from}"),
+    match (ty, crate::decode::icmp_name(ty, code)) {
         (11, _) => format!("TTL exceeded at {from}"),
-        _ => format!("ICMP type {ty} code {code} from {from}"),
+        (3, Some(name @ "administratively prohibited")) => format!("{name} by {from}"),
+        (_, Some(name)) => format!("{name} from {from}"),
+        (_, None) => format!("ICMP type {ty} code {code} from {from}"),
     }
 }
 

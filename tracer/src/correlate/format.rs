@@ -163,7 +163,10 @@ pub fn journey(j: &Journey) -> String {
     let what = match (j.icmp, j.tcp) {
         (Some(i), _) if i.ty == 8 => format!("icmp echo request seq {}", i.seq),
         (Some(i), _) if i.ty == 0 => format!("icmp echo reply seq {}", i.seq),
-        (Some(i), _) => format!("icmp type {} code {}", i.ty, i.code),
+        (Some(i), _) => match crate::decode::icmp_name(i.ty, i.code) {
+            Some(name) => format!("icmp {name} (type {} code {})", i.ty, i.code),
+            None => format!("icmp type {} code {}", i.ty, i.code),
+        },
         (None, Some(t)) => format!("tcp [{}] seq {}", crate::decode::tcp_flags(t.flags), t.seq),
         (None, None) => format!("{} id {}", ProtoName(j.proto), j.ip_id),
     };
@@ -302,7 +305,7 @@ pub fn flow(f: &Flow) -> String {
 mod tests {
     use super::*;
     use crate::correlate::{
-        Config,
+        Config, IcmpInfo,
         testkit::{cross_node_ping, run, snat_ping},
     };
 
@@ -326,6 +329,31 @@ mod tests {
             "{block}"
         );
         assert!(block.contains("\n  reply    "), "{block}");
+    }
+
+    #[test]
+    fn an_icmp_error_journey_is_named() {
+        let mut j = Journey {
+            proto: 1,
+            icmp: Some(IcmpInfo {
+                ty: 3,
+                code: 3,
+                seq: 0,
+            }),
+            ..Journey::default()
+        };
+        assert!(
+            journey(&j)
+                .starts_with("flow 0 request: icmp port unreachable (type 3 code 3), 0 hops"),
+            "{}",
+            journey(&j)
+        );
+        j.icmp = Some(IcmpInfo {
+            ty: 42,
+            code: 1,
+            seq: 0,
+        });
+        assert!(journey(&j).starts_with("flow 0 request: icmp type 42 code 1,"));
     }
 
     #[test]
