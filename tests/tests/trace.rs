@@ -217,3 +217,38 @@ fn lab_flows_are_labelled_with_their_path() {
     );
     assert!(hops(&asym["request"]).contains(&"node-a ens6 ingress".to_owned()));
 }
+
+/// Flows mode reports a flow's first packets at each hook. A flow already
+/// running when trace starts was cut into pieces: each hook, attached a
+/// moment after the last, reported other packets, and no path was whole.
+#[test]
+fn a_flow_running_before_trace_starts_shows_its_whole_path() {
+    let lab = LabGuard::up();
+    let (p2, p4) = (lab.pod("pod-2"), lab.pod("pod-4"));
+    let mut ping = std::process::Command::new("ip")
+        .args(["netns", "exec", &p2.netns, "ping", "-q", "-i", "0.005"])
+        .args(["-c", "1000", &p4.ip.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start ping");
+    std::thread::sleep(Duration::from_millis(300));
+    let trace = Podtrace::start(&["trace", "--json"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = trace.stop(libc::SIGINT);
+    let _ = ping.kill();
+    let _ = ping.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    let all = flows(&out.stdout);
+    let f = find(&all, 1, &p2.ip.to_string(), &p4.ip.to_string());
+    assert_eq!(
+        hops(&f["request"]),
+        [
+            format!("node-a {} ingress", p2.host_veth),
+            "node-a ens6 egress".into(),
+            "node-b ens6 ingress".into(),
+            format!("node-b {} egress", p4.host_veth),
+        ],
+        "{f:#}"
+    );
+    assert_eq!(f["egress_eni"]["iface"], "ens6", "{f:#}");
+}

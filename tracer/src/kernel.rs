@@ -374,6 +374,20 @@ impl Kernel {
         std::mem::take(&mut self.fresh_loggers)
     }
 
+    /// Starts every flow's counts again, in every namespace, and returns
+    /// the kernel time just before. Flows mode reports each flow's first
+    /// packets at each hook; hooks attached one after another would
+    /// report different packets of a flow that was already running, and
+    /// no packet's path would be whole. Called once every hook is
+    /// attached, it has them all report the same next packets.
+    pub fn restart_flows(&self) -> u64 {
+        let since = crate::output::kernel_now_ns();
+        for inst in self.instances.values() {
+            inst.flows.clear();
+        }
+        since
+    }
+
     /// Bytes of records the programs have gathered but not yet handed to
     /// the rings (see [`Stage`]); they follow within
     /// [`tracer_common::STAGE_DELAY_NS`], or once a full ring has room.
@@ -567,7 +581,7 @@ impl FlowTable {
             nix::sys::mman::mmap(
                 None,
                 len_nz,
-                nix::sys::mman::ProtFlags::PROT_READ,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
                 nix::sys::mman::MapFlags::MAP_SHARED,
                 data.fd().as_fd(),
                 0,
@@ -580,6 +594,20 @@ impl FlowTable {
             entries,
             len,
         })
+    }
+
+    /// Empties every slot: each flow starts again, with its next packet,
+    /// at every hook. A slot the kernel is claiming as this runs keeps a
+    /// count off by that packet.
+    fn clear(&self) {
+        for i in 0..self.entries {
+            // SAFETY: i < entries, inside the mapping, which is writable; a
+            // volatile store, since the kernel reads the memory concurrently.
+            unsafe {
+                let slot = self.base.as_ptr().add(i);
+                std::ptr::write_volatile(&raw mut (*slot).stats.packets, 0);
+            }
+        }
     }
 
     /// Calls `f` with each flow's key and counters in one CPU's region (a

@@ -58,6 +58,9 @@ pub struct Session {
     pub received: BTreeMap<(u64, u32, u32), u64>,
     /// Records that could not be decoded.
     pub undecodable: u64,
+    /// Packets stamped before this kernel time are counted, not handed on
+    /// (see [`Kernel::restart_flows`]); 0 hands on everything.
+    since_ns: u64,
 }
 
 impl Session {
@@ -98,6 +101,7 @@ impl Session {
             _watchers: watchers,
             received: BTreeMap::new(),
             undecodable: 0,
+            since_ns: 0,
         };
         for i in 0..session.namespaces.len() {
             session
@@ -115,6 +119,12 @@ impl Session {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        if opts.config.mode == tracer_common::mode::FLOWS {
+            // What the hooks reported while others were still being
+            // attached is a flow's packets cut into pieces: start them all
+            // at once, and leave those reports out.
+            session.since_ns = session.kernel.restart_flows();
         }
         crate::container::say_pod_side(&session.topology);
         crate::sched::raise_all();
@@ -222,7 +232,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let churned = tokio::select! {
             Some(i) = self.churn.recv() => Some(i),
-            res = self.reader.next_batch(&self.kernel, tally(&mut self.received, &mut self.undecodable, &self.topology, &mut on_packet)) => {
+            res = self.reader.next_batch(&self.kernel, tally(&mut self.received, &mut self.undecodable, &self.topology, self.since_ns, &mut on_packet)) => {
                 res?;
                 None
             }
@@ -257,6 +267,7 @@ impl Session {
             &mut self.received,
             &mut self.undecodable,
             &self.topology,
+            self.since_ns,
             &mut on_packet,
         );
         self.reader.drain_settled(&self.kernel, count).await?;
@@ -380,6 +391,7 @@ fn tally<'a, F: FnMut(&Packet, &[u8], &Topology)>(
     received: &'a mut BTreeMap<(u64, u32, u32), u64>,
     undecodable: &'a mut u64,
     topo: &'a Topology,
+    since_ns: u64,
     on_packet: &'a mut F,
 ) -> impl FnMut(Record<'_>) + 'a {
     move |r| match r {
@@ -387,7 +399,9 @@ fn tally<'a, F: FnMut(&Packet, &[u8], &Topology)>(
             *received
                 .entry((p.hook.netns_cookie, p.hook.ifindex, p.hook.dir as u32))
                 .or_default() += 1;
-            on_packet(&p, frame, topo);
+            if p.ts_ns >= since_ns {
+                on_packet(&p, frame, topo);
+            }
         }
         Err(_) => *undecodable += 1,
     }
