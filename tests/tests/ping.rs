@@ -90,11 +90,36 @@ fn lab_paths_and_bad_input() {
         .as_array()
         .unwrap()
         .iter()
-        .find_map(|h| h["nat"].as_object().cloned())
+        .find_map(|h| h["rewrites"][0].as_object().cloned())
         .expect("a hop with a rewrite");
     assert_eq!(
-        (nat["kind"].as_str(), nat["from"].as_str()),
-        (Some("snat"), Some(p2.ip.to_string().as_str()))
+        (
+            nat["kind"].as_str(),
+            nat["reverse"].as_bool(),
+            nat["from"].as_str(),
+            nat["to"].as_str()
+        ),
+        (
+            Some("snat"),
+            Some(false),
+            Some(p2.ip.to_string().as_str()),
+            Some(ens5_primary.as_str())
+        ),
+        "addresses only, the ICMP id apart: {nat:#?}"
+    );
+    assert!(nat["icmp_id"].is_array(), "{nat:#?}");
+    // On the way back, conntrack undoes the SNAT: named after the rule.
+    let back = doc["probes"][0]["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["leg"] == "reply")
+        .find_map(|h| h["rewrites"][0].as_object().cloned())
+        .expect("a reply hop with a rewrite");
+    assert_eq!(
+        (back["kind"].as_str(), back["reverse"].as_bool()),
+        (Some("snat"), Some(true)),
+        "{back:#?}"
     );
 
     // TCP SYN to the ClusterIP service: DNAT to a backend, answered, and

@@ -25,15 +25,22 @@ pub struct Endpoint {
     pub node: Option<String>,
 }
 
-/// A rewrite seen at a hop.
+/// A rewrite seen at a hop, named as `trace` names it: after the rule,
+/// also where conntrack reverses it on the reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Nat {
-    /// `snat` or `dnat`.
+    /// `snat` or `dnat`: the rule. On the reply, the rule whose rewrite
+    /// conntrack undoes (a reply's destination restored is `snat`).
     pub kind: &'static str,
-    /// Address (and port/id) before.
+    /// True on the reply: conntrack undoing the request's rewrite.
+    pub reverse: bool,
+    /// Address (and port, for TCP and UDP) before.
     pub from: String,
-    /// Address (and port/id) after.
+    /// Address (and port) after.
     pub to: String,
+    /// ICMP echo id before and after, when the rewrite changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_id: Option<[u16; 2]>,
 }
 
 /// Which way a hop's packet was going.
@@ -65,8 +72,10 @@ pub struct HopView {
     pub src: String,
     /// Destination as seen here.
     pub dst: String,
-    /// Rewrite that first appears at this hop.
-    pub nat: Option<Nat>,
+    /// Rewrites that first appear at this hop: the destination's, then
+    /// the source's, as netfilter makes them (a service call that comes
+    /// back to its own pod has both).
+    pub rewrites: Vec<Nat>,
     /// Request or reply.
     pub leg: Leg,
     /// Human label of the role (`pod veth of pod-1`, `ENI 0 (primary)`).
@@ -160,27 +169,33 @@ impl Seen {
         })
     }
 
-    /// The rewrite between the previous hop's view and this one, if any.
-    fn rewrite_from(&self, prev: &Self) -> Option<Nat> {
-        let id_note = match (prev.icmp_id, self.icmp_id) {
-            (Some(a), Some(b)) if a != b => format!(" (icmp id {a} -> {b})"),
-            _ => String::new(),
+    /// The rewrites between the previous hop's view and this one.
+    fn rewrites_from(&self, prev: &Self, leg: Leg) -> Vec<Nat> {
+        let icmp_id = match (prev.icmp_id, self.icmp_id) {
+            (Some(a), Some(b)) if a != b => Some([a, b]),
+            _ => None,
         };
-        if prev.src != self.src || prev.sport != self.sport {
-            Some(Nat {
-                kind: "snat",
-                from: endpoint(prev.src, prev.sport),
-                to: format!("{}{id_note}", endpoint(self.src, self.sport)),
-            })
-        } else if prev.dst != self.dst || prev.dport != self.dport {
-            Some(Nat {
-                kind: "dnat",
+        let reverse = leg == Leg::Reply;
+        let mut out = Vec::new();
+        if prev.dst != self.dst || prev.dport != self.dport {
+            out.push(Nat {
+                kind: if reverse { "snat" } else { "dnat" },
+                reverse,
                 from: endpoint(prev.dst, prev.dport),
                 to: endpoint(self.dst, self.dport),
-            })
-        } else {
-            None
+                icmp_id: icmp_id.filter(|_| reverse),
+            });
         }
+        if prev.src != self.src || prev.sport != self.sport || (icmp_id.is_some() && !reverse) {
+            out.push(Nat {
+                kind: if reverse { "dnat" } else { "snat" },
+                reverse,
+                from: endpoint(prev.src, prev.sport),
+                to: endpoint(self.src, self.sport),
+                icmp_id: icmp_id.filter(|_| !reverse),
+            });
+        }
+        out
     }
 }
 
@@ -202,7 +217,7 @@ pub fn probe_view(
             let Some(seen) = Seen::of(p) else {
                 continue;
             };
-            let nat = prev.and_then(|prev| seen.rewrite_from(&prev));
+            let rewrites = prev.map_or_else(Vec::new, |prev| seen.rewrites_from(&prev, leg));
             prev = Some(seen);
             let iface = topo.get(&p.hook);
             let (role, eni_index) = match iface.map(|i| &i.role) {
@@ -223,7 +238,7 @@ pub fn probe_view(
                 },
                 src: endpoint(seen.src, seen.sport),
                 dst: endpoint(seen.dst, seen.dport),
-                nat,
+                rewrites,
                 leg,
                 role_label: iface.map_or_else(|| "unknown".into(), |i| i.role.to_string()),
                 ts_ns: p.ts_ns,
@@ -263,7 +278,8 @@ fn backends(probes: &[ProbeView]) -> Vec<Backend> {
             .hops
             .iter()
             .filter(|h| h.leg == Leg::Request)
-            .find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"))
+            .flat_map(|h| &h.rewrites)
+            .find(|n| n.kind == "dnat")
             .map(|n| n.to.clone())
         else {
             continue;
@@ -297,18 +313,20 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
     let all = || probes.iter().flat_map(|p| p.hops.iter());
     let request = || all().filter(|h| h.leg == Leg::Request);
     let egress_eni = egress_eni_of(all());
-    let snat = request().find_map(|h| h.nat.as_ref().filter(|n| n.kind == "snat").map(|n| (h, n)));
-    let dnat = request().find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"));
-    let path = if snat.is_some() {
-        "snat"
-    } else if dnat.is_some() {
+    let snat = request().find_map(|h| h.rewrites.iter().find(|n| n.kind == "snat"));
+    let dnat = request().find_map(|h| h.rewrites.iter().find(|n| n.kind == "dnat"));
+    // A service's DNAT says the most: where the probes went. Where a SNAT
+    // came with it (a call back to the caller's own pod), `snat_to` says so.
+    let path = if dnat.is_some() {
         "dnat"
+    } else if snat.is_some() {
+        "snat"
     } else if all().next().is_some() {
         "direct"
     } else {
         "unknown"
     };
-    let snat_to = snat.map(|(_, n)| n.to.split([':', ' ']).next().unwrap_or(&n.to).to_owned());
+    let snat_to = snat.map(|n| n.to.split(':').next().unwrap_or(&n.to).to_owned());
     let lost_at = probes.iter().find(|p| p.rtt_us.is_none()).and_then(|p| {
         let last = p.hops.last()?;
         let leg = match last.leg {
@@ -478,7 +496,7 @@ mod tests {
             ]
         );
         assert!((v.hops[1].t_us - 1.0).abs() < 1e-9);
-        assert!(v.hops.iter().all(|h| h.nat.is_none()));
+        assert!(v.hops.iter().all(|h| h.rewrites.is_empty()));
         let s = summarize(&[v]);
         assert_eq!(
             (s.path, s.egress_eni.as_deref(), s.lost_at),
@@ -495,9 +513,14 @@ mod tests {
             icmp(NODE_A, 2, Egress, 2_000, node, inet, 8, 20946),
         ];
         let v = probe_view(1, Some(3.0), &req, &[], &topo());
-        let nat = v.hops[1].nat.clone().expect("snat at ens5 egress");
-        assert_eq!((nat.kind, nat.from.as_str()), ("snat", "192.168.1.21"));
-        assert!(nat.to.contains("4711 -> 20946"), "{nat:?}");
+        let [nat] = v.hops[1].rewrites.as_slice() else {
+            panic!("one snat at ens5 egress: {:?}", v.hops[1].rewrites);
+        };
+        assert_eq!(
+            (nat.kind, nat.from.as_str(), nat.to.as_str()),
+            ("snat", "192.168.1.21", "192.168.1.5")
+        );
+        assert_eq!(nat.icmp_id, Some([4711, 20946]));
         let s = summarize(&[v]);
         assert_eq!(
             (s.path, s.snat_to.as_deref()),
@@ -541,6 +564,60 @@ mod tests {
                     same_node: false,
                 },
             ]
+        );
+    }
+
+    /// A service call that DNAT sends back to the caller's own pod is
+    /// SNATed too, at the same hop: both show, and the summary keeps the
+    /// backend.
+    #[test]
+    fn a_call_back_to_its_own_pod_shows_dnat_and_snat() {
+        use Direction::{Egress, Ingress};
+        let (pod, node, svc) = ([192, 168, 1, 21], [192, 168, 1, 5], [10, 100, 0, 10]);
+        let req = [
+            icmp(NODE_A, 5, Ingress, 1_000, pod, svc, 8, 7),
+            icmp(NODE_A, 5, Egress, 2_000, node, pod, 8, 7),
+        ];
+        let rep = [
+            icmp(NODE_A, 5, Ingress, 3_000, pod, node, 0, 7),
+            icmp(NODE_A, 5, Egress, 4_000, svc, pod, 0, 7),
+        ];
+        let v = probe_view(1, Some(3.0), &req, &rep, &topo());
+        let kinds = |h: &HopView| -> Vec<(&str, bool, String, String)> {
+            h.rewrites
+                .iter()
+                .map(|n| (n.kind, n.reverse, n.from.clone(), n.to.clone()))
+                .collect()
+        };
+        assert_eq!(
+            kinds(&v.hops[1]),
+            [
+                ("dnat", false, "10.100.0.10".into(), "192.168.1.21".into()),
+                ("snat", false, "192.168.1.21".into(), "192.168.1.5".into()),
+            ]
+        );
+        // The reply: conntrack restores the destination (SNAT undone),
+        // then the source (DNAT undone).
+        assert_eq!(
+            kinds(&v.hops[3]),
+            [
+                ("snat", true, "192.168.1.5".into(), "192.168.1.21".into()),
+                ("dnat", true, "192.168.1.21".into(), "10.100.0.10".into()),
+            ]
+        );
+        let s = summarize(std::slice::from_ref(&v));
+        assert_eq!(
+            (s.path, s.snat_to.as_deref(), s.backends.len()),
+            ("dnat", Some("192.168.1.5"), 1)
+        );
+        let text = crate::ping::text::summary(&s, &[v], Some("node-a"), false);
+        assert!(
+            text.starts_with(
+                "--- summary ---\nDNAT 10.100.0.10 -> 192.168.1.21; stays on node-a\n\
+                 SNAT 192.168.1.21 -> 192.168.1.5 at node-a eni1 egress; \
+                 DNAT sent it back to the calling pod\n"
+            ),
+            "{text}"
         );
     }
 

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::report::{Endpoint, HopView, Leg, ProbeView, Summary};
+use super::report::{Endpoint, HopView, Leg, Nat, ProbeView, Summary};
 
 /// `default/pod-1 (192.168.1.21, node-a)`, or just the IP.
 pub fn endpoint(e: &Endpoint) -> String {
@@ -34,21 +34,26 @@ fn hop_line(out: &mut String, h: &HopView, widths: (usize, usize, usize)) {
         w1 = widths.1,
         w2 = widths.2,
     );
-    if let Some(nat) = &h.nat {
-        // On the way back, conntrack undoes the request's rewrite.
-        let what = match (h.leg, nat.kind) {
-            (Leg::Reply, "dnat") => "un-SNAT (conntrack)",
-            (Leg::Reply, "snat") => "un-DNAT (conntrack)",
-            (_, kind) => {
-                if kind == "snat" {
-                    "SNAT"
-                } else {
-                    "DNAT"
-                }
-            }
-        };
-        let _ = writeln!(out, "              ^ {what}  {} -> {}", nat.from, nat.to);
+    for nat in &h.rewrites {
+        let (what, change) = rewrite(nat);
+        let _ = writeln!(out, "              ^ {what}  {change}");
     }
+}
+
+/// What a rewrite was (`SNAT`; on the way back, `un-SNAT (conntrack)`:
+/// conntrack undoing the request's) and what it changed
+/// (`192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946)`).
+fn rewrite(nat: &Nat) -> (String, String) {
+    let rule = if nat.kind == "snat" { "SNAT" } else { "DNAT" };
+    let what = if nat.reverse {
+        format!("un-{rule} (conntrack)")
+    } else {
+        rule.to_owned()
+    };
+    let id = nat
+        .icmp_id
+        .map_or_else(String::new, |[a, b]| format!(" (icmp id {a} -> {b})"));
+    (what, format!("{} -> {}{id}", nat.from, nat.to))
 }
 
 /// The block of one probe. `same_as` is the previous probe's path, to say
@@ -135,6 +140,30 @@ fn same_path(a: &ProbeView, b: &ProbeView) -> bool {
     a.rtt_us.is_some() == b.rtt_us.is_some() && key(a) == key(b)
 }
 
+/// The request's rewrites over all probes, with the hop each appears at.
+fn request_rewrites(probes: &[ProbeView]) -> impl Iterator<Item = (&HopView, &Nat)> {
+    probes
+        .iter()
+        .flat_map(|p| &p.hops)
+        .filter(|h| h.leg == Leg::Request)
+        .flat_map(|h| h.rewrites.iter().map(move |n| (h, n)))
+}
+
+/// `SNAT 192.168.1.21 -> 192.168.1.5 at node-a ens5 egress; {why}`, from
+/// the first probe's SNAT, with the port or ICMP id it was given.
+fn snat_line(probes: &[ProbeView], why: &str) -> String {
+    match request_rewrites(probes).find(|(_, n)| n.kind == "snat") {
+        Some((h, n)) => format!(
+            "SNAT {} at {} {} {}; {why}",
+            rewrite(n).1,
+            h.node,
+            h.iface,
+            h.dir
+        ),
+        None => "SNAT ?".to_owned(),
+    }
+}
+
 /// The summary block: verdict in words, then loss and rtt like ping(8).
 pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_pod: bool) -> String {
     let mut out = String::from("--- summary ---\n");
@@ -146,35 +175,17 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_po
     let verdict = match s.path {
         "direct" if dst_pod => format!("direct pod-to-pod: no NAT, no encapsulation{eni}"),
         "direct" => format!("direct: no NAT, no encapsulation{eni}"),
-        "snat" => {
-            let at = probes
-                .iter()
-                .flat_map(|p| &p.hops)
-                .find(|h| h.nat.as_ref().is_some_and(|n| n.kind == "snat"))
-                .map(|h| format!(" at {} {} {}", h.node, h.iface, h.dir))
-                .unwrap_or_default();
-            format!(
-                "SNAT {} -> {}{at}; the pod IP never leaves the node",
-                probes
-                    .iter()
-                    .flat_map(|p| &p.hops)
-                    .find_map(|h| h.nat.as_ref())
-                    .map_or("?", |n| n.from.as_str()),
-                s.snat_to.as_deref().unwrap_or("?")
-            )
-        }
+        "snat" => snat_line(probes, "the pod IP never leaves the node"),
         "dnat" => {
-            let from = probes
-                .iter()
-                .flat_map(|p| &p.hops)
-                .find_map(|h| h.nat.as_ref().filter(|n| n.kind == "dnat"))
-                .map_or("?", |n| n.from.as_str());
+            let from = request_rewrites(probes)
+                .find(|(_, n)| n.kind == "dnat")
+                .map_or("?", |(_, n)| n.from.as_str());
             let leaves = |b: &super::report::Backend| match &b.egress_eni {
                 Some(e) => format!("leaves {node} via {e}"),
                 None if b.same_node => format!("stays on {node}"),
                 None => String::new(),
             };
-            match s.backends.as_slice() {
+            let dnat = match s.backends.as_slice() {
                 [] => format!("DNAT {from} -> ?{eni}"),
                 [b] => {
                     let l = leaves(b);
@@ -197,6 +208,16 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_po
                         each.join("; ")
                     )
                 }
+            };
+            // A call that DNAT sent back to the caller's own pod is also
+            // SNATed, so that the reply comes back through conntrack.
+            if s.snat_to.is_some() {
+                format!(
+                    "{dnat}\n{}",
+                    snat_line(probes, "DNAT sent it back to the calling pod")
+                )
+            } else {
+                dnat
             }
         }
         _ => "path unknown: no hook saw the probes".to_owned(),
