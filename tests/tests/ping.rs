@@ -180,6 +180,17 @@ fn lab_paths_and_bad_input() {
         "{doc:#}"
     );
 
+    // UDP to the service's address, which has no UDP rule: the VPC
+    // router answers net unreachable. That is the probe's answer, not a
+    // timeout (the socket hears it only with IP_RECVERR).
+    let (code, doc, err) = ping(&[
+        "pod-1", &svc, "--proto", "udp", "--port", "80", "-c", "1", "-W", "2s",
+    ]);
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    let why = doc["summary"]["lost_at"].as_str().unwrap_or_default();
+    assert!(why.starts_with("net unreachable from "), "{doc:#}");
+    assert_eq!(doc["probes"][0]["reply"], why, "{doc:#}");
+
     // A DROP on node-b: no reply, lost after node-b's ENI ingress.
     let rule = [
         "-I",

@@ -352,6 +352,10 @@ fn run_tcp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
 
 fn run_udp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
     let sock = UdpSocket::bind("0.0.0.0:0")?;
+    // Every ICMP error about our datagrams, with the type and the sender:
+    // without it, a connected socket hears only "hard" errors (port
+    // unreachable), and a router's net unreachable reads as a timeout.
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
     sock.connect(SocketAddrV4::new(spec.dst, spec.port))?;
     let sport = sock.local_addr()?.port();
     let mut buf = [0u8; 1500];
@@ -370,17 +374,28 @@ fn run_udp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
                 res.rtt = Some(sent.elapsed());
                 res.reply = Some(format!("UDP reply from {}", spec.dst));
             }
-            // The connected socket reports the peer's ICMP port unreachable.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                res.rtt = Some(sent.elapsed());
-                res.reply = Some(format!("port unreachable from {}", spec.dst));
-            }
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) => return Err(e),
+            // An ICMP error about the datagram: its details wait in the
+            // socket's error queue.
+            Err(e) => match icmp_error_queued(&sock) {
+                Some((ty, code, from)) => {
+                    // The destination's own port unreachable is its answer;
+                    // anything else means the probe did not get there.
+                    if (ty, code) == (3, 3) && from == spec.dst {
+                        res.rtt = Some(sent.elapsed());
+                    }
+                    res.reply = Some(icmp_error(ty, code, from));
+                }
+                None if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    res.rtt = Some(sent.elapsed());
+                    res.reply = Some(format!("port unreachable from {}", spec.dst));
+                }
+                None => return Err(e),
+            },
         }
         if tx.blocking_send(Ok(res)).is_err() {
             return Ok(());
@@ -388,6 +403,34 @@ fn run_udp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
         pace(spec, seq, sent);
     }
     Ok(())
+}
+
+/// The oldest ICMP error queued on `sock` (`IP_RECVERR`): type, code and
+/// the address that sent it.
+fn icmp_error_queued(sock: &UdpSocket) -> Option<(u8, u8, Ipv4Addr)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+    let mut data = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut data)];
+    let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+    let msg = recvmsg::<SockaddrIn>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::Ipv4RecvErr(err, Some(from))
+            if err.ee_origin == libc::SO_EE_ORIGIN_ICMP =>
+        {
+            Some((
+                err.ee_type,
+                err.ee_code,
+                Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+            ))
+        }
+        _ => None,
+    })
 }
 
 #[cfg(test)]

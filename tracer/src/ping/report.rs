@@ -328,6 +328,11 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
     };
     let snat_to = snat.map(|n| n.to.split(':').next().unwrap_or(&n.to).to_owned());
     let lost_at = probes.iter().find(|p| p.rtt_us.is_none()).and_then(|p| {
+        // An ICMP error came back (`net unreachable from 192.168.1.1`):
+        // that is where and why.
+        if let Some(why) = &p.reply {
+            return Some(why.clone());
+        }
         let last = p.hops.last()?;
         let leg = match last.leg {
             Leg::Request => "request",
@@ -641,6 +646,13 @@ mod tests {
         assert_eq!(
             late.lost_at.as_deref(),
             Some("reply last seen at node-a eni1 egress, not received within the timeout (-W)")
+        );
+        // An ICMP error answered: it says why.
+        let mut refused = probe_view(1, None, &req, &rep, &topo());
+        refused.reply = Some("net unreachable from 192.168.1.1".into());
+        assert_eq!(
+            summarize(&[refused]).lost_at.as_deref(),
+            Some("net unreachable from 192.168.1.1")
         );
         let none = summarize(&[probe_view(1, None, &[], &[], &topo())]);
         assert_eq!(

@@ -93,7 +93,8 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
             hop_line(&mut out, h, widths);
         }
     }
-    if p.rtt_us.is_none() {
+    // A probe that an ICMP error answered says so in its first line.
+    if p.rtt_us.is_none() && p.reply.is_none() {
         let last_reply = p.hops.iter().rev().find(|h| h.leg == Leg::Reply);
         match requests.last() {
             // A reply was traced, but the sender did not get it in time.
