@@ -232,6 +232,10 @@ fn lab_paths_and_bad_input() {
             "needs --proto tcp or udp",
         ),
         (vec!["pod-1", "fd00::1"], "is an IPv6 address"),
+        (
+            vec!["pod-1", "127.0.0.1"],
+            "is not an address the probes can leave the pod for",
+        ),
         (vec!["pod-1", "192.168.2.0/24"], "is a CIDR"),
         (
             vec!["pod-1", "pod-3", "--netns", "/proc/self/ns/mnt"],

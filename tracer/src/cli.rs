@@ -39,7 +39,7 @@ pub struct FilterArgs {
     #[arg(long = "filter-proto", value_name = "PROTO")]
     pub proto: Option<Proto>,
     /// Keep TCP/UDP packets with this port on either side.
-    #[arg(long = "filter-port", value_name = "PORT")]
+    #[arg(long = "filter-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 }
 
@@ -47,8 +47,10 @@ pub struct FilterArgs {
 #[derive(Args, Clone, Debug)]
 pub struct ReportArgs {
     /// `packets`: every matching packet becomes an event (tcpdump-like).
-    /// `flows`: only the first packets of each flow at each hook, podtrace's
-    /// probes and 1-in-N samples; counters stay exact either way.
+    /// `flows`: only the first packets of each flow at each hook (the
+    /// first two on each CPU: a flow whose packets move between CPUs is
+    /// reported again on each), podtrace's probes and 1-in-N samples;
+    /// counters stay exact either way.
     #[arg(long, value_enum, default_value_t = Mode::Packets)]
     pub mode: Mode,
     /// Bytes of each packet to copy, from the Ethernet header (1-256).
@@ -295,6 +297,20 @@ mod tests {
             parse_positive_duration("1ms").unwrap(),
             Duration::from_millis(1)
         );
+    }
+
+    #[test]
+    fn a_filter_port_is_a_port() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            f: FilterArgs,
+        }
+        // 0 would mean "no filter" to the kernel: refused, not ignored.
+        assert!(T::try_parse_from(["t", "--filter-port", "0"]).is_err());
+        let t = T::try_parse_from(["t", "--filter-port", "80"]).unwrap();
+        assert_eq!(t.f.port, Some(80));
     }
 
     #[test]

@@ -49,7 +49,11 @@ Examples:
 At exit, per interface and direction: pkts and B (IPv4 packets and bytes
 the filter kept), seen (every packet at the hook), matched (kept by the
 filter), events (records received), lost (records the kernel could not
-hand over: raise --ring-size).")]
+hand over: raise --ring-size).
+
+Lines read like tcpdump's, except `length`: podtrace gives the IP
+packet's length (a TCP SYN: length 60), where tcpdump gives the
+transport payload's (length 0).")]
     Capture(capture::CaptureArgs),
     /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
     /// path made of network namespaces on this host.

@@ -95,6 +95,17 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     let dst = resolve_dst(&pods, &args.dst)?;
     let dst_ip = dst.0;
     let dst_end = dst.1;
+    if dst_ip.is_loopback()
+        || dst_ip.is_unspecified()
+        || dst_ip.is_multicast()
+        || dst_ip.is_broadcast()
+    {
+        return Err(UsageError(format!(
+            "{dst_ip} is not an address the probes can leave the pod for (loopback, unspecified, \
+             multicast or broadcast); give a pod's name or its IPv4 address"
+        ))
+        .into());
+    }
     if dst_ip == src_ip {
         return Err(UsageError(format!(
             "source and destination are the same ({src_ip}): the probes would never leave the \
