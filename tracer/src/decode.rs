@@ -40,6 +40,10 @@ pub enum L3 {
         ttl: u8,
         /// Protocol number.
         proto: u8,
+        /// Fragment bits: [`MORE_FRAGMENTS`], and the offset in units of
+        /// 8 bytes (`& 0x1fff`); 0 for a whole datagram. Only a first
+        /// fragment (offset 0) carries the transport header.
+        frag: u16,
     },
     /// ARP request or reply.
     Arp {
@@ -70,6 +74,9 @@ pub enum L3 {
     /// Anything else, by EtherType.
     Other(u16),
 }
+
+/// The IPv4 "more fragments" flag, in [`L3::Ipv4`]'s `frag`.
+pub const MORE_FRAGMENTS: u16 = 0x2000;
 
 /// The transport layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,6 +324,7 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
                 total_len: h.total_len(),
                 ttl: h.ttl(),
                 proto: h.protocol().0,
+                frag: (u16::from(h.more_fragments()) << 13) | h.fragments_offset().value(),
             };
         }
         Some(LaxNetSlice::Ipv6(ip)) => {
@@ -383,10 +391,89 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
             };
             i.payload()
         }
-        _ => &[],
+        // etherparse leaves a fragment's transport alone; the first
+        // fragment has the header, read as the fast path reads it.
+        _ => match pkt.l3 {
+            L3::Ipv4 {
+                proto,
+                frag: MORE_FRAGMENTS,
+                ..
+            } if matches!(proto, 1 | 6 | 17) => ipv4_payload(frame)
+                .and_then(|t| l4_header(proto, t, pkt))
+                .unwrap_or(&[]),
+            _ => &[],
+        },
     };
     pkt.probe = payload.starts_with(&PROBE_MAGIC);
     pkt.payload_hash = payload_hash(payload);
+}
+
+/// The IPv4 payload of an Ethernet frame, as far as the header's total
+/// length and the capture go (the whole capture when the length is off).
+fn ipv4_payload(frame: &[u8]) -> Option<&[u8]> {
+    const ETH: usize = 14;
+    let ip = frame.get(ETH..)?;
+    let ihl = usize::from(*ip.first()? & 0x0f) * 4;
+    if ihl < 20 || ip.len() < ihl {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    Some(if total < ihl || total > ip.len() {
+        &ip[ihl..]
+    } else {
+        &ip[ihl..total]
+    })
+}
+
+/// Reads a TCP, UDP or ICMP header at the start of `t` into `pkt.l4` and
+/// returns the payload after it; None, with `pkt` untouched, when `t` is
+/// too short for it or it is one etherparse reads differently.
+#[inline]
+fn l4_header<'a>(proto: u8, t: &'a [u8], pkt: &mut Packet) -> Option<&'a [u8]> {
+    Some(match proto {
+        6 => {
+            let doff = usize::from(t.get(12).copied().unwrap_or(0) >> 4) * 4;
+            if t.len() < 20 || doff < 20 || t.len() < doff {
+                return None;
+            }
+            pkt.l4 = L4::Tcp {
+                sport: u16::from_be_bytes([t[0], t[1]]),
+                dport: u16::from_be_bytes([t[2], t[3]]),
+                seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+                ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+                flags: t[13],
+            };
+            &t[doff..]
+        }
+        17 => {
+            if t.len() < 8 {
+                return None;
+            }
+            pkt.l4 = L4::Udp {
+                sport: u16::from_be_bytes([t[0], t[1]]),
+                dport: u16::from_be_bytes([t[2], t[3]]),
+            };
+            let len = usize::from(u16::from_be_bytes([t[4], t[5]]));
+            if t.len() < len || len < 8 {
+                &t[8..]
+            } else {
+                &t[8..len]
+            }
+        }
+        _ => {
+            // Timestamps (13, 14) have a 20-byte header in etherparse.
+            if t.len() < 8 || matches!(t[0], 13 | 14) {
+                return None;
+            }
+            pkt.l4 = L4::Icmp {
+                ty: t[0],
+                code: t[1],
+                id: u16::from_be_bytes([t[4], t[5]]),
+                seq: u16::from_be_bytes([t[6], t[7]]),
+            };
+            &t[8..]
+        }
+    })
 }
 
 /// An ICMP or ICMPv6 header's bytes 5 to 8: an echo's identifier and
@@ -399,8 +486,8 @@ fn echo_id_seq(b: [u8; 4]) -> (u16, u16) {
 }
 
 /// The common case of [`decode_frame`], read straight from the bytes:
-/// Ethernet II, an unfragmented IPv4 header (options allowed, no AH) and a
-/// whole TCP, UDP or ICMP header. Gives exactly what etherparse's lax
+/// Ethernet II, an IPv4 header (options allowed, no AH) and a whole TCP,
+/// UDP or ICMP header (none after a fragment's first). Gives exactly what etherparse's lax
 /// parser gives (see the differential test); `false`, with `pkt` untouched,
 /// for anything else, which etherparse then decodes.
 #[inline]
@@ -425,54 +512,14 @@ fn fast_ipv4(frame: &[u8], pkt: &mut Packet) -> bool {
     } else {
         &ip[ihl..total]
     };
-    let fragmented = be16(ETH + 6) & 0x3fff != 0;
-    let payload: &[u8] = if fragmented {
+    let frag = be16(ETH + 6) & 0x3fff;
+    // Only a first fragment (offset 0) carries the transport header.
+    let payload: &[u8] = if frag & 0x1fff != 0 {
         &[]
     } else {
-        let t = ip_payload;
-        match proto {
-            6 => {
-                let doff = usize::from(t.get(12).copied().unwrap_or(0) >> 4) * 4;
-                if t.len() < 20 || doff < 20 || t.len() < doff {
-                    return false;
-                }
-                pkt.l4 = L4::Tcp {
-                    sport: u16::from_be_bytes([t[0], t[1]]),
-                    dport: u16::from_be_bytes([t[2], t[3]]),
-                    seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
-                    ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
-                    flags: t[13],
-                };
-                &t[doff..]
-            }
-            17 => {
-                if t.len() < 8 {
-                    return false;
-                }
-                pkt.l4 = L4::Udp {
-                    sport: u16::from_be_bytes([t[0], t[1]]),
-                    dport: u16::from_be_bytes([t[2], t[3]]),
-                };
-                let len = usize::from(u16::from_be_bytes([t[4], t[5]]));
-                if t.len() < len || len < 8 {
-                    &t[8..]
-                } else {
-                    &t[8..len]
-                }
-            }
-            _ => {
-                // Timestamps (13, 14) have a 20-byte header in etherparse.
-                if t.len() < 8 || matches!(t[0], 13 | 14) {
-                    return false;
-                }
-                pkt.l4 = L4::Icmp {
-                    ty: t[0],
-                    code: t[1],
-                    id: u16::from_be_bytes([t[4], t[5]]),
-                    seq: u16::from_be_bytes([t[6], t[7]]),
-                };
-                &t[8..]
-            }
+        match l4_header(proto, ip_payload, pkt) {
+            Some(p) => p,
+            None => return false,
         }
     };
     pkt.l3 = L3::Ipv4 {
@@ -482,6 +529,7 @@ fn fast_ipv4(frame: &[u8], pkt: &mut Packet) -> bool {
         total_len,
         ttl: ip[8],
         proto,
+        frag,
     };
     pkt.probe = payload.starts_with(&PROBE_MAGIC);
     pkt.payload_hash = payload_hash(payload);
@@ -564,6 +612,28 @@ impl fmt::Display for Packet {
             L3::Other(_) if self.cap_len < 14 => return write!(f, "[|ether], length {}", self.len),
             L3::Other(et) => return write!(f, "ethertype 0x{et:04x}, length {}", self.len),
         };
+        self.fmt_l4(f, ip, src, dst, len, proto)?;
+        // The first fragment of a datagram: its header reads as usual, and
+        // the later fragments give the same id.
+        match self.l3 {
+            L3::Ipv4 { id, frag, .. } if frag == MORE_FRAGMENTS && self.l4 != L4::None => {
+                write!(f, ", fragment id {id} offset 0+")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Packet {
+    fn fmt_l4(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        ip: &str,
+        src: IpAddr,
+        dst: IpAddr,
+        len: u32,
+        proto: u8,
+    ) -> fmt::Result {
         match self.l4 {
             L4::Tcp {
                 sport,
@@ -610,7 +680,17 @@ impl fmt::Display for Packet {
                 }?;
                 write!(f, ", length {len}")
             }
-            _ => write!(f, "{ip} {src} > {dst}: proto {proto}, length {len}"),
+            _ => match self.l3 {
+                // A later fragment: tcpdump's `ip-proto-N`, and which
+                // datagram and where in it, which tcpdump shows with -v.
+                L3::Ipv4 { id, frag, .. } if frag & 0x1fff != 0 => write!(
+                    f,
+                    "{ip} {src} > {dst}: ip-proto-{proto}, fragment id {id} offset {}{}, length {len}",
+                    u32::from(frag & 0x1fff) * 8,
+                    if frag & MORE_FRAGMENTS != 0 { "+" } else { "" }
+                ),
+                _ => write!(f, "{ip} {src} > {dst}: proto {proto}, length {len}"),
+            },
         }
     }
 }
@@ -670,6 +750,44 @@ mod tests {
 
     fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
         PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+    }
+
+    /// A ping too big for the MTU: the first fragment decodes as the echo
+    /// it starts, the later ones say which datagram they belong to.
+    #[test]
+    fn fragments_say_which_datagram_they_belong_to() {
+        let whole = frame!(
+            eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .icmpv4_echo_request(0x1234, 7),
+            &[0; 64],
+        );
+        let fragment = |flags_offset: u16| {
+            let mut f = whole.clone();
+            f[18..20].copy_from_slice(&0x4242u16.to_be_bytes());
+            f[20..22].copy_from_slice(&flags_offset.to_be_bytes());
+            decode_frame(&f)
+        };
+        let first = fragment(MORE_FRAGMENTS);
+        assert_eq!(
+            first.to_string(),
+            "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 92, \
+             fragment id 16962 offset 0+"
+        );
+        assert!(matches!(first.l4, L4::Icmp { ty: 8, .. }));
+        // Offset 185 x 8 = 1480; then the last one.
+        assert_eq!(
+            fragment(MORE_FRAGMENTS | 185).to_string(),
+            "IP 10.0.0.1 > 10.0.0.2: ip-proto-1, fragment id 16962 offset 1480+, length 92"
+        );
+        let last = fragment(370);
+        assert_eq!(last.l4, L4::None);
+        assert_eq!(
+            last.to_string(),
+            "IP 10.0.0.1 > 10.0.0.2: ip-proto-1, fragment id 16962 offset 2960, length 92"
+        );
+        // A whole datagram is not marked.
+        assert!(!decode_frame(&whole).to_string().contains("fragment"));
     }
 
     #[test]

@@ -944,6 +944,7 @@ mod tests {
                 total_len: 92,
                 ttl: 64,
                 proto: 17,
+                frag: 0,
             },
             L3::Ipv4 {
                 src: Ipv4Addr::new(0, 0, 0, 0),
@@ -952,6 +953,7 @@ mod tests {
                 total_len: u16::MAX,
                 ttl: 255,
                 proto: 255,
+                frag: 0x3fff,
             },
             L3::Arp {
                 op: 1,

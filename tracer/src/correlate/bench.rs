@@ -42,6 +42,7 @@ fn packet(
             total_len: 84,
             ttl: 64,
             proto: 17,
+            frag: 0,
         },
         l4: L4::Udp {
             sport: ports.0,

@@ -94,6 +94,7 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
         total_len,
         ttl,
         proto,
+        ..
     } = pkt.l3
     else {
         return None;

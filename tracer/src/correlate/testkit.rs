@@ -200,6 +200,7 @@ impl Pkt {
                 total_len: 84,
                 ttl: self.ttl,
                 proto: self.proto,
+                frag: 0,
             },
             l4: self.l4,
             payload_hash: self.payload_hash,

@@ -251,6 +251,7 @@ fn packet(&(cookie, ifindex, dir, src, dst, l4): &Seen, ts_ns: u64, hash: u64, n
             total_len: 84,
             ttl: 64,
             proto,
+            frag: 0,
         },
         l4,
         payload_hash: hash,
