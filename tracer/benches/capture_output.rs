@@ -119,6 +119,7 @@ fn packets() -> Vec<Packet> {
                     total_len: 92,
                     ttl: 64,
                     proto,
+                    frag: 0,
                 },
                 l4,
                 payload_hash: u64::from(i),
