@@ -216,7 +216,11 @@ fn lab_paths_and_bad_input() {
         (vec!["pod-9", "pod-3"], "pod \"pod-9\" not found"),
         (
             vec!["pod-3", "pod-1", "--netns", "node-a"],
-            "not a pod on a traced node",
+            "pod-3 (192.168.2.11) runs on node-b, which is not traced here (node-a)",
+        ),
+        (
+            vec!["192.168.1.99", "pod-1"],
+            "192.168.1.99 is not a pod on a traced node (node-a, node-b): none of them",
         ),
         (vec!["pod-1", "nosuchpod"], "not found"),
         (

@@ -120,7 +120,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|n| Netns::open(n).map(Arc::new))
         .collect::<Result<_, _>>()?;
-    let src_netns = find_pod_netns(&nodes, src_ip).await?;
+    let src_netns = find_pod_netns(&nodes, src_ip, &src_end).await?;
     if let Some(n) = note
         && !args.json
     {
@@ -292,7 +292,11 @@ fn resolve_dst(pods: &PodSet, spec: &str) -> anyhow::Result<(Ipv4Addr, Endpoint)
     }
 }
 
-async fn find_pod_netns(nodes: &[Arc<Netns>], ip: Ipv4Addr) -> anyhow::Result<std::path::PathBuf> {
+async fn find_pod_netns(
+    nodes: &[Arc<Netns>],
+    ip: Ipv4Addr,
+    src: &Endpoint,
+) -> anyhow::Result<std::path::PathBuf> {
     let mut last = None;
     for node in nodes {
         match pods::pod_netns(node, ip).await {
@@ -301,10 +305,27 @@ async fn find_pod_netns(nodes: &[Arc<Netns>], ip: Ipv4Addr) -> anyhow::Result<st
         }
     }
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    // Where the pod list says the pod runs, when that is not traced here.
+    if let (Some(pod), Some(node)) = (&src.pod, &src.node)
+        && !names.contains(&node.as_str())
+    {
+        return Err(UsageError(format!(
+            "{pod} ({ip}) runs on {node}, which is not traced here ({}): add {node}'s \
+             namespace with --netns, or run podtrace on {node}",
+            names.join(", ")
+        ))
+        .into());
+    }
+    // One node's reason names that node; with several, none of them
+    // routes the address to a pod.
+    let why = match (nodes.len(), last) {
+        (1, Some(e)) => format!(": {e}"),
+        (n, _) if n > 1 => ": none of them routes it to a pod veth".to_owned(),
+        _ => String::new(),
+    };
     Err(UsageError(format!(
-        "{ip} is not a pod on a traced node ({}){}",
-        names.join(", "),
-        last.map(|e| format!(": {e}")).unwrap_or_default()
+        "{ip} is not a pod on a traced node ({}){why}",
+        names.join(", ")
     ))
     .into())
 }
