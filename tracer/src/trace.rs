@@ -361,7 +361,13 @@ impl Printer {
         }
         let mut block = format::flow(f);
         if let Some(ct) = &f.conntrack {
-            let t = |t: &correlate::Tuple| format!("{}:{} > {}:{}", t.src, t.sport, t.dst, t.dport);
+            // Conntrack keys ICMP by the echo id, kept in `sport`; its
+            // other "port" is no port at all.
+            let t = |t: &correlate::Tuple| match t.proto {
+                6 | 17 => format!("{}:{} > {}:{}", t.src, t.sport, t.dst, t.dport),
+                1 => format!("{} > {} id {}", t.src, t.dst, t.sport.max(t.dport)),
+                _ => format!("{} > {}", t.src, t.dst),
+            };
             block = block.trim_end().to_owned();
             block.push_str(&format!(
                 "\n  conntrack original {}  reply {}\n",
