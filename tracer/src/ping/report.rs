@@ -340,6 +340,11 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
         };
         let late = if last.leg == Leg::Reply {
             ", not received within the timeout (-W)"
+        } else if last.role == "pod" && last.dir == "egress" && p.hops.len() > 1 {
+            // Handed to the destination pod: the path worked, the pod did
+            // not answer (nothing listens, a policy inside it, or the
+            // kernel's ICMP rate limit on port unreachable).
+            ": delivered to the pod, which did not answer"
         } else {
             ""
         };
@@ -639,6 +644,17 @@ mod tests {
         assert_eq!(
             s.lost_at.as_deref(),
             Some("request last seen at node-b ens5 ingress")
+        );
+        // Handed to the destination pod, and no answer.
+        let mut delivered = req.to_vec();
+        delivered.push(icmp(NODE_B, 5, Egress, 4_000, a, b, 8, 9));
+        assert_eq!(
+            summarize(&[probe_view(1, None, &delivered, &[], &topo())])
+                .lost_at
+                .as_deref(),
+            Some(
+                "request last seen at node-b eni3 egress: delivered to the pod, which did not answer"
+            )
         );
         // The reply came back to the source's veth, but after the timeout.
         let rep = [icmp(NODE_A, 5, Egress, 4_000, b, a, 0, 9)];

@@ -105,6 +105,13 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
                     r.node, r.iface, r.dir
                 );
             }
+            Some(last) if last.role == "pod" && last.dir == "egress" && requests.len() > 1 => {
+                let _ = writeln!(
+                    out,
+                    "   x delivered to the pod at {} {}; no answer came back",
+                    last.node, last.iface
+                );
+            }
             Some(last) => {
                 let _ = writeln!(
                     out,
