@@ -79,20 +79,30 @@ pub fn rewrite_change(r: &Rewrite) -> String {
     }
 }
 
-/// `SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 egress`,
-/// with `(reverse, on the reply)` for the reverse translation. "Seen at":
-/// the first hook after the rewrite, not where netfilter made it (DNAT
-/// happens in PREROUTING, before the packet reaches the ENI).
+/// `SNAT`, or `un-SNAT` where conntrack undoes it on the reply (as
+/// `ping` names it).
+pub fn rule(r: &Rewrite) -> String {
+    if r.reverse {
+        format!("un-{}", r.kind)
+    } else {
+        r.kind.to_string()
+    }
+}
+
+/// `SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 egress`;
+/// the reverse translation is `un-SNAT ... (conntrack, on the reply)`.
+/// "Seen at": the first hook after the rewrite, not where netfilter made
+/// it (DNAT happens in PREROUTING, before the packet reaches the ENI).
 pub fn rewrite(r: &Rewrite) -> String {
     format!(
         "{:8} {} seen at {} {} {}{}",
-        r.kind,
+        rule(r),
         rewrite_change(r),
         r.at.node,
         r.at.iface,
         r.dir,
         if r.reverse {
-            " (reverse, on the reply)"
+            " (conntrack, on the reply)"
         } else {
             ""
         }
@@ -134,12 +144,12 @@ pub fn hops(j: &Journey) -> String {
             times[i], h.place.node, h.place.iface, h.dir, roles[i], h.tuple
         );
         for r in j.rewrites.iter().filter(|r| r.hop == i) {
-            let rev = if r.reverse { " (reverse)" } else { "" };
+            let how = if r.reverse { " (conntrack)" } else { "" };
             let _ = writeln!(
                 out,
-                "   {:wt$}  ^ {}{rev}  {}",
+                "   {:wt$}  ^ {}{how}  {}",
                 "",
-                r.kind,
+                rule(r),
                 rewrite_change(r)
             );
         }
@@ -376,7 +386,7 @@ mod tests {
   reply    node-a ens5 (ENI 0) > pod-1 veth
   ENI      out node-a ens5 (ENI 0), in node-a ens5 (ENI 0)
   SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 egress
-  SNAT     192.168.1.5 -> 192.168.1.21 (icmp id 20946 -> 4711) seen at node-a eni-pod-1 egress (reverse, on the reply)
+  un-SNAT  192.168.1.5 -> 192.168.1.21 (icmp id 20946 -> 4711) seen at node-a eni-pod-1 egress (conntrack, on the reply)
   latency  request: pod veth > ENI 0.015 ms, first > last hop 0.015 ms
   latency  reply: ENI > pod veth 0.012 ms, first > last hop 0.012 ms
   counters request 1 pkts 98 B, reply 1 pkts 98 B

@@ -197,12 +197,12 @@ fn section(out: &mut Vec<Line<'static>>, name: &str, s: &FlowSide, w: &Widths) {
         spans.extend(tuple_spans(&h.tuple, prev.map(|p| &p.tuple)));
         out.push(Line::from(spans));
         for r in s.rewrites.iter().filter(|r| r.hop == i) {
-            let rev = if r.reverse { " (reverse)" } else { "" };
+            let how = if r.reverse { " (conntrack)" } else { "" };
             out.push(Line::from(Span::styled(
                 format!(
-                    "  {:>11}  ^ {}{rev} {}",
+                    "  {:>11}  ^ {}{how} {}",
                     "",
-                    r.kind,
+                    format::rule(r),
                     format::rewrite_change(r)
                 ),
                 CHANGED,

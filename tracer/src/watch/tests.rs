@@ -141,7 +141,7 @@ fn detail() {
             "    +0.007 ms  node-b  ens5            egress   ENI 0 (primary)     192.168.32.21.5353 > 192.168.16.20.1025",
             "    +0.007 ms  node-a  ens6            ingress  ENI 1               192.168.32.21.5353 > 192.168.16.20.1025",
             "    +0.007 ms  node-a  eni10000000000  egress   pod veth of pod-a0  10.100.0.10.53 > 192.168.16.20.1025",
-            "               ^ DNAT (reverse) 192.168.32.21:5353 -> 10.100.0.10:53",
+            "               ^ un-DNAT (conntrack) 192.168.32.21:5353 -> 10.100.0.10:53",
             "",
             " 4/4 flows  sort: last seen ▼  | q quit  ↑↓ move  Enter details  / filter  s sort  space pause  ? help",
         ],
