@@ -29,6 +29,20 @@ const PREFIX: &str = "podtrace-";
 /// takes well under a second; a podtrace in another PID namespace (a
 /// container sharing the node's bpffs) has a PID that ours may not show.
 const SWEEP_AFTER: Duration = Duration::from_secs(60);
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO`): in it,
+/// every process of the machine has a `/proc` entry.
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// How old a gone process's directory must be before it is swept: at
+/// once where `/proc` shows every process (a podtrace killed during its
+/// start left it), [`SWEEP_AFTER`] elsewhere.
+fn sweep_after() -> Duration {
+    if fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO) {
+        Duration::ZERO
+    } else {
+        SWEEP_AFTER
+    }
+}
 
 /// A directory of pins, gone when dropped.
 #[derive(Debug)]
@@ -53,7 +67,7 @@ impl Pins {
         let bpffs = Path::new(BPFFS);
         let shared = if is_bpffs(bpffs) {
             if first {
-                sweep(bpffs, SWEEP_AFTER);
+                sweep(bpffs, sweep_after());
             }
             match fresh_dir(bpffs) {
                 Ok(dir) => {
@@ -74,8 +88,9 @@ impl Pins {
             "/dev".into(),
         ];
         if first {
+            let age = sweep_after();
             for p in &parents {
-                sweep(p, SWEEP_AFTER);
+                sweep(p, age);
             }
         }
         let dir = parents
