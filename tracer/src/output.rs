@@ -708,17 +708,7 @@ pub fn totals(session: &Session) -> anyhow::Result<String> {
 
 /// `24.1 KB`.
 pub fn human_bytes(b: u64) -> String {
-    #[expect(clippy::cast_precision_loss, reason = "display only")]
-    let f = b as f64;
-    if b < 1000 {
-        format!("{b} B")
-    } else if b < 1_000_000 {
-        format!("{:.1} KB", f / 1e3)
-    } else if b < 1_000_000_000 {
-        format!("{:.1} MB", f / 1e6)
-    } else {
-        format!("{:.2} GB", f / 1e9)
-    }
+    crate::correlate::format::bytes(b)
 }
 
 #[cfg(test)]
@@ -1215,6 +1205,10 @@ mod tests {
         assert_eq!(human_bytes(999), "999 B");
         assert_eq!(human_bytes(24_100), "24.1 KB");
         assert_eq!(human_bytes(3_500_000), "3.5 MB");
+        // Rounded, as the flow lines round: one count, one text.
+        assert_eq!(human_bytes(162_582), "162.6 KB");
+        assert_eq!(human_bytes(999_960), "1.0 MB");
+        assert_eq!(human_bytes(2_340_000_000), "2.3 GB");
     }
 
     #[test]

@@ -40,11 +40,18 @@ pub fn ms(ns: u64) -> String {
 
 /// `512 B`, `24.1 KB`, `3.2 MB` (powers of 1000, like the capture totals).
 pub fn bytes(n: u64) -> String {
-    match n {
-        0..1_000 => format!("{n} B"),
-        1_000..1_000_000 => format!("{}.{} KB", n / 1_000, n / 100 % 10),
-        _ => format!("{}.{} MB", n / 1_000_000, n / 100_000 % 10),
+    if n < 1_000 {
+        return format!("{n} B");
     }
+    // Rounded to a tenth, in the unit where that stays under 1000.
+    let mut tenths = 0;
+    for (unit, div) in [("KB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000)] {
+        tenths = (n + div / 20) / (div / 10);
+        if tenths < 10_000 || unit == "GB" {
+            return format!("{}.{} {unit}", tenths / 10, tenths % 10);
+        }
+    }
+    format!("{tenths}")
 }
 
 /// One side of a flow: `default/pod-1 (192.168.1.21, node-a)`, or the
@@ -417,7 +424,9 @@ mod tests {
         assert_eq!(ms(1_234_567), "1.234 ms");
         assert_eq!(ms(999), "0.000 ms");
         assert_eq!(bytes(999), "999 B");
-        assert_eq!(bytes(24_150), "24.1 KB");
-        assert_eq!(bytes(3_250_000), "3.2 MB");
+        // Rounded to the nearest tenth, as the exit totals are.
+        assert_eq!(bytes(24_140), "24.1 KB");
+        assert_eq!(bytes(24_150), "24.2 KB");
+        assert_eq!(bytes(3_250_000), "3.3 MB");
     }
 }
