@@ -13,7 +13,7 @@ use ratatui::{
 
 use super::{
     app::App,
-    row::{pod_display, proto_cell},
+    row::{flow_proto_cell, pod_display},
     ui::label_style,
 };
 use crate::correlate::{Flow, FlowSide, Hop, Place, Tuple, format};
@@ -109,7 +109,7 @@ fn summary(f: &Flow) -> Line<'static> {
     let labels: Vec<&str> = f.labels.iter().map(|l| l.name()).collect();
     Line::from(vec![
         Span::styled(
-            format!(" {}", proto_cell(t)),
+            format!(" {}", flow_proto_cell(f)),
             Style::new().add_modifier(Modifier::BOLD),
         ),
         Span::raw(format!(
@@ -181,11 +181,12 @@ fn section(out: &mut Vec<Line<'static>>, name: &str, s: &FlowSide, w: &Widths) {
         )),
     ]));
     let mut prev: Option<&Hop> = None;
+    // Time since the first hop, as ping and trace give it.
+    let first_ns = s.path.first().map_or(0, |h| h.ts_ns);
     for (i, h) in s.path.iter().enumerate() {
-        let gap = prev.map_or(0, |p| h.ts_ns.saturating_sub(p.ts_ns));
         let mut spans = vec![Span::raw(format!(
             "  {:>11}  {:wn$}  {:wi$}  {:7}  {:wr$}  ",
-            format!("+{}", format::ms(gap)),
+            format!("+{}", format::ms(h.ts_ns.saturating_sub(first_ns))),
             h.place.node,
             h.place.iface,
             h.dir.to_string(),

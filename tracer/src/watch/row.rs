@@ -206,6 +206,22 @@ pub fn proto_cell(t: &Tuple) -> String {
 /// both changed (`DNAT 10.100.0.10:53>192.168.32.21:5353`): a port that
 /// a rewrite changed is never left out. ICMP has no ports: its echo id
 /// shows only when nothing else changed (`SNAT id 7>1024`).
+/// [`proto_cell`] of a flow with the server's port as the request reached
+/// it, after any DNAT: the row names one endpoint, never the service's
+/// address with the backend's port or the other way round.
+pub fn flow_proto_cell(f: &Flow) -> String {
+    let t = &f.tuple;
+    let server = f.request.path.last().map_or(*t, |h| h.tuple);
+    proto_cell(&Tuple {
+        dport: if matches!(t.proto, 6 | 17) {
+            server.dport
+        } else {
+            t.dport
+        },
+        ..*t
+    })
+}
+
 fn nat_cell(out: &mut String, kind: &str, proto: u8, c: (Ipv4Addr, u16, Ipv4Addr, u16)) {
     if !out.is_empty() {
         out.push(' ');
@@ -270,20 +286,9 @@ impl FlowRow {
     fn format(&mut self, f: &Flow, ident: Ident) {
         let t = &f.tuple;
         self.src = endpoint(t.src, f.client_pod.as_ref());
-        // The server as the request reached it, after any DNAT, with the
-        // port it reached there: the cells name one endpoint, never the
-        // service's address with the backend's port or the other way.
-        let server = f.request.path.last().map_or(*t, |h| h.tuple);
-        let server_ip = server.dst;
+        let server_ip = f.request.path.last().map_or(t.dst, |h| h.tuple.dst);
         self.dst = endpoint(server_ip, f.server_pod.as_ref());
-        self.proto = proto_cell(&Tuple {
-            dport: if matches!(t.proto, 6 | 17) {
-                server.dport
-            } else {
-                t.dport
-            },
-            ..*t
-        });
+        self.proto = flow_proto_cell(f);
         self.labels = f.labels;
         self.label = f
             .labels
@@ -407,9 +412,11 @@ pub fn rate_cell(r: f64) -> String {
     }
 }
 
-/// Time since `last_ns` at `now_ns`: `now`, `3s`, `5m`, `2h`.
+/// Time since `last_ns` at `now_ns`: `now`, `3s`, `5m`, `2h`. Counted in
+/// whole seconds of the clock, as [`FlowRow::key`] sorts: two flows that
+/// sort together show the same age, and an older one never shows less.
 pub fn ago_cell(now_ns: u64, last_ns: u64) -> String {
-    let s = now_ns.saturating_sub(last_ns) / 1_000_000_000;
+    let s = (now_ns / 1_000_000_000).saturating_sub(last_ns / 1_000_000_000);
     match s {
         0 => "now".to_owned(),
         1..60 => format!("{s}s"),
@@ -453,5 +460,19 @@ mod tests {
             "SNAT 192.168.16.21>192.168.16.5"
         );
         assert_eq!(cell(1, ("10.0.1.5", 7, "10.0.1.5", 9)), "SNAT id 7>9");
+    }
+
+    /// Rows sort by the second their flow was last seen; the age they
+    /// show must follow that order, whatever the fraction of now.
+    #[test]
+    fn the_age_shown_follows_the_sort() {
+        use super::ago_cell;
+        let s = 1_000_000_000;
+        let now = 100 * s + 500_000_000;
+        // Both last seen in second 88: the same age, though 0.8 s apart.
+        assert_eq!(ago_cell(now, 88 * s + 900_000_000), "12s");
+        assert_eq!(ago_cell(now, 88 * s + 100_000_000), "12s");
+        assert_eq!(ago_cell(now, 89 * s), "11s");
+        assert_eq!(ago_cell(now, 100 * s), "now");
     }
 }

@@ -336,10 +336,18 @@ fn footer(frame: &mut Frame, area: Rect, app: &App) {
                 Style::new().fg(Color::Cyan),
             ));
         }
-        spans.push(Span::styled(
-            "  | q quit  ↑↓ move  Enter details  / filter  s sort  space pause  ? help",
-            dim,
-        ));
+        // The keys, as many as the width leaves room for: `? help` and
+        // `q quit` always.
+        const KEYS: &str =
+            "  | q quit  ↑↓ move  Enter details  / filter  s sort  space pause  ? help";
+        const FEW: &str = "  | q quit  ? help";
+        let used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
+        let keys = if used + KEYS.chars().count() <= usize::from(area.width) {
+            KEYS
+        } else {
+            FEW
+        };
+        spans.push(Span::styled(keys, dim));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -371,6 +379,9 @@ fn help(frame: &mut Frame, area: Rect) {
         .collect();
     lines.push(Line::from(
         " Labels: direct (no NAT), snat, dnat, asymmetric-eni, incomplete",
+    ));
+    lines.push(Line::from(
+        " A flow idle for 60 s leaves the table (the header counts them).",
     ));
     let h = u16::try_from(lines.len()).unwrap_or(u16::MAX) + 2;
     let r = area.centered(
