@@ -39,20 +39,20 @@ struct PingArgs {
     src: String,
     /// Destination: a pod (name or namespace/name), an IP, or a hostname.
     dst: String,
-    /// Number of probes.
-    #[arg(short = 'c', long)]
+    /// Number of probes (1-10000).
+    #[arg(short = 'c', long, value_parser = clap::value_parser!(u16).range(1..=10000))]
     count: Option<u16>,
     /// Time between probes (e.g. 200ms, 1s).
-    #[arg(short = 'i', long)]
+    #[arg(short = 'i', long, value_parser = duration)]
     interval: Option<String>,
-    /// How long to wait for each reply.
-    #[arg(short = 'W', long)]
+    /// How long to wait for each reply (more than 0).
+    #[arg(short = 'W', long, value_parser = positive_duration)]
     timeout: Option<String>,
-    /// Probe protocol: icmp, tcp or udp.
-    #[arg(long)]
+    /// Probe protocol.
+    #[arg(long, value_parser = ["icmp", "tcp", "udp"])]
     proto: Option<String>,
     /// Destination port for --proto tcp|udp.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), requires = "proto")]
     port: Option<u16>,
     /// podtrace prints one JSON document.
     #[arg(long)]
@@ -190,10 +190,71 @@ async fn client(c: &ClusterArgs) -> Result<(Client, String, String)> {
     ))
 }
 
+/// A duration as podtrace reads one (`500ms`, `2s`, `1m`, or seconds),
+/// checked here so that a typo fails before a debug pod is made; passed on
+/// as written.
+fn duration(s: &str) -> Result<String, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    match (num.parse::<f64>(), unit) {
+        (Ok(v), "ms" | "s" | "m") if v.is_finite() && v >= 0.0 => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not a duration (e.g. 500ms, 2s, 1m)")),
+    }
+}
+
+/// [`duration`], more than 0.
+fn positive_duration(s: &str) -> Result<String, String> {
+    let d = duration(s)?;
+    let num = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if num.parse::<f64>().is_ok_and(|v| v == 0.0) {
+        return Err(format!(
+            "{s:?} is no time at all: give more than 0 (e.g. 500ms, 2s)"
+        ));
+    }
+    Ok(d)
+}
+
 /// Distinguishes this run's debug pod from others on the same node.
 fn suffix() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     t.subsec_nanos() ^ std::process::id().rotate_left(20)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Cli;
+
+    /// What podtrace would refuse is refused here, before any cluster
+    /// access or debug pod.
+    #[test]
+    fn bad_ping_flags_fail_before_the_cluster() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["kubectl podtrace", "ping", "a", "b"].iter().chain(args))
+        };
+        for bad in [
+            &["--proto", "sctp"][..],
+            &["-c", "0"],
+            &["-c", "10001"],
+            &["-W", "0"],
+            &["-W", "0ms"],
+            &["-i", "5x"],
+            &["--port", "0", "--proto", "tcp"],
+            &["--port", "80"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        for good in [
+            &[
+                "--proto", "udp", "--port", "53", "-c", "5", "-i", "0", "-W", "1.5s",
+            ][..],
+            &["-i", "200ms", "-W", "2m"],
+        ] {
+            assert!(parse(good).is_ok(), "{good:?} was refused");
+        }
+    }
 }
