@@ -50,6 +50,7 @@ pub struct CaptureArgs {
 
 /// Runs `podtrace capture`.
 pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
+    args.report.check()?;
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
         ring_bytes: args.report.ring_bytes(),

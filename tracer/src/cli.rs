@@ -75,6 +75,20 @@ pub struct ReportArgs {
 }
 
 impl ReportArgs {
+    /// Refuses what the kernel would ignore: `--sample` outside flows
+    /// mode (packets mode reports every packet already).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.sample != 0 && self.mode == Mode::Packets {
+            return Err(crate::ping::UsageError(format!(
+                "--sample {} samples flows mode's reports; packets mode reports every packet \
+                 already: use --mode flows, or leave --sample out",
+                self.sample
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     /// The ring memory asked for, or the default for this machine.
     pub fn ring_bytes(&self) -> u32 {
         self.ring_kib
@@ -209,6 +223,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A count of at least 1 (`--max-flows`).
+pub fn parse_positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("give at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a count")),
+    }
+}
+
 /// [`parse_duration`], refusing 0: for a timeout or a run's length, where
 /// 0 would end before anything could be seen.
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -311,6 +334,21 @@ mod tests {
         assert!(T::try_parse_from(["t", "--filter-port", "0"]).is_err());
         let t = T::try_parse_from(["t", "--filter-port", "80"]).unwrap();
         assert_eq!(t.f.port, Some(80));
+    }
+
+    #[test]
+    fn counts_and_sampling_are_checked() {
+        assert!(parse_positive_count("0").is_err());
+        assert!(parse_positive_count("x").is_err());
+        assert_eq!(parse_positive_count("5"), Ok(5));
+        let sampled = |mode| ReportArgs {
+            mode,
+            sample: 5,
+            ..ReportArgs::default()
+        };
+        assert!(sampled(Mode::Packets).check().is_err());
+        assert!(sampled(Mode::Flows).check().is_ok());
+        assert!(ReportArgs::default().check().is_ok());
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub struct TraceArgs {
     #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
     /// Most flows tracked at once (least recently seen are evicted).
-    #[arg(long = "max-flows", default_value_t = 100_000, value_name = "N")]
+    #[arg(long = "max-flows", default_value_t = 100_000, value_name = "N", value_parser = crate::cli::parse_positive_count)]
     pub max_flows: usize,
     #[command(flatten)]
     pub ready: ReadyArgs,
@@ -80,6 +80,7 @@ impl Shown {
 
 /// Runs `podtrace trace`.
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    args.report.check()?;
     let mut pods = pods::load(&args.pods).await?;
     args.ready.clear_stale()?;
     let mut stop = Stop::install()?;

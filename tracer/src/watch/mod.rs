@@ -55,7 +55,7 @@ pub struct WatchArgs {
     pub pods: PodSourceArgs,
     /// Most flows tracked at once; the least recently active are evicted
     /// (and counted in the header) when more come.
-    #[arg(long = "max-flows", default_value_t = 100_000, value_name = "N")]
+    #[arg(long = "max-flows", default_value_t = 100_000, value_name = "N", value_parser = crate::cli::parse_positive_count)]
     pub max_flows: usize,
     #[command(flatten)]
     pub ready: ReadyArgs,
@@ -89,6 +89,7 @@ fn describe(f: &FilterArgs) -> String {
 
 /// Runs `podtrace watch` until `q`, Ctrl-C or SIGTERM.
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    args.report.check()?;
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
         ring_bytes: args.report.ring_bytes(),
