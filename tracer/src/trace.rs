@@ -193,9 +193,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         eprintln!("{}", crate::output::totals(&session)?);
+        let n = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         eprintln!(
-            "{} journeys, {} flows tracked, {} flows evicted, {} journeys evicted",
-            stats.journeys, stats.flows, stats.flows_evicted, stats.pending_evicted
+            "{}, {} tracked, {} evicted, {} evicted",
+            n(stats.journeys, "journey", "journeys"),
+            n(stats.flows as u64, "flow", "flows"),
+            n(stats.flows_evicted, "flow", "flows"),
+            n(stats.pending_evicted, "journey", "journeys"),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -321,7 +325,12 @@ impl Printer {
             .map(format::flow_counters)
             .collect();
         if !lines.is_empty() {
-            let _ = writeln!(stdout, "--- flows at exit ---");
+            // Flows whose counts did not move since they were printed are
+            // left out: their last block above is still right.
+            let _ = writeln!(
+                stdout,
+                "--- final counts of flows that changed since printed ---"
+            );
             for l in lines {
                 let _ = writeln!(stdout, "{l}");
             }
