@@ -116,6 +116,55 @@ pub fn rewrite(r: &Rewrite) -> String {
     )
 }
 
+/// Where an `asymmetric-eni` flow's directions part: `node-b: request in
+/// by ens6 (ENI 1), reply out by ens5 (ENI 0)`, for the first node whose
+/// ENIs differ between the two. The ENI line names only the source
+/// node's, which may agree.
+pub fn asymmetry(f: &Flow) -> Option<String> {
+    if !f.labels.contains(Label::AsymmetricEni) {
+        return None;
+    }
+    fn on<'a>(path: &'a [Hop], node: &str) -> Vec<&'a Hop> {
+        path.iter()
+            .filter(|h| h.place.is_eni() && h.place.node == node)
+            .collect()
+    }
+    let names = |hops: &[&Hop]| -> String {
+        hops.iter()
+            .map(|h| {
+                let name = place_name(&h.place);
+                let name = name
+                    .strip_prefix(&format!("{} ", h.place.node))
+                    .unwrap_or(&name);
+                format!(
+                    "{} by {name}",
+                    if h.dir == super::model::Dir::Ingress {
+                        "in"
+                    } else {
+                        "out"
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    f.request.path.iter().chain(&f.reply.path).find_map(|h| {
+        let node = h.place.node.as_str();
+        let (req, rep) = (on(&f.request.path, node), on(&f.reply.path, node));
+        let key = |v: &[&Hop]| {
+            let mut k: Vec<(u64, u32)> = v
+                .iter()
+                .map(|h| (h.place.netns_cookie, h.place.ifindex))
+                .collect();
+            k.sort_unstable();
+            k.dedup();
+            k
+        };
+        (!req.is_empty() && !rep.is_empty() && key(&req) != key(&rep))
+            .then(|| format!("{node}: request {}, reply {}", names(&req), names(&rep)))
+    })
+}
+
 /// What should have come after the last hop.
 pub fn expected(e: &Expected) -> String {
     match e {
@@ -278,6 +327,9 @@ pub fn flow(f: &Flow) -> String {
             eni(&f.egress_eni),
             eni(&f.ingress_eni)
         );
+    }
+    if let Some(a) = asymmetry(f) {
+        let _ = writeln!(out, "  ENI      asymmetric on {a}");
     }
     for r in f.rewrites() {
         let _ = writeln!(out, "  {}", rewrite(r));

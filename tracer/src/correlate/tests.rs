@@ -160,6 +160,16 @@ fn asymmetric_eni_only_when_reply_takes_another_eni() {
     assert_eq!(f.egress_eni.as_ref().unwrap().iface, "ens5");
     assert_eq!(f.server_pod.as_ref().unwrap().pod(), Some("default/pod-2"));
     assert!(f.client_pod.is_none());
+    // The ENI line names one node's ENIs; this one says where they part.
+    assert_eq!(
+        super::format::asymmetry(f).as_deref(),
+        Some("node-a: request in by ens6 (ENI 1), reply out by ens5 (ENI 0)")
+    );
+    assert!(
+        super::format::flow(f).contains("\n  ENI      asymmetric on node-a: request in by ens6"),
+        "{}",
+        super::format::flow(f)
+    );
 
     let (_, seen) = run(Config::default(), &inbound_to_ens6_pod(ENS6));
     let f = &seen.last_flows()[0];

@@ -54,6 +54,9 @@ fn lines(app: &App) -> Vec<Line<'static>> {
         return vec![Line::from(format!(" {msg}"))];
     };
     let mut out = vec![summary(f), enis(f)];
+    if let Some(a) = format::asymmetry(f) {
+        out.push(Line::from(format!(" ENI asymmetric on {a}")));
+    }
     let w = Widths::of(f);
     for (name, side) in [("request", &f.request), ("reply", &f.reply)] {
         section(&mut out, name, side, &w);
