@@ -96,17 +96,20 @@ pub fn rule(r: &Rewrite) -> String {
     }
 }
 
-/// `SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 egress`;
+/// `SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 (ENI 0) egress`;
 /// the reverse translation is `un-SNAT ... (conntrack, on the reply)`.
 /// "Seen at": the first hook after the rewrite, not where netfilter made
-/// it (DNAT happens in PREROUTING, before the packet reaches the ENI).
+/// it (DNAT happens in PREROUTING, before the packet reaches the ENI),
+/// named as the path names it (`node-a pod-1 veth`).
 pub fn rewrite(r: &Rewrite) -> String {
+    let at = match r.at.role {
+        PlaceRole::PodVeth { .. } => format!("{} {}", r.at.node, place_name(&r.at)),
+        _ => place_name(&r.at),
+    };
     format!(
-        "{:8} {} seen at {} {} {}{}",
+        "{:8} {} seen at {at} {}{}",
         rule(r),
         rewrite_change(r),
-        r.at.node,
-        r.at.iface,
         r.dir,
         if r.reverse {
             " (conntrack, on the reply)"
@@ -444,8 +447,8 @@ mod tests {
   request  pod-1 veth > node-a ens5 (ENI 0)
   reply    node-a ens5 (ENI 0) > pod-1 veth
   ENI      out node-a ens5 (ENI 0), in node-a ens5 (ENI 0)
-  SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 egress
-  un-SNAT  192.168.1.5 -> 192.168.1.21 (icmp id 20946 -> 4711) seen at node-a eni-pod-1 egress (conntrack, on the reply)
+  SNAT     192.168.1.21 -> 192.168.1.5 (icmp id 4711 -> 20946) seen at node-a ens5 (ENI 0) egress
+  un-SNAT  192.168.1.5 -> 192.168.1.21 (icmp id 20946 -> 4711) seen at node-a pod-1 veth egress (conntrack, on the reply)
   latency  request: pod veth > ENI 0.015 ms, first > last hop 0.015 ms
   latency  reply: ENI > pod veth 0.012 ms, first > last hop 0.012 ms
   counters request 1 pkts 98 B, reply 1 pkts 98 B
