@@ -124,48 +124,31 @@ pub fn rewrite(r: &Rewrite) -> String {
 /// ENIs differ between the two. The ENI line names only the source
 /// node's, which may agree.
 pub fn asymmetry(f: &Flow) -> Option<String> {
-    if !f.labels.contains(Label::AsymmetricEni) {
-        return None;
-    }
-    fn on<'a>(path: &'a [Hop], node: &str) -> Vec<&'a Hop> {
+    let node = super::paths::asymmetric_node(&f.request.path, &f.reply.path)?;
+    let on = |path: &[Hop]| -> String {
         path.iter()
             .filter(|h| h.place.is_eni() && h.place.node == node)
-            .collect()
-    }
-    let names = |hops: &[&Hop]| -> String {
-        hops.iter()
             .map(|h| {
-                let name = place_name(&h.place);
-                let name = name
-                    .strip_prefix(&format!("{} ", h.place.node))
-                    .unwrap_or(&name);
-                format!(
-                    "{} by {name}",
-                    if h.dir == super::model::Dir::Ingress {
-                        "in"
-                    } else {
-                        "out"
+                let dir = if h.dir == super::model::Dir::Ingress {
+                    "in"
+                } else {
+                    "out"
+                };
+                match &h.place.role {
+                    PlaceRole::Eni { index: Some(i), .. } => {
+                        format!("{dir} by {} (ENI {i})", h.place.iface)
                     }
-                )
+                    _ => format!("{dir} by {}", h.place.iface),
+                }
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
-    f.request.path.iter().chain(&f.reply.path).find_map(|h| {
-        let node = h.place.node.as_str();
-        let (req, rep) = (on(&f.request.path, node), on(&f.reply.path, node));
-        let key = |v: &[&Hop]| {
-            let mut k: Vec<(u64, u32)> = v
-                .iter()
-                .map(|h| (h.place.netns_cookie, h.place.ifindex))
-                .collect();
-            k.sort_unstable();
-            k.dedup();
-            k
-        };
-        (!req.is_empty() && !rep.is_empty() && key(&req) != key(&rep))
-            .then(|| format!("{node}: request {}, reply {}", names(&req), names(&rep)))
-    })
+    Some(format!(
+        "{node}: request {}, reply {}",
+        on(&f.request.path),
+        on(&f.reply.path)
+    ))
 }
 
 /// What should have come after the last hop.

@@ -126,16 +126,23 @@ fn encapsulation(t: &Tuple) -> bool {
 
 /// True if on some node both directions crossed ENIs, but not the same set.
 fn asymmetric(req: &[Hop], rep: &[Hop]) -> bool {
+    asymmetric_node(req, rep).is_some()
+}
+
+/// The first node on which both directions crossed ENIs, but not the same
+/// set (what makes a flow `asymmetric-eni`).
+pub(crate) fn asymmetric_node<'a>(req: &'a [Hop], rep: &'a [Hop]) -> Option<&'a str> {
     fn enis(p: &[Hop]) -> SmallSet<'_> {
         p.iter().filter(|h| h.place.is_eni()).collect()
     }
     let (a, b) = (enis(req), enis(rep));
-    let lacks = |x: &SmallSet, y: &SmallSet| {
-        x.iter().any(|h| {
-            y.iter().any(|o| o.place.node == h.place.node) && !y.iter().any(|o| same_iface(o, h))
-        })
+    let lacks = |h: &Hop, y: &SmallSet| {
+        y.iter().any(|o| o.place.node == h.place.node) && !y.iter().any(|o| same_iface(o, h))
     };
-    lacks(&a, &b) || lacks(&b, &a)
+    a.iter()
+        .find(|h| lacks(h, &b))
+        .or_else(|| b.iter().find(|h| lacks(h, &a)))
+        .map(|h| h.place.node.as_str())
 }
 
 fn same_iface(a: &Hop, b: &Hop) -> bool {
