@@ -43,15 +43,14 @@ pub fn bytes(n: u64) -> String {
     if n < 1_000 {
         return format!("{n} B");
     }
-    // Rounded to a tenth, in the unit where that stays under 1000.
-    let mut tenths = 0;
-    for (unit, div) in [("KB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000)] {
-        tenths = (n + div / 20) / (div / 10);
-        if tenths < 10_000 || unit == "GB" {
-            return format!("{}.{} {unit}", tenths / 10, tenths % 10);
-        }
-    }
-    format!("{tenths}")
+    // Rounded to a tenth, in the first unit where that stays under 1000
+    // (GB takes whatever is left).
+    let (unit, tenths) = [("KB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000)]
+        .into_iter()
+        .map(|(unit, div)| (unit, (n + div / 20) / (div / 10)))
+        .find(|&(unit, tenths)| tenths < 10_000 || unit == "GB")
+        .expect("GB takes any count");
+    format!("{}.{} {unit}", tenths / 10, tenths % 10)
 }
 
 /// One side of a flow: `default/pod-1 (192.168.1.21, node-a)`, or the

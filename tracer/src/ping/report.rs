@@ -85,6 +85,14 @@ pub struct HopView {
     ts_ns: u64,
 }
 
+impl HopView {
+    /// The hook that hands a packet to a pod: the path ends well there,
+    /// and what comes next is the pod's answer or its silence.
+    pub fn hands_to_pod(&self) -> bool {
+        self.role == "pod" && self.dir == "egress"
+    }
+}
+
 /// The whole story of one probe.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProbeView {
@@ -288,9 +296,9 @@ fn backends(probes: &[ProbeView]) -> Vec<Backend> {
         let request: Vec<&HopView> = p.hops.iter().filter(|h| h.leg == Leg::Request).collect();
         let first = request.first().map(|h| h.node.as_str());
         let same_node = eni.is_none()
-            && request.last().is_some_and(|h| {
-                h.role == "pod" && h.dir == "egress" && Some(h.node.as_str()) == first
-            });
+            && request
+                .last()
+                .is_some_and(|h| h.hands_to_pod() && Some(h.node.as_str()) == first);
         match out.iter_mut().find(|b| b.to == to) {
             Some(b) => {
                 b.probes += 1;
@@ -340,7 +348,7 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
         };
         let late = if last.leg == Leg::Reply {
             ", not received within the timeout (-W)"
-        } else if last.role == "pod" && last.dir == "egress" && p.hops.len() > 1 {
+        } else if last.hands_to_pod() && p.hops.len() > 1 {
             // Handed to the destination pod: the path worked, the pod did
             // not answer (nothing listens, a policy inside it, or the
             // kernel's ICMP rate limit on port unreachable).

@@ -105,7 +105,7 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
                     r.node, r.iface, r.dir
                 );
             }
-            Some(last) if last.role == "pod" && last.dir == "egress" && requests.len() > 1 => {
+            Some(last) if last.hands_to_pod() && requests.len() > 1 => {
                 let _ = writeln!(
                     out,
                     "   x delivered to the pod at {} {}; no answer came back",
