@@ -65,6 +65,12 @@ fn lab_flows_are_labelled_with_their_path() {
     );
     // pod -> internet host: SNAT to node-a's ens5 primary IP.
     netns_exec(&p2.netns, &["ping", "-c", "1", &inet.to_string()]);
+    // pod -> a closed UDP port of the internet host: port unreachable
+    // comes back to node-a, and conntrack undoes the SNAT on it.
+    netns_exec(
+        &p1.netns,
+        &["bash", "-c", &format!("echo x > /dev/udp/{inet}/9999")],
+    );
     // pod -> ClusterIP service: DNAT to a backend kube-proxy-style rules pick.
     let svc = SocketAddrV4::new(lab.plan().service.ip, lab.plan().service.port);
     let served = whoami(&p1.netns, svc);
@@ -175,6 +181,43 @@ fn lab_flows_are_labelled_with_their_path() {
         ct["reply"]["dst"],
         ens5_a.to_string(),
         "conntrack agrees: SNAT to node-a's ens5 primary IP"
+    );
+
+    let refused = find(&all, 17, &p1.ip.to_string(), &inet.to_string());
+    assert_eq!(labels(refused), ["snat", "icmp-error"], "{refused:#}");
+    let err = &refused["icmp_error"];
+    assert_eq!(
+        (&err["type"], &err["code"], &err["name"], &err["from"]),
+        (
+            &Value::from(3),
+            &Value::from(3),
+            &Value::from("port unreachable"),
+            &Value::from(inet.to_string())
+        ),
+        "{refused:#}"
+    );
+    assert_eq!(
+        hops(err),
+        [
+            "node-a ens5 ingress".to_owned(),
+            format!("node-a {} egress", p1.host_veth),
+        ],
+        "the error's way back"
+    );
+    let undo = &err["rewrites"][0];
+    assert_eq!(
+        (&undo["kind"], &undo["reverse"], &undo["after"]["dst"]),
+        (
+            &Value::from("snat"),
+            &Value::from(true),
+            &Value::from(p1.ip.to_string())
+        ),
+        "{refused:#}"
+    );
+    assert!(
+        !all.values()
+            .any(|f| f["tuple"]["proto"] == 1 && f["tuple"]["src"] == inet.to_string()),
+        "the error is not a flow of its own: {all:#?}"
     );
 
     let dnat = find(&all, 6, &p1.ip.to_string(), &svc.ip().to_string());

@@ -151,6 +151,94 @@ pub struct Packet {
     pub payload_hash: u64,
     /// Carries podtrace's probe tag.
     pub probe: bool,
+    /// For an ICMPv4 error (unreachable, time exceeded, ...): the packet it
+    /// is about, from the header it quotes.
+    pub quote: Option<Quote>,
+}
+
+/// The packet an ICMPv4 error is about, read from the IPv4 header and the
+/// first 8 bytes of it that the error quotes. NAT rewrites the quote with
+/// the error, so at each hook it reads as the packet did there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quote {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// IP identification: which packet, unchanged by NAT.
+    pub id: u16,
+    /// Protocol number.
+    pub proto: u8,
+    /// TCP/UDP source port; for an ICMP echo, as [`icmp_ports`] puts its id.
+    pub sport: u16,
+    /// TCP/UDP destination port; for an ICMP echo, as [`icmp_ports`] puts its id.
+    pub dport: u16,
+}
+
+/// ICMP types that quote the packet they are about: destination
+/// unreachable, source quench, redirect, time exceeded, parameter problem.
+fn is_icmp_error(ty: u8) -> bool {
+    matches!(ty, 3 | 4 | 5 | 11 | 12)
+}
+
+/// The ports of an ICMP message in a tuple's convention (what the kernel's
+/// flow counters key it by): an echo request's id as its source port, an
+/// echo reply's as its destination port, nothing for other types.
+pub fn icmp_ports(ty: u8, id: u16) -> (u16, u16) {
+    match ty {
+        8 => (id, 0),
+        0 => (0, id),
+        _ => (0, 0),
+    }
+}
+
+/// For an ICMP error, reads the packet it quotes into `pkt.quote` and
+/// fingerprints it by what NAT leaves alone (the quoted IP id, length and
+/// protocol, TCP's sequence number, UDP's length, an echo's sequence
+/// number) in place of the payload's first bytes, which NAT rewrites: one
+/// error then reads as one packet at every hook. `payload`: the bytes
+/// after the ICMP header.
+fn icmp_error_quote(pkt: &mut Packet, payload: &[u8]) {
+    let L4::Icmp { ty, .. } = pkt.l4 else {
+        return;
+    };
+    if !is_icmp_error(ty) || payload.len() < 20 || payload[0] >> 4 != 4 {
+        return;
+    }
+    let ihl = usize::from(payload[0] & 0x0f) * 4;
+    let proto = payload[9];
+    let Some(l4) = payload.get(ihl..ihl + 8).filter(|_| ihl >= 20) else {
+        return;
+    };
+    let (sport, dport) = match proto {
+        6 | 17 => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        1 => icmp_ports(l4[0], u16::from_be_bytes([l4[4], l4[5]])),
+        _ => (0, 0),
+    };
+    pkt.quote = Some(Quote {
+        src: Ipv4Addr::new(payload[12], payload[13], payload[14], payload[15]),
+        dst: Ipv4Addr::new(payload[16], payload[17], payload[18], payload[19]),
+        id: u16::from_be_bytes([payload[4], payload[5]]),
+        proto,
+        sport,
+        dport,
+    });
+    // What NAT leaves alone: IP id, total length, protocol, then TCP's
+    // sequence number, UDP's length or an echo's type and sequence number.
+    let mut kept = [0u8; 9];
+    kept[..2].copy_from_slice(&payload[4..6]);
+    kept[2..4].copy_from_slice(&payload[2..4]);
+    kept[4] = proto;
+    match proto {
+        6 => kept[5..9].copy_from_slice(&l4[4..8]),
+        17 => kept[5..7].copy_from_slice(&l4[4..6]),
+        1 => (kept[5], kept[6], kept[7]) = (l4[0], l4[6], l4[7]),
+        _ => {}
+    }
+    pkt.payload_hash = payload_hash(&kept);
 }
 
 /// Why a record could not be decoded.
@@ -299,6 +387,7 @@ pub fn decode_frame(frame: &[u8]) -> Packet {
         l4: L4::None,
         payload_hash: 0,
         probe: false,
+        quote: None,
     };
     if !fast_ipv4(frame, &mut pkt) {
         etherparse_frame(frame, &mut pkt);
@@ -406,6 +495,7 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
     };
     pkt.probe = payload.starts_with(&PROBE_MAGIC);
     pkt.payload_hash = payload_hash(payload);
+    icmp_error_quote(pkt, payload);
 }
 
 /// The IPv4 payload of an Ethernet frame, as far as the header's total
@@ -533,6 +623,7 @@ fn fast_ipv4(frame: &[u8], pkt: &mut Packet) -> bool {
     };
     pkt.probe = payload.starts_with(&PROBE_MAGIC);
     pkt.payload_hash = payload_hash(payload);
+    icmp_error_quote(pkt, payload);
     true
 }
 
@@ -651,11 +742,27 @@ impl Packet {
             }
             L4::Icmp { ty, code, id, seq } if src.is_ipv4() => {
                 write!(f, "{ip} {src} > {dst}: ICMP ")?;
-                match ty {
-                    8 => write!(f, "echo request, id {id}, seq {seq}"),
-                    0 => write!(f, "echo reply, id {id}, seq {seq}"),
-                    3 => write!(f, "unreachable, code {code}"),
-                    11 => write!(f, "time exceeded"),
+                match (ty, self.quote) {
+                    (8, _) => write!(f, "echo request, id {id}, seq {seq}"),
+                    (0, _) => write!(f, "echo reply, id {id}, seq {seq}"),
+                    // tcpdump's words, with the quoted packet's address.
+                    (3, Some(q)) => match (code, q.proto) {
+                        (0, _) => write!(f, "net {} unreachable", q.dst),
+                        (1, _) => write!(f, "host {} unreachable", q.dst),
+                        (2, p) => write!(f, "{} protocol {p} unreachable", q.dst),
+                        (3, 6) => write!(f, "{} tcp port {} unreachable", q.dst, q.dport),
+                        (3, 17) => write!(f, "{} udp port {} unreachable", q.dst, q.dport),
+                        // The next hop's MTU is in the second half of the
+                        // header's last four bytes.
+                        (4, _) => write!(f, "{} unreachable - need to frag (mtu {seq})", q.dst),
+                        (13, _) => {
+                            write!(f, "host {} unreachable - admin prohibited filter", q.dst)
+                        }
+                        _ => write!(f, "{} unreachable, code {code}", q.dst),
+                    },
+                    (3, None) => write!(f, "unreachable, code {code}"),
+                    (11, _) if code == 0 => write!(f, "time exceeded in-transit"),
+                    (11, _) => write!(f, "ip reassembly time exceeded"),
                     _ => write!(f, "type {ty} code {code}"),
                 }?;
                 write!(f, ", length {len}")
@@ -816,6 +923,61 @@ mod tests {
             p.to_string(),
             "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 60"
         );
+    }
+
+    /// An ICMP error about a UDP datagram, as the host that refused it
+    /// sent it (`to`: the datagram's source, `sport` its port).
+    fn port_unreachable(to: [u8; 4], sport: u16) -> Vec<u8> {
+        let quoted = frame!(eth().ipv4(to, [10, 0, 0, 9], 63).udp(sport, 53), &[7; 12],);
+        frame!(
+            eth().ipv4([10, 0, 0, 9], to, 64).icmpv4(
+                etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::Port
+                )
+            ),
+            &quoted[14..],
+        )
+    }
+
+    /// An ICMP error says which packet it is about, and reads as one
+    /// packet before and after NAT rewrote it and its quote.
+    #[test]
+    fn icmp_errors_quote_their_packet() {
+        let before = port_unreachable([192, 168, 1, 5], 31000);
+        let after = port_unreachable([192, 168, 1, 21], 40000);
+        let (p, q) = (decode_frame(&before), decode_frame(&after));
+        assert_eq!(
+            q.quote,
+            Some(Quote {
+                src: Ipv4Addr::new(192, 168, 1, 21),
+                dst: Ipv4Addr::new(10, 0, 0, 9),
+                id: 0,
+                proto: 17,
+                sport: 40000,
+                dport: 53,
+            })
+        );
+        assert_eq!(p.payload_hash, q.payload_hash, "NAT leaves the fingerprint");
+        assert_eq!(
+            q.to_string(),
+            "IP 10.0.0.9 > 192.168.1.21: ICMP 10.0.0.9 udp port 53 unreachable, length 68"
+        );
+        // Both parsers read the quote alike.
+        let mut e = decode_frame(&[]);
+        etherparse_frame(&after, &mut e);
+        assert_eq!((e.quote, e.payload_hash), (q.quote, q.payload_hash));
+        // A datagram other than the quoted one fingerprints differently.
+        let mut other = after.clone();
+        other[14 + 28 + 5] ^= 1; // the quoted IP id
+        assert_ne!(decode_frame(&other).payload_hash, q.payload_hash);
+        // An echo carries no quote.
+        let echo = frame!(
+            eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .icmpv4_echo_request(1, 2),
+            &[0; 28],
+        );
+        assert_eq!(decode_frame(&echo).quote, None);
     }
 
     #[test]
@@ -995,6 +1157,7 @@ mod tests {
                     .icmpv4_echo_request(7, 9),
                 &[3; 50],
             ),
+            port_unreachable([10, 0, 0, 1], 4000),
         ];
         let mut with_opts = frames[1].clone();
         with_opts[14] = 0x46; // 4 bytes of options

@@ -75,7 +75,8 @@ Examples:
     /// ENIs (both nodes in the lab), SNAT/DNAT rewrites with conntrack's
     /// tuples, the ENIs used, and labels direct, snat, dnat,
     /// asymmetric-eni, incomplete (judged with --mode packets and no
-    /// filter only).
+    /// filter only), icmp-error (an ICMP error such as port unreachable
+    /// answered the flow: shown with its sender and path).
     #[command(after_help = "\
 Examples:
   podtrace trace

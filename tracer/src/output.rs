@@ -371,6 +371,22 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
         push_uint(buf, u64::from(code));
         buf.extend_from_slice(b",\"id\":");
         push_uint(buf, u64::from(id));
+        if let Some(q) = p.quote {
+            // The packet an error is about, as quoted here.
+            buf.extend_from_slice(b",\"quote\":{\"dport\":");
+            push_uint(buf, u64::from(q.dport));
+            buf.extend_from_slice(b",\"dst\":");
+            push_ip(buf, q.dst);
+            buf.extend_from_slice(b",\"ip_id\":");
+            push_uint(buf, u64::from(q.id));
+            buf.extend_from_slice(b",\"proto\":");
+            push_uint(buf, u64::from(q.proto));
+            buf.extend_from_slice(b",\"sport\":");
+            push_uint(buf, u64::from(q.sport));
+            buf.extend_from_slice(b",\"src\":");
+            push_ip(buf, q.src);
+            buf.push(b'}');
+        }
         buf.extend_from_slice(b",\"seq\":");
         push_uint(buf, u64::from(seq));
         buf.extend_from_slice(b",\"type\":");
@@ -792,10 +808,14 @@ mod tests {
                 obj.insert("dport".into(), json!(dport));
             }
             L4::Icmp { ty, code, id, seq } | L4::Icmp6 { ty, code, id, seq } => {
-                obj.insert(
-                    "icmp".into(),
-                    json!({"type": ty, "code": code, "id": id, "seq": seq}),
-                );
+                let mut icmp = json!({"type": ty, "code": code, "id": id, "seq": seq});
+                if let Some(q) = p.quote {
+                    icmp["quote"] = json!({
+                        "src": q.src.to_string(), "dst": q.dst.to_string(), "ip_id": q.id,
+                        "proto": q.proto, "sport": q.sport, "dport": q.dport,
+                    });
+                }
+                obj.insert("icmp".into(), icmp);
             }
             L4::None => {}
         }
@@ -1025,6 +1045,16 @@ mod tests {
                     l4,
                     payload_hash: i as u64,
                     probe: i.is_multiple_of(7),
+                    quote: matches!(l4, L4::Icmp { ty: 3 | 11, .. }).then_some(
+                        crate::decode::Quote {
+                            src: Ipv4Addr::new(10, 0, 0, 1),
+                            dst: Ipv4Addr::new(10, 0, 0, 2),
+                            id: u16::MAX,
+                            proto: 17,
+                            sport: 40_000,
+                            dport: 53,
+                        },
+                    ),
                 });
                 i += 1;
             }

@@ -8,9 +8,11 @@ use super::{
     flow::{FlowHop, Flows},
     flow_model::{ConntrackInfo, Flow, FlowId},
     journey::{self, MAX_HOPS, Observed},
-    journey_model::{Incomplete, Journey},
+    journey_model::{Incomplete, Journey, Side},
+    model::Tuple,
     pending::{Lookup, PendingTable},
     places::Places,
+    table::{Map, map_with_capacity},
 };
 use crate::{decode::Packet, topology::Topology};
 
@@ -31,6 +33,9 @@ pub struct Correlator {
     scratch: Journey,
     /// The hops of the journey being closed, as its flow keeps them.
     hops: [FlowHop; MAX_HOPS],
+    /// What each pending ICMP error quotes, by its pending journey (few
+    /// journeys are errors: the pending ring stays as it is).
+    quotes: Map<u64, Tuple>,
     stats: Stats,
 }
 
@@ -45,6 +50,7 @@ impl Correlator {
             flows: Flows::new(cfg.max_flows, cfg.flow_idle_ns, cfg.hash_seed),
             scratch: Journey::default(),
             hops: [FlowHop::default(); MAX_HOPS],
+            quotes: map_with_capacity(0, cfg.hash_seed),
             stats: Stats::default(),
         }
     }
@@ -162,7 +168,10 @@ impl Correlator {
             self.stats.pending_evicted += 1;
             self.close(oldest, true, sink);
         }
-        self.pending.insert(obs);
+        let seq = self.pending.insert(obs);
+        if let Some(q) = obs.quote {
+            self.quotes.insert(seq, q);
+        }
     }
 
     /// Closes the journeys whose window passed, and looks at up to
@@ -203,9 +212,22 @@ impl Correlator {
             *to = FlowHop::of(from);
         }
         self.pending.remove(seq);
+        let quote = if self.quotes.is_empty() {
+            None
+        } else {
+            self.quotes.remove(&seq)
+        };
         let j = &mut self.scratch;
         j.evicted = evicted;
-        let (slot, side) = self.flows.locate(j, &self.places, sink);
+        j.quote = quote;
+        // An ICMP error belongs to the flow of the packet it quotes, and
+        // goes the other way: it answers that packet.
+        let about = quote.and_then(|q| self.flows.find(&q));
+        let (slot, side) = match about {
+            Some((slot, Side::Request)) => (slot, Side::Reply),
+            Some((slot, Side::Reply)) => (slot, Side::Request),
+            None => self.flows.locate(j, &self.places, sink),
+        };
         j.flow = self.flows.id(slot);
         j.side = side;
         journey::orient(j);
@@ -220,7 +242,11 @@ impl Correlator {
         self.stats.journeys += 1;
         self.stats.incomplete_journeys += u64::from(j.incomplete.is_some());
         sink(Update::Journey(j));
-        self.flows.absorb(slot, j, &self.hops[..n]);
+        if about.is_some() {
+            self.flows.note_error(slot, j, &self.hops[..n]);
+        } else {
+            self.flows.absorb(slot, j, &self.hops[..n]);
+        }
         if self.cfg.changes_by_id {
             sink(Update::FlowChanged {
                 id: self.flows.id_at(slot),

@@ -15,7 +15,7 @@ use tracer_common::{Direction, FlowKey, FlowStats};
 
 use super::{
     EndReason, Sink, Update,
-    flow_model::{ConntrackInfo, Flow, FlowId, KernelCounters},
+    flow_model::{ConntrackInfo, Flow, FlowId, IcmpError, KernelCounters},
     journey::{self, RawHop, icmp_ports},
     journey_model::{Expected, Incomplete, Journey, Side},
     model::{Dir, Hop, Place, Shared, Tuple},
@@ -136,6 +136,18 @@ struct Extra {
     expected: [Option<Expected>; 2],
     kernel: [Option<KernelCounters>; 2],
     conntrack: Option<ConntrackInfo>,
+    error: Option<ErrorRec>,
+}
+
+/// The latest ICMP error about a flow's packets, as the flow keeps it.
+#[derive(Debug)]
+struct ErrorRec {
+    ty: u8,
+    code: u8,
+    answers: Side,
+    packets: u64,
+    /// Its hops; their protocol is ICMP, not the flow's.
+    hops: Box<[FlowHop]>,
 }
 
 /// One flow, as the table keeps it: two cache lines.
@@ -386,6 +398,38 @@ impl Flows {
         })
     }
 
+    /// The flow that knows tuple `t` (at any hop), and which side `t` is
+    /// on in it.
+    pub(crate) fn find(&self, t: &Tuple) -> Option<(u32, Side)> {
+        let s = self.by_key.get(&ConvKey::of(t))?;
+        Some((s, self.slab.get(s).side_of(t)?))
+    }
+
+    /// Keeps ICMP error `j` (located with [`Self::find`], its `side` the
+    /// way it went) as flow `s`'s latest; `hops` are its hops as the flow
+    /// keeps them. The flow's own counters and paths stay as they are.
+    pub(crate) fn note_error(&mut self, s: u32, j: &Journey, hops: &[FlowHop]) {
+        let Some(icmp) = j.icmp else { return };
+        self.slab.touch(s);
+        let r = self.slab.get_mut(s);
+        let answers = match j.side {
+            Side::Request => Side::Reply,
+            Side::Reply => Side::Request,
+        };
+        let extra = r.extra_mut();
+        let packets = extra.error.as_ref().map_or(0, |e| e.packets) + 1;
+        extra.error = Some(ErrorRec {
+            ty: icmp.ty,
+            code: icmp.code,
+            answers,
+            packets,
+            hops: hops.into(),
+        });
+        let last = j.hops.last().map_or(j.first_ns, |h| h.ts_ns);
+        r.last_ns = r.last_ns.max(last);
+        self.last_seen[s as usize] = r.last_ns;
+    }
+
     /// Finds (or makes) the flow of a journey, and which side it is on.
     pub(crate) fn locate(&mut self, j: &Journey, places: &Places, sink: Sink<'_>) -> (u32, Side) {
         let hit = j.hops.iter().find_map(|h| {
@@ -629,6 +673,29 @@ fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
     };
     set_place(&mut out.client_pod, places.pod(out.tuple.src));
     set_place(&mut out.server_pod, server.and_then(|ip| places.pod(ip)));
+    match r.extra.as_ref().and_then(|e| e.error.as_ref()) {
+        Some(e) => {
+            let out = out.icmp_error.get_or_insert_with(|| IcmpError {
+                ty: 0,
+                code: 0,
+                name: "",
+                from: Ipv4Addr::UNSPECIFIED,
+                answers: Side::Request,
+                packets: 0,
+                path: Vec::new(),
+                rewrites: Vec::new(),
+            });
+            fill_path(&mut out.path, &e.hops, 1, places);
+            journey::fill_rewrites(&mut out.rewrites, &out.path, e.answers == Side::Request);
+            (out.ty, out.code, out.answers, out.packets) = (e.ty, e.code, e.answers, e.packets);
+            out.name = crate::decode::icmp_name(e.ty, e.code).unwrap_or("icmp error");
+            out.from = out
+                .path
+                .first()
+                .map_or(Ipv4Addr::UNSPECIFIED, |h| h.tuple.src);
+        }
+        None => out.icmp_error = None,
+    }
     paths::summarize(out);
     out.conntrack = r.extra.as_ref().and_then(|e| e.conntrack.clone());
     out.first_ns = r.first_ns;

@@ -1,12 +1,12 @@
 //! The flow record: both directions of one conversation, with path, ENIs,
 //! rewrites, labels and counters.
 
-use std::fmt;
+use std::{fmt, net::Ipv4Addr};
 
 use serde::{Serialize, Serializer, ser::SerializeSeq};
 
 use super::{
-    journey_model::{Incomplete, Rewrite},
+    journey_model::{Incomplete, Rewrite, Side},
     model::{Hop, Place, Shared, Tuple},
 };
 
@@ -30,16 +30,21 @@ pub enum Label {
     /// The latest journey in at least one direction stopped short of the
     /// hop expected next (see [`Incomplete`]).
     Incomplete,
+    /// An ICMP error answered one of its packets: port or host
+    /// unreachable, TTL exceeded, fragmentation needed, ... (see
+    /// [`Flow::icmp_error`]).
+    IcmpError,
 }
 
 impl Label {
     /// Every label, in display order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Direct,
         Self::Snat,
         Self::Dnat,
         Self::AsymmetricEni,
         Self::Incomplete,
+        Self::IcmpError,
     ];
 
     /// The name used in text and JSON.
@@ -50,6 +55,7 @@ impl Label {
             Self::Dnat => "dnat",
             Self::AsymmetricEni => "asymmetric-eni",
             Self::Incomplete => "incomplete",
+            Self::IcmpError => "icmp-error",
         }
     }
 
@@ -158,6 +164,33 @@ pub struct FlowSide {
     pub kernel: Option<KernelCounters>,
 }
 
+/// An ICMP error about one of a flow's packets: the latest one seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IcmpError {
+    /// ICMP type (3 destination unreachable, 11 time exceeded, ...);
+    /// `type` in JSON.
+    #[serde(rename = "type")]
+    pub ty: u8,
+    /// ICMP code (for type 3: 0 net, 1 host, 3 port unreachable, 4
+    /// fragmentation needed, 13 administratively prohibited).
+    pub code: u8,
+    /// What it says, e.g. `port unreachable`.
+    pub name: &'static str,
+    /// Who sent it: its source address at its first hop (the server, a
+    /// router, or a node).
+    pub from: Ipv4Addr,
+    /// The direction of the packets it answered: `request` when the
+    /// client's packets were refused on their way or at the server.
+    pub answers: Side,
+    /// Errors seen for this flow.
+    pub packets: u64,
+    /// Hops of the latest error, oldest first.
+    pub path: Vec<Hop>,
+    /// Rewrites of the latest error: conntrack undoes the flow's NAT on it
+    /// as on a reply (the quoted packet inside it too).
+    pub rewrites: Vec<Rewrite>,
+}
+
 /// Both directions of one conversation, replies to a NATed request included.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Flow {
@@ -184,6 +217,8 @@ pub struct Flow {
     pub labels: Labels,
     /// Conntrack's entry, when the edge attached it.
     pub conntrack: Option<ConntrackInfo>,
+    /// The latest ICMP error about one of its packets.
+    pub icmp_error: Option<IcmpError>,
     /// Kernel time first seen, ns.
     pub first_ns: u64,
     /// Kernel time last seen (journeys or kernel counters), ns.

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    flow_model::{Flow, FlowSide, KernelCounters, Label},
+    flow_model::{Flow, FlowSide, IcmpError, KernelCounters, Label},
     journey_model::{Expected, Journey, NatKind, Rewrite, Side},
     model::{Hop, Place, PlaceRole, ProtoName, Shared, Tuple, short_pod},
 };
@@ -150,6 +150,34 @@ pub fn asymmetry(f: &Flow) -> Option<String> {
     ))
 }
 
+/// `icmp port unreachable from 192.168.2.21 (pod-4): pod-4 veth > ...`:
+/// what the error says, who sent it (the pod, when it left one), how
+/// many, and the way it went.
+pub fn icmp_error(e: &IcmpError) -> String {
+    let pod = e
+        .path
+        .first()
+        .filter(|h| h.dir == super::model::Dir::Ingress)
+        .and_then(|h| h.place.pod())
+        .map(|p| format!(" ({})", short_pod(p)))
+        .unwrap_or_default();
+    let about = match e.answers {
+        Side::Request => "",
+        Side::Reply => ", about a reply",
+    };
+    let times = if e.packets > 1 {
+        format!(", {} times", e.packets)
+    } else {
+        String::new()
+    };
+    format!(
+        "icmp {} from {}{pod}{about}{times}: {}",
+        e.name,
+        e.from,
+        path(&e.path)
+    )
+}
+
 /// What should have come after the last hop.
 pub fn expected(e: &Expected) -> String {
     match e {
@@ -208,6 +236,7 @@ pub fn hops(j: &Journey) -> String {
 /// A journey: a header line, then [`hops`].
 pub fn journey(j: &Journey) -> String {
     let side = match j.side {
+        _ if j.quote.is_some() => "error",
         Side::Request => "request",
         Side::Reply => "reply",
     };
@@ -220,6 +249,10 @@ pub fn journey(j: &Journey) -> String {
         },
         (None, Some(t)) => format!("tcp [{}] seq {}", crate::decode::tcp_flags(t.flags), t.seq),
         (None, None) => format!("{} id {}", ProtoName(j.proto), j.ip_id),
+    };
+    let what = match j.quote {
+        Some(q) => format!("{what} about {} {q}", ProtoName(q.proto)),
+        None => what,
     };
     let mut out = format!(
         "flow {} {side}: {what}, {} hops{}{}\n",
@@ -297,6 +330,9 @@ pub fn flow(f: &Flow) -> String {
         if !s.path.is_empty() {
             let _ = writeln!(out, "  {name:8} {}", path(&s.path));
         }
+    }
+    if let Some(e) = &f.icmp_error {
+        let _ = writeln!(out, "  error    {}", icmp_error(e));
     }
     if f.request.path.is_empty() && !f.reply.path.is_empty() {
         // Replies with no request in sight: a server answering a client

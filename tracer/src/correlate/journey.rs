@@ -10,6 +10,7 @@ use super::{
     pending::Pending,
     places::Places,
 };
+pub(crate) use crate::decode::icmp_ports;
 use crate::decode::{L3, L4, Packet};
 
 /// Most hops one journey keeps (two nodes with pod `eth0`s hooked take 6).
@@ -73,16 +74,8 @@ pub(crate) struct Observed {
     /// Why the kernel reported it.
     pub(crate) reason: u32,
     pub(crate) probe: bool,
-}
-
-/// The ports of an ICMP message in [`Tuple`]'s convention. Only echo
-/// counts the id, as the kernel's flow counters do.
-pub(crate) fn icmp_ports(ty: u8, id: u16) -> (u16, u16) {
-    match ty {
-        8 => (id, 0),
-        0 => (0, id),
-        _ => (0, 0),
-    }
+    /// For an ICMP error: the packet it is about, as quoted here.
+    pub(crate) quote: Option<Tuple>,
 }
 
 /// Fingerprint, tuple and hop of an IPv4 packet; `None` for anything else.
@@ -151,6 +144,13 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
         bytes: pkt.len,
         reason: pkt.reason,
         probe: pkt.probe,
+        quote: pkt.quote.map(|q| Tuple {
+            proto: q.proto,
+            src: q.src,
+            sport: q.sport,
+            dst: q.dst,
+            dport: q.dport,
+        }),
     })
 }
 
@@ -177,6 +177,7 @@ pub(crate) fn build(p: &Pending, places: &Places, out: &mut Journey) {
         seq: fp.a as u16,
     });
     out.first_ns = p.first_ns();
+    out.quote = None;
     out.incomplete = None;
     out.evicted = false;
     // Hops are overwritten in place: a place that did not change keeps its

@@ -144,6 +144,10 @@ pub struct Journey {
     pub tcp: Option<TcpInfo>,
     /// ICMP fields, for ICMP.
     pub icmp: Option<IcmpInfo>,
+    /// For an ICMP error: the packet it is about, as quoted at the error's
+    /// first hop. When the flow of that packet is known, the error belongs
+    /// to it (`flow`), and `side` is the way the error went.
+    pub quote: Option<Tuple>,
     /// Kernel time of the first hop, ns.
     pub first_ns: u64,
     /// The hops, oldest first.

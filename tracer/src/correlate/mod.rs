@@ -53,7 +53,9 @@ use serde::Serialize;
 
 pub use self::{
     engine::Correlator,
-    flow_model::{ConntrackInfo, Flow, FlowId, FlowSide, KernelCounters, Label, Labels, Latency},
+    flow_model::{
+        ConntrackInfo, Flow, FlowId, FlowSide, IcmpError, KernelCounters, Label, Labels, Latency,
+    },
     journey_model::{Expected, IcmpInfo, Incomplete, Journey, NatKind, Rewrite, Side, TcpInfo},
     model::{Dir, Hop, Place, PlaceRole, ProtoName, Shared, Tuple, short_pod},
 };

@@ -103,6 +103,9 @@ pub(crate) fn summarize(f: &mut Flow) {
     if f.request.incomplete.is_some() || f.reply.incomplete.is_some() {
         labels.insert(Label::Incomplete);
     }
+    if f.icmp_error.is_some() {
+        labels.insert(Label::IcmpError);
+    }
     f.labels = labels;
 }
 

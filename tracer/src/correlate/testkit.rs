@@ -8,7 +8,7 @@ use tracer_common::{Direction, reason};
 
 use super::{Config, Correlator, EndReason, Flow, FlowId, Journey, Update};
 use crate::{
-    decode::{HookId, L3, L4, Packet},
+    decode::{HookId, L3, L4, Packet, Quote},
     topology::{Iface, Role, Topology},
 };
 
@@ -94,6 +94,8 @@ pub(super) struct Pkt {
     pub payload_hash: u64,
     pub probe: bool,
     pub reason: u32,
+    /// For an ICMP error: the packet it quotes.
+    pub quote: Option<Quote>,
 }
 
 impl Pkt {
@@ -108,6 +110,7 @@ impl Pkt {
             payload_hash: 0x1234,
             probe: false,
             reason: reason::MATCH,
+            quote: None,
         }
     }
 
@@ -205,6 +208,7 @@ impl Pkt {
             l4: self.l4,
             payload_hash: self.payload_hash,
             probe: self.probe,
+            quote: self.quote,
         }
     }
 }

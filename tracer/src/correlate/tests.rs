@@ -4,7 +4,7 @@ use super::{
     Config, Expected, Label, Labels, NatKind, Side,
     testkit::{A, B, ENS5, ENS6, IN, OUT, Pkt, VETH1, VETH2, cross_node_ping, ip, run, snat_ping},
 };
-use crate::decode::Packet;
+use crate::decode::{L4, Packet, Quote};
 
 fn labels(l: &[Label]) -> Labels {
     l.iter().copied().collect()
@@ -455,4 +455,99 @@ fn changes_by_id_name_the_flows_whole_updates_would_show() {
         }
         assert_eq!(by_id.journeys.len(), whole.journeys.len());
     }
+}
+
+/// pod-1 sends a UDP datagram to 203.0.113.10:53, SNATed to node-a's IP;
+/// the host answers port unreachable to node-a, and conntrack undoes the
+/// SNAT on the error (and on the datagram it quotes) before pod-1's veth.
+fn udp_refused_after_snat() -> Vec<Packet> {
+    let req = Pkt::udp("192.168.1.21", 40000, "203.0.113.10", 53).id(500);
+    let mut err = Pkt::icmp("203.0.113.10", "192.168.1.5", 3, 0, 0).id(77);
+    err.l4 = L4::Icmp {
+        ty: 3,
+        code: 3,
+        id: 0,
+        seq: 0,
+    };
+    let quoting = |p: Pkt, src: &str, sport| Pkt {
+        quote: Some(Quote {
+            src: ip(src),
+            dst: ip("203.0.113.10"),
+            id: 500,
+            proto: 17,
+            sport,
+            dport: 53,
+        }),
+        ..p
+    };
+    vec![
+        req.at(0, A, VETH1, IN),
+        req.src("192.168.1.5")
+            .sport(31000)
+            .ttl(63)
+            .at(15, A, ENS5, OUT),
+        quoting(err, "192.168.1.5", 31000).at(900, A, ENS5, IN),
+        quoting(err.dst("192.168.1.21").ttl(63), "192.168.1.21", 40000).at(910, A, VETH1, OUT),
+    ]
+}
+
+#[test]
+fn an_icmp_error_joins_the_flow_it_quotes_across_snat() {
+    let (eng, seen) = run(Config::default(), &udp_refused_after_snat());
+    assert_eq!(seen.journeys.len(), 2, "{:#?}", seen.journeys);
+    let (req, err) = (&seen.journeys[0], &seen.journeys[1]);
+    assert_eq!(err.hops.len(), 2, "one error, seen at two hooks");
+    assert_eq!(
+        err.flow, req.flow,
+        "the error belongs to the datagram's flow"
+    );
+    assert_eq!(err.side, Side::Reply, "it went the reply's way");
+    assert_eq!(
+        err.quote.map(|q| q.sport),
+        Some(31000),
+        "quoted at its first hop"
+    );
+    assert_eq!(
+        err.rewrites
+            .iter()
+            .map(|r| (r.kind, r.reverse))
+            .collect::<Vec<_>>(),
+        [(NatKind::Snat, true)],
+    );
+
+    let flows = seen.last_flows();
+    assert_eq!(flows.len(), 1, "no flow of its own: {flows:#?}");
+    let f = &flows[0];
+    assert_eq!(f.labels, labels(&[Label::Snat, Label::IcmpError]));
+    assert_eq!((f.request.packets, f.reply.packets), (1, 0));
+    let e = f.icmp_error.as_ref().expect("the error is on the flow");
+    assert_eq!((e.ty, e.code, e.name), (3, 3, "port unreachable"));
+    assert_eq!(
+        (e.from, e.answers, e.packets),
+        (ip("203.0.113.10"), Side::Request, 1)
+    );
+    assert_eq!(e.path.len(), 2);
+    assert!(
+        super::format::flow(f).contains(
+            "  error    icmp port unreachable from 203.0.113.10: node-a ens5 (ENI 0) > pod-1 veth\n"
+        ),
+        "{}",
+        super::format::flow(f)
+    );
+    assert_eq!(eng.stats().flows, 1);
+}
+
+#[test]
+fn an_icmp_error_about_an_unseen_packet_is_a_flow_of_its_own() {
+    let packets = udp_refused_after_snat();
+    let (_, seen) = run(Config::default(), &packets[2..]);
+    let flows = seen.last_flows();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].tuple.proto, 1);
+    assert!(flows[0].icmp_error.is_none());
+    assert!(!flows[0].labels.contains(Label::IcmpError));
+    assert!(
+        seen.journeys[0].quote.is_some(),
+        "it still says what it quotes"
+    );
 }

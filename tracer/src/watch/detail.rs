@@ -16,7 +16,7 @@ use super::{
     row::{flow_proto_cell, pod_display},
     ui::label_style,
 };
-use crate::correlate::{Flow, FlowSide, Hop, Place, Tuple, format};
+use crate::correlate::{Flow, FlowSide, Hop, Place, Rewrite, Tuple, format};
 
 const CHANGED: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
 
@@ -59,7 +59,40 @@ fn lines(app: &App) -> Vec<Line<'static>> {
     }
     let w = Widths::of(f);
     for (name, side) in [("request", &f.request), ("reply", &f.reply)] {
-        section(&mut out, name, side, &w);
+        if side.path.is_empty() {
+            out.push(Line::from(vec![
+                Span::styled(format!(" {name}"), BOLD),
+                Span::raw(": not seen yet"),
+            ]));
+            continue;
+        }
+        let head = format!(
+            ": latest packet, {} hops in {}",
+            side.path.len(),
+            format::ms(side.latency.total_ns)
+        );
+        section(&mut out, (name, head), &side.path, &side.rewrites, &w);
+        if let Some(inc) = &side.incomplete {
+            out.push(Line::from(Span::styled(
+                format!(
+                    "  {:>11}  x not seen at {} (expected next hop)",
+                    "",
+                    format::expected(&inc.expected)
+                ),
+                Style::new().fg(Color::Red),
+            )));
+        }
+    }
+    if let Some(e) = &f.icmp_error {
+        let (first, last) = (e.path.first(), e.path.last());
+        let took = last
+            .zip(first)
+            .map_or(0, |(l, f)| l.ts_ns.saturating_sub(f.ts_ns));
+        let text = format::icmp_error(e);
+        // The path is on the hop lines below.
+        let what = text.split_once(": ").map_or(text.as_str(), |(w, _)| w);
+        let head = format!(": {what}, {} hops in {}", e.path.len(), format::ms(took));
+        section(&mut out, ("error", head), &e.path, &e.rewrites, &w);
     }
     if let Some(ct) = &f.conntrack {
         let id = ct.id.map_or_else(String::new, |i| format!(" id {i}"));
@@ -154,7 +187,8 @@ struct Widths {
 
 impl Widths {
     fn of(f: &Flow) -> Self {
-        let hops = || f.request.path.iter().chain(&f.reply.path);
+        let error = f.icmp_error.as_ref().map_or(&[][..], |e| &e.path);
+        let hops = || f.request.path.iter().chain(&f.reply.path).chain(error);
         Self {
             node: hops().map(|h| h.place.node.len()).max().unwrap_or(0),
             iface: hops().map(|h| h.place.iface.len()).max().unwrap_or(0),
@@ -166,27 +200,25 @@ impl Widths {
     }
 }
 
-fn section(out: &mut Vec<Line<'static>>, name: &str, s: &FlowSide, w: &Widths) {
-    let bold = Style::new().add_modifier(Modifier::BOLD);
-    if s.path.is_empty() {
-        out.push(Line::from(vec![
-            Span::styled(format!(" {name}"), bold),
-            Span::raw(": not seen yet"),
-        ]));
-        return;
-    }
+const BOLD: Style = Style::new().add_modifier(Modifier::BOLD);
+
+/// A heading (`name`, in bold, then the rest), then a line per hop and
+/// one under each hop where a rewrite appears.
+fn section(
+    out: &mut Vec<Line<'static>>,
+    (name, head): (&str, String),
+    path: &[Hop],
+    rewrites: &[Rewrite],
+    w: &Widths,
+) {
     out.push(Line::from(vec![
-        Span::styled(format!(" {name}"), bold),
-        Span::raw(format!(
-            ": latest packet, {} hops in {}",
-            s.path.len(),
-            format::ms(s.latency.total_ns)
-        )),
+        Span::styled(format!(" {name}"), BOLD),
+        Span::raw(head),
     ]));
     let mut prev: Option<&Hop> = None;
     // Time since the first hop, as ping and trace give it.
-    let first_ns = s.path.first().map_or(0, |h| h.ts_ns);
-    for (i, h) in s.path.iter().enumerate() {
+    let first_ns = path.first().map_or(0, |h| h.ts_ns);
+    for (i, h) in path.iter().enumerate() {
         let mut spans = vec![Span::raw(format!(
             "  {:>11}  {:wn$}  {:wi$}  {:7}  {:wr$}  ",
             format!("+{}", format::ms(h.ts_ns.saturating_sub(first_ns))),
@@ -200,7 +232,7 @@ fn section(out: &mut Vec<Line<'static>>, name: &str, s: &FlowSide, w: &Widths) {
         ))];
         spans.extend(tuple_spans(&h.tuple, prev.map(|p| &p.tuple)));
         out.push(Line::from(spans));
-        for r in s.rewrites.iter().filter(|r| r.hop == i) {
+        for r in rewrites.iter().filter(|r| r.hop == i) {
             let how = if r.reverse { " (conntrack)" } else { "" };
             out.push(Line::from(Span::styled(
                 format!(
@@ -213,16 +245,6 @@ fn section(out: &mut Vec<Line<'static>>, name: &str, s: &FlowSide, w: &Widths) {
             )));
         }
         prev = Some(h);
-    }
-    if let Some(inc) = &s.incomplete {
-        out.push(Line::from(Span::styled(
-            format!(
-                "  {:>11}  x not seen at {} (expected next hop)",
-                "",
-                format::expected(&inc.expected)
-            ),
-            Style::new().fg(Color::Red),
-        )));
     }
 }
 

@@ -171,10 +171,10 @@ fn help() {
             "      │ ?              this help (any key closes it)                     │",
             "      │ q  Ctrl-C      quit (everything is detached)                     │",
             "      │                                                                  │",
-            "      │ Labels: direct (no NAT), snat, dnat, asymmetric-eni, incomplete  │",
+            "      │ Labels: direct (no NAT), snat, dnat, asymmetric-eni, incomplete, │",
+            "      │   icmp-error (port unreachable, TTL exceeded: see the path pane) │",
             "      │ A flow idle for 60 s leaves the table (the header counts them).  │",
             "      └──────────────────────────────────────────────────────────────────┘",
-            "",
             " 4/4 flows  sort: last seen ▼  | q quit  ? help",
         ],
     );

@@ -230,7 +230,7 @@ fn cut(text: &str, width: usize) -> String {
 
 /// Colour of a row's path label: the worst label wins.
 pub fn label_style(labels: Labels) -> Style {
-    let c = if labels.contains(Label::Incomplete) {
+    let c = if labels.contains(Label::Incomplete) || labels.contains(Label::IcmpError) {
         Color::Red
     } else if labels.contains(Label::AsymmetricEni) {
         Color::Magenta
@@ -378,7 +378,10 @@ fn help(frame: &mut Frame, area: Rect) {
         })
         .collect();
     lines.push(Line::from(
-        " Labels: direct (no NAT), snat, dnat, asymmetric-eni, incomplete",
+        " Labels: direct (no NAT), snat, dnat, asymmetric-eni, incomplete,",
+    ));
+    lines.push(Line::from(
+        "   icmp-error (port unreachable, TTL exceeded: see the path pane)",
     ));
     lines.push(Line::from(
         " A flow idle for 60 s leaves the table (the header counts them).",
