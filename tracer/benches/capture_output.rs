@@ -124,7 +124,6 @@ fn packets() -> Vec<Packet> {
                 l4,
                 payload_hash: u64::from(i),
                 probe: i % 97 == 0,
-                quote: None,
             }
         })
         .collect()

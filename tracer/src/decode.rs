@@ -112,6 +112,20 @@ pub enum L4 {
         /// Echo sequence number.
         seq: u16,
     },
+    /// An ICMPv4 error (destination unreachable, source quench, redirect,
+    /// time exceeded, parameter problem) that quotes the packet it is
+    /// about; [`L4::Icmp`] when too little of the quote was captured.
+    IcmpError {
+        /// ICMP type.
+        ty: u8,
+        /// ICMP code.
+        code: u8,
+        /// The header's last two bytes: the next hop's MTU of a
+        /// "fragmentation needed" (type 3 code 4).
+        mtu: u16,
+        /// The packet it is about.
+        quote: Quote,
+    },
     /// ICMPv6; id and seq are meaningful for echo (type 128 and 129).
     Icmp6 {
         /// ICMPv6 type.
@@ -151,9 +165,6 @@ pub struct Packet {
     pub payload_hash: u64,
     /// Carries podtrace's probe tag.
     pub probe: bool,
-    /// For an ICMPv4 error (unreachable, time exceeded, ...): the packet it
-    /// is about, from the header it quotes.
-    pub quote: Option<Quote>,
 }
 
 /// The packet an ICMPv4 error is about, read from the IPv4 header and the
@@ -165,8 +176,6 @@ pub struct Quote {
     pub src: Ipv4Addr,
     /// Destination address.
     pub dst: Ipv4Addr,
-    /// IP identification: which packet, unchanged by NAT.
-    pub id: u16,
     /// Protocol number.
     pub proto: u8,
     /// TCP/UDP source port; for an ICMP echo, as [`icmp_ports`] puts its id.
@@ -192,14 +201,14 @@ pub fn icmp_ports(ty: u8, id: u16) -> (u16, u16) {
     }
 }
 
-/// For an ICMP error, reads the packet it quotes into `pkt.quote` and
-/// fingerprints it by what NAT leaves alone (the quoted IP id, length and
+/// For an ICMP error, reads the packet it quotes (`pkt.l4` becomes
+/// [`L4::IcmpError`]) and fingerprints it by what NAT leaves alone (the quoted IP id, length and
 /// protocol, TCP's sequence number, UDP's length, an echo's sequence
 /// number) in place of the payload's first bytes, which NAT rewrites: one
 /// error then reads as one packet at every hook. `payload`: the bytes
 /// after the ICMP header.
 fn icmp_error_quote(pkt: &mut Packet, payload: &[u8]) {
-    let L4::Icmp { ty, .. } = pkt.l4 else {
+    let L4::Icmp { ty, code, seq, .. } = pkt.l4 else {
         return;
     };
     if !is_icmp_error(ty) || payload.len() < 20 || payload[0] >> 4 != 4 {
@@ -218,14 +227,18 @@ fn icmp_error_quote(pkt: &mut Packet, payload: &[u8]) {
         1 => icmp_ports(l4[0], u16::from_be_bytes([l4[4], l4[5]])),
         _ => (0, 0),
     };
-    pkt.quote = Some(Quote {
-        src: Ipv4Addr::new(payload[12], payload[13], payload[14], payload[15]),
-        dst: Ipv4Addr::new(payload[16], payload[17], payload[18], payload[19]),
-        id: u16::from_be_bytes([payload[4], payload[5]]),
-        proto,
-        sport,
-        dport,
-    });
+    pkt.l4 = L4::IcmpError {
+        ty,
+        code,
+        mtu: seq,
+        quote: Quote {
+            src: Ipv4Addr::new(payload[12], payload[13], payload[14], payload[15]),
+            dst: Ipv4Addr::new(payload[16], payload[17], payload[18], payload[19]),
+            proto,
+            sport,
+            dport,
+        },
+    };
     // What NAT leaves alone: IP id, total length, protocol, then TCP's
     // sequence number, UDP's length or an echo's type and sequence number.
     let mut kept = [0u8; 9];
@@ -387,7 +400,6 @@ pub fn decode_frame(frame: &[u8]) -> Packet {
         l4: L4::None,
         payload_hash: 0,
         probe: false,
-        quote: None,
     };
     if !fast_ipv4(frame, &mut pkt) {
         etherparse_frame(frame, &mut pkt);
@@ -742,27 +754,36 @@ impl Packet {
             }
             L4::Icmp { ty, code, id, seq } if src.is_ipv4() => {
                 write!(f, "{ip} {src} > {dst}: ICMP ")?;
-                match (ty, self.quote) {
-                    (8, _) => write!(f, "echo request, id {id}, seq {seq}"),
-                    (0, _) => write!(f, "echo reply, id {id}, seq {seq}"),
-                    // tcpdump's words, with the quoted packet's address.
-                    (3, Some(q)) => match (code, q.proto) {
-                        (0, _) => write!(f, "net {} unreachable", q.dst),
-                        (1, _) => write!(f, "host {} unreachable", q.dst),
-                        (2, p) => write!(f, "{} protocol {p} unreachable", q.dst),
-                        (3, 6) => write!(f, "{} tcp port {} unreachable", q.dst, q.dport),
-                        (3, 17) => write!(f, "{} udp port {} unreachable", q.dst, q.dport),
-                        // The next hop's MTU is in the second half of the
-                        // header's last four bytes.
-                        (4, _) => write!(f, "{} unreachable - need to frag (mtu {seq})", q.dst),
-                        (13, _) => {
-                            write!(f, "host {} unreachable - admin prohibited filter", q.dst)
-                        }
-                        _ => write!(f, "{} unreachable, code {code}", q.dst),
-                    },
-                    (3, None) => write!(f, "unreachable, code {code}"),
-                    (11, _) if code == 0 => write!(f, "time exceeded in-transit"),
-                    (11, _) => write!(f, "ip reassembly time exceeded"),
+                match ty {
+                    8 => write!(f, "echo request, id {id}, seq {seq}"),
+                    0 => write!(f, "echo reply, id {id}, seq {seq}"),
+                    3 => write!(f, "unreachable, code {code}"),
+                    11 => write!(f, "time exceeded"),
+                    _ => write!(f, "type {ty} code {code}"),
+                }?;
+                write!(f, ", length {len}")
+            }
+            // tcpdump's words, with the quoted packet's address.
+            L4::IcmpError {
+                ty,
+                code,
+                mtu,
+                quote: q,
+            } if src.is_ipv4() => {
+                write!(f, "{ip} {src} > {dst}: ICMP ")?;
+                match (ty, code, q.proto) {
+                    (3, 0, _) => write!(f, "net {} unreachable", q.dst),
+                    (3, 1, _) => write!(f, "host {} unreachable", q.dst),
+                    (3, 2, p) => write!(f, "{} protocol {p} unreachable", q.dst),
+                    (3, 3, 6) => write!(f, "{} tcp port {} unreachable", q.dst, q.dport),
+                    (3, 3, 17) => write!(f, "{} udp port {} unreachable", q.dst, q.dport),
+                    (3, 4, _) => write!(f, "{} unreachable - need to frag (mtu {mtu})", q.dst),
+                    (3, 13, _) => {
+                        write!(f, "host {} unreachable - admin prohibited filter", q.dst)
+                    }
+                    (3, ..) => write!(f, "{} unreachable, code {code}", q.dst),
+                    (11, 0, _) => write!(f, "time exceeded in-transit"),
+                    (11, ..) => write!(f, "ip reassembly time exceeded"),
                     _ => write!(f, "type {ty} code {code}"),
                 }?;
                 write!(f, ", length {len}")
@@ -947,15 +968,19 @@ mod tests {
         let after = port_unreachable([192, 168, 1, 21], 40000);
         let (p, q) = (decode_frame(&before), decode_frame(&after));
         assert_eq!(
-            q.quote,
-            Some(Quote {
-                src: Ipv4Addr::new(192, 168, 1, 21),
-                dst: Ipv4Addr::new(10, 0, 0, 9),
-                id: 0,
-                proto: 17,
-                sport: 40000,
-                dport: 53,
-            })
+            q.l4,
+            L4::IcmpError {
+                ty: 3,
+                code: 3,
+                mtu: 0,
+                quote: Quote {
+                    src: Ipv4Addr::new(192, 168, 1, 21),
+                    dst: Ipv4Addr::new(10, 0, 0, 9),
+                    proto: 17,
+                    sport: 40000,
+                    dport: 53,
+                }
+            }
         );
         assert_eq!(p.payload_hash, q.payload_hash, "NAT leaves the fingerprint");
         assert_eq!(
@@ -965,19 +990,20 @@ mod tests {
         // Both parsers read the quote alike.
         let mut e = decode_frame(&[]);
         etherparse_frame(&after, &mut e);
-        assert_eq!((e.quote, e.payload_hash), (q.quote, q.payload_hash));
+        assert_eq!((e.l4, e.payload_hash), (q.l4, q.payload_hash));
         // A datagram other than the quoted one fingerprints differently.
         let mut other = after.clone();
         other[14 + 28 + 5] ^= 1; // the quoted IP id
         assert_ne!(decode_frame(&other).payload_hash, q.payload_hash);
-        // An echo carries no quote.
-        let echo = frame!(
-            eth()
-                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-                .icmpv4_echo_request(1, 2),
-            &[0; 28],
+        // Cut before the quote's ports, it is a plain ICMP message.
+        let cut = decode_frame(&after[..after.len() - 20]);
+        assert!(
+            matches!(cut.l4, L4::Icmp { ty: 3, code: 3, .. }),
+            "{:?}",
+            cut.l4
         );
-        assert_eq!(decode_frame(&echo).quote, None);
+        // The error keeps the packet's size: a packet is copied per event.
+        assert!(size_of::<Packet>() <= 112, "{}", size_of::<Packet>());
     }
 
     #[test]

@@ -261,6 +261,24 @@ fn push_addr(buf: &mut Vec<u8>, ip: IpAddr) {
 }
 
 /// Appends `"a.b.c.d"`.
+/// An ICMP header's fields as `capture --json` gives them: type, code,
+/// id, seq, and for an error the packet it quotes (its id reads 0 and its
+/// seq is the header's last two bytes, an MTU for "fragmentation needed").
+fn icmp_fields(l4: L4) -> Option<(u8, u8, u16, u16, Option<crate::decode::Quote>)> {
+    match l4 {
+        L4::Icmp { ty, code, id, seq } | L4::Icmp6 { ty, code, id, seq } => {
+            Some((ty, code, id, seq, None))
+        }
+        L4::IcmpError {
+            ty,
+            code,
+            mtu,
+            quote,
+        } => Some((ty, code, 0, mtu, Some(quote))),
+        _ => None,
+    }
+}
+
 fn push_ip(buf: &mut Vec<u8>, ip: Ipv4Addr) {
     buf.push(b'"');
     for (i, o) in ip.octets().into_iter().enumerate() {
@@ -366,19 +384,17 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
         Some(n) => push_uint(buf, u64::from(n)),
         None => buf.extend_from_slice(b"null"),
     }
-    if let L4::Icmp { ty, code, id, seq } | L4::Icmp6 { ty, code, id, seq } = p.l4 {
+    if let Some((ty, code, id, seq, quote)) = icmp_fields(p.l4) {
         buf.extend_from_slice(b",\"icmp\":{\"code\":");
         push_uint(buf, u64::from(code));
         buf.extend_from_slice(b",\"id\":");
         push_uint(buf, u64::from(id));
-        if let Some(q) = p.quote {
+        if let Some(q) = quote {
             // The packet an error is about, as quoted here.
             buf.extend_from_slice(b",\"quote\":{\"dport\":");
             push_uint(buf, u64::from(q.dport));
             buf.extend_from_slice(b",\"dst\":");
             push_ip(buf, q.dst);
-            buf.extend_from_slice(b",\"ip_id\":");
-            push_uint(buf, u64::from(q.id));
             buf.extend_from_slice(b",\"proto\":");
             push_uint(buf, u64::from(q.proto));
             buf.extend_from_slice(b",\"sport\":");
@@ -808,14 +824,24 @@ mod tests {
                 obj.insert("dport".into(), json!(dport));
             }
             L4::Icmp { ty, code, id, seq } | L4::Icmp6 { ty, code, id, seq } => {
-                let mut icmp = json!({"type": ty, "code": code, "id": id, "seq": seq});
-                if let Some(q) = p.quote {
-                    icmp["quote"] = json!({
-                        "src": q.src.to_string(), "dst": q.dst.to_string(), "ip_id": q.id,
+                obj.insert(
+                    "icmp".into(),
+                    json!({"type": ty, "code": code, "id": id, "seq": seq}),
+                );
+            }
+            L4::IcmpError {
+                ty,
+                code,
+                mtu,
+                quote: q,
+            } => {
+                obj.insert(
+                    "icmp".into(),
+                    json!({"type": ty, "code": code, "id": 0, "seq": mtu, "quote": {
+                        "src": q.src.to_string(), "dst": q.dst.to_string(),
                         "proto": q.proto, "sport": q.sport, "dport": q.dport,
-                    });
-                }
-                obj.insert("icmp".into(), icmp);
+                    }}),
+                );
             }
             L4::None => {}
         }
@@ -1017,6 +1043,27 @@ mod tests {
                 seq: u16::MAX,
             });
         }
+        for (ty, code, proto) in [
+            (3, 3, 17),
+            (3, 3, 6),
+            (3, 4, 1),
+            (3, 13, 6),
+            (11, 0, 1),
+            (12, 0, 6),
+        ] {
+            l4s.push(L4::IcmpError {
+                ty,
+                code,
+                mtu: 1500,
+                quote: crate::decode::Quote {
+                    src: Ipv4Addr::new(10, 0, 0, 1),
+                    dst: Ipv4Addr::new(10, 0, 0, 2),
+                    proto,
+                    sport: 40_000,
+                    dport: 53,
+                },
+            });
+        }
         for ty in [128, 129, 1, 2, 3, 133, 134, 135, 136, 255] {
             l4s.push(L4::Icmp6 {
                 ty,
@@ -1045,16 +1092,6 @@ mod tests {
                     l4,
                     payload_hash: i as u64,
                     probe: i.is_multiple_of(7),
-                    quote: matches!(l4, L4::Icmp { ty: 3 | 11, .. }).then_some(
-                        crate::decode::Quote {
-                            src: Ipv4Addr::new(10, 0, 0, 1),
-                            dst: Ipv4Addr::new(10, 0, 0, 2),
-                            id: u16::MAX,
-                            proto: 17,
-                            sport: 40_000,
-                            dport: 53,
-                        },
-                    ),
                 });
                 i += 1;
             }

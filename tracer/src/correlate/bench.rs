@@ -50,7 +50,6 @@ fn packet(
         },
         payload_hash: hash,
         probe: false,
-        quote: None,
     }
 }
 

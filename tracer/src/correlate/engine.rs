@@ -198,6 +198,23 @@ impl Correlator {
         }
     }
 
+    /// If pending journey `seq` is an ICMP error, notes what it quotes in
+    /// the journey being closed, and finds the flow of the quoted packet:
+    /// the error belongs to it, and goes the other way. Out of line, as
+    /// errors are rare: the common close stays small enough to inline
+    /// what it calls.
+    #[cold]
+    #[inline(never)]
+    fn error_about(&mut self, seq: u64) -> Option<(u32, Side)> {
+        let q = self.quotes.remove(&seq)?;
+        self.scratch.quote = Some(q);
+        let (slot, quoted) = self.flows.find(&q)?;
+        Some(match quoted {
+            Side::Request => (slot, Side::Reply),
+            Side::Reply => (slot, Side::Request),
+        })
+    }
+
     /// Closes pending journey `seq`: builds it, finds its flow, judges it,
     /// reports it, and folds it into the flow. `full`: the table needs the
     /// room; the journey counts as cut short unless it had settled.
@@ -212,20 +229,15 @@ impl Correlator {
             *to = FlowHop::of(from);
         }
         self.pending.remove(seq);
-        let quote = if self.quotes.is_empty() {
+        let about = if self.quotes.is_empty() {
             None
         } else {
-            self.quotes.remove(&seq)
+            self.error_about(seq)
         };
         let j = &mut self.scratch;
         j.evicted = evicted;
-        j.quote = quote;
-        // An ICMP error belongs to the flow of the packet it quotes, and
-        // goes the other way: it answers that packet.
-        let about = quote.and_then(|q| self.flows.find(&q));
         let (slot, side) = match about {
-            Some((slot, Side::Request)) => (slot, Side::Reply),
-            Some((slot, Side::Reply)) => (slot, Side::Request),
+            Some(found) => found,
             None => self.flows.locate(j, &self.places, sink),
         };
         j.flow = self.flows.id(slot);

@@ -408,6 +408,8 @@ impl Flows {
     /// Keeps ICMP error `j` (located with [`Self::find`], its `side` the
     /// way it went) as flow `s`'s latest; `hops` are its hops as the flow
     /// keeps them. The flow's own counters and paths stay as they are.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn note_error(&mut self, s: u32, j: &Journey, hops: &[FlowHop]) {
         let Some(icmp) = j.icmp else { return };
         self.slab.touch(s);

@@ -105,6 +105,7 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
         proto,
         ..Fingerprint::default()
     };
+    let mut quote = None;
     let (sport, dport) = match pkt.l4 {
         L4::Tcp {
             sport,
@@ -120,6 +121,22 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
         L4::Icmp { ty, code, id, seq } => {
             (fp.a, fp.c, fp.d) = (u32::from(seq), ty, code);
             icmp_ports(ty, id)
+        }
+        L4::IcmpError {
+            ty,
+            code,
+            mtu,
+            quote: q,
+        } => {
+            (fp.a, fp.c, fp.d) = (u32::from(mtu), ty, code);
+            quote = Some(Tuple {
+                proto: q.proto,
+                src: q.src,
+                sport: q.sport,
+                dst: q.dst,
+                dport: q.dport,
+            });
+            (0, 0)
         }
         // ICMPv6 only rides IPv6, which this does not follow.
         L4::Icmp6 { .. } | L4::None => (0, 0),
@@ -144,13 +161,7 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
         bytes: pkt.len,
         reason: pkt.reason,
         probe: pkt.probe,
-        quote: pkt.quote.map(|q| Tuple {
-            proto: q.proto,
-            src: q.src,
-            sport: q.sport,
-            dst: q.dst,
-            dport: q.dport,
-        }),
+        quote,
     })
 }
 

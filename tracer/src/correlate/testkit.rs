@@ -8,7 +8,7 @@ use tracer_common::{Direction, reason};
 
 use super::{Config, Correlator, EndReason, Flow, FlowId, Journey, Update};
 use crate::{
-    decode::{HookId, L3, L4, Packet, Quote},
+    decode::{HookId, L3, L4, Packet},
     topology::{Iface, Role, Topology},
 };
 
@@ -94,8 +94,6 @@ pub(super) struct Pkt {
     pub payload_hash: u64,
     pub probe: bool,
     pub reason: u32,
-    /// For an ICMP error: the packet it quotes.
-    pub quote: Option<Quote>,
 }
 
 impl Pkt {
@@ -110,7 +108,6 @@ impl Pkt {
             payload_hash: 0x1234,
             probe: false,
             reason: reason::MATCH,
-            quote: None,
         }
     }
 
@@ -168,7 +165,7 @@ impl Pkt {
         match &mut self.l4 {
             L4::Icmp { id, .. } | L4::Icmp6 { id, .. } => *id = p,
             L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = p,
-            L4::None => {}
+            L4::IcmpError { .. } | L4::None => {}
         }
         self
     }
@@ -178,7 +175,7 @@ impl Pkt {
         match &mut self.l4 {
             L4::Icmp { id, .. } | L4::Icmp6 { id, .. } => *id = p,
             L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = p,
-            L4::None => {}
+            L4::IcmpError { .. } | L4::None => {}
         }
         self
     }
@@ -208,7 +205,6 @@ impl Pkt {
             l4: self.l4,
             payload_hash: self.payload_hash,
             probe: self.probe,
-            quote: self.quote,
         }
     }
 }

@@ -462,22 +462,20 @@ fn changes_by_id_name_the_flows_whole_updates_would_show() {
 /// SNAT on the error (and on the datagram it quotes) before pod-1's veth.
 fn udp_refused_after_snat() -> Vec<Packet> {
     let req = Pkt::udp("192.168.1.21", 40000, "203.0.113.10", 53).id(500);
-    let mut err = Pkt::icmp("203.0.113.10", "192.168.1.5", 3, 0, 0).id(77);
-    err.l4 = L4::Icmp {
-        ty: 3,
-        code: 3,
-        id: 0,
-        seq: 0,
-    };
+    let err = Pkt::icmp("203.0.113.10", "192.168.1.5", 3, 0, 0).id(77);
     let quoting = |p: Pkt, src: &str, sport| Pkt {
-        quote: Some(Quote {
-            src: ip(src),
-            dst: ip("203.0.113.10"),
-            id: 500,
-            proto: 17,
-            sport,
-            dport: 53,
-        }),
+        l4: L4::IcmpError {
+            ty: 3,
+            code: 3,
+            mtu: 0,
+            quote: Quote {
+                src: ip(src),
+                dst: ip("203.0.113.10"),
+                proto: 17,
+                sport,
+                dport: 53,
+            },
+        },
         ..p
     };
     vec![

@@ -377,6 +377,10 @@ fn build_view(
                 request.push(*p)
             }
             (ProbeProto::Udp, L4::Udp { sport, .. }) if sport == spec.port => reply.push(*p),
+            // An error about a UDP datagram (or one cut too short to say).
+            (ProbeProto::Udp, L4::IcmpError { ty: 3, quote, .. }) if quote.proto == 17 => {
+                reply.push(*p);
+            }
             (ProbeProto::Udp, L4::Icmp { ty: 3, .. }) => reply.push(*p),
             _ => {}
         }

@@ -166,7 +166,7 @@ impl Seen {
                 (Some(sport), Some(dport), None)
             }
             L4::Icmp { id, .. } => (None, None, Some(id)),
-            L4::Icmp6 { .. } | L4::None => (None, None, None),
+            L4::IcmpError { .. } | L4::Icmp6 { .. } | L4::None => (None, None, None),
         };
         Some(Self {
             src,

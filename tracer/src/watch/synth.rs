@@ -256,7 +256,6 @@ fn packet(&(cookie, ifindex, dir, src, dst, l4): &Seen, ts_ns: u64, hash: u64, n
         l4,
         payload_hash: hash,
         probe: false,
-        quote: None,
     }
 }
 
