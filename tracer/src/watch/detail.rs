@@ -16,7 +16,7 @@ use super::{
     row::{flow_proto_cell, pod_display},
     ui::label_style,
 };
-use crate::correlate::{Flow, FlowSide, Hop, Place, Rewrite, Tuple, format};
+use crate::correlate::{Flow, FlowSide, Hop, Place, Rewrite, Side, Tuple, format};
 
 const CHANGED: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
 
@@ -60,9 +60,17 @@ fn lines(app: &App) -> Vec<Line<'static>> {
     let w = Widths::of(f);
     for (name, side) in [("request", &f.request), ("reply", &f.reply)] {
         if side.path.is_empty() {
+            let refused = name == "reply"
+                && f.icmp_error
+                    .as_ref()
+                    .is_some_and(|e| e.answers == Side::Request);
             out.push(Line::from(vec![
                 Span::styled(format!(" {name}"), BOLD),
-                Span::raw(": not seen yet"),
+                Span::raw(if refused {
+                    ": none seen; an ICMP error came back instead (below)"
+                } else {
+                    ": not seen yet"
+                }),
             ]));
             continue;
         }

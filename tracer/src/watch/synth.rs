@@ -36,6 +36,9 @@ pub enum Kind {
     Dnat,
     /// TCP whose request leaves ens6 and whose reply comes back on ens5.
     Asymmetric,
+    /// UDP pod -> pod on the other node, out of ens5, refused with an
+    /// ICMP port unreachable that comes back the same way.
+    Refused,
 }
 
 /// A topology and an engine to push synthetic packets through.
@@ -176,6 +179,35 @@ impl Lab {
                     vec![
                         (NODE_A, ENS5, IN, internet, node_ip, icmp(0, nat_id)),
                         (NODE_A, va, OUT, internet, a, icmp(0, id)),
+                    ],
+                )
+            }
+            Kind::Refused => {
+                let q = udp(sport, 9999);
+                let e = L4::IcmpError {
+                    ty: 3,
+                    code: 3,
+                    mtu: 0,
+                    quote: crate::decode::Quote {
+                        src: a,
+                        dst: b,
+                        proto: 17,
+                        sport,
+                        dport: 9999,
+                    },
+                };
+                (
+                    vec![
+                        (NODE_A, va, IN, a, b, q),
+                        (NODE_A, ENS5, OUT, a, b, q),
+                        (NODE_B, ENS5, IN, a, b, q),
+                        (NODE_B, vb, OUT, a, b, q),
+                    ],
+                    vec![
+                        (NODE_B, vb, IN, b, a, e),
+                        (NODE_B, ENS5, OUT, b, a, e),
+                        (NODE_A, ENS5, IN, b, a, e),
+                        (NODE_A, va, OUT, b, a, e),
                     ],
                 )
             }

@@ -6,7 +6,7 @@ use ratatui::{Terminal, backend::TestBackend, buffer::Buffer, style::Color};
 use super::{
     app::{App, Header, Pane},
     row::Column,
-    synth::Lab,
+    synth::{Kind, Lab},
     ui,
 };
 use crate::{
@@ -362,4 +362,43 @@ fn changed_ids_become_the_same_rows_once_taken() {
     assert_eq!(app.len(), 4, "paused: new flows are held");
     app.toggle_pause();
     assert_eq!(app.len(), 8, "resumed: they are shown");
+}
+
+#[test]
+fn an_icmp_error_shows_in_the_path_pane() {
+    let mut lab = Lab::new(2, 100);
+    let mut app = App::new();
+    lab.add(Kind::Refused, |u| app.apply(u));
+    lab.engine.flush(|u| app.apply(u));
+    app.now_ns = lab.now_ns() + 2_000_000_000;
+    app.pane = Pane::Detail;
+    app.move_by(0);
+    let got = render(&mut app, &lab, 130, 24);
+    assert_lines(
+        &got[2..],
+        &[
+            "  SOURCE      DESTINATION PROTO/PORTS   PATH              ENI  REWRITE                                PKTS     BYTES    RATE LAST▼",
+            "> pod-a0      pod-b1      udp 1024>9999 direct,icmp-error ens5                                           1      98 B       -    2s",
+            "",
+            "",
+            "",
+            "",
+            " flow 1 ──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────",
+            " udp 1024>9999  pod-a0 192.168.16.20:1024 (node-a) -> pod-b1 192.168.32.21:9999 (node-b)  [direct, icmp-error]",
+            " ENI out node-a ens5, in -   request 1 pkts 98 B, reply 0 pkts 0 B",
+            " request: latest packet, 4 hops in 0.021 ms",
+            "    +0.000 ms  node-a  eni10000000000  ingress  pod veth of pod-a0  192.168.16.20.1024 > 192.168.32.21.9999",
+            "    +0.007 ms  node-a  ens5            egress   ENI 0 (primary)     192.168.16.20.1024 > 192.168.32.21.9999",
+            "    +0.014 ms  node-b  ens5            ingress  ENI 0 (primary)     192.168.16.20.1024 > 192.168.32.21.9999",
+            "    +0.021 ms  node-b  eni20000000001  egress   pod veth of pod-b1  192.168.16.20.1024 > 192.168.32.21.9999",
+            " reply: none seen; an ICMP error came back instead (below)",
+            " error: icmp port unreachable from 192.168.32.21 (pod-b1), 4 hops in 0.021 ms",
+            "    +0.000 ms  node-b  eni20000000001  ingress  pod veth of pod-b1  192.168.32.21 > 192.168.16.20",
+            "    +0.007 ms  node-b  ens5            egress   ENI 0 (primary)     192.168.32.21 > 192.168.16.20",
+            "    +0.014 ms  node-a  ens5            ingress  ENI 0 (primary)     192.168.32.21 > 192.168.16.20",
+            "    +0.021 ms  node-a  eni10000000000  egress   pod veth of pod-a0  192.168.32.21 > 192.168.16.20",
+            "",
+            " 1/1 flows  sort: last seen ▼  | q quit  ↑↓ move  Enter details  / filter  s sort  space pause  ? help",
+        ],
+    );
 }
