@@ -295,3 +295,55 @@ fn a_flow_running_before_trace_starts_shows_its_whole_path() {
     );
     assert_eq!(f["egress_eni"]["iface"], "ens6", "{f:#}");
 }
+
+/// Every ICMP error about a refused datagram is linked to that datagram's
+/// flow, in flows mode too, where one sender's errors to one pod share a
+/// kernel flow slot (whose first packets alone were reported); and the
+/// port filter keeps the errors about the packets it keeps.
+#[test]
+fn each_refused_datagram_gets_its_error_in_flows_mode_and_through_the_port_filter() {
+    let lab = LabGuard::up();
+    let (p1, p4) = (lab.pod("pod-1"), lab.pod("pod-4"));
+    let send = |port: u16| {
+        netns_exec(
+            &p1.netns,
+            &["bash", "-c", &format!("echo x > /dev/udp/{}/{port}", p4.ip)],
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ports = [9101, 9102, 9103, 9104, 9105, 9106];
+    let trace = Podtrace::start(&["trace", "--json"]);
+    for port in ports {
+        send(port);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = trace.stop(libc::SIGINT);
+    assert!(out.status.success(), "{}", out.stderr);
+    let all = flows(&out.stdout);
+    for port in ports {
+        let f = all
+            .values()
+            .find(|f| f["tuple"]["proto"] == 17 && f["tuple"]["dport"] == port)
+            .unwrap_or_else(|| panic!("no flow to port {port}: {all:#?}"));
+        assert_eq!(
+            f["icmp_error"]["name"], "port unreachable",
+            "port {port}: {f:#}"
+        );
+        assert_eq!(f["icmp_error"]["about"]["dport"], port, "{f:#}");
+    }
+
+    let filtered = Podtrace::start(&["trace", "--json", "--filter-port", "9107"]);
+    send(9107);
+    send(9108);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = filtered.stop(libc::SIGINT);
+    assert!(out.status.success(), "{}", out.stderr);
+    let all = flows(&out.stdout);
+    assert_eq!(all.len(), 1, "only the filtered port's flow: {all:#?}");
+    let f = all.values().next().unwrap();
+    assert_eq!(
+        (&f["tuple"]["dport"], &f["icmp_error"]["name"]),
+        (&Value::from(9107), &Value::from("port unreachable")),
+        "{f:#}"
+    );
+}

@@ -100,6 +100,10 @@ struct Parsed {
     tcp_flags: u8,
     probe: bool,
     ipv4: bool,
+    /// An ICMP error quoting a packet whose IPv4 header has no options.
+    icmp_error: bool,
+    /// The quoted packet's protocol, for an ICMP error.
+    quoted_proto: u8,
 }
 
 #[inline(always)]
@@ -116,7 +120,7 @@ fn trace(ctx: &TcContext, dir: Direction) {
     // The filter runs on headers read in place: a packet it rejects has
     // cost one array slot and a few loads.
     let parsed = parse(ctx);
-    if !parsed.probe && !filter_matches(&parsed) {
+    if !parsed.probe && !filter_matches(ctx, &parsed) {
         return;
     }
     stats.matched += 1;
@@ -141,7 +145,10 @@ fn trace(ctx: &TcContext, dir: Direction) {
     };
     if parsed.ipv4 {
         let per_cpu_count = count_flow(ifindex, dir, &parsed, len, now);
-        if flows && per_cpu_count <= u64::from(cfg!(flow_first_n)) {
+        // Every ICMP error is reported: errors are few, each says why a
+        // packet was refused, and all of one sender's to one host share
+        // a flow slot, whose first packets alone would hide the rest.
+        if flows && (per_cpu_count <= u64::from(cfg!(flow_first_n)) || parsed.icmp_error) {
             why |= reason::FLOW_START;
         }
     }
@@ -203,6 +210,8 @@ fn parse(ctx: &TcContext) -> Parsed {
         tcp_flags: 0,
         probe: false,
         ipv4: false,
+        icmp_error: false,
+        quoted_proto: 0,
     };
     // skb->protocol is the EtherType, without reading the packet.
     if unsafe { (*ctx.skb.skb).protocol } != u32::from(ETH_P_IP.to_be()) {
@@ -287,13 +296,22 @@ fn parse_ipv4(p: &mut Parsed, h: &[u8; HDR_PEEK], have: usize) {
             }
             p.dport = u16::from_be_bytes([ty, code]);
             p.probe = full && h[28..36] == PROBE_MAGIC;
+            // Unreachable, source quench, redirect, time exceeded,
+            // parameter problem: the quoted header follows the ICMP one.
+            if full && matches!(ty, 3 | 4 | 5 | 11 | 12) && h[28] == 0x45 {
+                p.icmp_error = true;
+                p.quoted_proto = h[37];
+            }
         }
         _ => {}
     }
 }
 
+/// Whether the packet passes the filter. An ICMP error passes the protocol
+/// and port filters as the packet it quotes would: it is that packet's
+/// answer (the address filters apply to its own header, as to a reply's).
 #[inline(always)]
-fn filter_matches(p: &Parsed) -> bool {
+fn filter_matches(ctx: &TcContext, p: &Parsed) -> bool {
     let proto = cfg!(proto);
     let port = cfg!(port);
     let src: Cidr4 = cfg!(src);
@@ -308,15 +326,39 @@ fn filter_matches(p: &Parsed) -> bool {
         // Non-IPv4 traffic (ARP, IPv6) is shown only when nothing is filtered.
         return !filtered;
     }
-    if proto != 0 && proto != u32::from(p.proto) {
-        return false;
-    }
-    if port != 0
-        && (p.proto == IPPROTO_ICMP || (port != u32::from(p.sport) && port != u32::from(p.dport)))
+    if proto != 0
+        && proto != u32::from(p.proto)
+        && !(p.icmp_error && proto == u32::from(p.quoted_proto))
     {
         return false;
     }
+    if port != 0 {
+        let (sport, dport) = if p.icmp_error && matches!(p.quoted_proto, IPPROTO_TCP | IPPROTO_UDP)
+        {
+            quoted_ports(ctx)
+        } else if p.proto == IPPROTO_ICMP {
+            return false;
+        } else {
+            (p.sport, p.dport)
+        };
+        if port != u32::from(sport) && port != u32::from(dport) {
+            return false;
+        }
+    }
     src.contains(p.src) && dst.contains(p.dst) && (host.contains(p.src) || host.contains(p.dst))
+}
+
+/// The ports of the TCP or UDP packet an ICMP error quotes (after its
+/// IPv4 header and the quoted 20-byte IPv4 header); 0 if not captured.
+#[inline(always)]
+fn quoted_ports(ctx: &TcContext) -> (u16, u16) {
+    match ctx.load::<[u8; 4]>(ETH_HLEN + 20 + 8 + 20) {
+        Ok(b) => (
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+        ),
+        Err(_) => (0, 0),
+    }
 }
 
 /// Adds the packet to its flow's counters in this CPU's region of the flow

@@ -35,10 +35,12 @@ pub struct FilterArgs {
     /// Keep packets whose source or destination is in this prefix.
     #[arg(long = "filter-host", value_name = "CIDR")]
     pub host: Option<Cidr>,
-    /// Keep only this protocol.
+    /// Keep only this protocol, and the ICMP errors (port unreachable,
+    /// TTL exceeded, ...) about its packets.
     #[arg(long = "filter-proto", value_name = "PROTO")]
     pub proto: Option<Proto>,
-    /// Keep TCP/UDP packets with this port on either side.
+    /// Keep TCP/UDP packets with this port on either side, and the ICMP
+    /// errors about them.
     #[arg(long = "filter-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 }

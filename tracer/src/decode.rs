@@ -778,6 +778,8 @@ impl Packet {
                     (3, 3, 6) => write!(f, "{} tcp port {} unreachable", q.dst, q.dport),
                     (3, 3, 17) => write!(f, "{} udp port {} unreachable", q.dst, q.dport),
                     (3, 4, _) => write!(f, "{} unreachable - need to frag (mtu {mtu})", q.dst),
+                    (3, 9, _) => write!(f, "net {} unreachable - admin prohibited", q.dst),
+                    (3, 10, _) => write!(f, "host {} unreachable - admin prohibited", q.dst),
                     (3, 13, _) => {
                         write!(f, "host {} unreachable - admin prohibited filter", q.dst)
                     }
@@ -849,7 +851,9 @@ pub fn icmp_name(ty: u8, code: u8) -> Option<&'static str> {
         (3, 2) => "protocol unreachable",
         (3, 3) => "port unreachable",
         (3, 4) => "fragmentation needed",
-        (3, 9 | 10 | 13) => "administratively prohibited",
+        (3, 9) => "net administratively prohibited",
+        (3, 10) => "host administratively prohibited",
+        (3, 13) => "administratively prohibited (filter)",
         (3, _) => "destination unreachable",
         (4, _) => "source quench",
         (5, _) => "redirect",

@@ -389,6 +389,11 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
         push_uint(buf, u64::from(code));
         buf.extend_from_slice(b",\"id\":");
         push_uint(buf, u64::from(id));
+        if let (3, 4, Some(_)) = (ty, code, quote) {
+            // The next hop's MTU of a "fragmentation needed".
+            buf.extend_from_slice(b",\"mtu\":");
+            push_uint(buf, u64::from(seq));
+        }
         if let Some(q) = quote {
             // The packet an error is about, as quoted here.
             buf.extend_from_slice(b",\"quote\":{\"dport\":");
@@ -835,13 +840,14 @@ mod tests {
                 mtu,
                 quote: q,
             } => {
-                obj.insert(
-                    "icmp".into(),
-                    json!({"type": ty, "code": code, "id": 0, "seq": mtu, "quote": {
-                        "src": q.src.to_string(), "dst": q.dst.to_string(),
-                        "proto": q.proto, "sport": q.sport, "dport": q.dport,
-                    }}),
-                );
+                let mut icmp = json!({"type": ty, "code": code, "id": 0, "seq": mtu, "quote": {
+                    "src": q.src.to_string(), "dst": q.dst.to_string(),
+                    "proto": q.proto, "sport": q.sport, "dport": q.dport,
+                }});
+                if (ty, code) == (3, 4) {
+                    icmp["mtu"] = json!(mtu);
+                }
+                obj.insert("icmp".into(), icmp);
             }
             L4::None => {}
         }

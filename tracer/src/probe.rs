@@ -292,10 +292,10 @@ fn run_icmp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
     Ok(())
 }
 
-fn icmp_error(ty: u8, code: u8, from: Ipv4Addr) -> String {
+/// What an ICMP error about a probe says: `port unreachable from 10.0.0.9`.
+pub(crate) fn icmp_error(ty: u8, code: u8, from: Ipv4Addr) -> String {
     match (ty, crate::decode::icmp_name(ty, code)) {
         (11, _) => format!("TTL exceeded at {from}"),
-        (3, Some(name @ "administratively prohibited")) => format!("{name} by {from}"),
         (_, Some(name)) => format!("{name} from {from}"),
         (_, None) => format!("ICMP type {ty} code {code} from {from}"),
     }

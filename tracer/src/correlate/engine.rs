@@ -208,6 +208,12 @@ impl Correlator {
     fn error_about(&mut self, seq: u64) -> Option<(u32, Side)> {
         let q = self.quotes.remove(&seq)?;
         self.scratch.quote = Some(q);
+        // An error goes to the quoted packet's sender: one that does not
+        // (forged, or misrouted) is not that packet's answer.
+        let to = self.scratch.hops.first().map(|h| h.tuple.dst);
+        if to != Some(q.src) {
+            return None;
+        }
         let (slot, quoted) = self.flows.find(&q)?;
         Some(match quoted {
             Side::Request => (slot, Side::Reply),
@@ -255,9 +261,14 @@ impl Correlator {
         self.stats.incomplete_journeys += u64::from(j.incomplete.is_some());
         sink(Update::Journey(j));
         if about.is_some() {
-            self.flows.note_error(slot, j, &self.hops[..n]);
+            self.flows.note_error(slot, j, &self.hops[..n], false);
         } else {
             self.flows.absorb(slot, j, &self.hops[..n]);
+            if j.quote.is_some() {
+                // An error about a packet no hook saw: a flow of its own,
+                // which still says what it answers.
+                self.flows.note_error(slot, j, &self.hops[..n], true);
+            }
         }
         if self.cfg.changes_by_id {
             sink(Update::FlowChanged {

@@ -144,6 +144,10 @@ struct Extra {
 struct ErrorRec {
     ty: u8,
     code: u8,
+    /// The header's MTU half (fragmentation needed).
+    mtu: u16,
+    about: Tuple,
+    alone: bool,
     answers: Side,
     packets: u64,
     /// Its hops; their protocol is ICMP, not the flow's.
@@ -410,8 +414,12 @@ impl Flows {
     /// keeps them. The flow's own counters and paths stay as they are.
     #[cold]
     #[inline(never)]
-    pub(crate) fn note_error(&mut self, s: u32, j: &Journey, hops: &[FlowHop]) {
-        let Some(icmp) = j.icmp else { return };
+    /// `alone`: no traced hook saw the quoted packet, and the error's
+    /// flow is its own.
+    pub(crate) fn note_error(&mut self, s: u32, j: &Journey, hops: &[FlowHop], alone: bool) {
+        let (Some(icmp), Some(about)) = (j.icmp, j.quote) else {
+            return;
+        };
         self.slab.touch(s);
         let r = self.slab.get_mut(s);
         let answers = match j.side {
@@ -419,10 +427,14 @@ impl Flows {
             Side::Reply => Side::Request,
         };
         let extra = r.extra_mut();
-        let packets = extra.error.as_ref().map_or(0, |e| e.packets) + 1;
+        let same = |e: &&ErrorRec| (e.ty, e.code) == (icmp.ty, icmp.code);
+        let packets = extra.error.as_ref().filter(same).map_or(0, |e| e.packets) + 1;
         extra.error = Some(ErrorRec {
             ty: icmp.ty,
             code: icmp.code,
+            mtu: icmp.seq,
+            about,
+            alone,
             answers,
             packets,
             hops: hops.into(),
@@ -681,7 +693,11 @@ fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
                 ty: 0,
                 code: 0,
                 name: "",
+                mtu: None,
                 from: Ipv4Addr::UNSPECIFIED,
+                sender: None,
+                about: Tuple::default(),
+                about_unseen: false,
                 answers: Side::Request,
                 packets: 0,
                 path: Vec::new(),
@@ -691,10 +707,14 @@ fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
             journey::fill_rewrites(&mut out.rewrites, &out.path, e.answers == Side::Request);
             (out.ty, out.code, out.answers, out.packets) = (e.ty, e.code, e.answers, e.packets);
             out.name = crate::decode::icmp_name(e.ty, e.code).unwrap_or("icmp error");
+            out.mtu = ((e.ty, e.code) == (3, 4)).then_some(e.mtu);
             out.from = out
                 .path
                 .first()
                 .map_or(Ipv4Addr::UNSPECIFIED, |h| h.tuple.src);
+            let sender = places.pod(out.from).or_else(|| places.eni_addr(out.from));
+            set_place(&mut out.sender, sender);
+            (out.about, out.about_unseen) = (e.about, e.alone);
         }
         None => out.icmp_error = None,
     }
@@ -750,9 +770,10 @@ fn pure_syn(j: &Journey) -> Option<u32> {
 }
 
 /// A journey that opens a flow is its request, unless it is plainly an
-/// answer: an ICMP echo/timestamp reply or a TCP SYN-ACK.
+/// answer: an ICMP echo/timestamp reply or error, or a TCP SYN-ACK.
 fn looks_like_reply(j: &Journey) -> bool {
-    j.icmp.is_some_and(|i| matches!(i.ty, 0 | 14))
+    j.quote.is_some()
+        || j.icmp.is_some_and(|i| matches!(i.ty, 0 | 14))
         || j.tcp.is_some_and(|t| t.flags & (SYN | ACK) == SYN | ACK)
 }
 

@@ -172,17 +172,28 @@ pub struct IcmpError {
     #[serde(rename = "type")]
     pub ty: u8,
     /// ICMP code (for type 3: 0 net, 1 host, 3 port unreachable, 4
-    /// fragmentation needed, 13 administratively prohibited).
+    /// fragmentation needed, 10 and 13 administratively prohibited).
     pub code: u8,
     /// What it says, e.g. `port unreachable`.
     pub name: &'static str,
+    /// The next hop's MTU, for "fragmentation needed" (type 3 code 4).
+    pub mtu: Option<u16>,
     /// Who sent it: its source address at its first hop (the server, a
     /// router, or a node).
     pub from: Ipv4Addr,
+    /// The pod veth or ENI that holds `from`, when it is a traced pod or
+    /// node (a router's address is none of them).
+    pub sender: Option<Shared<Place>>,
+    /// The packet it is about, as quoted at its first hop.
+    pub about: Tuple,
+    /// No traced hook saw that packet: the error is this flow's own
+    /// reply, and its path the reply's.
+    pub about_unseen: bool,
     /// The direction of the packets it answered: `request` when the
     /// client's packets were refused on their way or at the server.
     pub answers: Side,
-    /// Errors seen for this flow.
+    /// Errors of this type and code seen for this flow (since an error of
+    /// another kind, if any).
     pub packets: u64,
     /// Hops of the latest error, oldest first.
     pub path: Vec<Hop>,

@@ -151,17 +151,19 @@ pub fn asymmetry(f: &Flow) -> Option<String> {
 }
 
 /// `icmp port unreachable from 192.168.2.21 (pod-4): pod-4 veth > ...`:
-/// what the error says, who sent it (the pod, when it left one), how
-/// many, and the way it went.
+/// what the error says, who sent it (the pod or node, when traced), how
+/// many, and the way it went; for an error about a packet no hook saw,
+/// that packet in place of the way (the flow's reply path gives it).
 pub fn icmp_error(e: &IcmpError) -> String {
-    let pod = e
-        .path
-        .first()
-        .filter(|h| h.dir == super::model::Dir::Ingress)
-        .and_then(|h| h.place.pod())
-        .map(|p| format!(" ({})", short_pod(p)))
-        .unwrap_or_default();
-    let about = match e.answers {
+    let mtu = e.mtu.map(|m| format!(" (mtu {m})")).unwrap_or_default();
+    let sender = match e.sender.as_deref() {
+        Some(p) => match p.pod() {
+            Some(pod) => format!(" ({})", short_pod(pod)),
+            None => format!(" ({} {})", p.node, p.iface),
+        },
+        None => String::new(),
+    };
+    let reply = match e.answers {
         Side::Request => "",
         Side::Reply => ", about a reply",
     };
@@ -170,12 +172,34 @@ pub fn icmp_error(e: &IcmpError) -> String {
     } else {
         String::new()
     };
-    format!(
-        "icmp {} from {}{pod}{about}{times}: {}",
-        e.name,
-        e.from,
-        path(&e.path)
-    )
+    let head = format!("icmp {}{mtu} from {}{sender}{reply}{times}", e.name, e.from);
+    if e.about_unseen {
+        format!(
+            "{head}, about {}, which no traced hook saw",
+            quoted(&e.about)
+        )
+    } else {
+        format!("{head}: {}", path(&e.path))
+    }
+}
+
+/// A quoted packet: `udp 192.168.1.11:40000 > 10.0.0.9:53`, `icmp
+/// 192.168.1.11 > 192.168.2.21 id 7` (the echo id).
+pub fn quoted(t: &Tuple) -> String {
+    match t.proto {
+        6 | 17 => format!(
+            "{} {}:{} > {}:{}",
+            ProtoName(t.proto),
+            t.src,
+            t.sport,
+            t.dst,
+            t.dport
+        ),
+        1 if t.sport.max(t.dport) != 0 => {
+            format!("icmp {} > {} id {}", t.src, t.dst, t.sport.max(t.dport))
+        }
+        p => format!("{} {} > {}", ProtoName(p), t.src, t.dst),
+    }
 }
 
 /// What should have come after the last hop.
@@ -250,9 +274,12 @@ pub fn journey(j: &Journey) -> String {
         (None, Some(t)) => format!("tcp [{}] seq {}", crate::decode::tcp_flags(t.flags), t.seq),
         (None, None) => format!("{} id {}", ProtoName(j.proto), j.ip_id),
     };
-    let what = match j.quote {
-        Some(q) => format!("{what} about {} {q}", ProtoName(q.proto)),
-        None => what,
+    let what = match (j.quote, j.icmp) {
+        (Some(q), Some(i)) if (i.ty, i.code) == (3, 4) => {
+            format!("{what} mtu {} about {}", i.seq, quoted(&q))
+        }
+        (Some(q), _) => format!("{what} about {}", quoted(&q)),
+        (None, _) => what,
     };
     let mut out = format!(
         "flow {} {side}: {what}, {} hops{}{}\n",
@@ -284,8 +311,12 @@ fn counters(s: &FlowSide) -> String {
 /// One line of a flow's final counts: `flow 1  icmp  pod-1 -> pod-3
 /// [direct]  request 10 pkts 980 B (4 traced)  reply ...`.
 pub fn flow_counters(f: &Flow) -> String {
+    let errors = match &f.icmp_error {
+        Some(e) => format!("  icmp {} {}", e.name, e.packets),
+        None => String::new(),
+    };
     format!(
-        "{}  request {}  reply {}",
+        "{}  request {}  reply {}{errors}",
         head(f),
         counters(&f.request),
         counters(&f.reply)
@@ -354,6 +385,16 @@ pub fn flow(f: &Flow) -> String {
     }
     for r in f.rewrites() {
         let _ = writeln!(out, "  {}", rewrite(r));
+    }
+    // What conntrack changed on the error is what the client reads in it.
+    for r in f
+        .icmp_error
+        .iter()
+        .filter(|e| !e.about_unseen)
+        .flat_map(|e| &e.rewrites)
+    {
+        let line = rewrite(r).replace("(conntrack, on the reply)", "(conntrack, on the error)");
+        let _ = writeln!(out, "  {line}");
     }
     for (name, s) in [("request", &f.request), ("reply", &f.reply)] {
         let l = &s.latency;

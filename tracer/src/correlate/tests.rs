@@ -4,7 +4,7 @@ use super::{
     Config, Expected, Label, Labels, NatKind, Side,
     testkit::{A, B, ENS5, ENS6, IN, OUT, Pkt, VETH1, VETH2, cross_node_ping, ip, run, snat_ping},
 };
-use crate::decode::{L4, Packet, Quote};
+use crate::decode::{L3, L4, Packet, Quote};
 
 fn labels(l: &[Label]) -> Labels {
     l.iter().copied().collect()
@@ -541,11 +541,80 @@ fn an_icmp_error_about_an_unseen_packet_is_a_flow_of_its_own() {
     let (_, seen) = run(Config::default(), &packets[2..]);
     let flows = seen.last_flows();
     assert_eq!(flows.len(), 1);
-    assert_eq!(flows[0].tuple.proto, 1);
-    assert!(flows[0].icmp_error.is_none());
-    assert!(!flows[0].labels.contains(Label::IcmpError));
-    assert!(
-        seen.journeys[0].quote.is_some(),
-        "it still says what it quotes"
+    let f = &flows[0];
+    assert_eq!(f.tuple.proto, 1);
+    assert!(f.request.path.is_empty(), "the error is the flow's reply");
+    assert_eq!(
+        f.labels,
+        labels(&[Label::Snat, Label::IcmpError]),
+        "conntrack undid a SNAT on it"
     );
+    let e = f.icmp_error.as_ref().expect("it says what it answers");
+    assert!(e.about_unseen);
+    assert_eq!((e.about.src, e.about.sport), (ip("192.168.1.5"), 31000));
+    assert!(
+        super::format::flow(f).contains(
+            "  error    icmp port unreachable from 203.0.113.10, about udp \
+             192.168.1.5:31000 > 203.0.113.10:53, which no traced hook saw\n"
+        ),
+        "{}",
+        super::format::flow(f)
+    );
+}
+
+/// An error of another kind starts its count again; the sender is named
+/// when it is a traced node or pod; a "fragmentation needed" gives the MTU.
+#[test]
+fn icmp_errors_name_their_kind_sender_and_mtu() {
+    let mut packets = udp_refused_after_snat();
+    let mut frag = packets[2];
+    frag.ts_ns += 1_000_000;
+    frag.l3 = match frag.l3 {
+        L3::Ipv4 { dst, .. } => L3::Ipv4 {
+            src: ip("192.168.1.6"),
+            dst,
+            id: 78,
+            total_len: 84,
+            ttl: 64,
+            proto: 1,
+            frag: 0,
+        },
+        l3 => l3,
+    };
+    if let L4::IcmpError { quote, .. } = frag.l4 {
+        frag.l4 = L4::IcmpError {
+            ty: 3,
+            code: 4,
+            mtu: 1400,
+            quote,
+        };
+    }
+    packets.push(frag);
+    let (_, seen) = run(Config::default(), &packets);
+    let f = &seen.last_flows()[0];
+    let e = f.icmp_error.as_ref().unwrap();
+    assert_eq!(
+        (e.name, e.mtu, e.packets),
+        ("fragmentation needed", Some(1400), 1)
+    );
+    assert_eq!(
+        super::format::icmp_error(e),
+        "icmp fragmentation needed (mtu 1400) from 192.168.1.6 (node-a ens6): node-a ens5 (ENI 0)"
+    );
+}
+
+/// An error sent to someone else than the quoted packet's sender is not
+/// that packet's answer.
+#[test]
+fn an_icmp_error_to_another_host_is_not_linked() {
+    let mut packets = udp_refused_after_snat();
+    for p in &mut packets[2..] {
+        if let L3::Ipv4 { dst, .. } = &mut p.l3 {
+            *dst = ip("192.168.1.31");
+        }
+    }
+    let (_, seen) = run(Config::default(), &packets);
+    let flows = seen.last_flows();
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    assert!(flows[0].icmp_error.is_none());
 }

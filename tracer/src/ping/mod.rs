@@ -19,7 +19,7 @@ use tracer_common::{Config, mode};
 use self::report::{Endpoint, ProbeView, probe_view, summarize};
 use crate::{
     cli::{WhereArgs, parse_duration, parse_positive_duration},
-    decode::{L4, Packet},
+    decode::{L3, L4, Packet},
     kernel::{KernelError, LoadOptions},
     netns::Netns,
     pods::{self, PodSet, PodSourceArgs, Resolved},
@@ -347,7 +347,7 @@ fn build_view(
     session: &Session,
 ) -> ProbeView {
     let tag = probe::payload_hash(r.seq, run);
-    let (mut request, mut reply) = (Vec::new(), Vec::new());
+    let (mut request, mut reply, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for p in packets {
         match (spec.proto, p.l4) {
             (ProbeProto::Icmp, L4::Icmp { ty, seq, .. })
@@ -377,14 +377,37 @@ fn build_view(
                 request.push(*p)
             }
             (ProbeProto::Udp, L4::Udp { sport, .. }) if sport == spec.port => reply.push(*p),
-            // An error about a UDP datagram (or one cut too short to say).
-            (ProbeProto::Udp, L4::IcmpError { ty: 3, quote, .. }) if quote.proto == 17 => {
-                reply.push(*p);
-            }
+            // Errors are matched to the probe by what they quote, below.
+            (_, L4::IcmpError { .. }) => errors.push(*p),
+            // One cut too short to say what it quotes.
             (ProbeProto::Udp, L4::Icmp { ty: 3, .. }) => reply.push(*p),
             _ => {}
         }
     }
+    // An error answers this probe when it quotes one of the probe's hops
+    // (NAT rewrites the quote with the error, hop for hop): same source,
+    // same port or echo id, same protocol.
+    let quotes = |q: &crate::decode::Quote| {
+        request.iter().any(|r: &Packet| {
+            let L3::Ipv4 { src, proto, .. } = r.l3 else {
+                return false;
+            };
+            let sport = match r.l4 {
+                L4::Tcp { sport, .. } | L4::Udp { sport, .. } => sport,
+                L4::Icmp { ty, id, .. } => crate::decode::icmp_ports(ty, id).0,
+                _ => return false,
+            };
+            (src, proto, sport) == (q.src, q.proto, q.sport)
+        })
+    };
+    for p in errors {
+        if let L4::IcmpError { quote, .. } = p.l4
+            && quotes(&quote)
+        {
+            reply.push(p);
+        }
+    }
+    reply.sort_by_key(|p| p.ts_ns);
     // UDP answers carry no tag: keep those close to this probe's request.
     if spec.proto == ProbeProto::Udp
         && let Some(t0) = request.iter().map(|p| p.ts_ns).min()
@@ -396,5 +419,17 @@ fn build_view(
     let rtt = r.rtt.map(|d| d.as_nanos() as f64 / 1000.0);
     let mut v = probe_view(r.seq, rtt, &request, &reply, &session.topology);
     v.reply.clone_from(&r.reply);
+    // The probe's socket reads no ICMP error about a TCP SYN; the hooks
+    // saw it come back.
+    if v.reply.is_none()
+        && let Some(why) = reply.iter().find_map(|p| match (p.l3, p.l4) {
+            (L3::Ipv4 { src, .. }, L4::IcmpError { ty, code, .. }) => {
+                Some(probe::icmp_error(ty, code, src))
+            }
+            _ => None,
+        })
+    {
+        v.reply = Some(why);
+    }
     v
 }
