@@ -385,7 +385,7 @@ fn an_icmp_error_shows_in_the_path_pane() {
             "",
             " flow 1 ──────────────────────────────────────────────────────────────────────────────────────────────────────────────────────────",
             " udp 1024>9999  pod-a0 192.168.16.20:1024 (node-a) -> pod-b1 192.168.32.21:9999 (node-b)  [direct, icmp-error]",
-            " ENI out node-a ens5, in -   request 1 pkts 98 B, reply 0 pkts 0 B",
+            " ENI out node-a ens5, in node-a ens5   request 1 pkts 98 B, reply 0 pkts 0 B",
             " request: latest packet, 4 hops in 0.021 ms",
             "    +0.000 ms  node-a  eni10000000000  ingress  pod veth of pod-a0  192.168.16.20.1024 > 192.168.32.21.9999",
             "    +0.007 ms  node-a  ens5            egress   ENI 0 (primary)     192.168.16.20.1024 > 192.168.32.21.9999",
