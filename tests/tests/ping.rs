@@ -211,6 +211,40 @@ fn lab_paths_and_bad_input() {
         "{doc:#}"
     );
 
+    // A REJECT on node-b answers a TCP probe with an ICMP error, which the
+    // probe's raw socket never reads: the hooks saw it, and say so, with
+    // the error's way back as the reply.
+    let reject = [
+        "-I",
+        "FORWARD",
+        "-d",
+        &p3.ip.to_string(),
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-host-prohibited",
+    ];
+    netns_exec("node-b", &[&["iptables"], &reject[..]].concat());
+    let (code, doc, err) = ping(&[
+        "pod-1", "pod-3", "--proto", "tcp", "--port", "8080", "-c", "1", "-W", "500ms",
+    ]);
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    let why = doc["summary"]["lost_at"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("host administratively prohibited from 192.168.2."),
+        "{doc:#}"
+    );
+    let back = hops(&doc, 0);
+    assert_eq!(
+        back.last().map(String::as_str),
+        Some(format!("node-a {} egress", lab.pod("pod-1").host_veth).as_str()),
+        "the error reached the source pod: {back:?}"
+    );
+
     // Bad input: one clear line, exit 2, nothing attached.
     for (args, needle) in [
         (vec!["pod-9", "pod-3"], "pod \"pod-9\" not found"),
