@@ -245,6 +245,39 @@ fn lab_paths_and_bad_input() {
         "the error reached the source pod: {back:?}"
     );
 
+    // The same for echo probes, each with its own error: every probe of a
+    // run has the same echo id, and an error is matched by its quoted seq.
+    let reject_echo = [
+        "-I",
+        "FORWARD",
+        "-d",
+        &p3.ip.to_string(),
+        "-p",
+        "icmp",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-admin-prohibited",
+    ];
+    netns_exec("node-b", &[&["iptables"], &reject_echo[..]].concat());
+    let (code, doc, err) = ping(&["pod-1", "pod-3", "-c", "2", "-i", "0.3", "-W", "500ms"]);
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    for seq in 0..2 {
+        let probe = &doc["probes"][seq];
+        assert!(
+            probe["reply"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("administratively prohibited (filter) from ")),
+            "{doc:#}"
+        );
+        let back = hops(&doc, seq);
+        assert_eq!(
+            back.len(),
+            6,
+            "3 hops out, 3 back for probe {seq}: {back:?}"
+        );
+    }
+
     // Bad input: one clear line, exit 2, nothing attached.
     for (args, needle) in [
         (vec!["pod-9", "pod-3"], "pod \"pod-9\" not found"),

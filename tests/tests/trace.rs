@@ -311,7 +311,9 @@ fn each_refused_datagram_gets_its_error_in_flows_mode_and_through_the_port_filte
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let ports = [9101, 9102, 9103, 9104, 9105, 9106];
+    // Five: more than two CPUs report of a slot's first packets (two
+    // each), fewer than the six errors Linux sends one host in a burst.
+    let ports = [9101, 9102, 9103, 9104, 9105];
     let trace = Podtrace::start(&["trace", "--json"]);
     for port in ports {
         send(port);
@@ -329,7 +331,7 @@ fn each_refused_datagram_gets_its_error_in_flows_mode_and_through_the_port_filte
             f["icmp_error"]["name"], "port unreachable",
             "port {port}: {f:#}"
         );
-        assert_eq!(f["icmp_error"]["about"]["dport"], port, "{f:#}");
+        assert_eq!(f["icmp_error"]["quote"]["dport"], port, "{f:#}");
     }
 
     let filtered = Podtrace::start(&["trace", "--json", "--filter-port", "9107"]);

@@ -75,6 +75,9 @@ const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+/// ICMP errors reported per flow slot and CPU in flows mode before only
+/// one in this many is.
+const ERRORS_REPORTED: u64 = 64;
 /// Bytes of IPv4 + L4 header (+ probe tag) read in one helper call.
 const HDR_PEEK: usize = 48;
 
@@ -145,10 +148,17 @@ fn trace(ctx: &TcContext, dir: Direction) {
     };
     if parsed.ipv4 {
         let per_cpu_count = count_flow(ifindex, dir, &parsed, len, now);
-        // Every ICMP error is reported: errors are few, each says why a
-        // packet was refused, and all of one sender's to one host share
-        // a flow slot, whose first packets alone would hide the rest.
-        if flows && (per_cpu_count <= u64::from(cfg!(flow_first_n)) || parsed.icmp_error) {
+        // ICMP errors are reported well past the first packets: each says
+        // why a packet was refused, and all of one sender's to one host
+        // share a flow slot, whose first packets alone would hide the
+        // rest. Up to ERRORS_REPORTED per slot and CPU, then one in as
+        // many, so that a flood of errors stays a trickle of events.
+        let first_n = u64::from(cfg!(flow_first_n));
+        if flows
+            && (per_cpu_count <= first_n
+                || (parsed.icmp_error
+                    && (per_cpu_count <= ERRORS_REPORTED || per_cpu_count % ERRORS_REPORTED == 0)))
+        {
             why |= reason::FLOW_START;
         }
     }
@@ -159,7 +169,13 @@ fn trace(ctx: &TcContext, dir: Direction) {
         why |= reason::SAMPLED;
     }
     if cfg!(probes_only) != 0 {
-        why &= reason::PROBE;
+        // Probes, and the ICMP errors that may be about them: an error
+        // quotes too little of a probe to show its tag.
+        why &= if parsed.icmp_error {
+            reason::PROBE | reason::FLOW_START
+        } else {
+            reason::PROBE
+        };
     }
     if why == 0 {
         return;
@@ -296,9 +312,11 @@ fn parse_ipv4(p: &mut Parsed, h: &[u8; HDR_PEEK], have: usize) {
             }
             p.dport = u16::from_be_bytes([ty, code]);
             p.probe = full && h[28..36] == PROBE_MAGIC;
-            // Unreachable, source quench, redirect, time exceeded,
-            // parameter problem: the quoted header follows the ICMP one.
-            if full && matches!(ty, 3 | 4 | 5 | 11 | 12) && h[28] == 0x45 {
+            // Unreachable, time exceeded, parameter problem: the quoted
+            // header follows the ICMP one (without options, and of a
+            // first fragment, whose ports follow it).
+            if full && matches!(ty, 3 | 11 | 12) && h[28] == 0x45 && h[34] & 0x1f == 0 && h[35] == 0
+            {
                 p.icmp_error = true;
                 p.quoted_proto = h[37];
             }

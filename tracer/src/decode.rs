@@ -112,9 +112,9 @@ pub enum L4 {
         /// Echo sequence number.
         seq: u16,
     },
-    /// An ICMPv4 error (destination unreachable, source quench, redirect,
-    /// time exceeded, parameter problem) that quotes the packet it is
-    /// about; [`L4::Icmp`] when too little of the quote was captured.
+    /// An ICMPv4 error (destination unreachable, time exceeded, parameter
+    /// problem) that quotes the packet it is about; [`L4::Icmp`] when too
+    /// little of the quote was captured.
     IcmpError {
         /// ICMP type.
         ty: u8,
@@ -182,12 +182,17 @@ pub struct Quote {
     pub sport: u16,
     /// TCP/UDP destination port; for an ICMP echo, as [`icmp_ports`] puts its id.
     pub dport: u16,
+    /// An ICMP echo's sequence number (0 for other protocols): which
+    /// probe of a ping an error is about.
+    pub seq: u16,
 }
 
-/// ICMP types that quote the packet they are about: destination
-/// unreachable, source quench, redirect, time exceeded, parameter problem.
+/// ICMP errors that quote the packet they are about and say it went no
+/// further: destination unreachable, time exceeded, parameter problem
+/// (not a redirect or source quench, which quote a packet that was
+/// delivered).
 fn is_icmp_error(ty: u8) -> bool {
-    matches!(ty, 3 | 4 | 5 | 11 | 12)
+    matches!(ty, 3 | 11 | 12)
 }
 
 /// The ports of an ICMP message in a tuple's convention (what the kernel's
@@ -207,16 +212,29 @@ pub fn icmp_ports(ty: u8, id: u16) -> (u16, u16) {
 /// number) in place of the payload's first bytes, which NAT rewrites: one
 /// error then reads as one packet at every hook. `payload`: the bytes
 /// after the ICMP header.
+#[inline]
 fn icmp_error_quote(pkt: &mut Packet, payload: &[u8]) {
+    if let L4::Icmp { ty, .. } = pkt.l4
+        && is_icmp_error(ty)
+    {
+        read_quote(pkt, payload);
+    }
+}
+
+#[cold]
+fn read_quote(pkt: &mut Packet, payload: &[u8]) {
     let L4::Icmp { ty, code, seq, .. } = pkt.l4 else {
         return;
     };
-    if !is_icmp_error(ty) || payload.len() < 20 || payload[0] >> 4 != 4 {
+    if payload.len() < 20 || payload[0] >> 4 != 4 {
         return;
     }
     let ihl = usize::from(payload[0] & 0x0f) * 4;
     let proto = payload[9];
-    let Some(l4) = payload.get(ihl..ihl + 8).filter(|_| ihl >= 20) else {
+    // Only a first fragment (offset 0) carries the ports; Linux sends no
+    // error about a later one, but a crafted one must not be read so.
+    let first = u16::from_be_bytes([payload[6], payload[7]]) & 0x1fff == 0;
+    let Some(l4) = payload.get(ihl..ihl + 8).filter(|_| ihl >= 20 && first) else {
         return;
     };
     let (sport, dport) = match proto {
@@ -237,6 +255,11 @@ fn icmp_error_quote(pkt: &mut Packet, payload: &[u8]) {
             proto,
             sport,
             dport,
+            seq: if proto == 1 {
+                u16::from_be_bytes([l4[6], l4[7]])
+            } else {
+                0
+            },
         },
     };
     // What NAT leaves alone: IP id, total length, protocol, then TCP's
@@ -983,6 +1006,7 @@ mod tests {
                     proto: 17,
                     sport: 40000,
                     dport: 53,
+                    seq: 0,
                 }
             }
         );

@@ -260,7 +260,6 @@ fn push_addr(buf: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// Appends `"a.b.c.d"`.
 /// An ICMP header's fields as `capture --json` gives them: type, code,
 /// id, seq, and for an error the packet it quotes (its id reads 0 and its
 /// seq is the header's last two bytes, an MTU for "fragmentation needed").
@@ -279,6 +278,7 @@ fn icmp_fields(l4: L4) -> Option<(u8, u8, u16, u16, Option<crate::decode::Quote>
     }
 }
 
+/// Appends `"a.b.c.d"`.
 fn push_ip(buf: &mut Vec<u8>, ip: Ipv4Addr) {
     buf.push(b'"');
     for (i, o) in ip.octets().into_iter().enumerate() {
@@ -1067,6 +1067,7 @@ mod tests {
                     proto,
                     sport: 40_000,
                     dport: 53,
+                    seq: 0,
                 },
             });
         }

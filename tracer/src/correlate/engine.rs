@@ -76,6 +76,13 @@ impl Correlator {
             .ensure(pkt.hook.netns_cookie, pkt.hook.ifindex, topo);
         match self.pending.find(&obs, self.cfg.window_ns) {
             Lookup::Join(seq) => {
+                // An error keeps the quote of its earliest hop, which the
+                // engine compares with that hop's addresses.
+                if let Some(q) = obs.quote
+                    && obs.hop.ts_ns < self.pending.get(seq).first_ns()
+                {
+                    self.quotes.insert(seq, q);
+                }
                 if !self.pending.get_mut(seq).add(&obs) {
                     self.stats.hop_overflow += 1;
                 }
@@ -212,6 +219,8 @@ impl Correlator {
         // (forged, or misrouted) is not that packet's answer.
         let to = self.scratch.hops.first().map(|h| h.tuple.dst);
         if to != Some(q.src) {
+            // Not an answer to the packet it names: a plain ICMP message.
+            self.scratch.quote = None;
             return None;
         }
         let (slot, quoted) = self.flows.find(&q)?;

@@ -146,7 +146,7 @@ struct ErrorRec {
     code: u8,
     /// The header's MTU half (fragmentation needed).
     mtu: u16,
-    about: Tuple,
+    quote: Tuple,
     alone: bool,
     answers: Side,
     packets: u64,
@@ -417,7 +417,7 @@ impl Flows {
     /// `alone`: no traced hook saw the quoted packet, and the error's
     /// flow is its own.
     pub(crate) fn note_error(&mut self, s: u32, j: &Journey, hops: &[FlowHop], alone: bool) {
-        let (Some(icmp), Some(about)) = (j.icmp, j.quote) else {
+        let (Some(icmp), Some(quote)) = (j.icmp, j.quote) else {
             return;
         };
         self.slab.touch(s);
@@ -433,7 +433,7 @@ impl Flows {
             ty: icmp.ty,
             code: icmp.code,
             mtu: icmp.seq,
-            about,
+            quote,
             alone,
             answers,
             packets,
@@ -696,8 +696,8 @@ fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
                 mtu: None,
                 from: Ipv4Addr::UNSPECIFIED,
                 sender: None,
-                about: Tuple::default(),
-                about_unseen: false,
+                quote: Tuple::default(),
+                quote_unseen: false,
                 answers: Side::Request,
                 packets: 0,
                 path: Vec::new(),
@@ -714,7 +714,7 @@ fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
                 .map_or(Ipv4Addr::UNSPECIFIED, |h| h.tuple.src);
             let sender = places.pod(out.from).or_else(|| places.eni_addr(out.from));
             set_place(&mut out.sender, sender);
-            (out.about, out.about_unseen) = (e.about, e.alone);
+            (out.quote, out.quote_unseen) = (e.quote, e.alone);
         }
         None => out.icmp_error = None,
     }

@@ -185,10 +185,10 @@ pub struct IcmpError {
     /// node (a router's address is none of them).
     pub sender: Option<Shared<Place>>,
     /// The packet it is about, as quoted at its first hop.
-    pub about: Tuple,
+    pub quote: Tuple,
     /// No traced hook saw that packet: the error is this flow's own
     /// reply, and its path the reply's.
-    pub about_unseen: bool,
+    pub quote_unseen: bool,
     /// The direction of the packets it answered: `request` when the
     /// client's packets were refused on their way or at the server.
     pub answers: Side,

@@ -173,10 +173,10 @@ pub fn icmp_error(e: &IcmpError) -> String {
         String::new()
     };
     let head = format!("icmp {}{mtu} from {}{sender}{reply}{times}", e.name, e.from);
-    if e.about_unseen {
+    if e.quote_unseen {
         format!(
             "{head}, about {}, which no traced hook saw",
-            quoted(&e.about)
+            quoted(&e.quote)
         )
     } else {
         format!("{head}: {}", path(&e.path))
@@ -390,7 +390,7 @@ pub fn flow(f: &Flow) -> String {
     for r in f
         .icmp_error
         .iter()
-        .filter(|e| !e.about_unseen)
+        .filter(|e| !e.quote_unseen)
         .flat_map(|e| &e.rewrites)
     {
         let line = rewrite(r).replace("(conntrack, on the reply)", "(conntrack, on the error)");

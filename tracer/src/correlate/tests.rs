@@ -474,6 +474,7 @@ fn udp_refused_after_snat() -> Vec<Packet> {
                 proto: 17,
                 sport,
                 dport: 53,
+                seq: 0,
             },
         },
         ..p
@@ -550,8 +551,8 @@ fn an_icmp_error_about_an_unseen_packet_is_a_flow_of_its_own() {
         "conntrack undid a SNAT on it"
     );
     let e = f.icmp_error.as_ref().expect("it says what it answers");
-    assert!(e.about_unseen);
-    assert_eq!((e.about.src, e.about.sport), (ip("192.168.1.5"), 31000));
+    assert!(e.quote_unseen);
+    assert_eq!((e.quote.src, e.quote.sport), (ip("192.168.1.5"), 31000));
     assert!(
         super::format::flow(f).contains(
             "  error    icmp port unreachable from 203.0.113.10, about udp \
@@ -617,4 +618,31 @@ fn an_icmp_error_to_another_host_is_not_linked() {
     let flows = seen.last_flows();
     assert_eq!(flows.len(), 2, "{flows:#?}");
     assert!(flows[0].icmp_error.is_none());
+}
+
+/// Errors of one kind add up; the line says how many.
+#[test]
+fn icmp_errors_of_one_kind_are_counted() {
+    let mut packets = udp_refused_after_snat();
+    let again: Vec<Packet> = packets[2..]
+        .iter()
+        .map(|p| {
+            let mut p = *p;
+            p.ts_ns += 2_000_000;
+            if let L3::Ipv4 { id, .. } = &mut p.l3 {
+                *id += 1;
+            }
+            p
+        })
+        .collect();
+    packets.extend(again);
+    let (_, seen) = run(Config::default(), &packets);
+    let e = seen.last_flows()[0].icmp_error.clone().unwrap();
+    assert_eq!(e.packets, 2);
+    assert!(
+        super::format::icmp_error(&e)
+            .starts_with("icmp port unreachable from 203.0.113.10, 2 times:"),
+        "{}",
+        super::format::icmp_error(&e)
+    );
 }

@@ -386,18 +386,19 @@ fn build_view(
     }
     // An error answers this probe when it quotes one of the probe's hops
     // (NAT rewrites the quote with the error, hop for hop): same source,
-    // same port or echo id, same protocol.
+    // same protocol, same port or echo id and seq.
     let quotes = |q: &crate::decode::Quote| {
-        request.iter().any(|r: &Packet| {
-            let L3::Ipv4 { src, proto, .. } = r.l3 else {
+        request.iter().any(|sent: &Packet| {
+            let L3::Ipv4 { src, proto, .. } = sent.l3 else {
                 return false;
             };
-            let sport = match r.l4 {
+            let sport = match sent.l4 {
                 L4::Tcp { sport, .. } | L4::Udp { sport, .. } => sport,
                 L4::Icmp { ty, id, .. } => crate::decode::icmp_ports(ty, id).0,
                 _ => return false,
             };
-            (src, proto, sport) == (q.src, q.proto, q.sport)
+            // Every echo of a run has the same id: its seq tells them apart.
+            (src, proto, sport) == (q.src, q.proto, q.sport) && (proto != 1 || q.seq == r.seq)
         })
     };
     for p in errors {

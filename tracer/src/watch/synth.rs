@@ -194,6 +194,7 @@ impl Lab {
                         proto: 17,
                         sport,
                         dport: 9999,
+                        seq: 0,
                     },
                 };
                 (
