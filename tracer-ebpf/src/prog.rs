@@ -75,9 +75,11 @@ const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// ICMP errors reported per flow slot and CPU in flows mode before only
-/// one in this many is.
+/// ICMP errors of a flood reported per flow slot and CPU in flows mode
+/// before only one in this many is.
 const ERRORS_REPORTED: u64 = 64;
+/// An ICMP error this long after its slot's previous packet is no flood.
+const ERROR_QUIET_NS: u64 = 100_000_000;
 /// Bytes of IPv4 + L4 header (+ probe tag) read in one helper call.
 const HDR_PEEK: usize = 48;
 
@@ -147,17 +149,21 @@ fn trace(ctx: &TcContext, dir: Direction) {
         unsafe { bpf_ktime_get_coarse_ns() }
     };
     if parsed.ipv4 {
-        let per_cpu_count = count_flow(ifindex, dir, &parsed, len, now);
+        let (per_cpu_count, gap) = count_flow(ifindex, dir, &parsed, len, now);
         // ICMP errors are reported well past the first packets: each says
         // why a packet was refused, and all of one sender's to one host
         // share a flow slot, whose first packets alone would hide the
-        // rest. Up to ERRORS_REPORTED per slot and CPU, then one in as
-        // many, so that a flood of errors stays a trickle of events.
+        // rest. Every one that comes ERROR_QUIET_NS after the slot's last
+        // (hosts send one a second to a host, after a burst of six), and
+        // of a flood the first ERRORS_REPORTED per slot and CPU, then one
+        // in as many: a flood stays a trickle of events.
         let first_n = u64::from(cfg!(flow_first_n));
         if flows
             && (per_cpu_count <= first_n
                 || (parsed.icmp_error
-                    && (per_cpu_count <= ERRORS_REPORTED || per_cpu_count % ERRORS_REPORTED == 0)))
+                    && (per_cpu_count <= ERRORS_REPORTED
+                        || gap >= ERROR_QUIET_NS
+                        || per_cpu_count % ERRORS_REPORTED == 0)))
         {
             why |= reason::FLOW_START;
         }
@@ -380,9 +386,11 @@ fn quoted_ports(ctx: &TcContext) -> (u16, u16) {
 }
 
 /// Adds the packet to its flow's counters in this CPU's region of the flow
-/// table; returns this CPU's count (0 if the table has no region for it).
+/// table; returns this CPU's count (0 if the table has no region for it)
+/// and the time since the flow's previous packet here (`u64::MAX` for a
+/// flow's first).
 #[inline(always)]
-fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> u64 {
+fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> (u64, u64) {
     let words = SlotKey::words(ifindex, p.src, p.dst, p.sport, p.dport, p.proto, dir as u8);
     let slots = cfg!(flow_slots);
     let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(slots);
@@ -392,21 +400,22 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> u
     for i in 0..FLOW_PROBES {
         let index = base.wrapping_add(hash.wrapping_add(i) & slots.wrapping_sub(1));
         let Some(slot) = FLOWS.get_ptr_mut(index) else {
-            return 0;
+            return (0, u64::MAX);
         };
         // SAFETY: this CPU's region; TC programs do not nest on one CPU.
         let slot = unsafe { &mut *slot };
         let s = &mut slot.stats;
         if s.packets == 0 {
             claim(slot, &words, p, now, len);
-            return 1;
+            return (1, u64::MAX);
         }
         if same_key(&slot.key, &words) {
+            let gap = now.wrapping_sub(s.last_ns);
             s.packets += 1;
             s.bytes += u64::from(len);
             s.last_ns = now;
             s.tcp_flags |= u32::from(p.tcp_flags);
-            return s.packets;
+            return (s.packets, gap);
         }
         if s.last_ns < oldest {
             oldest = s.last_ns;
@@ -414,11 +423,11 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> u
         }
     }
     if victim.is_null() {
-        return 0;
+        return (0, u64::MAX);
     }
     // SAFETY: one of the slots above.
     claim(unsafe { &mut *victim }, &words, p, now, len);
-    1
+    (1, u64::MAX)
 }
 
 /// The slot's key as words (see [`SlotKey::words`]).

@@ -628,6 +628,17 @@ impl Flows {
             {
                 continue;
             }
+            // A journey that a later hook alone saw (a retransmission the
+            // first hook did not report, in flows mode) moves the entry
+            // hop to where fewer packets were counted: counts that went
+            // down would hide what the client sent.
+            if r.extra
+                .as_ref()
+                .and_then(|e| e.kernel[i])
+                .is_some_and(|old| old.packets > st.packets)
+            {
+                continue;
+            }
             r.extra_mut().kernel[i] = Some(KernelCounters {
                 packets: st.packets,
                 bytes: st.bytes,

@@ -186,7 +186,7 @@ pub struct IcmpError {
     pub sender: Option<Shared<Place>>,
     /// The packet it is about, as quoted at its first hop.
     pub quote: Tuple,
-    /// No traced hook saw that packet: the error is this flow's own
+    /// podtrace did not see that packet (not traced here, or filtered out): the error is this flow's own
     /// reply, and its path the reply's.
     pub quote_unseen: bool,
     /// The direction of the packets it answered: `request` when the

@@ -175,7 +175,7 @@ pub fn icmp_error(e: &IcmpError) -> String {
     let head = format!("icmp {}{mtu} from {}{sender}{reply}{times}", e.name, e.from);
     if e.quote_unseen {
         format!(
-            "{head}, about {}, which no traced hook saw",
+            "{head}, about {}, which podtrace did not see (not traced here, or filtered out)",
             quoted(&e.quote)
         )
     } else {

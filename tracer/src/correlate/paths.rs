@@ -73,10 +73,11 @@ pub(crate) fn summarize(f: &mut Flow) {
                 .find(|h| h.place.is_eni() && h.dir == dir && Some(h.place.node.as_str()) == home)
                 .map(|h| &h.place)
         }
-        let egress = eni([&f.request.path, &f.reply.path], Dir::Egress, home);
-        // An ICMP error came in where a reply would have, when no reply
-        // or request did.
+        // An ICMP error went where a reply would have, when no reply or
+        // request did.
         let error = f.icmp_error.as_ref().map_or(&[][..], |e| &e.path[..]);
+        let egress = eni([&f.request.path, &f.reply.path], Dir::Egress, home)
+            .or_else(|| eni([error, &[]], Dir::Egress, home));
         let ingress = eni([&f.reply.path, &f.request.path], Dir::Ingress, home)
             .or_else(|| eni([error, &[]], Dir::Ingress, home));
         // The paths are borrowed: only what changed is cloned, then set.

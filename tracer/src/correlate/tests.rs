@@ -556,7 +556,7 @@ fn an_icmp_error_about_an_unseen_packet_is_a_flow_of_its_own() {
     assert!(
         super::format::flow(f).contains(
             "  error    icmp port unreachable from 203.0.113.10, about udp \
-             192.168.1.5:31000 > 203.0.113.10:53, which no traced hook saw\n"
+             192.168.1.5:31000 > 203.0.113.10:53, which podtrace did not see (not traced here, or filtered out)\n"
         ),
         "{}",
         super::format::flow(f)

@@ -176,6 +176,28 @@ fn kernel_counters_go_to_the_first_hop_of_each_direction() {
     assert!(!eng.set_conntrack(super::FlowId(999), ct));
 }
 
+/// A later journey that only a later hook saw moves the entry hop; the
+/// counts it reads there, lower, do not replace the entry hook's.
+#[test]
+fn kernel_counters_do_not_go_down_when_the_entry_hop_moves() {
+    let topo = super::testkit::lab();
+    let (mut eng, _) = run(super::Config::default(), &snat_ping());
+    let (pod, node, far) = ([192, 168, 1, 21], [192, 168, 1, 5], [203, 0, 113, 10]);
+    let mut m = BTreeMap::new();
+    m.insert(key(A, VETH1, 0, pod, far, 4711, 8), stats(7, 1));
+    eng.merge_kernel_counters(&m, |_| {});
+    // The next echo request seen at the ENI only.
+    let req = Pkt::icmp("192.168.1.5", "203.0.113.10", 8, 20946, 2).id(301);
+    eng.push(&req.ttl(63).at(5_000, A, ENS5, OUT), &topo, |_| {});
+    eng.advance(1_000_000_000, |_| {});
+    let mut m = BTreeMap::new();
+    m.insert(key(A, ENS5, 1, node, far, 20946, 8), stats(6, 2));
+    eng.merge_kernel_counters(&m, |_| {});
+    let f = eng.flows().next().unwrap();
+    assert_eq!(f.request.path.len(), 1, "the entry hop moved: {f:#?}");
+    assert_eq!(f.request.kernel.unwrap().packets, 7);
+}
+
 #[test]
 fn updates_serialize_to_json() {
     let req = Pkt::icmp("192.168.1.21", "203.0.113.10", 8, 4711, 1);
