@@ -201,6 +201,21 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             n(stats.flows_evicted, "flow", "flows"),
             n(stats.pending_evicted, "journey", "journeys"),
         );
+        // What a flood of flow blocks can bury: how many were refused.
+        let mut errors = std::collections::BTreeMap::<&str, u64>::new();
+        engine.each_flow(|f| {
+            if let Some(e) = &f.icmp_error {
+                *errors.entry(e.name).or_default() += 1;
+            }
+        });
+        if !errors.is_empty() {
+            let kinds: Vec<String> = errors.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            eprintln!(
+                "{} answered by ICMP errors (label icmp-error): {}",
+                n(errors.values().sum(), "flow", "flows"),
+                kinds.join(", ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
