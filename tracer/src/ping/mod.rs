@@ -347,6 +347,18 @@ fn build_view(
     session: &Session,
 ) -> ProbeView {
     let tag = probe::payload_hash(r.seq, run);
+    // A UDP server that echoes the probe sends its tag back: the request
+    // is the datagram with the IP id of the first one seen (at the source
+    // pod's veth), which NAT leaves alone; the echo has the server's.
+    let ip_id = |p: &Packet| match p.l3 {
+        L3::Ipv4 { id, .. } => Some(id),
+        _ => None,
+    };
+    let udp_request_id = packets
+        .iter()
+        .filter(|p| matches!(p.l4, L4::Udp { .. }) && p.probe && p.payload_hash == tag)
+        .min_by_key(|p| p.ts_ns)
+        .and_then(ip_id);
     let (mut request, mut reply, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for p in packets {
         match (spec.proto, p.l4) {
@@ -374,7 +386,11 @@ fn build_view(
                 }
             }
             (ProbeProto::Udp, L4::Udp { .. }) if p.probe && p.payload_hash == tag => {
-                request.push(*p)
+                if ip_id(p) == udp_request_id {
+                    request.push(*p);
+                } else {
+                    reply.push(*p);
+                }
             }
             (ProbeProto::Udp, L4::Udp { sport, .. }) if sport == spec.port => reply.push(*p),
             // Errors are matched to the probe by what they quote, below.
