@@ -211,6 +211,33 @@ fn lab_paths_and_bad_input() {
         "{doc:#}"
     );
 
+    // A UDP server that echoes the probe sends its tag back: the echo is
+    // the reply, four hops, with no rewrite in between.
+    let server = podtrace_tests::traffic::in_netns(&p3.netns, {
+        let addr = std::net::SocketAddrV4::new(p3.ip, 9001);
+        move || std::net::UdpSocket::bind(addr).expect("bind")
+    });
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        if let Ok((n, from)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..n], from);
+        }
+    });
+    let (code, doc, err) = ping(&[
+        "pod-1", "pod-3", "--proto", "udp", "--port", "9001", "-c", "1", "-W", "2s",
+    ]);
+    echo.join().expect("echo server");
+    assert_eq!(code, 0, "{err}\n{doc:#}");
+    assert_eq!(
+        hops(&doc, 0),
+        expected(&lab, "pod-1", "pod-3", "ens5"),
+        "{doc:#}"
+    );
+    assert_eq!(doc["summary"]["path"], "direct", "{doc:#}");
+
     // A REJECT on node-b answers a TCP probe with an ICMP error, which the
     // probe's raw socket never reads: the hooks saw it, and say so, with
     // the error's way back as the reply.
