@@ -118,6 +118,10 @@ pub struct CpuState {
     /// records: it merges the rings by time, and can only merge what they
     /// hold.
     pub staged_since: u64,
+    /// Kernel time (the flows-mode clock) of the last ICMP error reported
+    /// past its flow's first packets: an error this CPU sees after a quiet
+    /// spell is reported, whatever its flow's count.
+    pub error_ns: u64,
 }
 
 /// Most time a record waits in a [`Stage`] before it goes to the ring.
@@ -530,7 +534,7 @@ const _: () = {
     assert!(DEFAULT_FLOW_SLOTS.is_power_of_two() && DEFAULT_FLOW_SLOTS >= FLOW_PROBES);
     assert!(core::mem::size_of::<Config>() == 72);
     assert!(core::mem::size_of::<BatchHeader>() == 8);
-    assert!(core::mem::size_of::<CpuState>() == 16);
+    assert!(core::mem::size_of::<CpuState>() == 24);
     assert!(STAGE_MAX.is_power_of_two());
     assert!(core::mem::size_of::<Stage>() == 32 + STAGE_MAX + 48 + MAX_SNAPLEN);
     assert!(PacketEvent::record_len(MAX_SNAPLEN as u32) == 48 + MAX_SNAPLEN);

@@ -75,10 +75,11 @@ const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// ICMP errors of a flood reported per flow slot and CPU in flows mode
-/// before only one in this many is.
+/// ICMP errors reported per flow slot and CPU in flows mode before only
+/// one in this many is.
 const ERRORS_REPORTED: u64 = 64;
-/// An ICMP error this long after its slot's previous packet is no flood.
+/// An ICMP error this long after the last one a CPU reported past its
+/// flow's first packets is reported.
 const ERROR_QUIET_NS: u64 = 100_000_000;
 /// Bytes of IPv4 + L4 header (+ probe tag) read in one helper call.
 const HDR_PEEK: usize = 48;
@@ -149,21 +150,21 @@ fn trace(ctx: &TcContext, dir: Direction) {
         unsafe { bpf_ktime_get_coarse_ns() }
     };
     if parsed.ipv4 {
-        let (per_cpu_count, gap) = count_flow(ifindex, dir, &parsed, len, now);
+        let per_cpu_count = count_flow(ifindex, dir, &parsed, len, now);
         // ICMP errors are reported well past the first packets: each says
         // why a packet was refused, and all of one sender's to one host
         // share a flow slot, whose first packets alone would hide the
-        // rest. Every one that comes ERROR_QUIET_NS after the slot's last
-        // (hosts send one a second to a host, after a burst of six), and
-        // of a flood the first ERRORS_REPORTED per slot and CPU, then one
-        // in as many: a flood stays a trickle of events.
+        // rest. Up to ERRORS_REPORTED per slot and CPU, then one in as
+        // many, so that a flood of errors stays a trickle of events, and
+        // any error ERROR_QUIET_NS after the last one the CPU reported
+        // that way (hosts send one host about one a second).
         let first_n = u64::from(cfg!(flow_first_n));
         if flows
             && (per_cpu_count <= first_n
                 || (parsed.icmp_error
                     && (per_cpu_count <= ERRORS_REPORTED
-                        || gap >= ERROR_QUIET_NS
-                        || per_cpu_count % ERRORS_REPORTED == 0)))
+                        || per_cpu_count % ERRORS_REPORTED == 0
+                        || quiet_error(now))))
         {
             why |= reason::FLOW_START;
         }
@@ -386,11 +387,9 @@ fn quoted_ports(ctx: &TcContext) -> (u16, u16) {
 }
 
 /// Adds the packet to its flow's counters in this CPU's region of the flow
-/// table; returns this CPU's count (0 if the table has no region for it)
-/// and the time since the flow's previous packet here (`u64::MAX` for a
-/// flow's first).
+/// table; returns this CPU's count (0 if the table has no region for it).
 #[inline(always)]
-fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> (u64, u64) {
+fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> u64 {
     let words = SlotKey::words(ifindex, p.src, p.dst, p.sport, p.dport, p.proto, dir as u8);
     let slots = cfg!(flow_slots);
     let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(slots);
@@ -400,22 +399,21 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> (
     for i in 0..FLOW_PROBES {
         let index = base.wrapping_add(hash.wrapping_add(i) & slots.wrapping_sub(1));
         let Some(slot) = FLOWS.get_ptr_mut(index) else {
-            return (0, u64::MAX);
+            return 0;
         };
         // SAFETY: this CPU's region; TC programs do not nest on one CPU.
         let slot = unsafe { &mut *slot };
         let s = &mut slot.stats;
         if s.packets == 0 {
             claim(slot, &words, p, now, len);
-            return (1, u64::MAX);
+            return 1;
         }
         if same_key(&slot.key, &words) {
-            let gap = now.wrapping_sub(s.last_ns);
             s.packets += 1;
             s.bytes += u64::from(len);
             s.last_ns = now;
             s.tcp_flags |= u32::from(p.tcp_flags);
-            return (s.packets, gap);
+            return s.packets;
         }
         if s.last_ns < oldest {
             oldest = s.last_ns;
@@ -423,11 +421,11 @@ fn count_flow(ifindex: u32, dir: Direction, p: &Parsed, len: u32, now: u64) -> (
         }
     }
     if victim.is_null() {
-        return (0, u64::MAX);
+        return 0;
     }
     // SAFETY: one of the slots above.
     claim(unsafe { &mut *victim }, &words, p, now, len);
-    (1, u64::MAX)
+    1
 }
 
 /// The slot's key as words (see [`SlotKey::words`]).
@@ -621,6 +619,20 @@ fn flush(st: &mut KStage, cpu: u32, wake: bool, next_since: u64) -> bool {
     if let Some(state) = state {
         state.staged_since = next_since;
     }
+    true
+}
+
+/// True when this CPU reported no ICMP error past its flow's first
+/// packets for [`ERROR_QUIET_NS`]; marks `now` as such a report.
+#[inline(always)]
+fn quiet_error(now: u64) -> bool {
+    let Some(state) = cpu_state() else {
+        return false;
+    };
+    if now.wrapping_sub(state.error_ns) < ERROR_QUIET_NS {
+        return false;
+    }
+    state.error_ns = now;
     true
 }
 
