@@ -265,6 +265,16 @@ fn lab_paths_and_bad_input() {
         why.starts_with("host administratively prohibited from 192.168.2."),
         "{doc:#}"
     );
+    let error = &doc["probes"][0]["icmp_error"];
+    assert_eq!(
+        (&error["type"], &error["code"], &error["name"]),
+        (
+            &Value::from(3),
+            &Value::from(10),
+            &Value::from("host administratively prohibited")
+        ),
+        "{doc:#}"
+    );
     let back = hops(&doc, 0);
     assert_eq!(
         back.last().map(String::as_str),

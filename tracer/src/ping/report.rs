@@ -105,6 +105,27 @@ pub struct ProbeView {
     /// What the reply was, as the sender saw it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// The ICMP error that answered the probe, as the hooks saw it first
+    /// (its sender before any NAT undid it on the way back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_error: Option<ProbeError>,
+}
+
+/// An ICMP error about a probe, for scripts: `reply` says it in words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProbeError {
+    /// ICMP type; `type` in JSON.
+    #[serde(rename = "type")]
+    pub ty: u8,
+    /// ICMP code.
+    pub code: u8,
+    /// What it says, e.g. `port unreachable`.
+    pub name: &'static str,
+    /// Its source address at the first hook that saw it.
+    pub from: std::net::Ipv4Addr,
+    /// The next hop's MTU, for "fragmentation needed".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 /// The one-line verdict, per the JSON contract.
@@ -261,11 +282,22 @@ pub fn probe_view(
             h.t_us = us;
         }
     }
+    let icmp_error = reply.iter().find_map(|p| match (p.l3, p.l4) {
+        (L3::Ipv4 { src, .. }, L4::IcmpError { ty, code, mtu, .. }) => Some(ProbeError {
+            ty,
+            code,
+            name: crate::decode::icmp_name(ty, code).unwrap_or("icmp error"),
+            from: src,
+            mtu: ((ty, code) == (3, 4)).then_some(mtu),
+        }),
+        _ => None,
+    });
     ProbeView {
         seq,
         rtt_us,
         hops,
         reply: None,
+        icmp_error,
     }
 }
 
