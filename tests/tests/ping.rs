@@ -212,23 +212,28 @@ fn lab_paths_and_bad_input() {
     );
 
     // A UDP server that echoes the probe sends its tag back: the echo is
-    // the reply, four hops, with no rewrite in between.
-    let server = podtrace_tests::traffic::in_netns(&p3.netns, {
-        let addr = std::net::SocketAddrV4::new(p3.ip, 9001);
-        move || std::net::UdpSocket::bind(addr).expect("bind")
-    });
-    let echo = std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        server
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        if let Ok((n, from)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(&buf[..n], from);
-        }
-    });
-    let (code, doc, err) = ping(&[
-        "pod-1", "pod-3", "--proto", "udp", "--port", "9001", "-c", "1", "-W", "2s",
-    ]);
+    // the reply, four hops, with no rewrite in between. Then node-a
+    // refuses the echo: that is why no reply came.
+    let echo_once = || {
+        let server = podtrace_tests::traffic::in_netns(&p3.netns, {
+            let addr = std::net::SocketAddrV4::new(p3.ip, 9001);
+            move || std::net::UdpSocket::bind(addr).expect("bind")
+        });
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            server
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            if let Ok((n, from)) = server.recv_from(&mut buf) {
+                let _ = server.send_to(&buf[..n], from);
+            }
+        })
+    };
+    let udp_9001 = [
+        "pod-1", "pod-3", "--proto", "udp", "--port", "9001", "-c", "1", "-W", "1s",
+    ];
+    let echo = echo_once();
+    let (code, doc, err) = ping(&udp_9001);
     echo.join().expect("echo server");
     assert_eq!(code, 0, "{err}\n{doc:#}");
     assert_eq!(
@@ -237,6 +242,29 @@ fn lab_paths_and_bad_input() {
         "{doc:#}"
     );
     assert_eq!(doc["summary"]["path"], "direct", "{doc:#}");
+    let refuse_echo = [
+        "-I",
+        "FORWARD",
+        "-p",
+        "udp",
+        "--sport",
+        "9001",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-host-prohibited",
+    ];
+    netns_exec("node-a", &[&["iptables"], &refuse_echo[..]].concat());
+    let echo = echo_once();
+    let (code, doc, err) = ping(&udp_9001);
+    echo.join().expect("echo server");
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    assert!(
+        doc["summary"]["lost_at"].as_str().is_some_and(
+            |w| w.starts_with("the reply was refused: host administratively prohibited from ")
+        ),
+        "{doc:#}"
+    );
 
     // A REJECT on node-b answers a TCP probe with an ICMP error, which the
     // probe's raw socket never reads: the hooks saw it, and say so, with

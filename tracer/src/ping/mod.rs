@@ -403,8 +403,8 @@ fn build_view(
     // An error answers this probe when it quotes one of the probe's hops
     // (NAT rewrites the quote with the error, hop for hop): same source,
     // same protocol, same port or echo id and seq.
-    let quotes = |q: &crate::decode::Quote| {
-        request.iter().any(|sent: &Packet| {
+    let quotes = |q: &crate::decode::Quote, sent: &[Packet]| {
+        sent.iter().any(|sent: &Packet| {
             let L3::Ipv4 { src, proto, .. } = sent.l3 else {
                 return false;
             };
@@ -417,9 +417,20 @@ fn build_view(
             (src, proto, sport) == (q.src, q.proto, q.sport) && (proto != 1 || q.seq == r.seq)
         })
     };
+    // An error about the reply: the answer came, and was refused on its
+    // way back (said below, when no reply reached the sender).
+    let refused = errors.iter().find_map(|p| match (p.l3, p.l4) {
+        (
+            L3::Ipv4 { src, .. },
+            L4::IcmpError {
+                ty, code, quote, ..
+            },
+        ) if quotes(&quote, &reply) => Some(probe::icmp_error(ty, code, src)),
+        _ => None,
+    });
     for p in errors {
         if let L4::IcmpError { quote, .. } = p.l4
-            && quotes(&quote)
+            && quotes(&quote, &request)
         {
             reply.push(p);
         }
@@ -447,6 +458,11 @@ fn build_view(
         })
     {
         v.reply = Some(why);
+    }
+    if v.reply.is_none()
+        && let Some(why) = refused
+    {
+        v.reply = Some(format!("the reply was refused: {why}"));
     }
     v
 }
