@@ -214,18 +214,17 @@ pub fn icmp_ports(ty: u8, id: u16) -> (u16, u16) {
 /// after the ICMP header.
 #[inline]
 fn icmp_error_quote(pkt: &mut Packet, payload: &[u8]) {
-    if let L4::Icmp { ty, .. } = pkt.l4
+    if let L4::Icmp { ty, code, seq, .. } = pkt.l4
         && is_icmp_error(ty)
     {
-        read_quote(pkt, payload);
+        read_quote(pkt, payload, (ty, code, seq));
     }
 }
 
+/// [`icmp_error_quote`]'s work, for an error whose type, code and last
+/// header half (`seq`) are given.
 #[cold]
-fn read_quote(pkt: &mut Packet, payload: &[u8]) {
-    let L4::Icmp { ty, code, seq, .. } = pkt.l4 else {
-        return;
-    };
+fn read_quote(pkt: &mut Packet, payload: &[u8], (ty, code, seq): (u8, u8, u16)) {
     if payload.len() < 20 || payload[0] >> 4 != 4 {
         return;
     }

@@ -450,14 +450,9 @@ fn build_view(
     // The probe's socket reads no ICMP error about a TCP SYN; the hooks
     // saw it come back.
     if v.reply.is_none()
-        && let Some(why) = reply.iter().find_map(|p| match (p.l3, p.l4) {
-            (L3::Ipv4 { src, .. }, L4::IcmpError { ty, code, .. }) => {
-                Some(probe::icmp_error(ty, code, src))
-            }
-            _ => None,
-        })
+        && let Some(e) = &v.icmp_error
     {
-        v.reply = Some(why);
+        v.reply = Some(probe::icmp_error(e.ty, e.code, e.from));
     }
     if v.reply.is_none()
         && let Some(why) = refused
