@@ -343,6 +343,54 @@ fn lab_paths_and_bad_input() {
         );
     }
 
+    // A RST made by a firewall is not the pod's: the SYN never reached
+    // pod-3, and ping says where it was reset. A closed port on the pod
+    // itself, next to it, is still the pod's answer.
+    let reset = [
+        "-I",
+        "FORWARD",
+        "-d",
+        &p3.ip.to_string(),
+        "-p",
+        "tcp",
+        "--dport",
+        "8081",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ];
+    netns_exec("node-b", &[&["iptables"], &reset[..]].concat());
+    let (code, doc, err) = ping(&[
+        "pod-1", "pod-3", "--proto", "tcp", "--port", "8081", "-c", "1", "-W", "500ms",
+    ]);
+    assert_eq!(code, 0, "a RST is an answer: {err}\n{doc:#}");
+    let reset = &doc["probes"][0]["reset_on_the_way"];
+    assert_eq!(reset["pod"], "pod-3", "{doc:#}");
+    assert_eq!(reset["syn_last_seen"], "node-b ens5 ingress", "{doc:#}");
+    assert_eq!(reset["rst_first_seen"], "node-b ens5 egress", "{doc:#}");
+    assert!(
+        doc["summary"]["reset_on_the_way"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("the SYN never reached pod-3: reset between ")),
+        "{doc:#}"
+    );
+    let (code, doc, err) = ping(&[
+        "pod-1", "pod-3", "--proto", "tcp", "--port", "8082", "-c", "1", "-W", "500ms",
+    ]);
+    assert_eq!(code, 0, "{err}\n{doc:#}");
+    assert!(
+        doc["probes"][0]["reply"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("(port 8082 closed)")),
+        "{doc:#}"
+    );
+    assert!(
+        doc["probes"][0].get("reset_on_the_way").is_none(),
+        "{doc:#}"
+    );
+    assert!(doc["summary"].get("reset_on_the_way").is_none(), "{doc:#}");
+
     // Bad input: one clear line, exit 2, nothing attached.
     for (args, needle) in [
         (vec!["pod-9", "pod-3"], "pod \"pod-9\" not found"),

@@ -459,5 +459,22 @@ fn build_view(
     {
         v.reply = Some(format!("the reply was refused: {why}"));
     }
+    if spec.proto == ProbeProto::Tcp
+        && reply
+            .iter()
+            .any(|p| matches!(p.l4, L4::Tcp { flags, .. } if flags & TCP_RST != 0))
+        && let Some(reset) = report::reset_on_the_way(&v, &session.topology)
+    {
+        let from = v.hops.iter().find(|h| h.leg == report::Leg::Reply);
+        let from = from.map_or("?", |h| h.src.split(':').next().unwrap_or(&h.src));
+        v.reply = Some(format!(
+            "RST from {from}, not from {}: reset on the way",
+            reset.pod
+        ));
+        v.reset_on_the_way = Some(reset);
+    }
     v
 }
+
+/// The RST bit of a TCP header's flags byte.
+const TCP_RST: u8 = 0x04;

@@ -109,6 +109,32 @@ pub struct ProbeView {
     /// (its sender before any NAT undid it on the way back).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_error: Option<ProbeError>,
+    /// A RST that did not come from the pod: its SYN never reached it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_on_the_way: Option<Reset>,
+}
+
+/// Where a RST made on the way (see [`reset_on_the_way`]) was made:
+/// between the last hook that saw the SYN and the first that saw the RST.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reset {
+    /// The pod the SYN was for.
+    pub pod: String,
+    /// `node iface direction` of the last hook that saw the SYN.
+    pub syn_last_seen: String,
+    /// `node iface direction` of the first hook that saw the RST.
+    pub rst_first_seen: String,
+}
+
+impl Reset {
+    /// The summary's line.
+    pub fn says(&self) -> String {
+        format!(
+            "the SYN never reached {}: reset between {} and {} \
+             (a firewall's REJECT with tcp-reset?)",
+            self.pod, self.syn_last_seen, self.rst_first_seen
+        )
+    }
 }
 
 /// An ICMP error about a probe, for scripts: `reply` says it in words.
@@ -139,6 +165,9 @@ pub struct Summary {
     pub snat_to: Option<String>,
     /// Where a lost probe was last seen.
     pub lost_at: Option<String>,
+    /// A RST made on the way, not by the pod (the first probe's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_on_the_way: Option<String>,
     /// For `dnat`: each address the probes were rewritten to, in the order
     /// first seen. A service spreads probes over its backends, and each
     /// backend has a path of its own.
@@ -298,7 +327,41 @@ pub fn probe_view(
         hops,
         reply: None,
         icmp_error,
+        reset_on_the_way: None,
     }
+}
+
+/// A TCP probe answered by a RST although its SYN never reached the pod it
+/// was for: a pod's veth is hooked on every traced node, so a SYN handed
+/// to the pod would show there. Something on the way made the RST (a
+/// firewall's `REJECT --reject-with tcp-reset`, a policy engine), not the
+/// pod's kernel, and "port closed" would send the reader to the wrong
+/// place. `None` when the SYN reached a pod, or when its destination is
+/// no traced pod (then nothing says where the RST came from).
+pub fn reset_on_the_way(v: &ProbeView, topo: &Topology) -> Option<Reset> {
+    let mut request = v.hops.iter().filter(|h| h.leg == Leg::Request);
+    if request.clone().any(HopView::hands_to_pod) {
+        return None;
+    }
+    let last = request.next_back()?;
+    let dst: Ipv4Addr = last.dst.split(':').next()?.parse().ok()?;
+    let pod = topo.iter().find_map(|(_, i)| match &i.role {
+        Role::PodVeth {
+            pod_ip: Some(ip),
+            pod,
+        } if *ip == dst => Some(pod.as_deref().map_or_else(
+            || dst.to_string(),
+            |p| p.rsplit('/').next().unwrap_or(p).to_owned(),
+        )),
+        _ => None,
+    })?;
+    let first_back = v.hops.iter().find(|h| h.leg == Leg::Reply)?;
+    let at = |h: &HopView| format!("{} {} {}", h.node, h.iface, h.dir);
+    Some(Reset {
+        pod,
+        syn_last_seen: at(last),
+        rst_first_seen: at(first_back),
+    })
 }
 
 /// The ENI the request of `hops` left its first node through.
@@ -399,11 +462,15 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
             .any(|p| p.rtt_us.is_none() && p.hops.is_empty())
             .then(|| "request never seen by any hook".into())
     });
+    let reset_on_the_way = probes
+        .iter()
+        .find_map(|p| p.reset_on_the_way.as_ref().map(Reset::says));
     Summary {
         path,
         egress_eni,
         snat_to,
         lost_at,
+        reset_on_the_way,
         backends: if path == "dnat" {
             backends(probes)
         } else {
@@ -669,6 +736,53 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_reset_made_before_the_pod_says_where() {
+        use Direction::{Egress, Ingress};
+        let (a, b) = ([192, 168, 1, 21], [192, 168, 2, 21]);
+        // The SYN got as far as node-b's ENI, and the answer started there.
+        let req = [
+            icmp(NODE_A, 5, Ingress, 1_000, a, b, 8, 9),
+            icmp(NODE_A, 2, Egress, 2_000, a, b, 8, 9),
+            icmp(NODE_B, 2, Ingress, 3_000, a, b, 8, 9),
+        ];
+        let rep = [
+            icmp(NODE_B, 2, Egress, 4_000, b, a, 0, 9),
+            icmp(NODE_A, 2, Ingress, 5_000, b, a, 0, 9),
+            icmp(NODE_A, 5, Egress, 6_000, b, a, 0, 9),
+        ];
+        let v = probe_view(1, Some(6.0), &req, &rep, &topo());
+        let reset = reset_on_the_way(&v, &topo()).expect("a reset on the way");
+        assert_eq!(
+            reset,
+            Reset {
+                pod: "pod-3".into(),
+                syn_last_seen: "node-b ens5 ingress".into(),
+                rst_first_seen: "node-b ens5 egress".into(),
+            }
+        );
+        let mut v = v;
+        v.reset_on_the_way = Some(reset);
+        assert_eq!(
+            summarize(&[v]).reset_on_the_way.as_deref(),
+            Some(
+                "the SYN never reached pod-3: reset between node-b ens5 ingress and \
+                 node-b ens5 egress (a firewall's REJECT with tcp-reset?)"
+            )
+        );
+        // Handed to the pod: the pod's kernel answered (a closed port).
+        let mut delivered = req.to_vec();
+        delivered.push(icmp(NODE_B, 5, Egress, 3_500, a, b, 8, 9));
+        let v = probe_view(1, Some(6.0), &delivered, &rep, &topo());
+        assert_eq!(reset_on_the_way(&v, &topo()), None);
+        // For an address no traced pod holds, nothing says who answered.
+        let far = [10, 9, 9, 9];
+        let req = [icmp(NODE_A, 5, Ingress, 1_000, a, far, 8, 9)];
+        let rep = [icmp(NODE_A, 5, Egress, 2_000, far, a, 0, 9)];
+        let v = probe_view(1, Some(1.0), &req, &rep, &topo());
+        assert_eq!(reset_on_the_way(&v, &topo()), None);
     }
 
     #[test]

@@ -234,6 +234,9 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_po
     if let Some(lost) = &s.lost_at {
         let _ = writeln!(out, "no reply: {lost}");
     }
+    if let Some(reset) = &s.reset_on_the_way {
+        let _ = writeln!(out, "refused on the way: {reset}");
+    }
     let sent = probes.len();
     let rtts: Vec<f64> = probes.iter().filter_map(|p| p.rtt_us).collect();
     let received = rtts.len();
