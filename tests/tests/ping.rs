@@ -191,7 +191,8 @@ fn lab_paths_and_bad_input() {
     assert!(why.starts_with("net unreachable from "), "{doc:#}");
     assert_eq!(doc["probes"][0]["reply"], why, "{doc:#}");
 
-    // A DROP on node-b: no reply, lost after node-b's ENI ingress.
+    // A DROP on node-b: no reply, lost after node-b's ENI ingress, and the
+    // kernel's own drop reason says why (the kfree_skb tracepoint).
     let rule = [
         "-I",
         "FORWARD",
@@ -204,12 +205,66 @@ fn lab_paths_and_bad_input() {
     ];
     netns_exec("node-b", &[&["iptables"], &rule[..]].concat());
     let (code, doc, err) = ping(&["pod-1", "pod-3", "-c", "1", "-W", "500ms"]);
+    netns_exec("node-b", &[&["iptables", "-D"], &rule[1..]].concat());
     assert_eq!(code, 1, "{err}\n{doc:#}");
     assert_eq!(doc["probes"][0]["rtt_us"], Value::Null);
+    let dropped = &doc["probes"][0]["drop"];
     assert_eq!(
-        doc["summary"]["lost_at"], "request last seen at node-b ens5 ingress",
+        (&dropped["leg"], &dropped["reason"], &dropped["node"]),
+        (
+            &Value::from("request"),
+            &Value::from("NETFILTER_DROP"),
+            &Value::from("node-b")
+        ),
         "{doc:#}"
     );
+    assert!(
+        doc["summary"]["lost_at"].as_str().is_some_and(|w| w
+            .starts_with("request dropped by the kernel on node-b: NETFILTER_DROP in ")
+            && w.ends_with(", after node-b ens5 ingress")),
+        "{doc:#}"
+    );
+    // The same on the reply's way back, on node-a.
+    let drop_reply = [
+        "-I",
+        "FORWARD",
+        "-s",
+        &p3.ip.to_string(),
+        "-p",
+        "icmp",
+        "--icmp-type",
+        "echo-reply",
+        "-j",
+        "DROP",
+    ];
+    netns_exec("node-a", &[&["iptables"], &drop_reply[..]].concat());
+    let (code, doc, err) = ping(&["pod-1", "pod-3", "-c", "1", "-W", "500ms"]);
+    netns_exec("node-a", &[&["iptables", "-D"], &drop_reply[1..]].concat());
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    let dropped = &doc["probes"][0]["drop"];
+    assert_eq!(
+        (&dropped["leg"], &dropped["node"]),
+        (&Value::from("reply"), &Value::from("node-a")),
+        "{doc:#}"
+    );
+    // A probe that came back has no drop, and the tracepoint's program
+    // goes away with ping.
+    let (code, doc, err) = ping(&["pod-1", "pod-3", "-c", "1", "-W", "500ms"]);
+    assert_eq!(code, 0, "{err}\n{doc:#}");
+    assert!(doc["probes"][0].get("drop").is_none(), "{doc:#}");
+    // (The kernel frees a program shortly after its last reference.)
+    let gone = (0..40).any(|_| {
+        let progs = std::process::Command::new("bpftool")
+            .args(["prog", "show"])
+            .output()
+            .expect("bpftool prog show");
+        let alive = String::from_utf8_lossy(&progs.stdout).contains("podtrace_kfree");
+        if alive {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        !alive
+    });
+    assert!(gone, "the drop program outlived ping by 2 s");
 
     // A UDP server that echoes the probe sends its tag back: the echo is
     // the reply, four hops, with no rewrite in between. Then node-a

@@ -43,6 +43,15 @@ pub mod names {
     pub const MAP_STAGES: &str = "STAGES";
     /// Global holding the [`crate::Config`].
     pub const GLOBAL_CONFIG: &str = "CONFIG";
+    /// Raw tracepoint program on `kfree_skb`: reports the probes the
+    /// kernel drops, with the reason ([`crate::DropEvent`]).
+    pub const PROG_KFREE_SKB: &str = "podtrace_kfree_skb";
+    /// The tracepoint it attaches to.
+    pub const TRACEPOINT_KFREE_SKB: &str = "kfree_skb";
+    /// Ring buffer of [`crate::DropEvent`]s.
+    pub const MAP_DROPS: &str = "DROPS";
+    /// Global holding the [`crate::DropConfig`].
+    pub const GLOBAL_DROP_CONFIG: &str = "DROP_CONFIG";
 }
 
 /// What kind of record an event is. Kinds are numbered in ranges and a number
@@ -213,6 +222,50 @@ impl PacketEvent {
     pub const fn record_len(cap_len: u32) -> usize {
         Self::HEADER_LEN + (cap_len as usize).next_multiple_of(8)
     }
+}
+
+/// Bytes of a dropped probe kept in a [`DropEvent`], from its IPv4 header:
+/// the headers and the probe's payload, which identifies it.
+pub const DROP_SNAP: usize = 96;
+
+/// A probe the kernel dropped (`kfree_skb` with a reason), as
+/// `podtrace_kfree_skb` reports it into [`names::MAP_DROPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns()` when it was dropped.
+    pub ts_ns: u64,
+    /// Kernel address of the code that dropped it.
+    pub location: u64,
+    /// Cookie of the namespace of the device the packet was on (0: none).
+    pub netns_cookie: u64,
+    /// `enum skb_drop_reason`.
+    pub reason: u32,
+    /// That device's index (0: none).
+    pub ifindex: u32,
+    /// The packet from its IPv4 header on (the tail past the packet's end
+    /// is whatever followed it in memory).
+    pub data: [u8; DROP_SNAP],
+}
+
+/// Where the kernel keeps what `podtrace_kfree_skb` reads, in bytes from
+/// the start of each struct: found in the kernel's BTF by userspace, since
+/// they change from one kernel build to the next.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropConfig {
+    /// `sk_buff.head`.
+    pub skb_head: u32,
+    /// `sk_buff.network_header` (a u16 offset from `head`).
+    pub skb_network_header: u32,
+    /// `sk_buff.dev`.
+    pub skb_dev: u32,
+    /// `net_device.ifindex`.
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net` (a pointer to the `struct net`).
+    pub dev_nd_net: u32,
+    /// `net.net_cookie`.
+    pub net_cookie: u32,
 }
 
 /// What identifies one hook: a direction on an interface in a namespace.
@@ -534,6 +587,8 @@ const _: () = {
     assert!(DEFAULT_FLOW_SLOTS.is_power_of_two() && DEFAULT_FLOW_SLOTS >= FLOW_PROBES);
     assert!(core::mem::size_of::<Config>() == 72);
     assert!(core::mem::size_of::<BatchHeader>() == 8);
+    assert!(core::mem::size_of::<DropEvent>() == 32 + DROP_SNAP);
+    assert!(core::mem::size_of::<DropConfig>() == 24);
     assert!(core::mem::size_of::<CpuState>() == 24);
     assert!(STAGE_MAX.is_power_of_two());
     assert!(core::mem::size_of::<Stage>() == 32 + STAGE_MAX + 48 + MAX_SNAPLEN);
@@ -553,6 +608,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowSlot {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::DropConfig {}
     unsafe impl aya::Pod for super::Stage {}
     unsafe impl aya::Pod for super::CpuState {}
 }

@@ -90,6 +90,9 @@ pub struct LoadOptions {
     /// Flow table entries per CPU (a power of two, at least
     /// [`tracer_common::FLOW_PROBES`]).
     pub flow_entries: u32,
+    /// Report the probes the kernel drops ([`Kernel::take_drops`]), with
+    /// this kernel's struct offsets ([`crate::drops::offsets`]).
+    pub drops: Option<tracer_common::DropConfig>,
 }
 
 impl Default for LoadOptions {
@@ -98,6 +101,7 @@ impl Default for LoadOptions {
             config: Config::DEFAULT,
             ring_bytes: crate::ring::default_bytes(),
             flow_entries: tracer_common::DEFAULT_FLOW_SLOTS,
+            drops: None,
         }
     }
 }
@@ -145,6 +149,11 @@ pub struct Kernel {
     fresh_rings: Vec<Ring>,
     fresh_loggers: Vec<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: BTreeMap<(u64, u32), Attached>,
+    /// The dropped probes' ring, once the first copy attached
+    /// `podtrace_kfree_skb` (with [`LoadOptions::drops`]).
+    drops: Option<aya::maps::RingBuf<MapData>>,
+    /// Why it could not be attached, said once.
+    drops_error: Option<String>,
 }
 
 impl Kernel {
@@ -195,6 +204,8 @@ impl Kernel {
             fresh_rings,
             fresh_loggers: Vec::new(),
             attached: BTreeMap::new(),
+            drops: None,
+            drops_error: None,
         })
     }
 
@@ -231,6 +242,19 @@ impl Kernel {
                 .map_max_entries(names::MAP_RINGS, cpus)
                 .map_max_entries(names::MAP_FLOWS, entries)
                 .map_max_entries(names::MAP_STAGES, cpus);
+            // Only the first copy reports drops (one program sees every
+            // namespace's); the others keep a ring of one page.
+            let drops = self.opts.drops.filter(|_| self.instances.is_empty());
+            match &drops {
+                Some(offsets) => {
+                    loader
+                        .override_global(names::GLOBAL_DROP_CONFIG, offsets, true)
+                        .map_max_entries(names::MAP_DROPS, DROPS_RING_BYTES);
+                }
+                None => {
+                    loader.map_max_entries(names::MAP_DROPS, ring::page_size());
+                }
+            }
             // The first copy creates the maps the copies share; later ones
             // get them through pins that last as long as their load.
             let shared = [
@@ -294,6 +318,12 @@ impl Kernel {
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
+            if drops.is_some() {
+                match attach_drops(&mut bpf) {
+                    Ok(ring) => self.drops = Some(ring),
+                    Err(e) => self.drops_error = Some(e),
+                }
+            }
             let flows = FlowTable::map(&bpf, entries as usize, netns.cookie)?;
             self.instances.insert(
                 netns.cookie,
@@ -356,6 +386,31 @@ impl Kernel {
             let _ = program(&mut inst.bpf, PROGRAMS[0].0).detach(ingress);
             let _ = program(&mut inst.bpf, PROGRAMS[1].0).detach(egress);
         });
+    }
+
+    /// The probes the kernel dropped since the last call (none unless
+    /// loaded with [`LoadOptions::drops`]).
+    pub fn take_drops(&mut self) -> Vec<tracer_common::DropEvent> {
+        let mut out = Vec::new();
+        if let Some(ring) = &mut self.drops {
+            while let Some(item) = ring.next() {
+                if item.len() >= size_of::<tracer_common::DropEvent>() {
+                    // SAFETY: DropEvent is plain data valid for any bits,
+                    // and the item holds at least its size.
+                    out.push(unsafe {
+                        item.as_ptr()
+                            .cast::<tracer_common::DropEvent>()
+                            .read_unaligned()
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Why drops are not reported although asked for, once.
+    pub fn take_drops_error(&mut self) -> Option<String> {
+        self.drops_error.take()
     }
 
     /// Every attached interface.
@@ -673,6 +728,33 @@ fn per_cpu_map<'a, K: aya::Pod, V: aya::Pod>(
         reason: "missing".into(),
     })?;
     PerCpuHashMap::try_from(map).map_err(|e| map_err(name, &e))
+}
+
+/// Bytes of the dropped probes' ring: room for about 2000 drops between
+/// two reads.
+const DROPS_RING_BYTES: u32 = 256 << 10;
+
+/// Loads `podtrace_kfree_skb`, attaches it to the `kfree_skb` tracepoint
+/// and takes its ring. The error says why in words (an old kernel's
+/// tracepoint has no drop reason, for one).
+fn attach_drops(bpf: &mut Ebpf) -> Result<aya::maps::RingBuf<MapData>, String> {
+    let prog: &mut aya::programs::RawTracePoint = bpf
+        .program_mut(names::PROG_KFREE_SKB)
+        .ok_or_else(|| format!("program {} missing", names::PROG_KFREE_SKB))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    prog.load().map_err(|e| error_chain(&e))?;
+    prog.attach(names::TRACEPOINT_KFREE_SKB).map_err(|e| {
+        format!(
+            "attaching to {}: {}",
+            names::TRACEPOINT_KFREE_SKB,
+            error_chain(&e)
+        )
+    })?;
+    let map = bpf
+        .take_map(names::MAP_DROPS)
+        .ok_or_else(|| format!("map {} missing", names::MAP_DROPS))?;
+    aya::maps::RingBuf::try_from(map).map_err(|e| e.to_string())
 }
 
 fn program<'a>(bpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {

@@ -12,6 +12,7 @@ pub mod container;
 pub mod correlate;
 pub mod decode;
 pub mod discover;
+pub mod drops;
 pub mod ebpf;
 pub mod events;
 pub mod kernel;

@@ -210,6 +210,17 @@ impl Session {
         Ok(changes)
     }
 
+    /// The probes the kernel dropped since the last call (see
+    /// [`crate::kernel::LoadOptions::drops`]).
+    pub fn take_drops(&mut self) -> Vec<tracer_common::DropEvent> {
+        self.kernel.take_drops()
+    }
+
+    /// Why drops are not reported although asked for, once.
+    pub fn take_drops_error(&mut self) -> Option<String> {
+        self.kernel.take_drops_error()
+    }
+
     /// Namespaces traced.
     pub fn namespaces(&self) -> &[Arc<Netns>] {
         &self.namespaces

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
-use tracer_common::{Config, mode};
+use tracer_common::{Config, DropEvent, mode};
 
 use self::report::{Endpoint, ProbeView, probe_view, summarize};
 use crate::{
@@ -139,13 +139,46 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             config.flow_first_n = u32::from(args.count).saturating_mul(2).saturating_add(2);
         }
     }
+    // Where and why the kernel drops a probe, from its BTF; ping works
+    // without, saying only where the probe was last seen.
+    let kernel_words = crate::drops::Btf::vmlinux().and_then(|btf| {
+        Ok((
+            crate::drops::offsets(&btf)?,
+            crate::drops::reason_names(&btf),
+        ))
+    });
+    let (drop_offsets, reasons) = match kernel_words {
+        Ok((o, r)) => (Some(o), r),
+        Err(e) => {
+            if !args.json {
+                eprintln!("podtrace: drop reasons unavailable: {e}");
+            }
+            (None, std::collections::HashMap::new())
+        }
+    };
     let opts = LoadOptions {
         config,
+        drops: drop_offsets,
         ..LoadOptions::default()
     };
     let mut stop = Stop::install()?;
     let mut session = Session::start(&place, &opts).await?;
     session.topology.name_pods(|ip| pods.name_of(ip));
+    if let Some(e) = session.take_drops_error()
+        && !args.json
+    {
+        eprintln!("podtrace: drop reasons unavailable: {e}");
+    }
+    let words = DropWords {
+        reasons,
+        symbols: if drop_offsets.is_some() {
+            crate::drops::Symbols::kernel()
+        } else {
+            crate::drops::Symbols::default()
+        },
+    };
+    let mut drops: Vec<Packet> = Vec::new();
+    let mut drop_events: Vec<DropEvent> = Vec::new();
 
     let run_id = run_id();
     let spec = ProbeSpec {
@@ -184,7 +217,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                         () = tokio::time::sleep_until(settle) => {}
                     }
                 }
-                let view = build_view(&r, &spec, run_id, &packets, &session);
+                for d in session.take_drops() {
+                    drops.push(drop_packet(&d));
+                    drop_events.push(d);
+                }
+                let mut view = build_view(&r, &spec, run_id, &packets, &session);
+                view.drop = probe_drop(&r, &spec, run_id, &drops, &drop_events, &session, &words);
                 if !args.json {
                     print!("{}", text::probe(&view, views.last()));
                 }
@@ -336,6 +374,83 @@ fn run_id() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     t.subsec_nanos() ^ std::process::id().rotate_left(16)
+}
+
+/// What turns a drop record into words.
+struct DropWords {
+    reasons: std::collections::HashMap<u32, String>,
+    symbols: crate::drops::Symbols,
+}
+
+/// A drop record's packet, decoded as the hooks' are (it starts at the
+/// IPv4 header: an Ethernet header is put in front).
+fn drop_packet(d: &DropEvent) -> Packet {
+    let mut frame = [0u8; 14 + tracer_common::DROP_SNAP];
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    frame[14..].copy_from_slice(&d.data);
+    let mut p = crate::decode::decode_frame(&frame);
+    p.ts_ns = d.ts_ns;
+    p
+}
+
+/// The kernel's drop of this probe or of its answer, if it reported one:
+/// matched by the probe's tag as the hooks' packets are.
+fn probe_drop(
+    r: &ProbeResult,
+    spec: &ProbeSpec,
+    run: u32,
+    drops: &[Packet],
+    events: &[DropEvent],
+    session: &Session,
+    words: &DropWords,
+) -> Option<report::ProbeDrop> {
+    if r.rtt.is_some() {
+        return None;
+    }
+    let tag = probe::payload_hash(r.seq, run);
+    let (i, leg) = drops.iter().enumerate().find_map(|(i, p)| {
+        if !p.probe {
+            return None;
+        }
+        let leg = match (spec.proto, p.l4) {
+            (ProbeProto::Icmp, L4::Icmp { ty: 8, seq, .. })
+                if p.payload_hash == tag && seq == r.seq =>
+            {
+                report::Leg::Request
+            }
+            (ProbeProto::Icmp, L4::Icmp { ty: 0, seq, .. })
+                if p.payload_hash == tag && seq == r.seq =>
+            {
+                report::Leg::Reply
+            }
+            (ProbeProto::Tcp, L4::Tcp { seq, .. }) if seq == probe::tcp_isn(r.seq, run) => {
+                report::Leg::Request
+            }
+            (ProbeProto::Udp, L4::Udp { .. }) if p.payload_hash == tag => report::Leg::Request,
+            _ => return None,
+        };
+        Some((i, leg))
+    })?;
+    let d = &events[i];
+    let iface = session.topology.iter().find_map(|(cookie, iface)| {
+        (cookie == d.netns_cookie && iface.ifindex == d.ifindex).then(|| iface.name.clone())
+    });
+    let node = session
+        .namespaces()
+        .iter()
+        .find(|n| n.cookie == d.netns_cookie)
+        .map(|n| n.name.clone());
+    Some(report::ProbeDrop {
+        leg,
+        reason: words
+            .reasons
+            .get(&d.reason)
+            .cloned()
+            .unwrap_or_else(|| format!("reason {}", d.reason)),
+        at: words.symbols.name(d.location),
+        node,
+        iface,
+    })
 }
 
 /// Picks the request's and the reply's packets of one probe.

@@ -112,6 +112,59 @@ pub struct ProbeView {
     /// A RST that did not come from the pod: its SYN never reached it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_on_the_way: Option<Reset>,
+    /// The kernel dropped the probe or its answer, and said why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop: Option<ProbeDrop>,
+}
+
+/// A probe, or its answer, that the kernel dropped (`kfree_skb` with a
+/// reason), as `podtrace_kfree_skb` saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProbeDrop {
+    /// Which way the dropped packet was going.
+    pub leg: Leg,
+    /// The kernel's reason, without `SKB_DROP_REASON_` (`NETFILTER_DROP`,
+    /// `IP_RPFILTER`, `NO_SOCKET`, ...), or its number when this kernel's
+    /// BTF has no name for it.
+    pub reason: String,
+    /// The kernel code that dropped it (`nf_hook_slow+0x9c`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Node (netns) of the device the packet was on, when podtrace traces it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// That device, when podtrace hooks it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+}
+
+impl ProbeDrop {
+    /// In words, with the last hook that saw the packet before.
+    pub fn says(&self, hops: &[HopView]) -> String {
+        let leg = match self.leg {
+            Leg::Request => "request",
+            Leg::Reply => "reply",
+        };
+        let on = self
+            .node
+            .as_ref()
+            .map_or_else(String::new, |n| format!(" on {n}"));
+        let at = self
+            .at
+            .as_ref()
+            .map_or_else(String::new, |a| format!(" in {a}"));
+        let after = hops
+            .iter()
+            .rev()
+            .find(|h| h.leg == self.leg)
+            .map_or_else(String::new, |h| {
+                format!(", after {} {} {}", h.node, h.iface, h.dir)
+            });
+        format!(
+            "{leg} dropped by the kernel{on}: {}{at}{after}",
+            self.reason
+        )
+    }
 }
 
 /// Where a RST made on the way (see [`reset_on_the_way`]) was made:
@@ -328,6 +381,7 @@ pub fn probe_view(
         reply: None,
         icmp_error,
         reset_on_the_way: None,
+        drop: None,
     }
 }
 
@@ -435,6 +489,10 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
         // that is where and why.
         if let Some(why) = &p.reply {
             return Some(why.clone());
+        }
+        // The kernel said it dropped it: that is where and why.
+        if let Some(d) = &p.drop {
+            return Some(d.says(&p.hops));
         }
         let last = p.hops.last()?;
         let leg = match last.leg {

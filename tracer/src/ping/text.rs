@@ -94,7 +94,12 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
         }
     }
     // A probe that an ICMP error answered says so in its first line.
-    if p.rtt_us.is_none() && p.reply.is_none() {
+    if p.rtt_us.is_none()
+        && p.reply.is_none()
+        && let Some(d) = &p.drop
+    {
+        let _ = writeln!(out, "   x {}", d.says(&p.hops));
+    } else if p.rtt_us.is_none() && p.reply.is_none() {
         let last_reply = p.hops.iter().rev().find(|h| h.leg == Leg::Reply);
         match requests.last() {
             // A reply was traced, but the sender did not get it in time.

@@ -1,0 +1,370 @@
+//! Why the kernel dropped a probe: what `podtrace_kfree_skb` needs to read
+//! a packet (struct offsets, from the kernel's BTF), the names of the drop
+//! reasons (the kernel's `enum skb_drop_reason`, from the same BTF), and
+//! the code that dropped it, in words (`/proc/kallsyms`).
+//!
+//! The BTF reader is ours, and small: it only finds a struct member's
+//! offset and an enum's names, in the stable format of
+//! `Documentation/bpf/btf.rst`. The crates that read BTF in full are
+//! LGPL (btf-rs) or keep these parts private (aya-obj), and podtrace ships
+//! as one static binary under MIT or Apache-2.0.
+
+use std::collections::HashMap;
+
+use tracer_common::DropConfig;
+
+/// Where the running kernel describes its types.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// A kernel's BTF, indexed by type id.
+pub struct Btf {
+    data: Vec<u8>,
+    strs: std::ops::Range<usize>,
+    /// Byte offset of type `id` (from 1) in `data`, at `id - 1`.
+    index: Vec<usize>,
+}
+
+/// One type's record header.
+struct Ty {
+    kind: u32,
+    name_off: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// Size, or the type it refers to.
+    size_type: u32,
+    /// Where the kind's own data starts.
+    body: usize,
+}
+
+impl Btf {
+    /// Reads the running kernel's BTF.
+    pub fn vmlinux() -> Result<Self, String> {
+        let data = std::fs::read(VMLINUX_BTF).map_err(|e| format!("reading {VMLINUX_BTF}: {e}"))?;
+        Self::parse(data)
+    }
+
+    /// Parses raw BTF (host byte order).
+    pub fn parse(data: Vec<u8>) -> Result<Self, String> {
+        let bad = |what: &str| format!("not BTF this build can read: {what}");
+        if data.len() < 24 || u16::from_ne_bytes([data[0], data[1]]) != BTF_MAGIC {
+            return Err(bad("no BTF magic in host byte order"));
+        }
+        let word = |at: usize| u32_at(&data, at) as usize;
+        let (hdr_len, type_off, type_len, str_off, str_len) =
+            (word(4), word(8), word(12), word(16), word(20));
+        let types_at = hdr_len + type_off;
+        let strs = hdr_len + str_off..hdr_len + str_off + str_len;
+        if types_at + type_len > data.len() || strs.end > data.len() {
+            return Err(bad("sections past the end"));
+        }
+        let mut btf = Self {
+            data,
+            strs,
+            index: Vec::new(),
+        };
+        let end = types_at + type_len;
+        let mut at = types_at;
+        while at + 12 <= end {
+            btf.index.push(at);
+            let ty = btf.ty_at(at);
+            at = ty.body + body_len(ty.kind, ty.vlen).ok_or_else(|| bad("unknown type kind"))?;
+        }
+        Ok(btf)
+    }
+
+    fn ty_at(&self, at: usize) -> Ty {
+        let info = u32_at(&self.data, at + 4);
+        Ty {
+            kind: (info >> 24) & 0x1f,
+            name_off: u32_at(&self.data, at),
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_type: u32_at(&self.data, at + 8),
+            body: at + 12,
+        }
+    }
+
+    fn ty(&self, id: u32) -> Option<Ty> {
+        let at = *self.index.get((id as usize).checked_sub(1)?)?;
+        Some(self.ty_at(at))
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let s = &self.data[self.strs.clone()];
+        let from = (off as usize).min(s.len());
+        let len = s[from..].iter().position(|&b| b == 0).unwrap_or(0);
+        std::str::from_utf8(&s[from..from + len]).unwrap_or("")
+    }
+
+    /// The id of the type of `kind` named `name`: the first one that is
+    /// not empty (a forward declaration has no members).
+    fn find(&self, kinds: &[u32], name: &str) -> Option<u32> {
+        (1..=self.index.len() as u32).find(|&id| {
+            self.ty(id).is_some_and(|t| {
+                kinds.contains(&t.kind) && t.vlen > 0 && self.name(t.name_off) == name
+            })
+        })
+    }
+
+    /// Past typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> Option<Ty> {
+        for _ in 0..32 {
+            let t = self.ty(id)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_type;
+                }
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `field` in struct `strukt`, looking inside the
+    /// anonymous structs and unions the kernel groups members in.
+    pub fn member_offset(&self, strukt: &str, field: &str) -> Option<u32> {
+        let t = self.ty(self.find(&[KIND_STRUCT], strukt)?)?;
+        self.member_in(&t, field, 0, 0)
+    }
+
+    fn member_in(&self, t: &Ty, field: &str, base_bits: u32, depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        for i in 0..t.vlen {
+            let at = t.body + i * 12;
+            let (name_off, ty, off) = (
+                u32_at(&self.data, at),
+                u32_at(&self.data, at + 4),
+                u32_at(&self.data, at + 8),
+            );
+            let bits = base_bits + if t.kind_flag { off & 0xff_ffff } else { off };
+            if name_off == 0 {
+                if let Some(inner) = self.resolve(ty)
+                    && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                    && let Some(found) = self.member_in(&inner, field, bits, depth + 1)
+                {
+                    return Some(found);
+                }
+            } else if self.name(name_off) == field {
+                return bits.is_multiple_of(8).then_some(bits / 8);
+            }
+        }
+        None
+    }
+
+    /// The names of enum `name`'s values.
+    pub fn enum_names(&self, name: &str) -> HashMap<u32, String> {
+        let mut out = HashMap::new();
+        let Some(t) = self
+            .find(&[KIND_ENUM, KIND_ENUM64], name)
+            .and_then(|id| self.ty(id))
+        else {
+            return out;
+        };
+        let step = if t.kind == KIND_ENUM { 8 } else { 12 };
+        for i in 0..t.vlen {
+            let at = t.body + i * step;
+            let v = u32_at(&self.data, at + 4);
+            out.insert(v, self.name(u32_at(&self.data, at)).to_owned());
+        }
+        out
+    }
+}
+
+/// Bytes of a type record's own data after its 12-byte header.
+fn body_len(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        1 | 14 | 17 => 4,                                         // int, var, decl tag
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0, // ptr, fwd, typedef, qualifiers, func, float, type tag
+        3 => 12,                                     // array
+        KIND_STRUCT | KIND_UNION | 15 | KIND_ENUM64 => 12 * vlen, // members, datasec vars, enum64
+        KIND_ENUM | 13 => 8 * vlen,                  // enum, func proto params
+        _ => return None,
+    })
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .map_or(0, |w| u32::from_ne_bytes(w.try_into().expect("4 bytes")))
+}
+
+/// The offsets `podtrace_kfree_skb` reads with, from the kernel's BTF.
+pub fn offsets(btf: &Btf) -> Result<DropConfig, String> {
+    let get = |s: &str, f: &str| {
+        btf.member_offset(s, f)
+            .ok_or_else(|| format!("no {s}.{f} in the kernel's BTF"))
+    };
+    Ok(DropConfig {
+        skb_head: get("sk_buff", "head")?,
+        skb_network_header: get("sk_buff", "network_header")?,
+        skb_dev: get("sk_buff", "dev")?,
+        dev_ifindex: get("net_device", "ifindex")?,
+        dev_nd_net: get("net_device", "nd_net")?,
+        net_cookie: get("net", "net_cookie")?,
+    })
+}
+
+/// Names of the kernel's drop reasons, without their `SKB_DROP_REASON_`
+/// prefix (`NETFILTER_DROP`, `IP_RPFILTER`, `NO_SOCKET`, ...).
+pub fn reason_names(btf: &Btf) -> HashMap<u32, String> {
+    btf.enum_names("skb_drop_reason")
+        .into_iter()
+        .map(|(v, n)| {
+            let short = n.strip_prefix("SKB_DROP_REASON_").unwrap_or(&n).to_owned();
+            (v, short)
+        })
+        .collect()
+}
+
+/// Kernel code addresses in words (`nf_hook_slow+0x9c`), from
+/// `/proc/kallsyms`; empty where the kernel hides its addresses.
+#[derive(Default)]
+pub struct Symbols {
+    /// (address, name), sorted by address.
+    syms: Vec<(u64, String)>,
+}
+
+impl Symbols {
+    /// Reads the kernel's text symbols.
+    pub fn kernel() -> Self {
+        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        Self::parse(&text)
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut syms: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+                let kind = it.next()?;
+                let name = it.next()?;
+                (addr != 0 && matches!(kind, "t" | "T")).then(|| (addr, name.to_owned()))
+            })
+            .collect();
+        syms.sort_unstable();
+        Self { syms }
+    }
+
+    /// `name+0xoff` for an address inside the kernel's text.
+    pub fn name(&self, addr: u64) -> Option<String> {
+        let i = self
+            .syms
+            .partition_point(|(a, _)| *a <= addr)
+            .checked_sub(1)?;
+        let (at, name) = &self.syms[i];
+        Some(format!("{name}+{:#x}", addr - at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BTF of: struct inner { int x; }; struct s { int a; union { int b;
+    /// struct { int c; int d; }; }; }; enum e { E_ONE = 1, E_TWO = 2 };
+    fn sample() -> Vec<u8> {
+        let strs = b"\0int\0s\0a\0b\0c\0d\0e\0E_ONE\0E_TWO\0";
+        let at = |n: &str| {
+            let needle = format!("\0{n}\0");
+            strs.windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .expect("string") as u32
+                + 1
+        };
+        let mut types: Vec<u32> = Vec::new();
+        let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
+        // 1: int
+        types.extend([at("int"), info(1, 0), 4, 32]);
+        // 2: anonymous struct { int c; int d; }
+        types.extend([0, info(KIND_STRUCT, 2), 8]);
+        types.extend([at("c"), 1, 0, at("d"), 1, 32]);
+        // 3: anonymous union { int b; struct 2; }
+        types.extend([0, info(KIND_UNION, 2), 8]);
+        types.extend([at("b"), 1, 0, 0, 2, 0]);
+        // 4: struct s { int a; union 3; } (union at byte 8)
+        types.extend([at("s"), info(KIND_STRUCT, 2), 16]);
+        types.extend([at("a"), 1, 0, 0, 3, 64]);
+        // 5: enum e
+        types.extend([at("e"), info(KIND_ENUM, 2), 4]);
+        types.extend([at("E_ONE"), 1, at("E_TWO"), 2]);
+        let types: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = Vec::new();
+        out.extend(BTF_MAGIC.to_ne_bytes());
+        out.extend([1u8, 0]);
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strs.len() as u32,
+        ] {
+            out.extend(w.to_ne_bytes());
+        }
+        out.extend(types);
+        out.extend(strs);
+        out
+    }
+
+    #[test]
+    fn finds_members_inside_anonymous_groups() {
+        let btf = Btf::parse(sample()).expect("parses");
+        assert_eq!(btf.member_offset("s", "a"), Some(0));
+        assert_eq!(btf.member_offset("s", "b"), Some(8));
+        assert_eq!(btf.member_offset("s", "c"), Some(8));
+        assert_eq!(btf.member_offset("s", "d"), Some(12));
+        assert_eq!(btf.member_offset("s", "z"), None);
+        assert_eq!(btf.member_offset("nope", "a"), None);
+        let names = btf.enum_names("e");
+        assert_eq!(names.get(&2).map(String::as_str), Some("E_TWO"));
+    }
+
+    #[test]
+    fn refuses_what_is_not_btf() {
+        assert!(Btf::parse(vec![0; 64]).is_err());
+        let mut cut = sample();
+        cut.truncate(40);
+        assert!(Btf::parse(cut).is_err());
+    }
+
+    #[test]
+    fn names_code_addresses() {
+        let s = Symbols::parse(
+            "ffffffff81000100 T nf_hook_slow\nffffffff81000000 t early\n0000000000000000 T hidden\n",
+        );
+        assert_eq!(
+            s.name(0xffff_ffff_8100_019c).as_deref(),
+            Some("nf_hook_slow+0x9c")
+        );
+        assert_eq!(s.name(0xffff_ffff_8100_0000).as_deref(), Some("early+0x0"));
+        assert_eq!(s.name(0x10), None);
+    }
+
+    #[test]
+    fn reads_this_kernels_btf() {
+        // Every kernel podtrace runs on has BTF (its maps need it); a build
+        // machine without it has nothing to read.
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            return;
+        }
+        let btf = Btf::vmlinux().expect("this kernel's BTF");
+        let o = offsets(&btf).expect("the offsets ping needs");
+        assert!(o.skb_head > 0 && o.skb_network_header > 0 && o.net_cookie > 0);
+        assert_eq!(
+            reason_names(&btf).get(&2).map(String::as_str),
+            Some("NOT_SPECIFIED")
+        );
+    }
+}
