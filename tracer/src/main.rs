@@ -59,9 +59,10 @@ transport payload's (length 0).")]
     /// path made of network namespaces on this host.
     Lab(lab::LabArgs),
     /// Send probes from one pod to another (or to any IP) and show the path
-    /// each took: hops with times, the ENI used, SNAT/DNAT rewrites, and
-    /// where a lost probe was last seen. Exit 0 replies received, 1 no
-    /// reply, 2 usage or resolution error.
+    /// each took: hops with times, the ENI used, SNAT/DNAT rewrites, where
+    /// a lost probe was last seen, and, when the kernel dropped it, why (its
+    /// drop reason, such as NETFILTER_DROP or IP_RPFILTER). Exit 0 replies
+    /// received, 1 no reply, 2 usage or resolution error.
     #[command(after_help = "\
 Examples:
   podtrace ping pod-1 pod-3

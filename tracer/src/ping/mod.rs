@@ -147,12 +147,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             crate::drops::reason_names(&btf),
         ))
     });
+    // Said only if a probe is lost: a ping that works has no use for it.
+    let mut no_drop_reasons = None;
     let (drop_offsets, reasons) = match kernel_words {
         Ok((o, r)) => (Some(o), r),
         Err(e) => {
-            if !args.json {
-                eprintln!("podtrace: drop reasons unavailable: {e}");
-            }
+            no_drop_reasons = Some(e);
             (None, std::collections::HashMap::new())
         }
     };
@@ -164,10 +164,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     let mut stop = Stop::install()?;
     let mut session = Session::start(&place, &opts).await?;
     session.topology.name_pods(|ip| pods.name_of(ip));
-    if let Some(e) = session.take_drops_error()
-        && !args.json
-    {
-        eprintln!("podtrace: drop reasons unavailable: {e}");
+    if let Some(e) = session.take_drops_error() {
+        no_drop_reasons = Some(e);
     }
     let words = DropWords {
         reasons,
@@ -231,6 +229,14 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let summary = summarize(&views);
+    if let Some(e) = no_drop_reasons
+        && !args.json
+        && views
+            .iter()
+            .any(|v| v.rtt_us.is_none() && v.reply.is_none())
+    {
+        eprintln!("podtrace: cannot tell whether the kernel dropped the lost probes: {e}");
+    }
     if args.json {
         let doc = json!({
             "src": src_end,
