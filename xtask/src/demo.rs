@@ -35,7 +35,8 @@ pub struct Options {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Scenario {
     /// `podtrace lab up`, then `podtrace ping pod-1 pod-3`: the path of a
-    /// pod-to-pod ping across two nodes, hop by hop.
+    /// pod-to-pod ping across two nodes, hop by hop; then the same ping
+    /// with a firewall rule on node-b that drops it: where, and why.
     Lab,
     /// `podtrace capture` on a veth pair in two scratch namespaces while one
     /// end pings the other.
@@ -67,7 +68,58 @@ fn lab_ping(podtrace: &Path) -> Result<()> {
     let _lock = lab::Lock::acquire()?;
     let _lab = lab::Lab::up(podtrace)?;
     println!("\n== podtrace ping pod-1 pod-3 (node-a to node-b)");
-    cmd::run(Command::new(podtrace).args(["ping", "pod-1", "pod-3"]))
+    cmd::run(Command::new(podtrace).args(["ping", "pod-1", "pod-3"]))?;
+
+    println!("\n== a firewall rule on node-b drops echo requests: where, and why");
+    let _rule = DropRule::insert()?;
+    let ping = ["ping", "pod-1", "pod-3", "-c", "1", "-W", "1s"];
+    let shown = format!("{} {}", podtrace.display(), ping.join(" "));
+    println!("$ {shown}");
+    let status = Command::new(podtrace)
+        .args(ping)
+        .status()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    cmd::check_interrupt()?;
+    // No reply is the point here: ping exits 1 for that.
+    if status.code() != Some(1) {
+        bail!("`{shown}` should have found no reply ({status})");
+    }
+    Ok(())
+}
+
+/// The demo's firewall rule on node-b, removed when dropped.
+struct DropRule;
+
+/// The rule, as `iptables` arguments after `-I` / `-D`.
+const DROP_RULE: [&str; 7] = [
+    "FORWARD",
+    "-p",
+    "icmp",
+    "--icmp-type",
+    "echo-request",
+    "-j",
+    "DROP",
+];
+
+impl DropRule {
+    fn insert() -> Result<Self> {
+        cmd::run(
+            Command::new("ip")
+                .args(["netns", "exec", "node-b", "iptables", "-I"])
+                .args(DROP_RULE),
+        )?;
+        Ok(Self)
+    }
+}
+
+impl Drop for DropRule {
+    fn drop(&mut self) {
+        cmd::run_cleanup(
+            Command::new("ip")
+                .args(["netns", "exec", "node-b", "iptables", "-D"])
+                .args(DROP_RULE),
+        );
+    }
 }
 
 /// Two scratch namespaces joined by a veth pair; `podtrace capture` on one
