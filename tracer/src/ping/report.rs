@@ -797,6 +797,47 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_says_where_and_why() {
+        use Direction::{Egress, Ingress};
+        let (a, b) = ([192, 168, 1, 21], [192, 168, 2, 21]);
+        let req = [
+            icmp(NODE_A, 5, Ingress, 1_000, a, b, 8, 9),
+            icmp(NODE_A, 2, Egress, 2_000, a, b, 8, 9),
+            icmp(NODE_B, 2, Ingress, 3_000, a, b, 8, 9),
+        ];
+        let mut v = probe_view(1, None, &req, &[], &topo());
+        v.drop = Some(ProbeDrop {
+            leg: Leg::Request,
+            reason: "NETFILTER_DROP".into(),
+            at: Some("nft_do_chain+0x3e8".into()),
+            node: Some("node-b".into()),
+            iface: Some("ens5".into()),
+        });
+        assert_eq!(
+            summarize(&[v.clone()]).lost_at.as_deref(),
+            Some(
+                "request dropped by the kernel on node-b: NETFILTER_DROP in \
+                 nft_do_chain+0x3e8, after node-b ens5 ingress"
+            )
+        );
+        // A reply dropped with no name for the code nor a traced device:
+        // the last reply hop still says where.
+        let rep = [icmp(NODE_B, 5, Ingress, 4_000, b, a, 0, 9)];
+        let mut v = probe_view(1, None, &req, &rep, &topo());
+        v.drop = Some(ProbeDrop {
+            leg: Leg::Reply,
+            reason: "reason 999".into(),
+            at: None,
+            node: None,
+            iface: None,
+        });
+        assert_eq!(
+            summarize(&[v]).lost_at.as_deref(),
+            Some("reply dropped by the kernel: reason 999, after node-b eni3 ingress")
+        );
+    }
+
+    #[test]
     fn a_reset_made_before_the_pod_says_where() {
         use Direction::{Egress, Ingress};
         let (a, b) = ([192, 168, 1, 21], [192, 168, 2, 21]);
