@@ -349,3 +349,84 @@ fn each_refused_datagram_gets_its_error_in_flows_mode_and_through_the_port_filte
         "{f:#}"
     );
 }
+
+/// A packet the kernel drops in a traced namespace comes as a `drop`
+/// line with the kernel's reason and the packet, and only the traffic the
+/// filter keeps.
+#[test]
+fn a_packet_the_kernel_drops_says_where_and_why() {
+    let lab = LabGuard::up();
+    let (p1, p3) = (lab.pod("pod-1"), lab.pod("pod-3"));
+    let rule = [
+        "FORWARD",
+        "-d",
+        &p3.ip.to_string(),
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        "8080,8081",
+        "-j",
+        "DROP",
+    ];
+    netns_exec("node-b", &[&["iptables", "-I"], &rule[..]].concat());
+    let connect = |port: u16| {
+        // One SYN (and its retransmission) that nothing answers.
+        let script = format!(
+            "timeout 1.5 bash -c 'echo > /dev/tcp/{}/{port}' || true",
+            p3.ip
+        );
+        netns_exec(&p1.netns, &["bash", "-c", &script]);
+    };
+    // Only the port the filter keeps: a drop on another port stays out.
+    let trace = Podtrace::start(&["trace", "--json", "--filter-port", "8080"]);
+    connect(8080);
+    connect(8081);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = trace.stop(libc::SIGINT);
+    netns_exec("node-b", &[&["iptables", "-D"], &rule[..]].concat());
+    assert!(out.status.success(), "{}", out.stderr);
+    let drops: Vec<Value> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "drop")
+        .map(|v| v["drop"].clone())
+        .collect();
+    assert!(!drops.is_empty(), "no drop in {}", out.stdout);
+    for d in &drops {
+        assert_eq!(
+            (
+                &d["reason"],
+                &d["node"],
+                &d["iface"],
+                &d["proto"],
+                &d["info"]
+            ),
+            (
+                &Value::from("NETFILTER_DROP"),
+                &Value::from("node-b"),
+                &Value::from(lab.pod("pod-3").eni.as_str()),
+                &Value::from("tcp"),
+                &Value::from("S")
+            ),
+            "{d:#}"
+        );
+        assert_eq!(d["dst"], format!("{}:8080", p3.ip), "{d:#}");
+        assert!(
+            d["src"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{}:", p1.ip))),
+            "{d:#}"
+        );
+    }
+    let stats = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "stats")
+        .expect("a stats line");
+    assert_eq!(stats["drops"]["shown"], drops.len(), "{stats:#}");
+    assert_eq!(stats["drops"]["not_shown"], 0, "{stats:#}");
+}

@@ -52,6 +52,10 @@ pub mod names {
     pub const MAP_DROPS: &str = "DROPS";
     /// Global holding the [`crate::DropConfig`].
     pub const GLOBAL_DROP_CONFIG: &str = "DROP_CONFIG";
+    /// Hash of the traced namespaces' cookies, for drops of every packet.
+    pub const MAP_DROP_NETNS: &str = "DROP_NETNS";
+    /// Per-CPU array of one [`crate::DropBudget`].
+    pub const MAP_DROP_BUDGET: &str = "DROP_BUDGET";
 }
 
 /// What kind of record an event is. Kinds are numbered in ranges and a number
@@ -266,6 +270,32 @@ pub struct DropConfig {
     pub dev_nd_net: u32,
     /// `net.net_cookie`.
     pub net_cookie: u32,
+    /// 0: report ping's probes only. Otherwise every IPv4 packet that the
+    /// filter of [`Config`] keeps, dropped on a device of a namespace in
+    /// [`names::MAP_DROP_NETNS`], at most [`DROPS_PER_WINDOW`] per CPU
+    /// every [`DROP_WINDOW_NS`] (the rest are counted in
+    /// [`names::MAP_DROP_BUDGET`]).
+    pub all: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// Drops reported per CPU in one window when every packet counts: a node
+/// that drops a flood must not flood the reader.
+pub const DROPS_PER_WINDOW: u64 = 256;
+/// That window, ns.
+pub const DROP_WINDOW_NS: u64 = 100_000_000;
+
+/// Per CPU: the drop reports of the current window, and those left out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropBudget {
+    /// Start of the window, `bpf_ktime_get_ns()`.
+    pub window_ns: u64,
+    /// Reports in it.
+    pub count: u64,
+    /// Drops not reported for the budget, since load.
+    pub suppressed: u64,
 }
 
 /// What identifies one hook: a direction on an interface in a namespace.
@@ -588,7 +618,8 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 72);
     assert!(core::mem::size_of::<BatchHeader>() == 8);
     assert!(core::mem::size_of::<DropEvent>() == 32 + DROP_SNAP);
-    assert!(core::mem::size_of::<DropConfig>() == 24);
+    assert!(core::mem::size_of::<DropConfig>() == 32);
+    assert!(core::mem::size_of::<DropBudget>() == 24);
     assert!(core::mem::size_of::<CpuState>() == 24);
     assert!(STAGE_MAX.is_power_of_two());
     assert!(core::mem::size_of::<Stage>() == 32 + STAGE_MAX + 48 + MAX_SNAPLEN);
@@ -610,6 +641,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::DropConfig {}
+    unsafe impl aya::Pod for super::DropBudget {}
     unsafe impl aya::Pod for super::Stage {}
     unsafe impl aya::Pod for super::CpuState {}
 }

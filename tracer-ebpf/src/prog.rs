@@ -12,13 +12,14 @@ use aya_ebpf::{
         bpf_timer_init, bpf_timer_set_callback, bpf_timer_start,
     },
     macros::{btf_map, classifier, map, raw_tracepoint},
-    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf as LegacyRingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf as LegacyRingBuf},
     programs::{RawTracePointContext, TcContext},
 };
 use tracer_common::{
-    BatchHeader, Cidr4, Config, CpuState, DROP_SNAP, Direction, DropConfig, DropEvent, EventKind,
-    FLOW_PROBES, FlowSlot, HOOK_SLOTS, HookKey, HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC,
-    PacketEvent, STAGE_DELAY_NS, STAGE_MAX, SlotKey, Stage, hook_slot, mode, reason,
+    BatchHeader, Cidr4, Config, CpuState, DROP_SNAP, DROP_WINDOW_NS, DROPS_PER_WINDOW, Direction,
+    DropBudget, DropConfig, DropEvent, EventKind, FLOW_PROBES, FlowSlot, HOOK_SLOTS, HookKey,
+    HookSlot, HookStats, MAX_SNAPLEN, PROBE_MAGIC, PacketEvent, STAGE_DELAY_NS, STAGE_MAX, SlotKey,
+    Stage, hook_slot, mode, reason,
 };
 
 /// One ring buffer per CPU, at the CPU's index: a program writes to its
@@ -98,7 +99,17 @@ static DROP_CONFIG: DropConfig = DropConfig {
     dev_ifindex: 0,
     dev_nd_net: 0,
     net_cookie: 0,
+    all: 0,
+    _pad: 0,
 };
+
+/// The traced namespaces' cookies, when every dropped packet counts.
+#[map(name = "DROP_NETNS")]
+static DROP_NETNS: HashMap<u64, u32> = HashMap::with_max_entries(256, 0);
+
+/// Per CPU: this window's drop reports, and those left out.
+#[map(name = "DROP_BUDGET")]
+static DROP_BUDGET: PerCpuArray<DropBudget> = PerCpuArray::with_max_entries(1, 0);
 
 macro_rules! drop_cfg {
     ($field:ident) => {
@@ -130,6 +141,7 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         drop_cfg!(dev_nd_net),
         drop_cfg!(net_cookie),
     );
+    let every = drop_cfg!(all) != 0;
     // SAFETY: kernel reads through the helper, which fails cleanly on a
     // bad address; the offsets come from this kernel's BTF.
     unsafe {
@@ -150,7 +162,20 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
             &*(ev.data.as_ptr().cast::<[u8; HDR_PEEK]>()),
             HDR_PEEK,
         );
-        if !p.probe {
+        if every {
+            // The quoted ports of an ICMP error sit after its 8 bytes and
+            // the quoted 20-byte IPv4 header.
+            let q = &ev.data;
+            let quoted = || {
+                (
+                    u16::from_be_bytes([q[48], q[49]]),
+                    u16::from_be_bytes([q[50], q[51]]),
+                )
+            };
+            if !p.ipv4 || !filter_matches(&p, quoted) {
+                return None;
+            }
+        } else if !p.probe {
             return None;
         }
         ev.ts_ns = bpf_ktime_get_ns();
@@ -164,6 +189,19 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
                 ev.netns_cookie =
                     bpf_probe_read_kernel((net + cookie_at) as *const u64).unwrap_or(0);
             }
+        }
+        if every {
+            DROP_NETNS.get(&ev.netns_cookie)?;
+            let budget = &mut *DROP_BUDGET.get_ptr_mut(0)?;
+            if ev.ts_ns.wrapping_sub(budget.window_ns) >= DROP_WINDOW_NS {
+                budget.window_ns = ev.ts_ns;
+                budget.count = 0;
+            }
+            if budget.count >= DROPS_PER_WINDOW {
+                budget.suppressed += 1;
+                return None;
+            }
+            budget.count += 1;
         }
         DROPS.output::<DropEvent>(&ev, 0).ok()
     }
@@ -226,7 +264,7 @@ fn trace(ctx: &TcContext, dir: Direction) {
     // The filter runs on headers read in place: a packet it rejects has
     // cost one array slot and a few loads.
     let parsed = parse(ctx);
-    if !parsed.probe && !filter_matches(ctx, &parsed) {
+    if !parsed.probe && !filter_matches(&parsed, || quoted_ports(ctx)) {
         return;
     }
     stats.matched += 1;
@@ -438,7 +476,7 @@ fn parse_ipv4(p: &mut Parsed, h: &[u8; HDR_PEEK], have: usize) {
 /// and port filters as the packet it quotes would: it is that packet's
 /// answer (the address filters apply to its own header, as to a reply's).
 #[inline(always)]
-fn filter_matches(ctx: &TcContext, p: &Parsed) -> bool {
+fn filter_matches(p: &Parsed, quoted_ports: impl FnOnce() -> (u16, u16)) -> bool {
     let proto = cfg!(proto);
     let port = cfg!(port);
     let src: Cidr4 = cfg!(src);
@@ -462,7 +500,7 @@ fn filter_matches(ctx: &TcContext, p: &Parsed) -> bool {
     if port != 0 {
         let (sport, dport) = if p.icmp_error && matches!(p.quoted_proto, IPPROTO_TCP | IPPROTO_UDP)
         {
-            quoted_ports(ctx)
+            quoted_ports()
         } else if p.proto == IPPROTO_ICMP {
             return false;
         } else {

@@ -9,9 +9,16 @@
 //! LGPL (btf-rs) or keep these parts private (aya-obj), and podtrace ships
 //! as one static binary under MIT or Apache-2.0.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use tracer_common::DropConfig;
+use serde::Serialize;
+use tracer_common::{DROP_SNAP, DropConfig, DropEvent};
+
+use crate::{
+    decode::{L3, L4, Packet},
+    netns::Netns,
+    topology::Topology,
+};
 
 /// Where the running kernel describes its types.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -213,6 +220,8 @@ pub fn offsets(btf: &Btf) -> Result<DropConfig, String> {
         dev_ifindex: get("net_device", "ifindex")?,
         dev_nd_net: get("net_device", "nd_net")?,
         net_cookie: get("net", "net_cookie")?,
+        all: 0,
+        _pad: 0,
     })
 }
 
@@ -267,6 +276,194 @@ impl Symbols {
         let (at, name) = &self.syms[i];
         Some(format!("{name}+{:#x}", addr - at))
     }
+}
+
+/// What turns a drop record into words: the reasons' names and the
+/// kernel's symbols.
+#[derive(Default)]
+pub struct Words {
+    reasons: HashMap<u32, String>,
+    symbols: Symbols,
+}
+
+impl Words {
+    /// The offsets for the program (reporting ping's probes only; set
+    /// [`DropConfig::all`] for every packet) and the words, from the
+    /// running kernel.
+    pub fn load() -> Result<(DropConfig, Self), String> {
+        let btf = Btf::vmlinux()?;
+        let offsets = offsets(&btf)?;
+        Ok((
+            offsets,
+            Self {
+                reasons: reason_names(&btf),
+                symbols: Symbols::kernel(),
+            },
+        ))
+    }
+
+    /// The reason's name, or its number.
+    pub fn reason(&self, reason: u32) -> String {
+        self.reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("reason {reason}"))
+    }
+
+    /// The code that dropped it (`nf_hook_slow+0x9c`).
+    pub fn at(&self, location: u64) -> Option<String> {
+        self.symbols.name(location)
+    }
+}
+
+/// A drop record's packet, decoded as the hooks' are (it starts at the
+/// IPv4 header: an Ethernet header is put in front).
+pub fn packet(d: &DropEvent) -> Packet {
+    let mut frame = [0u8; 14 + DROP_SNAP];
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    frame[14..].copy_from_slice(&d.data);
+    let mut p = crate::decode::decode_frame(&frame);
+    p.ts_ns = d.ts_ns;
+    p
+}
+
+/// The traced node (namespace) and device a drop happened on, when known.
+pub fn place(
+    d: &DropEvent,
+    topology: &Topology,
+    namespaces: &[Arc<Netns>],
+) -> (Option<String>, Option<String>) {
+    let iface = topology.iter().find_map(|(cookie, iface)| {
+        (cookie == d.netns_cookie && iface.ifindex == d.ifindex).then(|| iface.name.clone())
+    });
+    let node = namespaces
+        .iter()
+        .find(|n| n.cookie == d.netns_cookie)
+        .map(|n| n.name.clone());
+    (node, iface)
+}
+
+/// A packet the kernel dropped, as `trace` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Dropped {
+    /// The kernel's reason (`NETFILTER_DROP`, ...).
+    pub reason: String,
+    /// The code that dropped it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Traced node (namespace) of the device it was on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// That device, when hooked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// `tcp`, `udp`, `icmp` or the protocol's number.
+    pub proto: String,
+    /// Source, `ip` or `ip:port`.
+    pub src: String,
+    /// Destination.
+    pub dst: String,
+    /// What else the headers say: TCP flags, the ICMP type.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub info: String,
+}
+
+impl Dropped {
+    /// Describes a drop record.
+    pub fn of(
+        d: &DropEvent,
+        words: &Words,
+        topology: &Topology,
+        namespaces: &[Arc<Netns>],
+    ) -> Self {
+        let p = packet(d);
+        let (node, iface) = place(d, topology, namespaces);
+        let (src, dst, proto) = match p.l3 {
+            L3::Ipv4 {
+                src, dst, proto, ..
+            } => (src.to_string(), dst.to_string(), proto),
+            _ => ("?".into(), "?".into(), 0),
+        };
+        let (proto, src, dst, info) = match p.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+                ..
+            } => (
+                "tcp".into(),
+                format!("{src}:{sport}"),
+                format!("{dst}:{dport}"),
+                tcp_flags(flags),
+            ),
+            L4::Udp { sport, dport } => (
+                "udp".into(),
+                format!("{src}:{sport}"),
+                format!("{dst}:{dport}"),
+                String::new(),
+            ),
+            L4::Icmp { ty, code, .. } | L4::IcmpError { ty, code, .. } => (
+                "icmp".into(),
+                src,
+                dst,
+                crate::decode::icmp_name(ty, code)
+                    .map_or_else(|| format!("type {ty} code {code}"), str::to_owned),
+            ),
+            _ => (proto.to_string(), src, dst, String::new()),
+        };
+        Self {
+            reason: words.reason(d.reason),
+            at: words.at(d.location),
+            node,
+            iface,
+            proto,
+            src,
+            dst,
+            info,
+        }
+    }
+
+    /// One line: `node-b ens5: NETFILTER_DROP in nft_do_chain+0x3e8:
+    /// tcp 192.168.1.11:40000 > 192.168.2.11:8080 [S]`.
+    pub fn line(&self) -> String {
+        let place = match (&self.node, &self.iface) {
+            (Some(n), Some(i)) => format!(" on {n} {i}"),
+            (Some(n), None) => format!(" on {n}"),
+            _ => String::new(),
+        };
+        let at = self
+            .at
+            .as_ref()
+            .map_or_else(String::new, |a| format!(" in {a}"));
+        let info = if self.info.is_empty() {
+            String::new()
+        } else if self.proto == "tcp" {
+            format!(" [{}]", self.info)
+        } else {
+            format!(" {}", self.info)
+        };
+        format!(
+            "dropped by the kernel{place}: {}{at}: {} {} > {}{info}",
+            self.reason, self.proto, self.src, self.dst
+        )
+    }
+}
+
+/// tcpdump's letters for the flags that matter (`S`, `S.`, `R.`, ...).
+fn tcp_flags(flags: u8) -> String {
+    let mut s = String::new();
+    for (bit, c) in [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x10, '.'),
+    ] {
+        if flags & bit != 0 {
+            s.push(c);
+        }
+    }
+    s
 }
 
 #[cfg(test)]

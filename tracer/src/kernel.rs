@@ -154,6 +154,10 @@ pub struct Kernel {
     drops: Option<aya::maps::RingBuf<MapData>>,
     /// Why it could not be attached, said once.
     drops_error: Option<String>,
+    /// The namespaces whose drops count, when every packet's does.
+    drop_netns: Option<aya::maps::HashMap<MapData, u64, u32>>,
+    /// Each CPU's [`tracer_common::DropBudget`].
+    drop_budget: Option<aya::maps::Map>,
 }
 
 impl Kernel {
@@ -206,6 +210,8 @@ impl Kernel {
             attached: BTreeMap::new(),
             drops: None,
             drops_error: None,
+            drop_netns: None,
+            drop_budget: None,
         })
     }
 
@@ -318,11 +324,23 @@ impl Kernel {
             if let Ok(logger) = aya_log::EbpfLogger::init(&mut bpf) {
                 self.fresh_loggers.push(logger);
             }
-            if drops.is_some() {
+            if let Some(offsets) = drops {
                 match attach_drops(&mut bpf) {
-                    Ok(ring) => self.drops = Some(ring),
+                    Ok(ring) => {
+                        self.drops = Some(ring);
+                        if offsets.all != 0 {
+                            self.drop_netns = bpf
+                                .take_map(names::MAP_DROP_NETNS)
+                                .and_then(|m| aya::maps::HashMap::try_from(m).ok());
+                            self.drop_budget = bpf.take_map(names::MAP_DROP_BUDGET);
+                        }
+                    }
                     Err(e) => self.drops_error = Some(e),
                 }
+            }
+            if let Some(map) = &mut self.drop_netns {
+                map.insert(netns.cookie, 1, 0)
+                    .map_err(|e| map_err(names::MAP_DROP_NETNS, &e))?;
             }
             let flows = FlowTable::map(&bpf, entries as usize, netns.cookie)?;
             self.instances.insert(
@@ -411,6 +429,22 @@ impl Kernel {
     /// Why drops are not reported although asked for, once.
     pub fn take_drops_error(&mut self) -> Option<String> {
         self.drops_error.take()
+    }
+
+    /// Drops left out for the per-CPU budget
+    /// ([`tracer_common::DROPS_PER_WINDOW`]), since load.
+    pub fn drops_suppressed(&self) -> u64 {
+        let Some(map) = &self.drop_budget else {
+            return 0;
+        };
+        let Ok(budget) =
+            aya::maps::PerCpuArray::<&MapData, tracer_common::DropBudget>::try_from(map)
+        else {
+            return 0;
+        };
+        budget
+            .get(&0, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().map(|b| b.suppressed).sum())
     }
 
     /// Every attached interface.

@@ -221,6 +221,11 @@ impl Session {
         self.kernel.take_drops_error()
     }
 
+    /// Drops left out for the per-CPU budget, since load.
+    pub fn drops_suppressed(&self) -> u64 {
+        self.kernel.drops_suppressed()
+    }
+
     /// Namespaces traced.
     pub fn namespaces(&self) -> &[Arc<Netns>] {
         &self.namespaces

@@ -2,7 +2,7 @@
 //! as blocks a person reads at a glance or as JSON lines.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     io::Write as _,
     process::ExitCode,
     time::Duration,
@@ -85,14 +85,31 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     args.ready.clear_stale()?;
     let mut stop = Stop::install()?;
     let mode = args.report.mode;
+    // The packets the kernel drops in the traced namespaces, with its
+    // reason: where a flow stops, and why.
+    let (drop_offsets, words, mut no_drops) = match crate::drops::Words::load() {
+        Ok((offsets, words)) => (
+            Some(tracer_common::DropConfig { all: 1, ..offsets }),
+            words,
+            None,
+        ),
+        Err(e) => (None, crate::drops::Words::default(), Some(e)),
+    };
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
         ring_bytes: args.report.ring_bytes(),
+        drops: drop_offsets,
         ..LoadOptions::default()
     };
     let place = crate::session::traced_namespaces(&args.place, &pods)?;
     let mut session = Session::start(&place, &opts).await?;
     session.topology.name_pods(|ip| pods.name_of(ip));
+    if let Some(e) = session.take_drops_error() {
+        no_drops = Some(e);
+    }
+    if let Some(e) = no_drops {
+        eprintln!("podtrace: the kernel's dropped packets will not show: {e}");
+    }
     if let Some(note) = pods.take_note() {
         eprintln!("podtrace: {note}");
     }
@@ -146,6 +163,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         counted: HashMap::new(),
         dirty: BTreeSet::new(),
         clock,
+        drops: BTreeMap::new(),
     };
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -154,7 +172,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             () = stop.wait() => break,
             () = crate::signals::deadline(deadline) => break,
-            _ = tick.tick() => engine.advance(crate::output::kernel_now_ns(), |u| out.update(u)),
+            _ = tick.tick() => {
+                engine.advance(crate::output::kernel_now_ns(), |u| out.update(u));
+                for d in session.take_drops() {
+                    out.drop(&d, &words, &session);
+                }
+            }
             _ = counters.tick() => {
                 let flows = session.flow_stats()?;
                 engine.merge_kernel_counters(flows.iter(), |u| out.update(u));
@@ -176,6 +199,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     session
         .drain(|p, _, topo| engine.push(p, topo, |u| out.update(u)))
         .await?;
+    for d in session.take_drops() {
+        out.drop(&d, &words, &session);
+    }
     let flows = session.flow_stats()?;
     engine.merge_kernel_counters(flows.iter(), |u| out.update(u));
     attach_conntrack(&session, &mut engine);
@@ -187,9 +213,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         // The hooks' counters too: a script must be able to tell that
         // events were lost.
         let hooks = crate::output::hook_totals_json(&session)?;
+        let drops = json!({
+            "shown": out.drops.values().sum::<u64>(),
+            "not_shown": session.drops_suppressed(),
+        });
         println!(
             "{}",
-            json!({"type": "stats", "stats": stats, "hooks": hooks})
+            json!({"type": "stats", "stats": stats, "hooks": hooks, "drops": drops})
         );
     } else {
         eprintln!("{}", crate::output::totals(&session)?);
@@ -213,6 +243,28 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "{} answered by ICMP errors (label icmp-error): {}",
                 n(errors.values().sum(), "flow", "flows"),
+                kinds.join(", ")
+            );
+        }
+        let suppressed = session.drops_suppressed();
+        if !out.drops.is_empty() || suppressed > 0 {
+            let kinds: Vec<String> = out
+                .drops
+                .iter()
+                .map(|((node, reason), v)| format!("{v} {reason} on {node}"))
+                .collect();
+            let more = if suppressed > 0 {
+                format!(
+                    " ({suppressed} more not shown: over {} per CPU in {} ms)",
+                    tracer_common::DROPS_PER_WINDOW,
+                    tracer_common::DROP_WINDOW_NS / 1_000_000
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{} dropped by the kernel: {}{more}",
+                n(out.drops.values().sum(), "packet", "packets"),
                 kinds.join(", ")
             );
         }
@@ -257,6 +309,8 @@ struct Printer {
     counted: HashMap<FlowId, Counts>,
     dirty: BTreeSet<FlowId>,
     clock: Clock,
+    /// Packets the kernel dropped, by (node, reason), for the exit line.
+    drops: BTreeMap<(String, String), u64>,
 }
 
 /// Whether no traced hook saw a packet of `f` in either direction (a flow
@@ -358,6 +412,37 @@ impl Printer {
     /// lined up by.
     fn wall(&self, f: &Flow) -> String {
         self.clock.wall_ns(f.last_ns).to_string()
+    }
+
+    /// Prints a packet the kernel dropped, as it comes: a line (or a
+    /// `drop` object), apart from the flows, whose blocks wait for their
+    /// journeys to close.
+    fn drop(
+        &mut self,
+        d: &tracer_common::DropEvent,
+        words: &crate::drops::Words,
+        session: &Session,
+    ) {
+        let dropped = crate::drops::Dropped::of(d, words, &session.topology, session.namespaces());
+        let node = dropped.node.clone().unwrap_or_else(|| "?".into());
+        *self
+            .drops
+            .entry((node, dropped.reason.clone()))
+            .or_default() += 1;
+        let mut stdout = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(
+                stdout,
+                "{}",
+                json!({
+                    "type": "drop",
+                    "time_ns": self.clock.wall_ns(d.ts_ns).to_string(),
+                    "drop": dropped,
+                })
+            )
+        } else {
+            writeln!(stdout, "{} x {}", self.clock.hms(d.ts_ns), dropped.line())
+        };
     }
 
     /// Prints the flows whose story changed since they were last printed.

@@ -141,19 +141,13 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     }
     // Where and why the kernel drops a probe, from its BTF; ping works
     // without, saying only where the probe was last seen.
-    let kernel_words = crate::drops::Btf::vmlinux().and_then(|btf| {
-        Ok((
-            crate::drops::offsets(&btf)?,
-            crate::drops::reason_names(&btf),
-        ))
-    });
     // Said only if a probe is lost: a ping that works has no use for it.
     let mut no_drop_reasons = None;
-    let (drop_offsets, reasons) = match kernel_words {
-        Ok((o, r)) => (Some(o), r),
+    let (drop_offsets, words) = match crate::drops::Words::load() {
+        Ok((o, w)) => (Some(o), w),
         Err(e) => {
             no_drop_reasons = Some(e);
-            (None, std::collections::HashMap::new())
+            (None, crate::drops::Words::default())
         }
     };
     let opts = LoadOptions {
@@ -167,14 +161,6 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = session.take_drops_error() {
         no_drop_reasons = Some(e);
     }
-    let words = DropWords {
-        reasons,
-        symbols: if drop_offsets.is_some() {
-            crate::drops::Symbols::kernel()
-        } else {
-            crate::drops::Symbols::default()
-        },
-    };
     let mut drops: Vec<Packet> = Vec::new();
     let mut drop_events: Vec<DropEvent> = Vec::new();
 
@@ -216,7 +202,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 for d in session.take_drops() {
-                    drops.push(drop_packet(&d));
+                    drops.push(crate::drops::packet(&d));
                     drop_events.push(d);
                 }
                 let mut view = build_view(&r, &spec, run_id, &packets, &session);
@@ -382,23 +368,6 @@ fn run_id() -> u32 {
     t.subsec_nanos() ^ std::process::id().rotate_left(16)
 }
 
-/// What turns a drop record into words.
-struct DropWords {
-    reasons: std::collections::HashMap<u32, String>,
-    symbols: crate::drops::Symbols,
-}
-
-/// A drop record's packet, decoded as the hooks' are (it starts at the
-/// IPv4 header: an Ethernet header is put in front).
-fn drop_packet(d: &DropEvent) -> Packet {
-    let mut frame = [0u8; 14 + tracer_common::DROP_SNAP];
-    frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    frame[14..].copy_from_slice(&d.data);
-    let mut p = crate::decode::decode_frame(&frame);
-    p.ts_ns = d.ts_ns;
-    p
-}
-
 /// The kernel's drop of this probe or of its answer, if it reported one:
 /// matched by the probe's tag as the hooks' packets are.
 fn probe_drop(
@@ -408,7 +377,7 @@ fn probe_drop(
     drops: &[Packet],
     events: &[DropEvent],
     session: &Session,
-    words: &DropWords,
+    words: &crate::drops::Words,
 ) -> Option<report::ProbeDrop> {
     if r.rtt.is_some() {
         return None;
@@ -438,22 +407,11 @@ fn probe_drop(
         Some((i, leg))
     })?;
     let d = &events[i];
-    let iface = session.topology.iter().find_map(|(cookie, iface)| {
-        (cookie == d.netns_cookie && iface.ifindex == d.ifindex).then(|| iface.name.clone())
-    });
-    let node = session
-        .namespaces()
-        .iter()
-        .find(|n| n.cookie == d.netns_cookie)
-        .map(|n| n.name.clone());
+    let (node, iface) = crate::drops::place(d, &session.topology, session.namespaces());
     Some(report::ProbeDrop {
         leg,
-        reason: words
-            .reasons
-            .get(&d.reason)
-            .cloned()
-            .unwrap_or_else(|| format!("reason {}", d.reason)),
-        at: words.symbols.name(d.location),
+        reason: words.reason(d.reason),
+        at: words.at(d.location),
         node,
         iface,
     })
