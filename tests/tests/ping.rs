@@ -398,8 +398,8 @@ fn lab_paths_and_bad_input() {
         );
     }
 
-    // A RST made by a firewall is not the pod's: the SYN never reached
-    // pod-3, and ping says where it was reset. A closed port on the pod
+    // A RST made by a firewall is not the pod's: the kernel dropped the
+    // SYN before pod-3, and ping says where. A closed port on the pod
     // itself, next to it, is still the pod's answer.
     let reset = [
         "-I",
@@ -425,9 +425,15 @@ fn lab_paths_and_bad_input() {
     assert_eq!(reset["syn_last_seen"], "node-b ens5 ingress", "{doc:#}");
     assert_eq!(reset["rst_first_seen"], "node-b ens5 egress", "{doc:#}");
     assert!(
-        doc["summary"]["reset_on_the_way"]
+        reset["syn_dropped"]
             .as_str()
-            .is_some_and(|s| s.starts_with("the SYN never reached pod-3: reset between ")),
+            .is_some_and(|s| s.starts_with("NETFILTER_DROP in ") && s.ends_with(" on node-b")),
+        "{doc:#}"
+    );
+    assert!(
+        doc["summary"]["reset_on_the_way"].as_str().is_some_and(
+            |s| s.starts_with("the SYN never reached pod-3: dropped by the kernel after ")
+        ),
         "{doc:#}"
     );
     let (code, doc, err) = ping(&[

@@ -276,8 +276,8 @@ pub struct DropConfig {
     /// every [`DROP_WINDOW_NS`] (the rest are counted in
     /// [`names::MAP_DROP_BUDGET`]).
     pub all: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// `sk_buff.tail` (a u32 offset from `head` on 64-bit kernels).
+    pub skb_tail: u32,
 }
 
 /// Drops reported per CPU in one window when every packet counts: a node

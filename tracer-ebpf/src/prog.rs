@@ -100,7 +100,7 @@ static DROP_CONFIG: DropConfig = DropConfig {
     dev_nd_net: 0,
     net_cookie: 0,
     all: 0,
-    _pad: 0,
+    skb_tail: 0,
 };
 
 /// The traced namespaces' cookies, when every dropped packet counts.
@@ -142,11 +142,26 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         drop_cfg!(net_cookie),
     );
     let every = drop_cfg!(all) != 0;
+    let tail_at = drop_cfg!(skb_tail);
     // SAFETY: kernel reads through the helper, which fails cleanly on a
     // bad address; the offsets come from this kernel's BTF.
     unsafe {
         let head: u64 = bpf_probe_read_kernel((skb + head_at) as *const u64).ok()?;
         let nh: u16 = bpf_probe_read_kernel((skb + nh_at) as *const u16).ok()?;
+        let tail: u32 = bpf_probe_read_kernel((skb + tail_at) as *const u32).ok()?;
+        // Only the linear area holds what is read here: an unset network
+        // header (~0) or one too close to its end is no IPv4 packet to
+        // name, and nothing past `tail` is the packet's.
+        let nh = u32::from(nh);
+        if nh == 0xffff || nh + 28 > tail {
+            return None;
+        }
+        let have = (tail - nh).min(DROP_SNAP as u32);
+        // A form the verifier bounds: 1..=128, then at most DROP_SNAP.
+        let n = (core::ptr::read_volatile(&have).wrapping_sub(1) & 127) as usize + 1;
+        if n > DROP_SNAP {
+            return None;
+        }
         let mut ev = DropEvent {
             ts_ns: 0,
             location: 0,
@@ -155,12 +170,12 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
             ifindex: 0,
             data: [0; DROP_SNAP],
         };
-        bpf_probe_read_kernel_buf((head + u64::from(nh)) as *const u8, &mut ev.data).ok()?;
+        bpf_probe_read_kernel_buf((head + u64::from(nh)) as *const u8, &mut ev.data[..n]).ok()?;
         let mut p = Parsed::EMPTY;
         parse_ipv4(
             &mut p,
             &*(ev.data.as_ptr().cast::<[u8; HDR_PEEK]>()),
-            HDR_PEEK,
+            n.min(HDR_PEEK),
         );
         if every {
             // The quoted ports of an ICMP error sit after its 8 bytes and

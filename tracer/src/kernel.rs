@@ -779,11 +779,15 @@ fn attach_drops(bpf: &mut Ebpf) -> Result<aya::maps::RingBuf<MapData>, String> {
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     prog.load().map_err(|e| error_chain(&e))?;
     prog.attach(names::TRACEPOINT_KFREE_SKB).map_err(|e| {
-        format!(
-            "attaching to {}: {}",
-            names::TRACEPOINT_KFREE_SKB,
-            error_chain(&e)
-        )
+        let why = error_chain(&e);
+        // The program reads the tracepoint's third argument, the reason,
+        // which the kernel gives only since Linux 5.17.
+        let hint = if why.contains("Invalid argument") || why.contains("os error 22") {
+            " (before Linux 5.17 this tracepoint gives no drop reason)"
+        } else {
+            ""
+        };
+        format!("attaching to {}: {why}{hint}", names::TRACEPOINT_KFREE_SKB)
     })?;
     let map = bpf
         .take_map(names::MAP_DROPS)

@@ -161,8 +161,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = session.take_drops_error() {
         no_drop_reasons = Some(e);
     }
-    let mut drops: Vec<Packet> = Vec::new();
-    let mut drop_events: Vec<DropEvent> = Vec::new();
+    let mut drops: Vec<(Packet, DropEvent)> = Vec::new();
 
     let run_id = run_id();
     let spec = ProbeSpec {
@@ -202,11 +201,25 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 for d in session.take_drops() {
-                    drops.push(crate::drops::packet(&d));
-                    drop_events.push(d);
+                    drops.push((crate::drops::packet(&d), d));
                 }
-                let mut view = build_view(&r, &spec, run_id, &packets, &session);
-                view.drop = probe_drop(&r, &spec, run_id, &drops, &drop_events, &session, &words);
+                let (mut view, reset) = build_view(&r, &spec, run_id, &packets, &session);
+                let dropped = probe_drop(&r, &spec, run_id, &drops, &session, &words, &view);
+                if view.rtt_us.is_none() {
+                    view.drop = dropped;
+                } else if reset
+                    && let Some(syn) = dropped.filter(|d| d.leg == report::Leg::Request)
+                    && let Some(reset) = report::reset_on_the_way(&view, &session.topology, &syn)
+                {
+                    // The SYN was dropped on the way, and a RST came back
+                    // in the destination's name: a firewall made it.
+                    view.reply = Some(format!(
+                        "RST in {}'s name, made on the way: the SYN was dropped on {}",
+                        reset.pod,
+                        syn.node.as_deref().unwrap_or("the way")
+                    ));
+                    view.reset_on_the_way = Some(reset);
+                }
                 if !args.json {
                     print!("{}", text::probe(&view, views.last()));
                 }
@@ -214,7 +227,10 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let summary = summarize(&views);
+    let mut summary = summarize(&views);
+    summary
+        .drop_reasons_unavailable
+        .clone_from(&no_drop_reasons);
     if let Some(e) = no_drop_reasons
         && !args.json
         && views
@@ -374,16 +390,20 @@ fn probe_drop(
     r: &ProbeResult,
     spec: &ProbeSpec,
     run: u32,
-    drops: &[Packet],
-    events: &[DropEvent],
+    drops: &[(Packet, DropEvent)],
     session: &Session,
     words: &crate::drops::Words,
+    view: &ProbeView,
 ) -> Option<report::ProbeDrop> {
-    if r.rtt.is_some() {
-        return None;
-    }
+    // A reply handed to the source pod reached it: what its kernel frees
+    // then is no loss on the way (the raw socket that reads the echo
+    // reply gets a copy, and the original goes as NO_SOCKET).
+    let reply_delivered = view
+        .hops
+        .iter()
+        .any(|h| h.leg == report::Leg::Reply && h.hands_to_pod());
     let tag = probe::payload_hash(r.seq, run);
-    let (i, leg) = drops.iter().enumerate().find_map(|(i, p)| {
+    let (d, leg) = drops.iter().find_map(|(p, d)| {
         if !p.probe {
             return None;
         }
@@ -401,15 +421,25 @@ fn probe_drop(
             (ProbeProto::Tcp, L4::Tcp { seq, .. }) if seq == probe::tcp_isn(r.seq, run) => {
                 report::Leg::Request
             }
-            (ProbeProto::Udp, L4::Udp { .. }) if p.payload_hash == tag => report::Leg::Request,
+            // A UDP server that echoes the probe sends its tag back, from
+            // the probed port.
+            (ProbeProto::Udp, L4::Udp { dport, .. }) if p.payload_hash == tag => {
+                if dport == spec.port {
+                    report::Leg::Request
+                } else {
+                    report::Leg::Reply
+                }
+            }
             _ => return None,
         };
-        Some((i, leg))
+        let delivered_reply =
+            leg == report::Leg::Reply && (reply_delivered || words.reason(d.reason) == "NO_SOCKET");
+        (!delivered_reply).then_some((d, leg))
     })?;
-    let d = &events[i];
     let (node, iface) = crate::drops::place(d, &session.topology, session.namespaces());
     Some(report::ProbeDrop {
         leg,
+        code: d.reason,
         reason: words.reason(d.reason),
         at: words.at(d.location),
         node,
@@ -417,14 +447,15 @@ fn probe_drop(
     })
 }
 
-/// Picks the request's and the reply's packets of one probe.
+/// Picks the request's and the reply's packets of one probe; true when a
+/// TCP RST answered it.
 fn build_view(
     r: &ProbeResult,
     spec: &ProbeSpec,
     run: u32,
     packets: &[Packet],
     session: &Session,
-) -> ProbeView {
+) -> (ProbeView, bool) {
     let tag = probe::payload_hash(r.seq, run);
     // A UDP server that echoes the probe sends its tag back: the request
     // is the datagram with the IP id of the first one seen (at the source
@@ -538,21 +569,11 @@ fn build_view(
     {
         v.reply = Some(format!("the reply was refused: {why}"));
     }
-    if spec.proto == ProbeProto::Tcp
+    let reset = spec.proto == ProbeProto::Tcp
         && reply
             .iter()
-            .any(|p| matches!(p.l4, L4::Tcp { flags, .. } if flags & TCP_RST != 0))
-        && let Some(reset) = report::reset_on_the_way(&v, &session.topology)
-    {
-        let from = v.hops.iter().find(|h| h.leg == report::Leg::Reply);
-        let from = from.map_or("?", |h| h.src.split(':').next().unwrap_or(&h.src));
-        v.reply = Some(format!(
-            "RST from {from}, not from {}: reset on the way",
-            reset.pod
-        ));
-        v.reset_on_the_way = Some(reset);
-    }
-    v
+            .any(|p| matches!(p.l4, L4::Tcp { flags, .. } if flags & TCP_RST != 0));
+    (v, reset)
 }
 
 /// The RST bit of a TCP header's flags byte.

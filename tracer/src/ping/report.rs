@@ -123,6 +123,8 @@ pub struct ProbeView {
 pub struct ProbeDrop {
     /// Which way the dropped packet was going.
     pub leg: Leg,
+    /// The kernel's `enum skb_drop_reason` value.
+    pub code: u32,
     /// The kernel's reason, without `SKB_DROP_REASON_` (`NETFILTER_DROP`,
     /// `IP_RPFILTER`, `NO_SOCKET`, ...), or its number when this kernel's
     /// BTF has no name for it.
@@ -139,16 +141,29 @@ pub struct ProbeDrop {
 }
 
 impl ProbeDrop {
+    /// `NETFILTER_DROP in nft_do_chain+0x3e8 on node-b`.
+    pub fn says_briefly(&self) -> String {
+        let mut s = self.reason.clone();
+        if let Some(a) = &self.at {
+            s.push_str(&format!(" in {a}"));
+        }
+        if let Some(n) = &self.node {
+            s.push_str(&format!(" on {n}"));
+        }
+        s
+    }
+
     /// In words, with the last hook that saw the packet before.
     pub fn says(&self, hops: &[HopView]) -> String {
         let leg = match self.leg {
             Leg::Request => "request",
             Leg::Reply => "reply",
         };
-        let on = self
-            .node
-            .as_ref()
-            .map_or_else(String::new, |n| format!(" on {n}"));
+        // A namespace podtrace does not trace: a pod's, most likely.
+        let on = self.node.as_ref().map_or_else(
+            || " in a namespace podtrace does not trace".to_owned(),
+            |n| format!(" on {n}"),
+        );
         let at = self
             .at
             .as_ref()
@@ -175,6 +190,9 @@ pub struct Reset {
     pub pod: String,
     /// `node iface direction` of the last hook that saw the SYN.
     pub syn_last_seen: String,
+    /// How the kernel dropped the SYN (`NETFILTER_DROP in nf_hook_slow+0x9c
+    /// on node-b`).
+    pub syn_dropped: String,
     /// `node iface direction` of the first hook that saw the RST.
     pub rst_first_seen: String,
 }
@@ -183,9 +201,9 @@ impl Reset {
     /// The summary's line.
     pub fn says(&self) -> String {
         format!(
-            "the SYN never reached {}: reset between {} and {} \
-             (a firewall's REJECT with tcp-reset?)",
-            self.pod, self.syn_last_seen, self.rst_first_seen
+            "the SYN never reached {}: dropped by the kernel after {} ({}), and a RST \
+             came back in its name, first seen at {} (a firewall's REJECT with tcp-reset?)",
+            self.pod, self.syn_last_seen, self.syn_dropped, self.rst_first_seen
         )
     }
 }
@@ -221,6 +239,10 @@ pub struct Summary {
     /// A RST made on the way, not by the pod (the first probe's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_on_the_way: Option<String>,
+    /// Why the kernel's drops could not be watched (no BTF, an old
+    /// kernel): a lost probe's `drop` is then unknown, not absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_reasons_unavailable: Option<String>,
     /// For `dnat`: each address the probes were rewritten to, in the order
     /// first seen. A service spreads probes over its backends, and each
     /// backend has a path of its own.
@@ -385,35 +407,35 @@ pub fn probe_view(
     }
 }
 
-/// A TCP probe answered by a RST although its SYN never reached the pod it
-/// was for: a pod's veth is hooked on every traced node, so a SYN handed
-/// to the pod would show there. Something on the way made the RST (a
-/// firewall's `REJECT --reject-with tcp-reset`, a policy engine), not the
-/// pod's kernel, and "port closed" would send the reader to the wrong
-/// place. `None` when the SYN reached a pod, or when its destination is
-/// no traced pod (then nothing says where the RST came from).
-pub fn reset_on_the_way(v: &ProbeView, topo: &Topology) -> Option<Reset> {
+/// A TCP probe answered by a RST although the kernel dropped its SYN on
+/// the way, before the pod it was for: something on the way made the RST
+/// in the pod's name (a firewall's `REJECT --reject-with tcp-reset` drops
+/// the SYN and answers for the pod), not the pod's kernel, and "port
+/// closed" would send the reader to the wrong place. `None` when the SYN
+/// reached a pod all the same.
+pub fn reset_on_the_way(v: &ProbeView, topo: &Topology, syn: &ProbeDrop) -> Option<Reset> {
     let mut request = v.hops.iter().filter(|h| h.leg == Leg::Request);
-    if request.clone().any(HopView::hands_to_pod) {
+    if syn.leg != Leg::Request || request.clone().any(HopView::hands_to_pod) {
         return None;
     }
     let last = request.next_back()?;
     let dst: Ipv4Addr = last.dst.split(':').next()?.parse().ok()?;
-    let pod = topo.iter().find_map(|(_, i)| match &i.role {
-        Role::PodVeth {
-            pod_ip: Some(ip),
-            pod,
-        } if *ip == dst => Some(pod.as_deref().map_or_else(
-            || dst.to_string(),
-            |p| p.rsplit('/').next().unwrap_or(p).to_owned(),
-        )),
-        _ => None,
-    })?;
+    let pod = topo
+        .iter()
+        .find_map(|(_, i)| match &i.role {
+            Role::PodVeth {
+                pod_ip: Some(ip),
+                pod: Some(p),
+            } if *ip == dst => Some(p.rsplit('/').next().unwrap_or(p).to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| dst.to_string());
     let first_back = v.hops.iter().find(|h| h.leg == Leg::Reply)?;
     let at = |h: &HopView| format!("{} {} {}", h.node, h.iface, h.dir);
     Some(Reset {
         pod,
         syn_last_seen: at(last),
+        syn_dropped: syn.says_briefly(),
         rst_first_seen: at(first_back),
     })
 }
@@ -534,6 +556,7 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
         } else {
             Vec::new()
         },
+        drop_reasons_unavailable: None,
     }
 }
 
@@ -808,6 +831,7 @@ mod tests {
         let mut v = probe_view(1, None, &req, &[], &topo());
         v.drop = Some(ProbeDrop {
             leg: Leg::Request,
+            code: 9,
             reason: "NETFILTER_DROP".into(),
             at: Some("nft_do_chain+0x3e8".into()),
             node: Some("node-b".into()),
@@ -826,6 +850,7 @@ mod tests {
         let mut v = probe_view(1, None, &req, &rep, &topo());
         v.drop = Some(ProbeDrop {
             leg: Leg::Reply,
+            code: 999,
             reason: "reason 999".into(),
             at: None,
             node: None,
@@ -833,7 +858,10 @@ mod tests {
         });
         assert_eq!(
             summarize(&[v]).lost_at.as_deref(),
-            Some("reply dropped by the kernel: reason 999, after node-b eni3 ingress")
+            Some(
+                "reply dropped by the kernel in a namespace podtrace does not trace: reason \
+                 999, after node-b eni3 ingress"
+            )
         );
     }
 
@@ -841,7 +869,8 @@ mod tests {
     fn a_reset_made_before_the_pod_says_where() {
         use Direction::{Egress, Ingress};
         let (a, b) = ([192, 168, 1, 21], [192, 168, 2, 21]);
-        // The SYN got as far as node-b's ENI, and the answer started there.
+        // The SYN got as far as node-b's ENI, was dropped there, and the
+        // answer started there.
         let req = [
             icmp(NODE_A, 5, Ingress, 1_000, a, b, 8, 9),
             icmp(NODE_A, 2, Egress, 2_000, a, b, 8, 9),
@@ -852,13 +881,22 @@ mod tests {
             icmp(NODE_A, 2, Ingress, 5_000, b, a, 0, 9),
             icmp(NODE_A, 5, Egress, 6_000, b, a, 0, 9),
         ];
+        let syn = ProbeDrop {
+            leg: Leg::Request,
+            code: 9,
+            reason: "NETFILTER_DROP".into(),
+            at: Some("nft_do_chain+0x3e8".into()),
+            node: Some("node-b".into()),
+            iface: Some("ens5".into()),
+        };
         let v = probe_view(1, Some(6.0), &req, &rep, &topo());
-        let reset = reset_on_the_way(&v, &topo()).expect("a reset on the way");
+        let reset = reset_on_the_way(&v, &topo(), &syn).expect("a reset on the way");
         assert_eq!(
             reset,
             Reset {
                 pod: "pod-3".into(),
                 syn_last_seen: "node-b ens5 ingress".into(),
+                syn_dropped: "NETFILTER_DROP in nft_do_chain+0x3e8 on node-b".into(),
                 rst_first_seen: "node-b ens5 egress".into(),
             }
         );
@@ -867,21 +905,23 @@ mod tests {
         assert_eq!(
             summarize(&[v]).reset_on_the_way.as_deref(),
             Some(
-                "the SYN never reached pod-3: reset between node-b ens5 ingress and \
-                 node-b ens5 egress (a firewall's REJECT with tcp-reset?)"
+                "the SYN never reached pod-3: dropped by the kernel after node-b ens5 ingress \
+                 (NETFILTER_DROP in nft_do_chain+0x3e8 on node-b), and a RST came back in its \
+                 name, first seen at node-b ens5 egress (a firewall's REJECT with tcp-reset?)"
             )
         );
         // Handed to the pod: the pod's kernel answered (a closed port).
         let mut delivered = req.to_vec();
         delivered.push(icmp(NODE_B, 5, Egress, 3_500, a, b, 8, 9));
         let v = probe_view(1, Some(6.0), &delivered, &rep, &topo());
-        assert_eq!(reset_on_the_way(&v, &topo()), None);
-        // For an address no traced pod holds, nothing says who answered.
-        let far = [10, 9, 9, 9];
-        let req = [icmp(NODE_A, 5, Ingress, 1_000, a, far, 8, 9)];
-        let rep = [icmp(NODE_A, 5, Egress, 2_000, far, a, 0, 9)];
-        let v = probe_view(1, Some(1.0), &req, &rep, &topo());
-        assert_eq!(reset_on_the_way(&v, &topo()), None);
+        assert_eq!(reset_on_the_way(&v, &topo(), &syn), None);
+        // A drop of the reply is no evidence about the SYN.
+        let v = probe_view(1, Some(6.0), &req, &rep, &topo());
+        let reply_drop = ProbeDrop {
+            leg: Leg::Reply,
+            ..syn.clone()
+        };
+        assert_eq!(reset_on_the_way(&v, &topo(), &reply_drop), None);
     }
 
     #[test]

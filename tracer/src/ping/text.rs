@@ -73,6 +73,13 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
     }
     if previous.is_some_and(|q| same_path(p, q)) && !p.hops.is_empty() {
         out.push_str("  (same path)\n");
+        // The kernel's reason may differ from the previous probe's.
+        if p.rtt_us.is_none()
+            && p.reply.is_none()
+            && let Some(d) = &p.drop
+        {
+            let _ = writeln!(out, "   x {}", d.says(&p.hops));
+        }
         return out;
     }
     out.push('\n');
@@ -93,7 +100,8 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
             hop_line(&mut out, h, widths);
         }
     }
-    // A probe that an ICMP error answered says so in its first line.
+    // A probe that an ICMP error answered says so in its first line; one
+    // the kernel dropped, here, with the reason.
     if p.rtt_us.is_none()
         && p.reply.is_none()
         && let Some(d) = &p.drop
