@@ -421,6 +421,19 @@ fn a_packet_the_kernel_drops_says_where_and_why() {
             "{d:#}"
         );
     }
+    // Filed with its flow too.
+    let all = flows(&out.stdout);
+    let f = find(&all, 6, &p1.ip.to_string(), &p3.ip.to_string());
+    assert!(labels(f).contains(&"dropped"), "{f:#}");
+    assert_eq!(
+        (&f["drop"]["side"], &f["drop"]["reason"], &f["drop"]["node"]),
+        (
+            &Value::from("request"),
+            &Value::from("NETFILTER_DROP"),
+            &Value::from("node-b")
+        ),
+        "{f:#}"
+    );
     let stats = out
         .stdout
         .lines()

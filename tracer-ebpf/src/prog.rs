@@ -187,7 +187,13 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
                     u16::from_be_bytes([q[50], q[51]]),
                 )
             };
-            if !p.ipv4 || !filter_matches(&p, quoted) {
+            // Multicast and broadcast are no pod's path (the engine
+            // leaves them out too): a node drops IGMP queries all day.
+            if !p.ipv4
+                || p.dst[0] & 0xf0 == 0xe0
+                || p.dst == [255; 4]
+                || !filter_matches(&p, quoted)
+            {
                 return None;
             }
         } else if !p.probe {

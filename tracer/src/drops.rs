@@ -15,6 +15,7 @@ use serde::Serialize;
 use tracer_common::{DROP_SNAP, DropConfig, DropEvent};
 
 use crate::{
+    correlate::{Correlator, KernelDrop, Side, Update},
     decode::{L3, L4, Packet},
     netns::Netns,
     topology::Topology,
@@ -451,6 +452,43 @@ impl Dropped {
             "dropped by the kernel{place}: {}{at}: {} {} > {}{info}",
             self.reason, self.proto, self.src, self.dst
         )
+    }
+}
+
+/// How long a drop waits for its flow before it is given up.
+const FILE_WAIT_NS: u64 = 5_000_000_000;
+
+/// Drops not yet filed with their flow: a drop often comes before the
+/// journey of its packet has closed and made the flow.
+#[derive(Default)]
+pub struct Unfiled(Vec<(Packet, KernelDrop)>);
+
+impl Unfiled {
+    /// Queues a drop for [`Unfiled::file`].
+    pub fn push(&mut self, d: &DropEvent, dropped: &Dropped) {
+        self.0.push((
+            packet(d),
+            KernelDrop {
+                // The engine finds the side.
+                side: Side::Request,
+                reason: dropped.reason.clone(),
+                code: dropped.code,
+                at: dropped.at.clone(),
+                node: dropped.node.clone(),
+                iface: dropped.iface.clone(),
+                packets: 0,
+            },
+        ));
+    }
+
+    /// Files each waiting drop with its flow (labelled `dropped`), keeping
+    /// those whose flow is not there yet, for up to 5 s after the drop
+    /// (`now` [`u64::MAX`]: the last try).
+    pub fn file(&mut self, engine: &mut Correlator, now: u64, mut sink: impl FnMut(Update<'_>)) {
+        self.0.retain(|(pkt, d)| {
+            !engine.note_drop(pkt, d.clone(), &mut sink)
+                && now.saturating_sub(pkt.ts_ns) < FILE_WAIT_NS
+        });
     }
 }
 

@@ -77,7 +77,9 @@ Examples:
     /// tuples, the ENIs used, and labels direct, snat, dnat,
     /// asymmetric-eni, incomplete (judged with --mode packets and no
     /// filter only), icmp-error (an ICMP error such as port unreachable
-    /// answered the flow: shown with its sender and path).
+    /// answered the flow: shown with its sender and path), dropped (the
+    /// kernel dropped one of its packets: where, and its drop reason, such
+    /// as NETFILTER_DROP). Each drop is also a line as it happens.
     #[command(after_help = "\
 Examples:
   podtrace trace

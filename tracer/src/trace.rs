@@ -165,6 +165,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         clock,
         drops: BTreeMap::new(),
     };
+    let mut unfiled = crate::drops::Unfiled::default();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut counters = tokio::time::interval(Duration::from_secs(1));
@@ -173,10 +174,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             () = stop.wait() => break,
             () = crate::signals::deadline(deadline) => break,
             _ = tick.tick() => {
-                engine.advance(crate::output::kernel_now_ns(), |u| out.update(u));
+                let now = crate::output::kernel_now_ns();
+                engine.advance(now, |u| out.update(u));
                 for d in session.take_drops() {
-                    out.drop(&d, &words, &session);
+                    unfiled.push(&d, &out.drop(&d, &words, &session));
                 }
+                unfiled.file(&mut engine, now, |u| out.update(u));
             }
             _ = counters.tick() => {
                 let flows = session.flow_stats()?;
@@ -200,13 +203,15 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         .drain(|p, _, topo| engine.push(p, topo, |u| out.update(u)))
         .await?;
     for d in session.take_drops() {
-        out.drop(&d, &words, &session);
+        unfiled.push(&d, &out.drop(&d, &words, &session));
     }
     let flows = session.flow_stats()?;
     engine.merge_kernel_counters(flows.iter(), |u| out.update(u));
     attach_conntrack(&session, &mut engine);
     out.print_changed(&engine);
     engine.flush(|u| out.update(u));
+    unfiled.file(&mut engine, u64::MAX, |u| out.update(u));
+    out.print_changed(&engine);
     out.print_at_exit(&engine);
     let stats = engine.stats();
     if args.json {
@@ -422,7 +427,7 @@ impl Printer {
         d: &tracer_common::DropEvent,
         words: &crate::drops::Words,
         session: &Session,
-    ) {
+    ) -> crate::drops::Dropped {
         let dropped = crate::drops::Dropped::of(d, words, &session.topology, session.namespaces());
         let node = dropped.node.clone().unwrap_or_else(|| "?".into());
         *self
@@ -443,6 +448,7 @@ impl Printer {
         } else {
             writeln!(stdout, "{} x {}", self.clock.hms(d.ts_ns), dropped.line())
         };
+        dropped
     }
 
     /// Prints the flows whose story changed since they were last printed.

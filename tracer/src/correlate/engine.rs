@@ -6,7 +6,7 @@ use tracer_common::{FlowKey, FlowStats};
 use super::{
     Config, Sink, Stats, Update,
     flow::{FlowHop, Flows},
-    flow_model::{ConntrackInfo, Flow, FlowId},
+    flow_model::{ConntrackInfo, Flow, FlowId, KernelDrop},
     journey::{self, MAX_HOPS, Observed},
     journey_model::{Incomplete, Journey, Side},
     model::Tuple,
@@ -107,6 +107,33 @@ impl Correlator {
         while let Some(seq) = self.pending.oldest() {
             self.close(seq, false, &mut sink);
         }
+    }
+
+    /// Files a packet the kernel dropped with its flow, found by the
+    /// packet's addresses as the drop saw them (any hop's, NAT's included).
+    /// False when no flow has them yet (call again once its journeys have
+    /// closed) or the packet is not one the engine follows.
+    pub fn note_drop(
+        &mut self,
+        pkt: &Packet,
+        drop: KernelDrop,
+        mut sink: impl FnMut(Update<'_>),
+    ) -> bool {
+        let Some(obs) = journey::observe(pkt) else {
+            return false;
+        };
+        let Some((slot, side)) = self.flows.find(&obs.hop.tuple) else {
+            return false;
+        };
+        self.flows.note_drop(slot, side, drop);
+        if self.cfg.changes_by_id {
+            sink(Update::FlowChanged {
+                id: self.flows.id_at(slot),
+            });
+        } else {
+            sink(Update::Flow(self.flows.view(slot, &self.places)));
+        }
+        true
     }
 
     /// Re-reads the topology (interfaces, roles, pod names changed).

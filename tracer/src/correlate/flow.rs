@@ -15,7 +15,7 @@ use tracer_common::{Direction, FlowKey, FlowStats};
 
 use super::{
     EndReason, Sink, Update,
-    flow_model::{ConntrackInfo, Flow, FlowId, IcmpError, KernelCounters},
+    flow_model::{ConntrackInfo, Flow, FlowId, IcmpError, KernelCounters, KernelDrop},
     journey::{self, RawHop, icmp_ports},
     journey_model::{Expected, Incomplete, Journey, Side},
     model::{Dir, Hop, Place, Shared, Tuple},
@@ -137,6 +137,7 @@ struct Extra {
     kernel: [Option<KernelCounters>; 2],
     conntrack: Option<ConntrackInfo>,
     error: Option<ErrorRec>,
+    drop: Option<KernelDrop>,
 }
 
 /// The latest ICMP error about a flow's packets, as the flow keeps it.
@@ -444,6 +445,18 @@ impl Flows {
         self.last_seen[s as usize] = r.last_ns;
     }
 
+    /// Keeps a kernel drop (its `side` located with [`Self::find`]) as
+    /// flow `s`'s latest, counting it.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn note_drop(&mut self, s: u32, side: Side, mut d: KernelDrop) {
+        self.slab.touch(s);
+        let extra = self.slab.get_mut(s).extra_mut();
+        d.side = side;
+        d.packets = extra.drop.as_ref().map_or(0, |p| p.packets) + 1;
+        extra.drop = Some(d);
+    }
+
     /// Finds (or makes) the flow of a journey, and which side it is on.
     pub(crate) fn locate(&mut self, j: &Journey, places: &Places, sink: Sink<'_>) -> (u32, Side) {
         let hit = j.hops.iter().find_map(|h| {
@@ -729,6 +742,7 @@ fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
         }
         None => out.icmp_error = None,
     }
+    out.drop = r.extra.as_ref().and_then(|e| e.drop.clone());
     paths::summarize(out);
     out.conntrack = r.extra.as_ref().and_then(|e| e.conntrack.clone());
     out.first_ns = r.first_ns;

@@ -34,17 +34,21 @@ pub enum Label {
     /// unreachable, TTL exceeded, fragmentation needed, ... (see
     /// [`Flow::icmp_error`]).
     IcmpError,
+    /// The kernel dropped one of its packets on a traced node, and said
+    /// why (see [`Flow::drop`]).
+    Dropped,
 }
 
 impl Label {
     /// Every label, in display order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Direct,
         Self::Snat,
         Self::Dnat,
         Self::AsymmetricEni,
         Self::Incomplete,
         Self::IcmpError,
+        Self::Dropped,
     ];
 
     /// The name used in text and JSON.
@@ -56,6 +60,7 @@ impl Label {
             Self::AsymmetricEni => "asymmetric-eni",
             Self::Incomplete => "incomplete",
             Self::IcmpError => "icmp-error",
+            Self::Dropped => "dropped",
         }
     }
 
@@ -114,6 +119,25 @@ impl Serialize for Labels {
         }
         seq.end()
     }
+}
+
+/// A packet of a flow that the kernel dropped (`kfree_skb` with a reason).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KernelDrop {
+    /// Which way the packet was going.
+    pub side: Side,
+    /// The kernel's reason (`NETFILTER_DROP`, ...).
+    pub reason: String,
+    /// Its `enum skb_drop_reason` value.
+    pub code: u32,
+    /// The kernel code that dropped it.
+    pub at: Option<String>,
+    /// Traced node (namespace) of the device it was on.
+    pub node: Option<String>,
+    /// That device, when hooked.
+    pub iface: Option<String>,
+    /// The flow's drops so far, this one included.
+    pub packets: u64,
 }
 
 /// Exact counters of the kernel for one direction of a flow, taken at the
@@ -230,6 +254,8 @@ pub struct Flow {
     pub conntrack: Option<ConntrackInfo>,
     /// The latest ICMP error about one of its packets.
     pub icmp_error: Option<IcmpError>,
+    /// The latest packet of the flow the kernel dropped, and why.
+    pub drop: Option<KernelDrop>,
     /// Kernel time first seen, ns.
     pub first_ns: u64,
     /// Kernel time last seen (journeys or kernel counters), ns.

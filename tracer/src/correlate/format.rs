@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    flow_model::{Flow, FlowSide, IcmpError, KernelCounters, Label},
+    flow_model::{Flow, FlowSide, IcmpError, KernelCounters, KernelDrop, Label},
     journey_model::{Expected, Journey, NatKind, Rewrite, Side},
     model::{Hop, Place, PlaceRole, ProtoName, Shared, Tuple, short_pod},
 };
@@ -308,6 +308,29 @@ fn counters(s: &FlowSide) -> String {
     }
 }
 
+/// A kernel drop, for a flow block: `request by the kernel on node-b
+/// ens5: NETFILTER_DROP in nft_do_chain+0x3e8 (2 packets)`.
+pub fn kernel_drop(d: &KernelDrop) -> String {
+    let side = match d.side {
+        Side::Request => "request",
+        Side::Reply => "reply",
+    };
+    let on = match (&d.node, &d.iface) {
+        (Some(n), Some(i)) => format!(" on {n} {i}"),
+        (Some(n), None) => format!(" on {n}"),
+        _ => String::new(),
+    };
+    let at =
+        d.at.as_ref()
+            .map_or_else(String::new, |a| format!(" in {a}"));
+    let n = if d.packets == 1 {
+        "1 packet".to_owned()
+    } else {
+        format!("{} packets", d.packets)
+    };
+    format!("{side} by the kernel{on}: {}{at} ({n})", d.reason)
+}
+
 /// One line of a flow's final counts: `flow 1  icmp  pod-1 -> pod-3
 /// [direct]  request 10 pkts 980 B (4 traced)  reply ...`.
 pub fn flow_counters(f: &Flow) -> String {
@@ -315,8 +338,12 @@ pub fn flow_counters(f: &Flow) -> String {
         Some(e) => format!("  icmp {} {}", e.name, e.packets),
         None => String::new(),
     };
+    let drops = match &f.drop {
+        Some(d) => format!("  dropped {}", d.packets),
+        None => String::new(),
+    };
     format!(
-        "{}  request {}  reply {}{errors}",
+        "{}  request {}  reply {}{errors}{drops}",
         head(f),
         counters(&f.request),
         counters(&f.reply)
@@ -364,6 +391,9 @@ pub fn flow(f: &Flow) -> String {
     }
     if let Some(e) = &f.icmp_error {
         let _ = writeln!(out, "  error    {}", icmp_error(e));
+    }
+    if let Some(d) = &f.drop {
+        let _ = writeln!(out, "  dropped  {}", kernel_drop(d));
     }
     if f.request.path.is_empty() && !f.reply.path.is_empty() {
         // Replies with no request in sight: a server answering a client

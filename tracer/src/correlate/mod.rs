@@ -54,7 +54,8 @@ use serde::Serialize;
 pub use self::{
     engine::Correlator,
     flow_model::{
-        ConntrackInfo, Flow, FlowId, FlowSide, IcmpError, KernelCounters, Label, Labels, Latency,
+        ConntrackInfo, Flow, FlowId, FlowSide, IcmpError, KernelCounters, KernelDrop, Label,
+        Labels, Latency,
     },
     journey_model::{Expected, IcmpInfo, Incomplete, Journey, NatKind, Rewrite, Side, TcpInfo},
     model::{Dir, Hop, Place, PlaceRole, ProtoName, Shared, Tuple, short_pod},

@@ -111,6 +111,9 @@ pub(crate) fn summarize(f: &mut Flow) {
     if f.icmp_error.is_some() {
         labels.insert(Label::IcmpError);
     }
+    if f.drop.is_some() {
+        labels.insert(Label::Dropped);
+    }
     f.labels = labels;
 }
 

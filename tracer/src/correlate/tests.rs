@@ -1,7 +1,7 @@
 //! Scenario tests: the VPC CNI paths on the synthetic two-node lab.
 
 use super::{
-    Config, Expected, Label, Labels, NatKind, Side,
+    Config, Expected, KernelDrop, Label, Labels, NatKind, Side,
     testkit::{A, B, ENS5, ENS6, IN, OUT, Pkt, VETH1, VETH2, cross_node_ping, ip, run, snat_ping},
 };
 use crate::decode::{L3, L4, Packet, Quote};
@@ -645,4 +645,41 @@ fn icmp_errors_of_one_kind_are_counted() {
         "{}",
         super::format::icmp_error(&e)
     );
+}
+
+#[test]
+fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
+    // The request was SNATed at node-a's ENI: the drop beyond it has the
+    // rewritten source, and still belongs to the flow.
+    let packets = udp_refused_after_snat();
+    let (mut eng, mut seen) = run(Config::default(), &packets[..2]);
+    let drop = |reason: &str| KernelDrop {
+        side: Side::Reply,
+        reason: reason.into(),
+        code: 9,
+        at: Some("nft_do_chain+0x3e8".into()),
+        node: Some("node-a".into()),
+        iface: Some("ens5".into()),
+        packets: 0,
+    };
+    let beyond_snat = Pkt::udp("192.168.1.5", 31000, "203.0.113.10", 53)
+        .id(500)
+        .at(20, A, ENS5, OUT);
+    assert!(eng.note_drop(&beyond_snat, drop("NETFILTER_DROP"), |u| seen.take(u)));
+    assert!(eng.note_drop(&beyond_snat, drop("NETFILTER_DROP"), |u| seen.take(u)));
+    let f = seen.last_flows().pop().expect("the flow");
+    assert_eq!(f.labels, labels(&[Label::Snat, Label::Dropped]));
+    let d = f.drop.as_ref().expect("the drop is on the flow");
+    assert_eq!((d.side, d.packets), (Side::Request, 2), "{d:?}");
+    assert!(
+        super::format::flow(&f).contains(
+            "  dropped  request by the kernel on node-a ens5: NETFILTER_DROP in \
+             nft_do_chain+0x3e8 (2 packets)\n"
+        ),
+        "{}",
+        super::format::flow(&f)
+    );
+    // A packet of no known flow is not filed.
+    let other = Pkt::udp("192.168.1.21", 40001, "203.0.113.10", 53).at(30, A, VETH1, IN);
+    assert!(!eng.note_drop(&other, drop("NETFILTER_DROP"), |u| seen.take(u)));
 }

@@ -91,6 +91,15 @@ fn lines(app: &App) -> Vec<Line<'static>> {
             )));
         }
     }
+    if let Some(d) = &f.drop {
+        out.push(Line::from(vec![
+            Span::styled(" dropped", BOLD),
+            Span::styled(
+                format!(": {}", format::kernel_drop(d)),
+                Style::new().fg(Color::Red),
+            ),
+        ]));
+    }
     if let Some(e) = &f.icmp_error {
         let (first, last) = (e.path.first(), e.path.last());
         let took = last

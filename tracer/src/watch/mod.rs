@@ -90,9 +90,16 @@ fn describe(f: &FilterArgs) -> String {
 /// Runs `podtrace watch` until `q`, Ctrl-C or SIGTERM.
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     args.report.check()?;
+    // The packets the kernel drops, filed with their flows (label
+    // `dropped`); without the kernel's BTF, watch goes on without them.
+    let (drop_offsets, words) = match crate::drops::Words::load() {
+        Ok((offsets, words)) => (Some(tracer_common::DropConfig { all: 1, ..offsets }), words),
+        Err(_) => (None, crate::drops::Words::default()),
+    };
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
         ring_bytes: args.report.ring_bytes(),
+        drops: drop_offsets,
         ..LoadOptions::default()
     };
     // Errors (no terminal, privileges, a missing netns, a bad pods file)
@@ -136,6 +143,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         engine: &mut engine,
         pods: &pods,
         stop: &mut stop,
+        words: &words,
+        unfiled: crate::drops::Unfiled::default(),
     };
     let res = edge.run(&mut app, &mut screen).await;
     let left = screen.leave();
@@ -158,6 +167,8 @@ struct Edge<'a> {
     engine: &'a mut Correlator,
     pods: &'a PodSet,
     stop: &'a mut Stop,
+    words: &'a crate::drops::Words,
+    unfiled: crate::drops::Unfiled,
 }
 
 impl Edge<'_> {
@@ -184,7 +195,18 @@ impl Edge<'_> {
                     _ => {}
                 },
                 _ = frame_tick.tick() => {
-                    self.engine.advance(crate::output::kernel_now_ns(), |u| app.apply(u));
+                    let now = crate::output::kernel_now_ns();
+                    self.engine.advance(now, |u| app.apply(u));
+                    for d in self.session.take_drops() {
+                        let dropped = crate::drops::Dropped::of(
+                            &d,
+                            self.words,
+                            &self.session.topology,
+                            self.session.namespaces(),
+                        );
+                        self.unfiled.push(&d, &dropped);
+                    }
+                    self.unfiled.file(self.engine, now, |u| app.apply(u));
                     draw(&mut offscreen, app, self.engine, screen)?;
                 }
                 _ = stats_tick.tick() => {

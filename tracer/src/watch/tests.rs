@@ -172,7 +172,7 @@ fn help() {
             "      │ q  Ctrl-C      quit (everything is detached)                     │",
             "      │                                                                  │",
             "      │ Labels: direct (no NAT), snat, dnat, asymmetric-eni, incomplete, │",
-            "      │   icmp-error (port unreachable, TTL exceeded: see the path pane) │",
+            "      │   icmp-error, dropped (by the kernel): why is in the path pane   │",
             "      │ A flow idle for 60 s leaves the table (the header counts them).  │",
             "      └──────────────────────────────────────────────────────────────────┘",
             " 4/4 flows  sort: last seen ▼  | q quit  ? help",
@@ -400,5 +400,66 @@ fn an_icmp_error_shows_in_the_path_pane() {
             "",
             " 1/1 flows  sort: last seen ▼  | q quit  ↑↓ move  Enter details  / filter  s sort  space pause  ? help",
         ],
+    );
+}
+
+#[test]
+fn a_kernel_drop_shows_in_the_row_and_the_path_pane() {
+    let mut lab = Lab::new(2, 100);
+    let mut app = App::new();
+    lab.add(Kind::Direct, |u| app.apply(u));
+    lab.engine.flush(|u| app.apply(u));
+    // The first flow's request (pod-a0 to pod-b1, tcp 1024 > 80), as the
+    // kernel dropped it on node-b.
+    let dropped = crate::decode::Packet {
+        ts_ns: lab.now_ns(),
+        hook: crate::decode::HookId {
+            netns_cookie: 0,
+            ifindex: 0,
+            dir: tracer_common::Direction::Ingress,
+        },
+        reason: 0,
+        len: 98,
+        cap_len: 98,
+        mark: 0,
+        l3: crate::decode::L3::Ipv4 {
+            src: [192, 168, 16, 20].into(),
+            dst: [192, 168, 32, 21].into(),
+            id: 0,
+            total_len: 84,
+            ttl: 63,
+            proto: 6,
+            frag: 0,
+        },
+        l4: crate::decode::L4::Tcp {
+            sport: 1024,
+            dport: 80,
+            seq: 0,
+            ack: 0,
+            flags: 0x18,
+        },
+        payload_hash: 1,
+        probe: false,
+    };
+    let drop = crate::correlate::KernelDrop {
+        side: crate::correlate::Side::Request,
+        reason: "NETFILTER_DROP".into(),
+        code: 9,
+        at: Some("nft_do_chain+0x3e8".into()),
+        node: Some("node-b".into()),
+        iface: Some("ens5".into()),
+        packets: 0,
+    };
+    assert!(lab.engine.note_drop(&dropped, drop, |u| app.apply(u)));
+    app.now_ns = lab.now_ns() + 2_000_000_000;
+    app.pane = Pane::Detail;
+    app.move_by(0);
+    let got = render(&mut app, &lab, 130, 24);
+    assert!(got.iter().any(|l| l.contains("direct,dropped")), "{got:#?}");
+    assert!(
+        got.iter().any(|l| l.contains(
+            " dropped: request by the kernel on node-b ens5: NETFILTER_DROP in nft_do_chain+0x3e8 (1 packet)"
+        )),
+        "{got:#?}"
     );
 }

@@ -230,7 +230,10 @@ fn cut(text: &str, width: usize) -> String {
 
 /// Colour of a row's path label: the worst label wins.
 pub fn label_style(labels: Labels) -> Style {
-    let c = if labels.contains(Label::Incomplete) || labels.contains(Label::IcmpError) {
+    let c = if labels.contains(Label::Incomplete)
+        || labels.contains(Label::IcmpError)
+        || labels.contains(Label::Dropped)
+    {
         Color::Red
     } else if labels.contains(Label::AsymmetricEni) {
         Color::Magenta
@@ -381,7 +384,7 @@ fn help(frame: &mut Frame, area: Rect) {
         " Labels: direct (no NAT), snat, dnat, asymmetric-eni, incomplete,",
     ));
     lines.push(Line::from(
-        "   icmp-error (port unreachable, TTL exceeded: see the path pane)",
+        "   icmp-error, dropped (by the kernel): why is in the path pane",
     ));
     lines.push(Line::from(
         " A flow idle for 60 s leaves the table (the header counts them).",
