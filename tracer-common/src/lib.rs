@@ -294,7 +294,8 @@ pub struct DropBudget {
     pub window_ns: u64,
     /// Reports in it.
     pub count: u64,
-    /// Drops not reported for the budget, since load.
+    /// Drops not reported, since load: over the budget, or the ring was
+    /// full.
     pub suppressed: u64,
 }
 

@@ -146,6 +146,22 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
     // SAFETY: kernel reads through the helper, which fails cleanly on a
     // bad address; the offsets come from this kernel's BTF.
     unsafe {
+        // Where it was dropped first: in trace's mode, a drop outside the
+        // traced namespaces (most of a node's) costs three reads and a
+        // lookup, and no copy.
+        let mut netns_cookie = 0;
+        let mut ifindex = 0;
+        let dev: u64 = bpf_probe_read_kernel((skb + dev_at) as *const u64).unwrap_or(0);
+        if dev != 0 {
+            ifindex = bpf_probe_read_kernel((dev + ifindex_at) as *const u32).unwrap_or(0);
+            let net: u64 = bpf_probe_read_kernel((dev + net_at) as *const u64).unwrap_or(0);
+            if net != 0 {
+                netns_cookie = bpf_probe_read_kernel((net + cookie_at) as *const u64).unwrap_or(0);
+            }
+        }
+        if every {
+            DROP_NETNS.get(&netns_cookie)?;
+        }
         let head: u64 = bpf_probe_read_kernel((skb + head_at) as *const u64).ok()?;
         let nh: u16 = bpf_probe_read_kernel((skb + nh_at) as *const u16).ok()?;
         let tail: u32 = bpf_probe_read_kernel((skb + tail_at) as *const u32).ok()?;
@@ -165,9 +181,9 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         let mut ev = DropEvent {
             ts_ns: 0,
             location: 0,
-            netns_cookie: 0,
+            netns_cookie,
             reason: 0,
-            ifindex: 0,
+            ifindex,
             data: [0; DROP_SNAP],
         };
         bpf_probe_read_kernel_buf((head + u64::from(nh)) as *const u8, &mut ev.data[..n]).ok()?;
@@ -202,18 +218,8 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         ev.ts_ns = bpf_ktime_get_ns();
         ev.location = ctx.arg(1);
         ev.reason = ctx.arg::<u64>(2) as u32;
-        let dev: u64 = bpf_probe_read_kernel((skb + dev_at) as *const u64).unwrap_or(0);
-        if dev != 0 {
-            ev.ifindex = bpf_probe_read_kernel((dev + ifindex_at) as *const u32).unwrap_or(0);
-            let net: u64 = bpf_probe_read_kernel((dev + net_at) as *const u64).unwrap_or(0);
-            if net != 0 {
-                ev.netns_cookie =
-                    bpf_probe_read_kernel((net + cookie_at) as *const u64).unwrap_or(0);
-            }
-        }
+        let budget = &mut *DROP_BUDGET.get_ptr_mut(0)?;
         if every {
-            DROP_NETNS.get(&ev.netns_cookie)?;
-            let budget = &mut *DROP_BUDGET.get_ptr_mut(0)?;
             if ev.ts_ns.wrapping_sub(budget.window_ns) >= DROP_WINDOW_NS {
                 budget.window_ns = ev.ts_ns;
                 budget.count = 0;
@@ -224,7 +230,11 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
             }
             budget.count += 1;
         }
-        DROPS.output::<DropEvent>(&ev, 0).ok()
+        // A full ring loses the report, counted with those left out.
+        if DROPS.output::<DropEvent>(&ev, 0).is_err() {
+            budget.suppressed += 1;
+        }
+        Some(())
     }
 }
 

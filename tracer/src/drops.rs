@@ -411,8 +411,12 @@ impl Dropped {
                 "icmp".into(),
                 src,
                 dst,
-                crate::decode::icmp_name(ty, code)
-                    .map_or_else(|| format!("type {ty} code {code}"), str::to_owned),
+                match ty {
+                    0 => "echo reply".to_owned(),
+                    8 => "echo request".to_owned(),
+                    _ => crate::decode::icmp_name(ty, code)
+                        .map_or_else(|| format!("type {ty} code {code}"), str::to_owned),
+                },
             ),
             _ => (proto.to_string(), src, dst, String::new()),
         };
@@ -427,6 +431,13 @@ impl Dropped {
             dst,
             info,
         }
+    }
+
+    /// An echo reply that reached a namespace where a raw socket read it
+    /// (`ping`): the kernel hands the socket a copy and frees the packet
+    /// as NO_SOCKET. Not a loss.
+    pub fn delivered(&self) -> bool {
+        self.reason == "NO_SOCKET" && self.proto == "icmp" && self.info == "echo reply"
     }
 
     /// One line: `node-b ens5: NETFILTER_DROP in nft_do_chain+0x3e8:
@@ -458,15 +469,28 @@ impl Dropped {
 /// How long a drop waits for its flow before it is given up.
 const FILE_WAIT_NS: u64 = 5_000_000_000;
 
+/// Drops waiting for their flow at most.
+const MAX_UNFILED: usize = 4096;
+
 /// Drops not yet filed with their flow: a drop often comes before the
 /// journey of its packet has closed and made the flow.
 #[derive(Default)]
-pub struct Unfiled(Vec<(Packet, KernelDrop)>);
+pub struct Unfiled {
+    waiting: Vec<(Packet, KernelDrop)>,
+    /// Drops never filed: no flow had their addresses within 5 s (a
+    /// packet dropped after NAT before any hook saw it rewritten, or
+    /// whose flow had ended), or too many were waiting.
+    pub given_up: u64,
+}
 
 impl Unfiled {
     /// Queues a drop for [`Unfiled::file`].
     pub fn push(&mut self, d: &DropEvent, dropped: &Dropped) {
-        self.0.push((
+        if self.waiting.len() >= MAX_UNFILED {
+            self.given_up += 1;
+            return;
+        }
+        self.waiting.push((
             packet(d),
             KernelDrop {
                 // The engine finds the side.
@@ -485,9 +509,14 @@ impl Unfiled {
     /// those whose flow is not there yet, for up to 5 s after the drop
     /// (`now` [`u64::MAX`]: the last try).
     pub fn file(&mut self, engine: &mut Correlator, now: u64, mut sink: impl FnMut(Update<'_>)) {
-        self.0.retain(|(pkt, d)| {
-            !engine.note_drop(pkt, d.clone(), &mut sink)
-                && now.saturating_sub(pkt.ts_ns) < FILE_WAIT_NS
+        let given_up = &mut self.given_up;
+        self.waiting.retain(|(pkt, d)| {
+            if engine.note_drop(pkt, d, &mut sink) {
+                return false;
+            }
+            let wait = now.saturating_sub(pkt.ts_ns) < FILE_WAIT_NS;
+            *given_up += u64::from(!wait);
+            wait
         });
     }
 }

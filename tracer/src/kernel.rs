@@ -255,7 +255,7 @@ impl Kernel {
                 Some(offsets) => {
                     loader
                         .override_global(names::GLOBAL_DROP_CONFIG, offsets, true)
-                        .map_max_entries(names::MAP_DROPS, DROPS_RING_BYTES);
+                        .map_max_entries(names::MAP_DROPS, drops_ring_bytes(cpus));
                 }
                 None => {
                     loader.map_max_entries(names::MAP_DROPS, ring::page_size());
@@ -328,11 +328,11 @@ impl Kernel {
                 match attach_drops(&mut bpf) {
                     Ok(ring) => {
                         self.drops = Some(ring);
+                        self.drop_budget = bpf.take_map(names::MAP_DROP_BUDGET);
                         if offsets.all != 0 {
                             self.drop_netns = bpf
                                 .take_map(names::MAP_DROP_NETNS)
                                 .and_then(|m| aya::maps::HashMap::try_from(m).ok());
-                            self.drop_budget = bpf.take_map(names::MAP_DROP_BUDGET);
                         }
                     }
                     Err(e) => self.drops_error = Some(e),
@@ -764,9 +764,14 @@ fn per_cpu_map<'a, K: aya::Pod, V: aya::Pod>(
     PerCpuHashMap::try_from(map).map_err(|e| map_err(name, &e))
 }
 
-/// Bytes of the dropped probes' ring: room for about 2000 drops between
-/// two reads.
-const DROPS_RING_BYTES: u32 = 256 << 10;
+/// Bytes of the drops' ring: room for one window's budget of every CPU
+/// ([`tracer_common::DROPS_PER_WINDOW`] each, read about once a window),
+/// and at least 256 KiB; a power of two, as the kernel wants.
+fn drops_ring_bytes(cpus: u32) -> u32 {
+    let record = (size_of::<tracer_common::DropEvent>() + 8) as u64;
+    let want = u64::from(cpus) * tracer_common::DROPS_PER_WINDOW * record;
+    u32::try_from(want.max(256 << 10).next_power_of_two()).unwrap_or(1 << 30)
+}
 
 /// Loads `podtrace_kfree_skb`, attaches it to the `kfree_skb` tracepoint
 /// and takes its ring. The error says why in words (an old kernel's

@@ -65,6 +65,8 @@ struct Shown {
     request_seen: bool,
     reply_seen: bool,
     conntrack: bool,
+    /// The latest drop's side and reason.
+    drop: Option<(correlate::Side, String)>,
 }
 
 impl Shown {
@@ -74,6 +76,7 @@ impl Shown {
             request_seen: !f.request.path.is_empty(),
             reply_seen: !f.reply.path.is_empty(),
             conntrack: f.conntrack.is_some(),
+            drop: f.drop.as_ref().map(|d| (d.side, d.reason.clone())),
         }
     }
 }
@@ -107,9 +110,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = session.take_drops_error() {
         no_drops = Some(e);
     }
-    if let Some(e) = no_drops {
+    if let Some(e) = &no_drops {
         eprintln!("podtrace: the kernel's dropped packets will not show: {e}");
     }
+    let no_drops_why = no_drops;
     if let Some(note) = pods.take_note() {
         eprintln!("podtrace: {note}");
     }
@@ -177,7 +181,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 let now = crate::output::kernel_now_ns();
                 engine.advance(now, |u| out.update(u));
                 for d in session.take_drops() {
-                    unfiled.push(&d, &out.drop(&d, &words, &session));
+                    if let Some(dropped) = out.drop(&d, &words, &session) {
+                        unfiled.push(&d, &dropped);
+                    }
                 }
                 unfiled.file(&mut engine, now, |u| out.update(u));
             }
@@ -203,7 +209,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         .drain(|p, _, topo| engine.push(p, topo, |u| out.update(u)))
         .await?;
     for d in session.take_drops() {
-        unfiled.push(&d, &out.drop(&d, &words, &session));
+        if let Some(dropped) = out.drop(&d, &words, &session) {
+            unfiled.push(&d, &dropped);
+        }
     }
     let flows = session.flow_stats()?;
     engine.merge_kernel_counters(flows.iter(), |u| out.update(u));
@@ -221,6 +229,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         let drops = json!({
             "shown": out.drops.values().sum::<u64>(),
             "not_shown": session.drops_suppressed(),
+            "not_filed": unfiled.given_up,
+            "unavailable": no_drops_why,
         });
         println!(
             "{}",
@@ -252,21 +262,28 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let suppressed = session.drops_suppressed();
-        if !out.drops.is_empty() || suppressed > 0 {
+        if let Some(why) = &no_drops_why {
+            eprintln!("the kernel's dropped packets were not shown: {why}");
+        } else if !out.drops.is_empty() || suppressed > 0 {
             let kinds: Vec<String> = out
                 .drops
                 .iter()
                 .map(|((node, reason), v)| format!("{v} {reason} on {node}"))
                 .collect();
-            let more = if suppressed > 0 {
-                format!(
-                    " ({suppressed} more not shown: over {} per CPU in {} ms)",
+            let mut more = String::new();
+            if suppressed > 0 {
+                more.push_str(&format!(
+                    " ({suppressed} more not shown: over {} per CPU in {} ms, or a full ring)",
                     tracer_common::DROPS_PER_WINDOW,
                     tracer_common::DROP_WINDOW_NS / 1_000_000
-                )
-            } else {
-                String::new()
-            };
+                ));
+            }
+            if unfiled.given_up > 0 {
+                more.push_str(&format!(
+                    "; {} with no flow traced (dropped after a NAT no hook saw, or after their flow ended)",
+                    unfiled.given_up
+                ));
+            }
             eprintln!(
                 "{} dropped by the kernel: {}{more}",
                 n(out.drops.values().sum(), "packet", "packets"),
@@ -325,7 +342,7 @@ fn unseen(f: &Flow) -> bool {
 }
 
 /// A flow's packet counts, each side's own and the kernel's.
-type Counts = [u64; 4];
+type Counts = [u64; 5];
 
 fn counts(f: &Flow) -> Counts {
     let k = |s: &correlate::FlowSide| s.kernel.map_or(0, |k| k.packets);
@@ -334,6 +351,7 @@ fn counts(f: &Flow) -> Counts {
         f.reply.packets,
         k(&f.request),
         k(&f.reply),
+        f.drop.as_ref().map_or(0, |d| d.packets),
     ]
 }
 
@@ -427,8 +445,11 @@ impl Printer {
         d: &tracer_common::DropEvent,
         words: &crate::drops::Words,
         session: &Session,
-    ) -> crate::drops::Dropped {
+    ) -> Option<crate::drops::Dropped> {
         let dropped = crate::drops::Dropped::of(d, words, &session.topology, session.namespaces());
+        if dropped.delivered() {
+            return None;
+        }
         let node = dropped.node.clone().unwrap_or_else(|| "?".into());
         *self
             .drops
@@ -448,7 +469,7 @@ impl Printer {
         } else {
             writeln!(stdout, "{} x {}", self.clock.hms(d.ts_ns), dropped.line())
         };
-        dropped
+        Some(dropped)
     }
 
     /// Prints the flows whose story changed since they were last printed.

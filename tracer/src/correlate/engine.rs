@@ -116,13 +116,26 @@ impl Correlator {
     pub fn note_drop(
         &mut self,
         pkt: &Packet,
-        drop: KernelDrop,
+        drop: &KernelDrop,
         mut sink: impl FnMut(Update<'_>),
     ) -> bool {
         let Some(obs) = journey::observe(pkt) else {
             return false;
         };
-        let Some((slot, side)) = self.flows.find(&obs.hop.tuple) else {
+        // A dropped ICMP error (a "fragmentation needed" that never came
+        // back) belongs to the flow of the packet it quotes, and went the
+        // other way.
+        let found = match obs.quote {
+            Some(q) => self.flows.find(&q).map(|(slot, side)| {
+                let back = match side {
+                    Side::Request => Side::Reply,
+                    Side::Reply => Side::Request,
+                };
+                (slot, back)
+            }),
+            None => self.flows.find(&obs.hop.tuple),
+        };
+        let Some((slot, side)) = found else {
             return false;
         };
         self.flows.note_drop(slot, side, drop);

@@ -449,12 +449,21 @@ impl Flows {
     /// flow `s`'s latest, counting it.
     #[cold]
     #[inline(never)]
-    pub(crate) fn note_drop(&mut self, s: u32, side: Side, mut d: KernelDrop) {
+    /// The count is of drops like the latest (same side and reason), as
+    /// an ICMP error's is of errors of its kind.
+    pub(crate) fn note_drop(&mut self, s: u32, side: Side, d: &KernelDrop) {
         self.slab.touch(s);
         let extra = self.slab.get_mut(s).extra_mut();
-        d.side = side;
-        d.packets = extra.drop.as_ref().map_or(0, |p| p.packets) + 1;
-        extra.drop = Some(d);
+        let same = extra
+            .drop
+            .as_ref()
+            .filter(|p| p.side == side && p.reason == d.reason);
+        let packets = same.map_or(0, |p| p.packets) + 1;
+        extra.drop = Some(KernelDrop {
+            side,
+            packets,
+            ..d.clone()
+        });
     }
 
     /// Finds (or makes) the flow of a journey, and which side it is on.

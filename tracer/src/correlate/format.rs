@@ -326,7 +326,7 @@ pub fn kernel_drop(d: &KernelDrop) -> String {
     let n = if d.packets == 1 {
         "1 packet".to_owned()
     } else {
-        format!("{} packets", d.packets)
+        format!("{} packets like it", d.packets)
     };
     format!("{side} by the kernel{on}: {}{at} ({n})", d.reason)
 }

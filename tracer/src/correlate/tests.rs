@@ -665,8 +665,8 @@ fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
     let beyond_snat = Pkt::udp("192.168.1.5", 31000, "203.0.113.10", 53)
         .id(500)
         .at(20, A, ENS5, OUT);
-    assert!(eng.note_drop(&beyond_snat, drop("NETFILTER_DROP"), |u| seen.take(u)));
-    assert!(eng.note_drop(&beyond_snat, drop("NETFILTER_DROP"), |u| seen.take(u)));
+    assert!(eng.note_drop(&beyond_snat, &drop("NETFILTER_DROP"), |u| seen.take(u)));
+    assert!(eng.note_drop(&beyond_snat, &drop("NETFILTER_DROP"), |u| seen.take(u)));
     let f = seen.last_flows().pop().expect("the flow");
     assert_eq!(f.labels, labels(&[Label::Snat, Label::Dropped]));
     let d = f.drop.as_ref().expect("the drop is on the flow");
@@ -674,12 +674,23 @@ fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
     assert!(
         super::format::flow(&f).contains(
             "  dropped  request by the kernel on node-a ens5: NETFILTER_DROP in \
-             nft_do_chain+0x3e8 (2 packets)\n"
+             nft_do_chain+0x3e8 (2 packets like it)\n"
         ),
         "{}",
         super::format::flow(&f)
     );
     // A packet of no known flow is not filed.
     let other = Pkt::udp("192.168.1.21", 40001, "203.0.113.10", 53).at(30, A, VETH1, IN);
-    assert!(!eng.note_drop(&other, drop("NETFILTER_DROP"), |u| seen.take(u)));
+    assert!(!eng.note_drop(&other, &drop("NETFILTER_DROP"), |u| seen.take(u)));
+    // Another reason starts the count again.
+    assert!(eng.note_drop(&beyond_snat, &drop("IP_RPFILTER"), |u| seen.take(u)));
+    let f = seen.last_flows().pop().expect("the flow");
+    let d = f.drop.as_ref().expect("the drop");
+    assert_eq!((d.reason.as_str(), d.packets), ("IP_RPFILTER", 1));
+    // A dropped ICMP error about the flow's request is the flow's, on the
+    // reply's side, found by what it quotes.
+    let err = &packets[2];
+    assert!(eng.note_drop(err, &drop("NETFILTER_DROP"), |u| seen.take(u)));
+    let f = seen.last_flows().pop().expect("the flow");
+    assert_eq!(f.drop.as_ref().map(|d| d.side), Some(Side::Reply));
 }

@@ -92,9 +92,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     args.report.check()?;
     // The packets the kernel drops, filed with their flows (label
     // `dropped`); without the kernel's BTF, watch goes on without them.
-    let (drop_offsets, words) = match crate::drops::Words::load() {
-        Ok((offsets, words)) => (Some(tracer_common::DropConfig { all: 1, ..offsets }), words),
-        Err(_) => (None, crate::drops::Words::default()),
+    let (drop_offsets, words, mut no_drops) = match crate::drops::Words::load() {
+        Ok((offsets, words)) => (
+            Some(tracer_common::DropConfig { all: 1, ..offsets }),
+            words,
+            None,
+        ),
+        Err(e) => (None, crate::drops::Words::default(), Some(e)),
     };
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
@@ -117,6 +121,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     session.topology.name_pods(|ip| pods.name_of(ip));
     if let Some(note) = pods.take_note() {
         eprintln!("podtrace: {note}");
+    }
+    if let Some(e) = session.take_drops_error() {
+        no_drops = Some(e);
     }
     let f = &args.filter;
     let unfiltered = f.src.is_none() && f.dst.is_none() && f.host.is_none() && f.proto.is_none();
@@ -147,6 +154,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         unfiled: crate::drops::Unfiled::default(),
     };
     let res = edge.run(&mut app, &mut screen).await;
+    let not_filed = edge.unfiled.given_up;
+    let not_shown = session.drops_suppressed();
     let left = screen.leave();
     let (events, lost) = (app.header.events, app.header.lost);
     // Detaches every program before the summary is printed.
@@ -158,6 +167,14 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         "podtrace: {} flows on screen at exit ({} evicted, {} idle); {events} events received, {lost} lost",
         st.flows, st.flows_evicted, st.flows_expired
     );
+    match no_drops {
+        Some(e) => eprintln!("podtrace: the kernel's dropped packets were not shown: {e}"),
+        None if not_shown + not_filed > 0 => eprintln!(
+            "podtrace: kernel drops not on screen: {not_shown} over the budget or a full ring, \
+             {not_filed} with no flow traced"
+        ),
+        None => {}
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -204,7 +221,9 @@ impl Edge<'_> {
                             &self.session.topology,
                             self.session.namespaces(),
                         );
-                        self.unfiled.push(&d, &dropped);
+                        if !dropped.delivered() {
+                            self.unfiled.push(&d, &dropped);
+                        }
                     }
                     self.unfiled.file(self.engine, now, |u| app.apply(u));
                     draw(&mut offscreen, app, self.engine, screen)?;

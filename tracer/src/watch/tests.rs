@@ -450,7 +450,7 @@ fn a_kernel_drop_shows_in_the_row_and_the_path_pane() {
         iface: Some("ens5".into()),
         packets: 0,
     };
-    assert!(lab.engine.note_drop(&dropped, drop, |u| app.apply(u)));
+    assert!(lab.engine.note_drop(&dropped, &drop, |u| app.apply(u)));
     app.now_ns = lab.now_ns() + 2_000_000_000;
     app.pane = Pane::Detail;
     app.move_by(0);
