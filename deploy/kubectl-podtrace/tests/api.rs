@@ -16,6 +16,11 @@ use serde_json::{Value, json};
 
 const NODE: &str = "ip-192-168-27-90.us-west-2.compute.internal";
 
+/// `cluster::run` watches the process's SIGINT, SIGTERM and SIGHUP, and
+/// one test sends this very process a SIGTERM: the tests that run the
+/// plugin take turns, or another one's run would stop with 143.
+static SIGNALS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A pod as the API returns it (fields of a real EKS pod, trimmed).
 fn web_pod(node: Option<&str>) -> Value {
     let mut pod = json!({
@@ -220,6 +225,7 @@ fn assert_deleted(mock: &Mock) {
 
 #[tokio::test]
 async fn looks_up_the_node_runs_there_streams_and_deletes() {
+    let _turn = SIGNALS.lock().await;
     const OUTPUT: &str = "PING app/web-0 (192.168.14.21) -> app/db-0 (192.168.40.7) icmp\n\
                           --- summary ---\ndirect pod-to-pod: no NAT, no encapsulation\n";
     let mut gets = 0;
@@ -306,6 +312,7 @@ async fn looks_up_the_node_runs_there_streams_and_deletes() {
 
 #[tokio::test]
 async fn a_pod_that_cannot_start_is_one_line_and_deleted() {
+    let _turn = SIGNALS.lock().await;
     let mock = debug_pod_server(|created| {
         debug_status(
             created,
@@ -328,6 +335,7 @@ async fn a_pod_that_cannot_start_is_one_line_and_deleted() {
 
 #[tokio::test]
 async fn exit_code_of_podtrace_is_the_plugins() {
+    let _turn = SIGNALS.lock().await;
     let mut created = Value::Null;
     let mock = Mock::start(
         move |req| match (req.method.as_str(), req.target.contains("/log")) {
@@ -359,6 +367,7 @@ async fn exit_code_of_podtrace_is_the_plugins() {
 /// code is the shell's for SIGTERM.
 #[tokio::test]
 async fn sigterm_deletes_the_debug_pod_too() {
+    let _turn = SIGNALS.lock().await;
     let mock = debug_pod_server(|created| {
         debug_status(
             created,
@@ -399,6 +408,7 @@ async fn sigterm_deletes_the_debug_pod_too() {
 /// the kubelet's reason, not a log stream of nothing and a timeout.
 #[tokio::test]
 async fn a_pod_the_kubelet_refuses_says_why() {
+    let _turn = SIGNALS.lock().await;
     let mock = debug_pod_server(|created| {
         let mut pod = created.clone();
         pod["status"] = json!({"phase": "Failed", "reason": "OutOfpods",
