@@ -442,4 +442,52 @@ fn a_packet_the_kernel_drops_says_where_and_why() {
         .expect("a stats line");
     assert_eq!(stats["drops"]["shown"], drops.len(), "{stats:#}");
     assert_eq!(stats["drops"]["not_shown"], 0, "{stats:#}");
+    assert_eq!(stats["drops"]["not_filed"], 0, "{stats:#}");
+}
+
+/// A service call dropped on the client's node after its DNAT, before
+/// any hook saw the backend's address: the drop still finds its flow, by
+/// the packet's journey.
+#[test]
+fn a_drop_after_a_dnat_finds_the_service_flow() {
+    let lab = LabGuard::up();
+    let p1 = lab.pod("pod-1");
+    let svc = SocketAddrV4::new(lab.plan().service.ip, lab.plan().service.port);
+    // Every backend listens on the same port; node-a forwards to both.
+    let backend_port = lab.plan().service.target_port.to_string();
+    let rule = [
+        "FORWARD",
+        "-s",
+        &p1.ip.to_string(),
+        "-p",
+        "tcp",
+        "--dport",
+        backend_port.as_str(),
+        "-j",
+        "DROP",
+    ];
+    netns_exec("node-a", &[&["iptables", "-I"], &rule[..]].concat());
+    let trace = Podtrace::start(&["trace", "--json"]);
+    let script = format!(
+        "timeout 1.5 bash -c 'echo > /dev/tcp/{}/{}' || true",
+        svc.ip(),
+        svc.port()
+    );
+    netns_exec(&p1.netns, &["bash", "-c", &script]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = trace.stop(libc::SIGINT);
+    netns_exec("node-a", &[&["iptables", "-D"], &rule[..]].concat());
+    assert!(out.status.success(), "{}", out.stderr);
+    let all = flows(&out.stdout);
+    let f = find(&all, 6, &p1.ip.to_string(), &svc.ip().to_string());
+    assert!(labels(f).contains(&"dropped"), "{f:#}");
+    assert_eq!(
+        (&f["drop"]["side"], &f["drop"]["reason"], &f["drop"]["node"]),
+        (
+            &Value::from("request"),
+            &Value::from("NETFILTER_DROP"),
+            &Value::from("node-a")
+        ),
+        "{f:#}"
+    );
 }

@@ -477,9 +477,9 @@ const MAX_UNFILED: usize = 4096;
 #[derive(Default)]
 pub struct Unfiled {
     waiting: Vec<(Packet, KernelDrop)>,
-    /// Drops never filed: no flow had their addresses within 5 s (a
-    /// packet dropped after NAT before any hook saw it rewritten, or
-    /// whose flow had ended), or too many were waiting.
+    /// Drops never filed: within 5 s, no flow had their addresses and no
+    /// open journey their packet (no traced hook saw it, or its journey
+    /// had closed), or too many were waiting.
     pub given_up: u64,
 }
 

@@ -280,7 +280,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             }
             if unfiled.given_up > 0 {
                 more.push_str(&format!(
-                    "; {} with no flow traced (dropped after a NAT no hook saw, or after their flow ended)",
+                    "; {} with no flow traced (no hook saw their packet, or its journey had closed)",
                     unfiled.given_up
                 ));
             }

@@ -36,6 +36,9 @@ pub struct Correlator {
     /// What each pending ICMP error quotes, by its pending journey (few
     /// journeys are errors: the pending ring stays as it is).
     quotes: Map<u64, Tuple>,
+    /// Kernel drops waiting for their packet's pending journey to close
+    /// (see [`Correlator::note_drop`]), by that journey.
+    awaiting: Map<u64, KernelDrop>,
     stats: Stats,
 }
 
@@ -51,6 +54,7 @@ impl Correlator {
             scratch: Journey::default(),
             hops: [FlowHop::default(); MAX_HOPS],
             quotes: map_with_capacity(0, cfg.hash_seed),
+            awaiting: map_with_capacity(0, cfg.hash_seed),
             stats: Stats::default(),
         }
     }
@@ -110,9 +114,13 @@ impl Correlator {
     }
 
     /// Files a packet the kernel dropped with its flow, found by the
-    /// packet's addresses as the drop saw them (any hop's, NAT's included).
-    /// False when no flow has them yet (call again once its journeys have
-    /// closed) or the packet is not one the engine follows.
+    /// packet's addresses as the drop saw them (any hop's, NAT's included),
+    /// or else by its journey, still open, whose fingerprint NAT does not
+    /// change: a packet dropped after a DNAT that no hook saw carries
+    /// addresses no flow knows, and the flow is filed with the drop when
+    /// the journey closes. False when neither is there yet (call again
+    /// once the packet's hops have come in), or the packet is not one the
+    /// engine follows.
     pub fn note_drop(
         &mut self,
         pkt: &Packet,
@@ -136,6 +144,14 @@ impl Correlator {
             None => self.flows.find(&obs.hop.tuple),
         };
         let Some((slot, side)) = found else {
+            let mut obs = obs;
+            obs.fp_hash = self.pending.hash(obs.fp);
+            // No hook saw the drop: it repeats none of the journey's.
+            obs.hop.hook = u32::MAX;
+            if let Lookup::Join(seq) = self.pending.find(&obs, self.cfg.window_ns) {
+                self.awaiting.insert(seq, drop.clone());
+                return true;
+            }
             return false;
         };
         self.flows.note_drop(slot, side, drop);
@@ -318,6 +334,11 @@ impl Correlator {
                 // which still says what it answers.
                 self.flows.note_error(slot, j, &self.hops[..n], true);
             }
+        }
+        if !self.awaiting.is_empty()
+            && let Some(d) = self.awaiting.remove(&seq)
+        {
+            self.flows.note_drop(slot, side, &d);
         }
         if self.cfg.changes_by_id {
             sink(Update::FlowChanged {

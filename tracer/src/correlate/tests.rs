@@ -694,3 +694,40 @@ fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
     let f = seen.last_flows().pop().expect("the flow");
     assert_eq!(f.drop.as_ref().map(|d| d.side), Some(Side::Reply));
 }
+
+#[test]
+fn a_drop_after_a_dnat_no_hook_saw_waits_for_its_journey() {
+    // A service call, seen leaving the pod; DNAT then sent it to a
+    // backend, and the kernel dropped it before any hook saw it again.
+    let topo = super::testkit::lab();
+    let cfg = Config::default();
+    let mut eng = super::Correlator::new(cfg);
+    let mut seen = super::testkit::Seen::default();
+    let req = Pkt::udp("192.168.1.21", 40000, "10.100.0.10", 53).id(700);
+    eng.push(&req.at(0, A, VETH1, IN), &topo, |u| seen.take(u));
+    let dropped = req.dst("192.168.2.21").dport(5353).at(30, A, VETH1, IN);
+    let drop = KernelDrop {
+        side: Side::Reply,
+        reason: "NETFILTER_DROP".into(),
+        code: 9,
+        at: None,
+        node: Some("node-a".into()),
+        iface: None,
+        packets: 0,
+    };
+    assert!(
+        eng.note_drop(&dropped, &drop, |u| seen.take(u)),
+        "taken, to be filed when its journey closes"
+    );
+    eng.advance(cfg.window_ns + 1_000_000, |u| seen.take(u));
+    let f = seen.last_flows().pop().expect("the flow");
+    assert_eq!(f.tuple.dst, ip("10.100.0.10"));
+    assert!(f.labels.contains(Label::Dropped), "{:?}", f.labels);
+    let d = f.drop.as_ref().expect("filed at the journey's close");
+    assert_eq!((d.side, d.packets), (Side::Request, 1));
+    // A packet that matches no journey and no flow is not taken.
+    let stranger = Pkt::udp("192.168.1.21", 40002, "192.168.2.21", 5353)
+        .id(701)
+        .at(500_000, A, VETH1, IN);
+    assert!(!eng.note_drop(&stranger, &drop, |u| seen.take(u)));
+}
