@@ -330,6 +330,26 @@ pub fn packet(d: &DropEvent) -> Packet {
     p
 }
 
+/// What a reason (or the code that dropped a packet with no reason) means
+/// for a packet path, in a few words, for the common ones.
+pub fn hint(reason: &str, at: Option<&str>) -> Option<&'static str> {
+    Some(match reason {
+        "NETFILTER_DROP" => "an iptables or nftables rule",
+        "IP_RPFILTER" => {
+            "reverse path filter: the route back to the source leaves by another interface"
+        }
+        "PKT_TOO_BIG" => "larger than the next hop's MTU",
+        "NEIGH_FAILED" => "no ARP answer from the next hop",
+        "IP_INNOROUTES" | "IP_OUTNOROUTES" => "no route to the destination",
+        "TC_INGRESS" | "TC_EGRESS" => "a TC program or filter",
+        "OTHERHOST" => "sent to another host's MAC address",
+        "NOT_SPECIFIED" if at.is_some_and(|a| a.starts_with("ip_error")) => {
+            "no route: a blackhole, unreachable or prohibit route"
+        }
+        _ => return None,
+    })
+}
+
 /// The traced node (namespace) and device a drop happened on, when known.
 pub fn place(
     d: &DropEvent,
@@ -371,6 +391,9 @@ pub struct Dropped {
     /// What else the headers say: TCP flags, the ICMP type.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub info: String,
+    /// The device as the flow blocks name it (`pod-1 veth`).
+    #[serde(skip)]
+    pub device: Option<String>,
 }
 
 impl Dropped {
@@ -420,7 +443,16 @@ impl Dropped {
             ),
             _ => (proto.to_string(), src, dst, String::new()),
         };
+        let device = topology.iter().find_map(|(cookie, iface)| {
+            (cookie == d.netns_cookie && iface.ifindex == d.ifindex).then(|| match &iface.role {
+                crate::topology::Role::PodVeth { pod: Some(p), .. } => {
+                    format!("{} veth", p.rsplit('/').next().unwrap_or(p))
+                }
+                _ => iface.name.clone(),
+            })
+        });
         Self {
+            device,
             reason: words.reason(d.reason),
             code: d.reason,
             at: words.at(d.location),
@@ -433,25 +465,30 @@ impl Dropped {
         }
     }
 
-    /// An echo reply that reached a namespace where a raw socket read it
-    /// (`ping`): the kernel hands the socket a copy and frees the packet
-    /// as NO_SOCKET. Not a loss.
+    /// A packet that reached its host, which had no socket for it: a
+    /// closed port (answered with a RST or a port unreachable, which trace
+    /// shows), or an echo reply a raw socket read a copy of (`ping`). The
+    /// host's answer, not a loss on the way: a node's closed ports, which
+    /// health checks and scans knock on all day, would bury the rest.
     pub fn delivered(&self) -> bool {
-        self.reason == "NO_SOCKET" && self.proto == "icmp" && self.info == "echo reply"
+        self.reason == "NO_SOCKET"
     }
 
     /// One line: `node-b ens5: NETFILTER_DROP in nft_do_chain+0x3e8:
     /// tcp 192.168.1.11:40000 > 192.168.2.11:8080 [S]`.
     pub fn line(&self) -> String {
-        let place = match (&self.node, &self.iface) {
-            (Some(n), Some(i)) => format!(" on {n} {i}"),
+        let place = match (&self.node, &self.device) {
+            (Some(n), Some(i)) => format!(" on {n} ({i})"),
             (Some(n), None) => format!(" on {n}"),
             _ => String::new(),
         };
-        let at = self
+        let mut at = self
             .at
             .as_ref()
             .map_or_else(String::new, |a| format!(" in {a}"));
+        if let Some(h) = hint(&self.reason, self.at.as_deref()) {
+            at.push_str(&format!(" ({h})"));
+        }
         let info = if self.info.is_empty() {
             String::new()
         } else if self.proto == "tcp" {
@@ -497,9 +534,10 @@ impl Unfiled {
                 side: Side::Request,
                 reason: dropped.reason.clone(),
                 code: dropped.code,
+                packet: format!("{} {} > {}", dropped.proto, dropped.src, dropped.dst),
                 at: dropped.at.clone(),
                 node: dropped.node.clone(),
-                iface: dropped.iface.clone(),
+                iface: dropped.device.clone(),
                 packets: 0,
             },
         ));

@@ -284,9 +284,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                     unfiled.given_up
                 ));
             }
+            // The headline is every drop the kernel reported or counted;
+            // the breakdown, and the flows' counts, are of those shown.
+            let shown: u64 = out.drops.values().sum();
             eprintln!(
-                "{} dropped by the kernel: {}{more}",
-                n(out.drops.values().sum(), "packet", "packets"),
+                "{} dropped by the kernel{}: {}{more}",
+                n(shown + suppressed, "packet", "packets"),
+                if suppressed > 0 {
+                    format!(" ({shown} shown)")
+                } else {
+                    String::new()
+                },
                 kinds.join(", ")
             );
         }

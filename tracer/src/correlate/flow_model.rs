@@ -136,6 +136,10 @@ pub struct KernelDrop {
     pub node: Option<String>,
     /// That device, when hooked.
     pub iface: Option<String>,
+    /// The packet as it was dropped (`tcp 192.168.1.11:42038 >
+    /// 192.168.2.11:8080`): past a DNAT no hook saw, the backend shows
+    /// only here.
+    pub packet: String,
     /// The flow's drops so far, this one included.
     pub packets: u64,
 }

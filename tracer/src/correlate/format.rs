@@ -316,19 +316,25 @@ pub fn kernel_drop(d: &KernelDrop) -> String {
         Side::Reply => "reply",
     };
     let on = match (&d.node, &d.iface) {
-        (Some(n), Some(i)) => format!(" on {n} {i}"),
+        (Some(n), Some(i)) => format!(" on {n} ({i})"),
         (Some(n), None) => format!(" on {n}"),
         _ => String::new(),
     };
-    let at =
+    let mut at =
         d.at.as_ref()
             .map_or_else(String::new, |a| format!(" in {a}"));
+    if let Some(h) = crate::drops::hint(&d.reason, d.at.as_deref()) {
+        at.push_str(&format!(" ({h})"));
+    }
     let n = if d.packets == 1 {
         "1 packet".to_owned()
     } else {
         format!("{} packets like it", d.packets)
     };
-    format!("{side} by the kernel{on}: {}{at} ({n})", d.reason)
+    format!(
+        "{side} by the kernel{on}: {}{at}: {} ({n})",
+        d.reason, d.packet
+    )
 }
 
 /// One line of a flow's final counts: `flow 1  icmp  pod-1 -> pod-3

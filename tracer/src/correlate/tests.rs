@@ -660,6 +660,7 @@ fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
         at: Some("nft_do_chain+0x3e8".into()),
         node: Some("node-a".into()),
         iface: Some("ens5".into()),
+        packet: "udp 192.168.1.5:31000 > 203.0.113.10:53".into(),
         packets: 0,
     };
     let beyond_snat = Pkt::udp("192.168.1.5", 31000, "203.0.113.10", 53)
@@ -673,8 +674,9 @@ fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
     assert_eq!((d.side, d.packets), (Side::Request, 2), "{d:?}");
     assert!(
         super::format::flow(&f).contains(
-            "  dropped  request by the kernel on node-a ens5: NETFILTER_DROP in \
-             nft_do_chain+0x3e8 (2 packets like it)\n"
+            "  dropped  request by the kernel on node-a (ens5): NETFILTER_DROP in \
+             nft_do_chain+0x3e8 (an iptables or nftables rule): udp 192.168.1.5:31000 > \
+             203.0.113.10:53 (2 packets like it)\n"
         ),
         "{}",
         super::format::flow(&f)
@@ -713,6 +715,7 @@ fn a_drop_after_a_dnat_no_hook_saw_waits_for_its_journey() {
         at: None,
         node: Some("node-a".into()),
         iface: None,
+        packet: "udp 192.168.1.21:40000 > 192.168.2.21:5353".into(),
         packets: 0,
     };
     assert!(

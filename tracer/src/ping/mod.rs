@@ -214,7 +214,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                     // The SYN was dropped on the way, and a RST came back
                     // in the destination's name: a firewall made it.
                     view.reply = Some(format!(
-                        "RST in {}'s name, made on the way: the SYN was dropped on {}",
+                        "RST forged as {}, made on the way: the SYN was dropped on {}",
                         reset.pod,
                         syn.node.as_deref().unwrap_or("the way")
                     ));

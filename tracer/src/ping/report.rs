@@ -164,10 +164,13 @@ impl ProbeDrop {
             || " in a namespace podtrace does not trace".to_owned(),
             |n| format!(" on {n}"),
         );
-        let at = self
+        let mut at = self
             .at
             .as_ref()
             .map_or_else(String::new, |a| format!(" in {a}"));
+        if let Some(h) = crate::drops::hint(&self.reason, self.at.as_deref()) {
+            at.push_str(&format!(" ({h})"));
+        }
         let after = hops
             .iter()
             .rev()
@@ -841,7 +844,7 @@ mod tests {
             summarize(&[v.clone()]).lost_at.as_deref(),
             Some(
                 "request dropped by the kernel on node-b: NETFILTER_DROP in \
-                 nft_do_chain+0x3e8, after node-b ens5 ingress"
+                 nft_do_chain+0x3e8 (an iptables or nftables rule), after node-b ens5 ingress"
             )
         );
         // A reply dropped with no name for the code nor a traced device:

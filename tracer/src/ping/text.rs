@@ -259,7 +259,20 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_po
     } else {
         100.0 * (sent - received) as f64 / sent as f64
     };
-    let _ = write!(out, "{sent} sent, {received} received, {loss:.0}% loss");
+    // A RST forged on the way is an answer, but not the pod's.
+    let forged = probes
+        .iter()
+        .filter(|p| p.reset_on_the_way.is_some())
+        .count();
+    let forged = if forged > 0 {
+        format!(" ({forged} reset on the way)")
+    } else {
+        String::new()
+    };
+    let _ = write!(
+        out,
+        "{sent} sent, {received} received{forged}, {loss:.0}% loss"
+    );
     if !rtts.is_empty() {
         let min = rtts.iter().copied().fold(f64::INFINITY, f64::min) / 1000.0;
         let max = rtts.iter().copied().fold(0.0, f64::max) / 1000.0;

@@ -448,6 +448,7 @@ fn a_kernel_drop_shows_in_the_row_and_the_path_pane() {
         at: Some("nft_do_chain+0x3e8".into()),
         node: Some("node-b".into()),
         iface: Some("ens5".into()),
+        packet: "tcp 192.168.16.20:1024 > 192.168.32.21:80".into(),
         packets: 0,
     };
     assert!(lab.engine.note_drop(&dropped, &drop, |u| app.apply(u)));
@@ -458,7 +459,7 @@ fn a_kernel_drop_shows_in_the_row_and_the_path_pane() {
     assert!(got.iter().any(|l| l.contains("direct,dropped")), "{got:#?}");
     assert!(
         got.iter().any(|l| l.contains(
-            " dropped: request by the kernel on node-b ens5: NETFILTER_DROP in nft_do_chain+0x3e8 (1 packet)"
+            " dropped: request by the kernel on node-b (ens5): NETFILTER_DROP in nft_do_chain+0x3e8 (an iptables or nftables rule)"
         )),
         "{got:#?}"
     );
