@@ -480,7 +480,7 @@ fn a_drop_after_a_dnat_finds_the_service_flow() {
     assert!(out.status.success(), "{}", out.stderr);
     let all = flows(&out.stdout);
     let f = find(&all, 6, &p1.ip.to_string(), &svc.ip().to_string());
-    assert!(labels(f).contains(&"dropped"), "{f:#}");
+    assert_eq!(labels(f), ["dnat", "dropped"], "{f:#}");
     assert_eq!(
         (&f["drop"]["side"], &f["drop"]["reason"], &f["drop"]["node"]),
         (

@@ -535,6 +535,8 @@ impl Unfiled {
                 reason: dropped.reason.clone(),
                 code: dropped.code,
                 packet: format!("{} {} > {}", dropped.proto, dropped.src, dropped.dst),
+                // The engine fills it in from the packet.
+                tuple: crate::correlate::Tuple::default(),
                 at: dropped.at.clone(),
                 node: dropped.node.clone(),
                 iface: dropped.device.clone(),

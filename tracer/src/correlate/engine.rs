@@ -130,6 +130,10 @@ impl Correlator {
         let Some(obs) = journey::observe(pkt) else {
             return false;
         };
+        let drop = &KernelDrop {
+            tuple: obs.hop.tuple,
+            ..drop.clone()
+        };
         // A dropped ICMP error (a "fragmentation needed" that never came
         // back) belongs to the flow of the packet it quotes, and went the
         // other way.

@@ -140,6 +140,8 @@ pub struct KernelDrop {
     /// 192.168.2.11:8080`): past a DNAT no hook saw, the backend shows
     /// only here.
     pub packet: String,
+    /// The same, as the flow's tuples are given (ICMP ids as ports).
+    pub tuple: Tuple,
     /// The flow's drops so far, this one included.
     pub packets: u64,
 }

@@ -93,6 +93,15 @@ pub(crate) fn summarize(f: &mut Flow) {
         }
     }
     let mut labels = Labels::default();
+    // A request dropped after a DNAT that no hook saw: the drop alone
+    // shows the rewritten destination.
+    if let (Some(d), Some(last)) = (&f.drop, f.request.path.last())
+        && d.side == Side::Request
+        && (d.tuple.dst, d.tuple.dport) != (last.tuple.dst, last.tuple.dport)
+        && d.tuple.src == last.tuple.src
+    {
+        labels.insert(Label::Dnat);
+    }
     for r in f.rewrites() {
         labels.insert(match r.kind {
             NatKind::Snat => Label::Snat,

@@ -661,6 +661,7 @@ fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
         node: Some("node-a".into()),
         iface: Some("ens5".into()),
         packet: "udp 192.168.1.5:31000 > 203.0.113.10:53".into(),
+        tuple: Default::default(),
         packets: 0,
     };
     let beyond_snat = Pkt::udp("192.168.1.5", 31000, "203.0.113.10", 53)
@@ -716,6 +717,7 @@ fn a_drop_after_a_dnat_no_hook_saw_waits_for_its_journey() {
         node: Some("node-a".into()),
         iface: None,
         packet: "udp 192.168.1.21:40000 > 192.168.2.21:5353".into(),
+        tuple: Default::default(),
         packets: 0,
     };
     assert!(
@@ -725,7 +727,13 @@ fn a_drop_after_a_dnat_no_hook_saw_waits_for_its_journey() {
     eng.advance(cfg.window_ns + 1_000_000, |u| seen.take(u));
     let f = seen.last_flows().pop().expect("the flow");
     assert_eq!(f.tuple.dst, ip("10.100.0.10"));
-    assert!(f.labels.contains(Label::Dropped), "{:?}", f.labels);
+    assert!(
+        f.labels.contains(Label::Dnat)
+            && f.labels.contains(Label::Dropped)
+            && !f.labels.contains(Label::Direct),
+        "the drop shows the DNAT no hook saw: {:?}",
+        f.labels.iter().collect::<Vec<_>>()
+    );
     let d = f.drop.as_ref().expect("filed at the journey's close");
     assert_eq!((d.side, d.packets), (Side::Request, 1));
     // A packet that matches no journey and no flow is not taken.

@@ -436,14 +436,16 @@ fn probe_drop(
             leg == report::Leg::Reply && (reply_delivered || words.reason(d.reason) == "NO_SOCKET");
         (!delivered_reply).then_some((d, leg))
     })?;
-    let (node, iface) = crate::drops::place(d, &session.topology, session.namespaces());
+    let dropped = crate::drops::Dropped::of(d, words, &session.topology, session.namespaces());
     Some(report::ProbeDrop {
         leg,
         code: d.reason,
-        reason: words.reason(d.reason),
-        at: words.at(d.location),
-        node,
-        iface,
+        reason: dropped.reason,
+        at: dropped.at,
+        node: dropped.node,
+        iface: dropped.iface,
+        packet: format!("{} {} > {}", dropped.proto, dropped.src, dropped.dst),
+        dst: dropped.dst,
     })
 }
 

@@ -138,6 +138,12 @@ pub struct ProbeDrop {
     /// That device, when podtrace hooks it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
+    /// The packet as it was dropped (`tcp 192.168.1.11:40001 >
+    /// 192.168.2.11:8080`).
+    pub packet: String,
+    /// Its destination, as hops give theirs.
+    #[serde(skip)]
+    pub dst: String,
 }
 
 impl ProbeDrop {
@@ -171,13 +177,15 @@ impl ProbeDrop {
         if let Some(h) = crate::drops::hint(&self.reason, self.at.as_deref()) {
             at.push_str(&format!(" ({h})"));
         }
-        let after = hops
-            .iter()
-            .rev()
-            .find(|h| h.leg == self.leg)
-            .map_or_else(String::new, |h| {
-                format!(", after {} {} {}", h.node, h.iface, h.dir)
-            });
+        let last = hops.iter().rev().find(|h| h.leg == self.leg);
+        let mut after = last.map_or_else(String::new, |h| {
+            format!(", after {} {} {}", h.node, h.iface, h.dir)
+        });
+        // Rewritten since the last hook saw it (a service's DNAT): where
+        // it was going is news.
+        if last.is_some_and(|h| h.dst != self.dst) {
+            after.push_str(&format!(", sent on as {}", self.packet));
+        }
         format!(
             "{leg} dropped by the kernel{on}: {}{at}{after}",
             self.reason
@@ -839,14 +847,26 @@ mod tests {
             at: Some("nft_do_chain+0x3e8".into()),
             node: Some("node-b".into()),
             iface: Some("ens5".into()),
+            packet: "icmp 192.168.1.21 > 192.168.2.21".into(),
+            dst: "192.168.2.21".into(),
         });
         assert_eq!(
-            summarize(&[v.clone()]).lost_at.as_deref(),
+            summarize(std::slice::from_ref(&v)).lost_at.as_deref(),
             Some(
                 "request dropped by the kernel on node-b: NETFILTER_DROP in \
                  nft_do_chain+0x3e8 (an iptables or nftables rule), after node-b ens5 ingress"
             )
         );
+        // Rewritten after the last hook (a service's DNAT): the drop says
+        // where it was going.
+        let mut dnat = v.clone();
+        if let Some(d) = &mut dnat.drop {
+            d.packet = "icmp 192.168.1.21 > 192.168.2.99".into();
+            d.dst = "192.168.2.99".into();
+        }
+        assert!(summarize(&[dnat]).lost_at.is_some_and(|w| w.ends_with(
+            ", after node-b ens5 ingress, sent on as icmp 192.168.1.21 > 192.168.2.99"
+        )),);
         // A reply dropped with no name for the code nor a traced device:
         // the last reply hop still says where.
         let rep = [icmp(NODE_B, 5, Ingress, 4_000, b, a, 0, 9)];
@@ -858,6 +878,8 @@ mod tests {
             at: None,
             node: None,
             iface: None,
+            packet: "icmp 192.168.2.21 > 192.168.1.21".into(),
+            dst: "192.168.1.21".into(),
         });
         assert_eq!(
             summarize(&[v]).lost_at.as_deref(),
@@ -891,6 +913,8 @@ mod tests {
             at: Some("nft_do_chain+0x3e8".into()),
             node: Some("node-b".into()),
             iface: Some("ens5".into()),
+            packet: "tcp 192.168.1.21:40000 > 192.168.2.21:8080".into(),
+            dst: "192.168.2.21:8080".into(),
         };
         let v = probe_view(1, Some(6.0), &req, &rep, &topo());
         let reset = reset_on_the_way(&v, &topo(), &syn).expect("a reset on the way");
