@@ -332,7 +332,7 @@ impl Correlator {
         if about.is_some() {
             self.flows.note_error(slot, j, &self.hops[..n], false);
         } else {
-            self.flows.absorb(slot, j, &self.hops[..n]);
+            self.flows.absorb(slot, j, &self.hops[..n], !judged);
             if j.quote.is_some() {
                 // An error about a packet no hook saw: a flow of its own,
                 // which still says what it answers.

@@ -126,6 +126,10 @@ struct Counts {
     incomplete_packets: u64,
 }
 
+/// How long a flow's path stays when a shorter journey from partial
+/// reports comes (see [`Flows::absorb`]).
+const KEEP_LONGER_NS: u64 = 1_000_000_000;
+
 /// What few flows have, out of line.
 #[derive(Debug, Default)]
 struct Extra {
@@ -514,7 +518,11 @@ impl Flows {
 
     /// Folds a located journey (its `side` set) into its flow; `hops` are
     /// its hops as the flow keeps them.
-    pub(crate) fn absorb(&mut self, s: u32, j: &Journey, hops: &[FlowHop]) {
+    /// `partial`: the journey comes from reports that need not cover every
+    /// hook (flows mode's first packets, sampling, a filter), so fewer
+    /// hops prove nothing: it does not replace a longer path of the last
+    /// [`KEEP_LONGER_NS`].
+    pub(crate) fn absorb(&mut self, s: u32, j: &Journey, hops: &[FlowHop], partial: bool) {
         self.register_aliases(s, j);
         self.slab.touch(s);
         let r = self.slab.get_mut(s);
@@ -532,7 +540,17 @@ impl Flows {
         // Steady state: the same hooks and tuples as last time, so only the
         // times change (what the path derives stays the same).
         let old = r.side_hops(i);
-        if old.len() == hops.len() && old.iter().zip(hops).all(|(a, b)| a.same_shape(b)) {
+        let keep = partial
+            && hops.len() < old.len()
+            && old
+                .last()
+                .zip(hops.first())
+                .is_some_and(|(o, h)| h.ts_ns.saturating_sub(o.ts_ns) < KEEP_LONGER_NS);
+        if keep {
+            // Each hook reports a flow's first packets on its own: after
+            // the restart of the counts, or by sampling, one packet can be
+            // reported at some hooks only.
+        } else if old.len() == hops.len() && old.iter().zip(hops).all(|(a, b)| a.same_shape(b)) {
             let n = usize::from(r.n_req);
             let at = if i == 0 { 0 } else { n };
             for (a, b) in r.hops[at..at + hops.len()].iter_mut().zip(hops) {

@@ -742,3 +742,28 @@ fn a_drop_after_a_dnat_no_hook_saw_waits_for_its_journey() {
         .at(500_000, A, VETH1, IN);
     assert!(!eng.note_drop(&stranger, &drop, |u| seen.take(u)));
 }
+
+#[test]
+fn a_shorter_journey_from_partial_reports_keeps_the_flows_path() {
+    // A second echo of the same ping, seen at three hooks of four: in
+    // flows mode each hook reports a flow's first packets on its own.
+    let mut packets = cross_node_ping();
+    let req = Pkt::icmp("192.168.1.21", "192.168.2.21", 8, 4711, 2).id(101);
+    packets.extend([
+        req.at(5_000, A, VETH1, IN),
+        req.ttl(63).at(5_034, B, ENS5, IN),
+        req.ttl(62).at(5_041, B, VETH1, OUT),
+    ]);
+    let path_len = |cfg| {
+        let (_, seen) = run(cfg, &packets);
+        seen.last_flows()[0].request.path.len()
+    };
+    let flows_mode = Config {
+        complete_reports: false,
+        ..Config::default()
+    };
+    assert_eq!(path_len(flows_mode), 4, "the longer path stays");
+    // Where every hook reports every packet, the latest journey is the
+    // path, short or not (it stopped short).
+    assert_eq!(path_len(Config::default()), 3);
+}
