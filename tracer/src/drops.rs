@@ -305,6 +305,13 @@ impl Words {
         ))
     }
 
+    /// [`Words::load`] for trace and watch: every dropped packet of the
+    /// traced namespaces, not ping's probes only.
+    pub fn load_every() -> Result<(DropConfig, Self), String> {
+        let (offsets, words) = Self::load()?;
+        Ok((DropConfig { all: 1, ..offsets }, words))
+    }
+
     /// The reason's name, or its number.
     pub fn reason(&self, reason: u32) -> String {
         self.reasons
@@ -348,6 +355,19 @@ pub fn hint(reason: &str, at: Option<&str>) -> Option<&'static str> {
         }
         _ => return None,
     })
+}
+
+/// A drop's cause in words: `NETFILTER_DROP in nft_do_chain+0x3e8 (an
+/// iptables or nftables rule)`, the code and a hint when known.
+pub fn cause(reason: &str, at: Option<&str>) -> String {
+    let mut s = reason.to_owned();
+    if let Some(a) = at {
+        s.push_str(&format!(" in {a}"));
+    }
+    if let Some(h) = hint(reason, at) {
+        s.push_str(&format!(" ({h})"));
+    }
+    s
 }
 
 /// The traced node (namespace) and device a drop happened on, when known.
@@ -422,7 +442,7 @@ impl Dropped {
                 "tcp".into(),
                 format!("{src}:{sport}"),
                 format!("{dst}:{dport}"),
-                tcp_flags(flags),
+                crate::decode::tcp_flags(flags),
             ),
             L4::Udp { sport, dport } => (
                 "udp".into(),
@@ -482,13 +502,6 @@ impl Dropped {
             (Some(n), None) => format!(" on {n}"),
             _ => String::new(),
         };
-        let mut at = self
-            .at
-            .as_ref()
-            .map_or_else(String::new, |a| format!(" in {a}"));
-        if let Some(h) = hint(&self.reason, self.at.as_deref()) {
-            at.push_str(&format!(" ({h})"));
-        }
         let info = if self.info.is_empty() {
             String::new()
         } else if self.proto == "tcp" {
@@ -497,8 +510,11 @@ impl Dropped {
             format!(" {}", self.info)
         };
         format!(
-            "dropped by the kernel{place}: {}{at}: {} {} > {}{info}",
-            self.reason, self.proto, self.src, self.dst
+            "dropped by the kernel{place}: {}: {} {} > {}{info}",
+            cause(&self.reason, self.at.as_deref()),
+            self.proto,
+            self.src,
+            self.dst
         )
     }
 }
@@ -559,23 +575,6 @@ impl Unfiled {
             wait
         });
     }
-}
-
-/// tcpdump's letters for the flags that matter (`S`, `S.`, `R.`, ...).
-fn tcp_flags(flags: u8) -> String {
-    let mut s = String::new();
-    for (bit, c) in [
-        (0x02, 'S'),
-        (0x01, 'F'),
-        (0x04, 'R'),
-        (0x08, 'P'),
-        (0x10, '.'),
-    ] {
-        if flags & bit != 0 {
-            s.push(c);
-        }
-    }
-    s
 }
 
 #[cfg(test)]

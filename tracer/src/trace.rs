@@ -90,12 +90,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mode = args.report.mode;
     // The packets the kernel drops in the traced namespaces, with its
     // reason: where a flow stops, and why.
-    let (drop_offsets, words, mut no_drops) = match crate::drops::Words::load() {
-        Ok((offsets, words)) => (
-            Some(tracer_common::DropConfig { all: 1, ..offsets }),
-            words,
-            None,
-        ),
+    let (drop_offsets, words, mut no_drops) = match crate::drops::Words::load_every() {
+        Ok((offsets, words)) => (Some(offsets), words, None),
         Err(e) => (None, crate::drops::Words::default(), Some(e)),
     };
     let opts = LoadOptions {

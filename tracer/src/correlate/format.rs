@@ -320,20 +320,15 @@ pub fn kernel_drop(d: &KernelDrop) -> String {
         (Some(n), None) => format!(" on {n}"),
         _ => String::new(),
     };
-    let mut at =
-        d.at.as_ref()
-            .map_or_else(String::new, |a| format!(" in {a}"));
-    if let Some(h) = crate::drops::hint(&d.reason, d.at.as_deref()) {
-        at.push_str(&format!(" ({h})"));
-    }
     let n = if d.packets == 1 {
         "1 packet".to_owned()
     } else {
         format!("{} packets like it", d.packets)
     };
     format!(
-        "{side} by the kernel{on}: {}{at}: {} ({n})",
-        d.reason, d.packet
+        "{side} by the kernel{on}: {}: {} ({n})",
+        crate::drops::cause(&d.reason, d.at.as_deref()),
+        d.packet
     )
 }
 

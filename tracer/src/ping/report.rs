@@ -170,13 +170,6 @@ impl ProbeDrop {
             || " in a namespace podtrace does not trace".to_owned(),
             |n| format!(" on {n}"),
         );
-        let mut at = self
-            .at
-            .as_ref()
-            .map_or_else(String::new, |a| format!(" in {a}"));
-        if let Some(h) = crate::drops::hint(&self.reason, self.at.as_deref()) {
-            at.push_str(&format!(" ({h})"));
-        }
         let last = hops.iter().rev().find(|h| h.leg == self.leg);
         let mut after = last.map_or_else(String::new, |h| {
             format!(", after {} {} {}", h.node, h.iface, h.dir)
@@ -187,8 +180,8 @@ impl ProbeDrop {
             after.push_str(&format!(", sent on as {}", self.packet));
         }
         format!(
-            "{leg} dropped by the kernel{on}: {}{at}{after}",
-            self.reason
+            "{leg} dropped by the kernel{on}: {}{after}",
+            crate::drops::cause(&self.reason, self.at.as_deref())
         )
     }
 }

@@ -92,12 +92,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     args.report.check()?;
     // The packets the kernel drops, filed with their flows (label
     // `dropped`); without the kernel's BTF, watch goes on without them.
-    let (drop_offsets, words, mut no_drops) = match crate::drops::Words::load() {
-        Ok((offsets, words)) => (
-            Some(tracer_common::DropConfig { all: 1, ..offsets }),
-            words,
-            None,
-        ),
+    let (drop_offsets, words, mut no_drops) = match crate::drops::Words::load_every() {
+        Ok((offsets, words)) => (Some(offsets), words, None),
         Err(e) => (None, crate::drops::Words::default(), Some(e)),
     };
     let opts = LoadOptions {
