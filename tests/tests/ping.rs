@@ -452,6 +452,51 @@ fn lab_paths_and_bad_input() {
     );
     assert!(doc["summary"].get("reset_on_the_way").is_none(), "{doc:#}");
 
+    // The SYN-ACK carries no tag, yet its drop on the way back is the
+    // probe's: pod-3 answered, and node-a threw the answer away. (Port
+    // 8080 first gets its REJECT from above taken away.)
+    netns_exec("node-b", &[&["iptables", "-D"], &reject[1..]].concat());
+    let drop_syn_ack = [
+        "-I",
+        "FORWARD",
+        "-s",
+        &p3.ip.to_string(),
+        "-p",
+        "tcp",
+        "--sport",
+        "8080",
+        "--tcp-flags",
+        "SYN,ACK",
+        "SYN,ACK",
+        "-j",
+        "DROP",
+    ];
+    netns_exec("node-a", &[&["iptables"], &drop_syn_ack[..]].concat());
+    let (code, doc, err) = ping(&[
+        "pod-1", "pod-3", "--proto", "tcp", "--port", "8080", "-c", "1", "-W", "500ms",
+    ]);
+    netns_exec(
+        "node-a",
+        &[&["iptables", "-D"], &drop_syn_ack[1..]].concat(),
+    );
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    let dropped = &doc["probes"][0]["drop"];
+    assert_eq!(
+        (&dropped["leg"], &dropped["reason"], &dropped["node"]),
+        (
+            &Value::from("reply"),
+            &Value::from("NETFILTER_DROP"),
+            &Value::from("node-a")
+        ),
+        "{doc:#}"
+    );
+    assert!(
+        dropped["packet"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&format!("tcp {}:8080 > ", p3.ip))),
+        "{doc:#}"
+    );
+
     // Bad input: one clear line, exit 2, nothing attached.
     for (args, needle) in [
         (vec!["pod-9", "pod-3"], "pod \"pod-9\" not found"),

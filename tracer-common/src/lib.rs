@@ -270,7 +270,8 @@ pub struct DropConfig {
     pub dev_nd_net: u32,
     /// `net.net_cookie`.
     pub net_cookie: u32,
-    /// 0: report ping's probes only. Otherwise every IPv4 packet that the
+    /// 0: report ping's probes, and the untagged answers a probe may get
+    /// (SYN-ACK, RST, ICMP errors), only. Otherwise every IPv4 packet that the
     /// filter of [`Config`] keeps, dropped on a device of a namespace in
     /// [`names::MAP_DROP_NETNS`], at most [`DROPS_PER_WINDOW`] per CPU
     /// every [`DROP_WINDOW_NS`] (the rest are counted in

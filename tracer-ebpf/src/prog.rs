@@ -118,10 +118,12 @@ macro_rules! drop_cfg {
 }
 
 /// Every packet the kernel frees as dropped passes here, with the reason
-/// (`kfree_skb(skb, location, reason, rx_sk)`). Only ping's probes, known
-/// by their tag, are reported: where and why a probe was lost is the
-/// answer to "why does my ping not come back", and a node drops other
-/// packets all the time. Attached only while `ping` runs.
+/// (`kfree_skb(skb, location, reason, rx_sk)`). In ping's mode only its
+/// probes, known by their tag, and the untagged answers a probe may get (a
+/// SYN-ACK, a RST, an ICMP error) are reported: where and why a probe or
+/// its answer was lost is the answer to "why does my ping not come back",
+/// and a node drops other packets all the time. In trace's mode, every
+/// packet its filter keeps in the traced namespaces.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn podtrace_kfree_skb(ctx: RawTracePointContext) -> i32 {
     let _ = report_drop(&ctx);
@@ -188,10 +190,13 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         };
         bpf_probe_read_kernel_buf((head + u64::from(nh)) as *const u8, &mut ev.data[..n]).ok()?;
         let mut p = Parsed::EMPTY;
+        // The bytes past the packet's end are zeros, which read as no
+        // flag, no tag and no quote: a packet shorter than HDR_PEEK (a
+        // SYN-ACK with one option is 44 bytes) still shows its TCP flags.
         parse_ipv4(
             &mut p,
             &*(ev.data.as_ptr().cast::<[u8; HDR_PEEK]>()),
-            n.min(HDR_PEEK),
+            if n >= 28 { HDR_PEEK } else { n },
         );
         if every {
             // The quoted ports of an ICMP error sit after its 8 bytes and
@@ -212,14 +217,16 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
             {
                 return None;
             }
-        } else if !p.probe {
+        } else if !p.probe && !p.icmp_error && !answers_a_syn(&p) {
             return None;
         }
         ev.ts_ns = bpf_ktime_get_ns();
         ev.location = ctx.arg(1);
         ev.reason = ctx.arg::<u64>(2) as u32;
         let budget = &mut *DROP_BUDGET.get_ptr_mut(0)?;
-        if every {
+        // A node may drop answers by the thousand (a scan's RSTs): only
+        // ping's own probes go unlimited.
+        if every || !p.probe {
             if ev.ts_ns.wrapping_sub(budget.window_ns) >= DROP_WINDOW_NS {
                 budget.window_ns = ev.ts_ns;
                 budget.count = 0;
@@ -501,6 +508,14 @@ fn parse_ipv4(p: &mut Parsed, h: &[u8; HDR_PEEK], have: usize) {
         }
         _ => {}
     }
+}
+
+/// A SYN-ACK or a RST: what a TCP probe's SYN gets back, untagged.
+#[inline(always)]
+fn answers_a_syn(p: &Parsed) -> bool {
+    const SYN_ACK: u8 = 0x12;
+    const RST: u8 = 0x04;
+    p.proto == IPPROTO_TCP && (p.tcp_flags & SYN_ACK == SYN_ACK || p.tcp_flags & RST != 0)
 }
 
 /// Whether the packet passes the filter. An ICMP error passes the protocol

@@ -403,11 +403,32 @@ fn probe_drop(
         .iter()
         .any(|h| h.leg == report::Leg::Reply && h.hands_to_pod());
     let tag = probe::payload_hash(r.seq, run);
+    let isn = probe::tcp_isn(r.seq, run);
     let (d, leg) = drops.iter().find_map(|(p, d)| {
-        if !p.probe {
-            return None;
-        }
         let leg = match (spec.proto, p.l4) {
+            // The untagged answers: a SYN-ACK or RST that acknowledges the
+            // probe's SYN (as `build_view` matches them), an ICMP error
+            // that quotes the probe (before any NAT on the way back
+            // restores its source port, the quote may show the node's).
+            (ProbeProto::Tcp, L4::Tcp { ack, .. })
+                if !p.probe
+                    && [
+                        isn.wrapping_add(1),
+                        isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1),
+                    ]
+                    .contains(&ack) =>
+            {
+                report::Leg::Reply
+            }
+            (_, L4::IcmpError { quote, .. })
+                if (quote.src == spec.src || quote.dst == spec.dst)
+                    && quote.proto == proto_number(spec.proto)
+                    && quote.sport == r.ident
+                    && (spec.proto != ProbeProto::Icmp || quote.seq == r.seq) =>
+            {
+                report::Leg::Reply
+            }
+            _ if !p.probe => return None,
             (ProbeProto::Icmp, L4::Icmp { ty: 8, seq, .. })
                 if p.payload_hash == tag && seq == r.seq =>
             {
@@ -447,6 +468,15 @@ fn probe_drop(
         packet: format!("{} {} > {}", dropped.proto, dropped.src, dropped.dst),
         dst: dropped.dst,
     })
+}
+
+/// The IP protocol number of a probe.
+fn proto_number(proto: ProbeProto) -> u8 {
+    match proto {
+        ProbeProto::Icmp => 1,
+        ProbeProto::Tcp => 6,
+        ProbeProto::Udp => 17,
+    }
 }
 
 /// Picks the request's and the reply's packets of one probe; true when a
