@@ -60,6 +60,13 @@ impl Podtrace {
         Self::start_cmd(Command::new(podtrace_bin()), args)
     }
 
+    /// [`Podtrace::start`] with these environment variables set.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut cmd = Command::new(podtrace_bin());
+        cmd.envs(env.iter().copied());
+        Self::start_cmd(cmd, args)
+    }
+
     /// [`Podtrace::start`] in a session of its own (`setsid`), so that the
     /// scheduler treats it apart from the test's own threads, as a node
     /// treats podtrace apart from the pods.

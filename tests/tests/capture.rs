@@ -790,6 +790,83 @@ fn nothing_stays_attached_after_sigint_or_sigterm() {
     }
 }
 
+/// podtrace's legacy tc filters on `va` of `ns`: `(direction, prog id)`.
+fn legacy_filters(ns: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for dir in ["ingress", "egress"] {
+        let shown = VethPair::exec(ns, &["tc", "filter", "show", "dev", "va", dir]);
+        for line in String::from_utf8_lossy(&shown.stdout).lines() {
+            if !line.contains(" podtrace_") {
+                continue;
+            }
+            let id = line
+                .split_whitespace()
+                .skip_while(|w| *w != "id")
+                .nth(1)
+                .and_then(|id| id.parse().ok())
+                .expect("a bpf filter shows its program id");
+            out.push((dir.to_owned(), id));
+        }
+    }
+    out
+}
+
+#[test]
+fn legacy_tc_filters_a_killed_podtrace_left_are_removed_by_the_next() {
+    // Before TCX (Linux 6.6) a filter holds its program with no process
+    // behind it: SIGKILL leaves both running. PODTRACE_TC=netlink takes
+    // the old kernels' path here.
+    let _serial = serial();
+    let pair = VethPair::new("lt");
+    let legacy = [("PODTRACE_TC", "netlink")];
+    let capture = ["capture", "--netns", pair.a.as_str(), "--iface", "va"];
+    let killed = Podtrace::start_with_env(&legacy, &capture);
+    let stale = legacy_filters(&pair.a);
+    assert_eq!(stale.len(), 2, "{stale:?}");
+    assert!(
+        podtrace_links().is_empty(),
+        "attached through netlink, not TCX"
+    );
+    killed.stop(libc::SIGKILL);
+    assert_eq!(legacy_filters(&pair.a), stale, "SIGKILL leaves them");
+
+    // The next podtrace removes them, and says so.
+    let live = Podtrace::start_with_env(&legacy, &capture);
+    let mine = legacy_filters(&pair.a);
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(
+        mine.iter().all(|f| !stale.contains(f)),
+        "{mine:?} {stale:?}"
+    );
+    let progs = String::from_utf8_lossy(&sh(&["bpftool", "prog", "show"]).stdout).into_owned();
+    for (_, id) in &stale {
+        assert!(
+            !progs.lines().any(|l| l.starts_with(&format!("{id}: "))),
+            "program {id} still loaded"
+        );
+    }
+
+    // A live podtrace's filters are not another's to remove.
+    let other = Podtrace::start_with_env(&legacy, &capture);
+    assert_eq!(legacy_filters(&pair.a).len(), 4);
+    let out = other.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!out.stderr.contains("removed"), "{}", out.stderr);
+    assert_eq!(legacy_filters(&pair.a), mine);
+
+    let out = live.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "removed 2 tc filters that a podtrace killed earlier left running on {}/va",
+            pair.a
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(legacy_filters(&pair.a).is_empty());
+}
+
 #[test]
 fn pcapng_is_read_by_tshark() {
     let _serial = serial();

@@ -1,7 +1,9 @@
 //! Loading the kernel programs and attaching them to interfaces in any
 //! namespace. Everything attached is detached when the [`Kernel`] drops,
 //! on every exit path (return, error, panic); TCX links also go away if the
-//! process is killed, since the kernel drops them with their last fd.
+//! process is killed, since the kernel drops them with their last fd. The
+//! clsact filters of older kernels do not: the next podtrace removes those
+//! a killed one left (see [`crate::legacy_tc`]).
 
 use std::{collections::BTreeMap, os::fd::AsFd as _, sync::Arc};
 
@@ -158,6 +160,9 @@ pub struct Kernel {
     drop_netns: Option<aya::maps::HashMap<MapData, u64, u32>>,
     /// Each CPU's [`tracer_common::DropBudget`].
     drop_budget: Option<aya::maps::Map>,
+    /// Legacy tc filters that killed podtraces left, found while
+    /// attaching, not yet told (see [`crate::legacy_tc`]).
+    swept: Vec<(String, String, crate::legacy_tc::Swept)>,
 }
 
 impl Kernel {
@@ -212,6 +217,7 @@ impl Kernel {
             drops_error: None,
             drop_netns: None,
             drop_budget: None,
+            swept: Vec::new(),
         })
     }
 
@@ -370,8 +376,13 @@ impl Kernel {
         let key = (netns.cookie, ifindex);
         if !self.attached.contains_key(&key) {
             let inst = self.instance(netns)?;
-            let links = netns.run(|| attach_here(&mut inst.bpf, &netns.name, iface))??;
+            let (links, swept) =
+                netns.run(|| attach_here(&mut inst.bpf, &netns.name, iface, ifindex))??;
             inst.slots.insert(hook_slot(ifindex));
+            if let Some(swept) = swept {
+                self.swept
+                    .push((netns.name.clone(), iface.to_owned(), swept));
+            }
             self.attached.insert(
                 key,
                 Attached {
@@ -404,6 +415,12 @@ impl Kernel {
             let _ = program(&mut inst.bpf, PROGRAMS[0].0).detach(ingress);
             let _ = program(&mut inst.bpf, PROGRAMS[1].0).detach(egress);
         });
+    }
+
+    /// What the sweeps of legacy tc filters found since the last call:
+    /// `(netns, iface, found)` (see [`crate::legacy_tc`]).
+    pub fn take_swept(&mut self) -> Vec<(String, String, crate::legacy_tc::Swept)> {
+        std::mem::take(&mut self.swept)
     }
 
     /// The probes the kernel dropped since the last call (none unless
@@ -806,24 +823,38 @@ fn program<'a>(bpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
         .expect("programs were checked at load")
 }
 
-/// Attaches both programs to `iface` of the namespace the thread is in.
+/// Attaches both programs to `iface` of the namespace the thread is in;
+/// through legacy tc, first removes what killed podtraces left there.
 fn attach_here(
     bpf: &mut Ebpf,
     netns: &str,
     iface: &str,
-) -> Result<[SchedClassifierLinkId; 2], KernelError> {
+    ifindex: u32,
+) -> Result<([SchedClassifierLinkId; 2], Option<crate::legacy_tc::Swept>), KernelError> {
+    let tcx = has_tcx();
+    let swept =
+        (!tcx).then(|| crate::legacy_tc::sweep(iface, ifindex, crate::pins::sees_every_process()));
     let mut ids = Vec::with_capacity(2);
     for (name, dir) in PROGRAMS {
         let attach_type = match dir {
             Direction::Ingress => TcAttachType::Ingress,
             Direction::Egress => TcAttachType::Egress,
         };
-        if !has_tcx() {
+        let attached = if tcx {
+            program(bpf, name).attach(iface, attach_type)
+        } else {
             // Legacy tc needs a clsact qdisc; "exists already" is fine and
             // any real problem shows up in the attach below.
             let _ = aya::programs::tc::qdisc_add_clsact(iface);
-        }
-        match program(bpf, name).attach(iface, attach_type) {
+            program(bpf, name).attach_with_options(
+                iface,
+                attach_type,
+                aya::programs::tc::TcAttachOptions::Netlink(
+                    aya::programs::tc::NlOptions::default(),
+                ),
+            )
+        };
+        match attached {
             Ok(id) => ids.push(id),
             Err(e) => {
                 // Undo the half we did (only ingress can be attached here).
@@ -841,7 +872,7 @@ fn attach_here(
     }
     let egress = ids.pop().expect("two links");
     let ingress = ids.pop().expect("two links");
-    Ok([ingress, egress])
+    Ok(([ingress, egress], swept.filter(|s| !s.is_empty())))
 }
 
 impl Drop for Kernel {
@@ -853,9 +884,13 @@ impl Drop for Kernel {
     }
 }
 
-/// TCX (Linux 6.6+) is what aya's `attach` uses when the kernel has it.
+/// TCX (Linux 6.6+) where the kernel has it, unless legacy tc is asked
+/// for (`PODTRACE_TC=netlink`, to test older kernels' path on a new one).
 fn has_tcx() -> bool {
     use aya::util::KernelVersion;
+    if std::env::var_os(crate::legacy_tc::FORCE_ENV).is_some_and(|v| v == "netlink") {
+        return false;
+    }
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 

@@ -17,6 +17,7 @@ pub mod ebpf;
 pub mod events;
 pub mod kernel;
 pub mod lab;
+pub mod legacy_tc;
 pub mod netns;
 pub mod output;
 pub mod ping;

@@ -37,11 +37,17 @@ const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
 /// once where `/proc` shows every process (a podtrace killed during its
 /// start left it), [`SWEEP_AFTER`] elsewhere.
 fn sweep_after() -> Duration {
-    if fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO) {
+    if sees_every_process() {
         Duration::ZERO
     } else {
         SWEEP_AFTER
     }
+}
+
+/// Whether this process's PID namespace is the initial one, where `/proc`
+/// shows every process of the machine.
+pub fn sees_every_process() -> bool {
+    fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO)
 }
 
 /// A directory of pins, gone when dropped.

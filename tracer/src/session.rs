@@ -203,6 +203,9 @@ impl Session {
                 },
             );
         }
+        for line in crate::legacy_tc::tell(&self.kernel.take_swept()) {
+            eprintln!("podtrace: {line}");
+        }
         for ring in self.kernel.take_new_rings() {
             self.reader.add(ring).context("polling a ring buffer")?;
         }
