@@ -788,13 +788,31 @@ fn nothing_stays_attached_after_sigint_or_sigterm() {
             podtrace_links()
         );
     }
+    // The clsact filters of kernels before TCX, too.
+    let legacy = [("PODTRACE_TC", "netlink")];
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let cap = Podtrace::start_with_env(
+            &legacy,
+            &["capture", "--netns", &pair.a, "--netns", &pair.b],
+        );
+        assert_eq!(
+            legacy_filters(&pair.a, "va").len() + legacy_filters(&pair.b, "vb").len(),
+            4
+        );
+        let out = cap.stop(sig);
+        assert!(out.status.success(), "signal {sig}: {out:?}");
+        assert!(
+            legacy_filters(&pair.a, "va").is_empty() && legacy_filters(&pair.b, "vb").is_empty(),
+            "signal {sig} left filters"
+        );
+    }
 }
 
-/// podtrace's legacy tc filters on `va` of `ns`: `(direction, prog id)`.
-fn legacy_filters(ns: &str) -> Vec<(String, u32)> {
+/// podtrace's legacy tc filters on `dev` of `ns`: `(direction, prog id)`.
+fn legacy_filters(ns: &str, dev: &str) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     for dir in ["ingress", "egress"] {
-        let shown = VethPair::exec(ns, &["tc", "filter", "show", "dev", "va", dir]);
+        let shown = VethPair::exec(ns, &["tc", "filter", "show", "dev", dev, dir]);
         for line in String::from_utf8_lossy(&shown.stdout).lines() {
             if !line.contains(" podtrace_") {
                 continue;
@@ -821,18 +839,18 @@ fn legacy_tc_filters_a_killed_podtrace_left_are_removed_by_the_next() {
     let legacy = [("PODTRACE_TC", "netlink")];
     let capture = ["capture", "--netns", pair.a.as_str(), "--iface", "va"];
     let killed = Podtrace::start_with_env(&legacy, &capture);
-    let stale = legacy_filters(&pair.a);
+    let stale = legacy_filters(&pair.a, "va");
     assert_eq!(stale.len(), 2, "{stale:?}");
     assert!(
         podtrace_links().is_empty(),
         "attached through netlink, not TCX"
     );
     killed.stop(libc::SIGKILL);
-    assert_eq!(legacy_filters(&pair.a), stale, "SIGKILL leaves them");
+    assert_eq!(legacy_filters(&pair.a, "va"), stale, "SIGKILL leaves them");
 
     // The next podtrace removes them, and says so.
     let live = Podtrace::start_with_env(&legacy, &capture);
-    let mine = legacy_filters(&pair.a);
+    let mine = legacy_filters(&pair.a, "va");
     assert_eq!(mine.len(), 2, "{mine:?}");
     assert!(
         mine.iter().all(|f| !stale.contains(f)),
@@ -848,11 +866,11 @@ fn legacy_tc_filters_a_killed_podtrace_left_are_removed_by_the_next() {
 
     // A live podtrace's filters are not another's to remove.
     let other = Podtrace::start_with_env(&legacy, &capture);
-    assert_eq!(legacy_filters(&pair.a).len(), 4);
+    assert_eq!(legacy_filters(&pair.a, "va").len(), 4);
     let out = other.stop(libc::SIGINT);
     assert!(out.status.success(), "{out:?}");
     assert!(!out.stderr.contains("removed"), "{}", out.stderr);
-    assert_eq!(legacy_filters(&pair.a), mine);
+    assert_eq!(legacy_filters(&pair.a, "va"), mine);
 
     let out = live.stop(libc::SIGINT);
     assert!(out.status.success(), "{out:?}");
@@ -864,7 +882,7 @@ fn legacy_tc_filters_a_killed_podtrace_left_are_removed_by_the_next() {
         "{}",
         out.stderr
     );
-    assert!(legacy_filters(&pair.a).is_empty());
+    assert!(legacy_filters(&pair.a, "va").is_empty());
 }
 
 #[test]
