@@ -952,6 +952,102 @@ fn pcapng_is_read_by_tshark() {
     assert_eq!(echo, 3, "three echo requests in the file: {rows:?}");
 }
 
+#[test]
+fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
+    let _serial = serial();
+    let pair = VethPair::new("cd");
+    let file = std::env::temp_dir().join(format!("{}.pcapng", pair.a));
+    // b's firewall refuses the echo requests on vb.
+    let rule = ["INPUT", "-i", "vb", "-p", "icmp", "-j", "DROP"];
+    VethPair::exec(&pair.b, &[&["iptables", "-I"], &rule[..]].concat());
+    let cap = Podtrace::start(&[
+        "capture",
+        "--netns",
+        &pair.a,
+        "--netns",
+        &pair.b,
+        "--filter-proto",
+        "icmp",
+        "--drops",
+        "--json",
+        "-w",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        !exec_ok(
+            &pair.a,
+            &["ping", "-c", "2", "-i", "0.2", "-W", "1", VethPair::IP_B]
+        ),
+        "the echo requests are dropped"
+    );
+    // Drops are read every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cap.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out.stdout);
+    let drops: Vec<&Value> = lines.iter().filter(|l| l["type"] == "drop").collect();
+    assert_eq!(drops.len(), 2, "{}", out.stdout);
+    for d in &drops {
+        let d = &d["drop"];
+        assert_eq!(
+            (&d["reason"], &d["node"], &d["iface"], &d["src"], &d["dst"]),
+            (
+                &Value::from("NETFILTER_DROP"),
+                &Value::from(pair.b.as_str()),
+                &Value::from("vb"),
+                &Value::from(VethPair::IP_A),
+                &Value::from(VethPair::IP_B)
+            ),
+            "{d}"
+        );
+    }
+    assert!(
+        out.stderr.contains(&format!(
+            "2 packets dropped by the kernel: 2 NETFILTER_DROP on {}",
+            pair.b
+        )),
+        "{}",
+        out.stderr
+    );
+    let fields = sh(&[
+        "tshark",
+        "-r",
+        file.to_str().unwrap(),
+        "-Y",
+        "frame.comment",
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-e",
+        "frame.interface_name",
+        "-e",
+        "ip.src",
+        "-e",
+        "ip.dst",
+        "-e",
+        "frame.comment",
+    ]);
+    let _ = std::fs::remove_file(&file);
+    let rows: Vec<String> = String::from_utf8_lossy(&fields.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert!(
+            row.starts_with(&format!(
+                "{}/kernel-drops,{},{},dropped by the kernel on {} (vb): NETFILTER_DROP in ",
+                pair.b,
+                VethPair::IP_A,
+                VethPair::IP_B,
+                pair.b
+            )),
+            "{row}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn flows_mode_reports_flow_starts_and_counts_everything() {
     let _serial = serial();

@@ -44,6 +44,15 @@ pub struct CaptureArgs {
     /// Stop after this long (e.g. 500ms, 10s, 2m).
     #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
+    /// Also show the packets the kernel drops, with its reason: each one
+    /// that the filter keeps, dropped on a device of a traced namespace,
+    /// is a line `x dropped by the kernel on NODE (DEVICE): REASON ...`
+    /// (a `"type":"drop"` object with --json; with -w, a packet on the
+    /// interface `<netns>/kernel-drops`, raw IPv4, with where and why as
+    /// its comment, which Wireshark shows). At most 256 per CPU every
+    /// 100 ms; not counted toward --count. Needs the kernel's BTF.
+    #[arg(long)]
+    pub drops: bool,
     #[command(flatten)]
     pub ready: ReadyArgs,
 }
@@ -51,15 +60,31 @@ pub struct CaptureArgs {
 /// Runs `podtrace capture`.
 pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     args.report.check()?;
+    // The packets the kernel drops, with its reason: what no tcpdump shows.
+    let (drop_offsets, words, mut no_drops) = if !args.drops {
+        (None, crate::drops::Words::default(), None)
+    } else {
+        match crate::drops::Words::load_every() {
+            Ok((offsets, words)) => (Some(offsets), words, None),
+            Err(e) => (None, crate::drops::Words::default(), Some(e)),
+        }
+    };
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
         ring_bytes: args.report.ring_bytes(),
+        drops: drop_offsets,
         ..LoadOptions::default()
     };
     args.ready.clear_stale()?;
     let mut stop = Stop::install()?;
     let place = crate::session::capture_namespaces(&args.place);
     let mut session = Session::start(&place, &opts).await?;
+    if let Some(e) = session.take_drops_error() {
+        no_drops = Some(e);
+    }
+    if let Some(e) = &no_drops {
+        eprintln!("podtrace: the kernel's dropped packets will not show: {e}");
+    }
     let pcap = match &args.write {
         Some(path) => Some(PcapngOut::create(path, args.report.snaplen)?),
         None => None,
@@ -98,11 +123,20 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         printed: 0,
         limit,
         err: None,
+        words,
+        drops: std::collections::BTreeMap::new(),
     };
+    let mut drop_tick = tokio::time::interval(Duration::from_millis(100));
     while !printer.done() {
         let res = tokio::select! {
             () = stop.wait() => break,
             () = crate::signals::deadline(deadline) => break,
+            _ = drop_tick.tick() => {
+                for d in session.take_drops() {
+                    printer.drop(&d, &session);
+                }
+                Ok(())
+            }
             // Hook changes go to stderr in every mode: stdout stays events.
             res = session.next(|p, frame, topo| printer.emit(p, frame, topo), |c| match c {
                 HookChange::Attached { netns, iface } => eprintln!("podtrace: attached {netns}/{iface}"),
@@ -119,8 +153,13 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             .drain(|p, frame, topo| printer.emit(p, frame, topo))
             .await?;
     }
+    for d in session.take_drops() {
+        printer.drop(&d, &session);
+    }
     printer.flush();
-    let Printer { pcap, err, .. } = printer;
+    let Printer {
+        pcap, err, drops, ..
+    } = printer;
     if let Some(e) = err {
         // A closed pipe (`| head`) is a normal way to stop.
         if !e.chain().any(|c| {
@@ -135,6 +174,9 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     }
     let totals = output::totals(&session)?;
     eprintln!("{totals}");
+    if let Some(line) = crate::drops::exit_line(&drops, session.drops_suppressed(), "") {
+        eprintln!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -155,6 +197,10 @@ struct Printer<W: Write> {
     limit: u64,
     /// The first error; nothing is written after it.
     err: Option<anyhow::Error>,
+    /// The kernel's drop reasons by name.
+    words: crate::drops::Words,
+    /// Packets the kernel dropped, by (node, reason), for the exit line.
+    drops: std::collections::BTreeMap<(String, String), u64>,
 }
 
 impl<W: Write> Printer<W> {
@@ -180,6 +226,47 @@ impl<W: Write> Printer<W> {
             .map_err(anyhow::Error::from)
             .and_then(|()| match &mut self.pcap {
                 Some(pc) => pc.write(p, frame, topo),
+                None => Ok(()),
+            });
+        if let Err(e) = res {
+            self.err = Some(e);
+        }
+    }
+
+    /// Shows a packet the kernel dropped (unless writing failed): not
+    /// counted toward --count, which counts the hooks' events.
+    fn drop(&mut self, d: &tracer_common::DropEvent, session: &Session) {
+        let dropped =
+            crate::drops::Dropped::of(d, &self.words, &session.topology, session.namespaces());
+        if self.err.is_some() || dropped.delivered() {
+            return;
+        }
+        *self
+            .drops
+            .entry((
+                dropped.node.clone().unwrap_or_else(|| "?".into()),
+                dropped.reason.clone(),
+            ))
+            .or_default() += 1;
+        let res = if !self.lines {
+            Ok(())
+        } else if self.json {
+            self.out.raw_line(
+                &serde_json::json!({
+                    "type": "drop",
+                    "time_ns": self.clock.wall_ns(d.ts_ns).to_string(),
+                    "drop": dropped,
+                })
+                .to_string(),
+            )
+        } else {
+            self.out
+                .raw_line(&format!("{} x {}", self.clock.hms(d.ts_ns), dropped.line()))
+        };
+        let res = res
+            .map_err(anyhow::Error::from)
+            .and_then(|()| match &mut self.pcap {
+                Some(pc) => pc.write_drop(d, &dropped),
                 None => Ok(()),
             });
         if let Err(e) = res {

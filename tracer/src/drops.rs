@@ -519,6 +519,46 @@ impl Dropped {
     }
 }
 
+/// The exit line of what the kernel dropped: `3 packets dropped by the
+/// kernel: 2 NETFILTER_DROP on node-b, 1 IP_RPFILTER on node-a`. `by`:
+/// the drops shown, by (node, reason); `suppressed`: those left out (over
+/// the budget, or refused by a full ring); `more`: appended. None when
+/// there were none.
+pub fn exit_line(
+    by: &std::collections::BTreeMap<(String, String), u64>,
+    suppressed: u64,
+    more: &str,
+) -> Option<String> {
+    if by.is_empty() && suppressed == 0 {
+        return None;
+    }
+    let kinds: Vec<String> = by
+        .iter()
+        .map(|((node, reason), v)| format!("{v} {reason} on {node}"))
+        .collect();
+    let why = format!(
+        "over {} per CPU in {} ms, or a full ring",
+        tracer_common::DROPS_PER_WINDOW,
+        tracer_common::DROP_WINDOW_NS / 1_000_000
+    );
+    // The headline is every drop the kernel reported or counted; the
+    // breakdown is of those shown.
+    let shown: u64 = by.values().sum();
+    let total = shown + suppressed;
+    let head = format!(
+        "{total} packet{} dropped by the kernel",
+        if total == 1 { "" } else { "s" }
+    );
+    Some(match (shown, suppressed) {
+        (_, 0) => format!("{head}: {}{more}", kinds.join(", ")),
+        (0, _) => format!("{head}, none shown ({why}){more}"),
+        _ => format!(
+            "{head} ({shown} shown): {} ({suppressed} more not shown: {why}){more}",
+            kinds.join(", ")
+        ),
+    })
+}
+
 /// How long a drop waits for its flow before it is given up.
 const FILE_WAIT_NS: u64 = 5_000_000_000;
 
@@ -580,6 +620,37 @@ impl Unfiled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exit_line_counts_what_was_shown_and_left_out() {
+        let mut by = std::collections::BTreeMap::new();
+        assert_eq!(exit_line(&by, 0, ""), None);
+        by.insert(("node-b".to_owned(), "NETFILTER_DROP".to_owned()), 2);
+        by.insert(("node-a".to_owned(), "IP_RPFILTER".to_owned()), 1);
+        assert_eq!(
+            exit_line(&by, 0, "").as_deref(),
+            Some(
+                "3 packets dropped by the kernel: 1 IP_RPFILTER on node-a, 2 NETFILTER_DROP on node-b"
+            )
+        );
+        by.remove(&("node-b".to_owned(), "NETFILTER_DROP".to_owned()));
+        assert_eq!(
+            exit_line(&by, 4, "; more").as_deref(),
+            Some(
+                "5 packets dropped by the kernel (1 shown): 1 IP_RPFILTER on node-a (4 more not \
+                 shown: over 256 per CPU in 100 ms, or a full ring); more"
+            )
+        );
+        by.clear();
+        assert!(exit_line(&by, 0, "").is_none());
+        assert_eq!(
+            exit_line(&by, 1, "").as_deref(),
+            Some(
+                "1 packet dropped by the kernel, none shown (over 256 per CPU in 100 ms, or a \
+                 full ring)"
+            )
+        );
+    }
 
     /// BTF of: struct inner { int x; }; struct s { int a; union { int b;
     /// struct { int c; int d; }; }; }; enum e { E_ONE = 1, E_TWO = 2 };

@@ -533,6 +533,13 @@ impl<W: Write> LineOut<W> {
         self.maybe_write()
     }
 
+    /// Appends `line` and a newline.
+    pub fn raw_line(&mut self, line: &str) -> io::Result<()> {
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+        self.maybe_write()
+    }
+
     /// Appends one text line ([`write_text_line`]).
     pub fn text(&mut self, p: &Packet, topo: &Topology, clock: &Clock) -> io::Result<()> {
         write_text_line(&mut self.buf, p, topo, clock)?;
@@ -628,6 +635,53 @@ impl PcapngOut {
                 Direction::Ingress => 1,
                 Direction::Egress => 2,
             })],
+        };
+        self.writer.write_pcapng_block(epb)?;
+        Ok(())
+    }
+
+    /// Appends a packet the kernel dropped, on an interface of its own for
+    /// the node (`<netns>/kernel-drops`, raw IPv4: the record starts at the
+    /// network header), with where and why as the packet's comment.
+    pub fn write_drop(
+        &mut self,
+        d: &tracer_common::DropEvent,
+        dropped: &crate::drops::Dropped,
+    ) -> anyhow::Result<()> {
+        // No interface has index 0: the node's drops get that key.
+        let key = (d.netns_cookie, 0);
+        let id = match self.ids.get(&key) {
+            Some(id) => *id,
+            None => {
+                let node = dropped.node.as_deref().unwrap_or("?");
+                let mut idb =
+                    InterfaceDescriptionBlock::new(DataLink::IPV4, tracer_common::DROP_SNAP as u32);
+                idb.options.push(InterfaceDescriptionOption::IfName(
+                    format!("{node}/kernel-drops").into(),
+                ));
+                idb.options.push(InterfaceDescriptionOption::IfDescription(
+                    "packets the kernel dropped, from their IPv4 header; why in each \
+                     packet's comment"
+                        .into(),
+                ));
+                idb.options.push(InterfaceDescriptionOption::IfTsResol(9));
+                self.writer.write_pcapng_block(idb)?;
+                let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+                self.ids.insert(key, id);
+                id
+            }
+        };
+        // The IPv4 total length; the record holds its first DROP_SNAP bytes.
+        let total = u32::from(u16::from_be_bytes([d.data[2], d.data[3]]));
+        let cap = (total as usize).clamp(20, tracer_common::DROP_SNAP);
+        let epb = EnhancedPacketBlock {
+            interface_id: id,
+            timestamp: Duration::from_nanos(
+                u64::try_from(self.clock.wall_ns(d.ts_ns)).unwrap_or(0),
+            ),
+            original_len: total.max(cap as u32),
+            data: d.data[..cap].into(),
+            options: vec![EnhancedPacketOption::Comment(dropped.line().into())],
         };
         self.writer.write_pcapng_block(epb)?;
         Ok(())

@@ -260,39 +260,18 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         let suppressed = session.drops_suppressed();
         if let Some(why) = &no_drops_why {
             eprintln!("the kernel's dropped packets were not shown: {why}");
-        } else if !out.drops.is_empty() || suppressed > 0 {
-            let kinds: Vec<String> = out
-                .drops
-                .iter()
-                .map(|((node, reason), v)| format!("{v} {reason} on {node}"))
-                .collect();
-            let mut more = String::new();
-            if suppressed > 0 {
-                more.push_str(&format!(
-                    " ({suppressed} more not shown: over {} per CPU in {} ms, or a full ring)",
-                    tracer_common::DROPS_PER_WINDOW,
-                    tracer_common::DROP_WINDOW_NS / 1_000_000
-                ));
-            }
-            if unfiled.given_up > 0 {
-                more.push_str(&format!(
+        } else {
+            let not_filed = if unfiled.given_up > 0 {
+                format!(
                     "; {} with no flow traced (no hook saw their packet, or its journey had closed)",
                     unfiled.given_up
-                ));
+                )
+            } else {
+                String::new()
+            };
+            if let Some(line) = crate::drops::exit_line(&out.drops, suppressed, &not_filed) {
+                eprintln!("{line}");
             }
-            // The headline is every drop the kernel reported or counted;
-            // the breakdown, and the flows' counts, are of those shown.
-            let shown: u64 = out.drops.values().sum();
-            eprintln!(
-                "{} dropped by the kernel{}: {}{more}",
-                n(shown + suppressed, "packet", "packets"),
-                if suppressed > 0 {
-                    format!(" ({shown} shown)")
-                } else {
-                    String::new()
-                },
-                kinds.join(", ")
-            );
         }
     }
     Ok(ExitCode::SUCCESS)
