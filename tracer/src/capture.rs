@@ -25,7 +25,8 @@ pub struct CaptureArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub report: ReportArgs,
-    /// Print one JSON object per event instead of text (also with -w).
+    /// Print one JSON object per event instead of text (also with -w):
+    /// `"type":"packet"`, and `"type":"drop"` with --drops.
     #[arg(long)]
     pub json: bool,
     /// Write the events to this pcapng file (one interface block per

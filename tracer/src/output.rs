@@ -491,7 +491,8 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
         buf.extend_from_slice(b",\"ttl\":");
         push_uint(buf, u64::from(ttl));
     }
-    buf.extend_from_slice(b"}\n");
+    // What the line is, as trace's and capture --drops' other lines say.
+    buf.extend_from_slice(b",\"type\":\"packet\"}\n");
 }
 
 /// One JSON object per line (see [`format_json_line`]). Allocates a line
@@ -820,6 +821,7 @@ mod tests {
             _ => ("other", None),
         };
         let mut v = json!({
+            "type": "packet",
             "time_ns": clock.wall_ns(p.ts_ns).to_string(),
             "ktime_ns": p.ts_ns,
             "node": iface.map(|i| i.node.as_str()),
