@@ -1312,5 +1312,24 @@ fn with_the_lab_up_capture_traces_both_lab_nodes_by_default() {
         lab.plan().nodes.iter().map(|n| n.netns.as_str()).collect();
     let out = cap.stop(libc::SIGINT);
     assert_eq!(nodes, want, "{hooks:?}\n{out:?}");
+
+    // A pod veth's lines name its pod, from the lab's inventory.
+    let cap = Podtrace::start(&["capture", "--filter-proto", "icmp"]);
+    let p1 = lab.pod("pod-1");
+    let p3 = lab.pod("pod-3").ip.to_string();
+    assert!(podtrace_tests::exec_ok(
+        &p1.netns,
+        &["ping", "-c", "1", "-W", "1", &p3]
+    ));
+    std::thread::sleep(Duration::from_millis(200));
+    let out = cap.stop(libc::SIGINT);
+    let veth = format!("{} {}(pod-1) ", p1.node, p1.host_veth);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains(&veth) && l.contains(" in ") && l.contains("echo request")),
+        "no line names pod-1 as `{veth}`:\n{}",
+        out.stdout
+    );
     drop(lab);
 }

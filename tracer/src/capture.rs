@@ -25,6 +25,10 @@ pub struct CaptureArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Where the pod veths' lines get their pods' names from
+    /// (`eni3b1f0a9c2d4(pod-1)`); without one, their pods' IPs.
+    #[command(flatten)]
+    pub pods: crate::pods::PodSourceArgs,
     /// Print one JSON object per event instead of text (also with -w):
     /// `"type":"packet"`, and `"type":"drop"` with --drops.
     #[arg(long)]
@@ -61,6 +65,17 @@ pub struct CaptureArgs {
 /// Runs `podtrace capture`.
 pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     args.report.check()?;
+    // Names are a convenience here: a pod source found on its own that
+    // fails leaves the pods' IPs, where one asked for is an error.
+    let asked = args.pods.pods_file.is_some() || args.pods.kubeconfig.is_some();
+    let mut pods = match crate::pods::load(&args.pods).await {
+        Ok(pods) => pods,
+        Err(e) if !asked => {
+            eprintln!("podtrace: pod veths show their pods' IPs, not names: {e}");
+            crate::pods::PodSet::empty()
+        }
+        Err(e) => return Err(e.into()),
+    };
     // The packets the kernel drops, with its reason: what no tcpdump shows.
     let (drop_offsets, words, mut no_drops) = if !args.drops {
         (None, crate::drops::Words::default(), None)
@@ -80,6 +95,10 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let mut stop = Stop::install()?;
     let place = crate::session::capture_namespaces(&args.place);
     let mut session = Session::start(&place, &opts).await?;
+    session.topology.name_pods(|ip| pods.name_of(ip));
+    if let Some(note) = pods.take_note() {
+        eprintln!("podtrace: {note}");
+    }
     if let Some(e) = session.take_drops_error() {
         no_drops = Some(e);
     }
@@ -129,6 +148,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     };
     let mut drop_tick = tokio::time::interval(Duration::from_millis(100));
     while !printer.done() {
+        let mut attached = false;
         let res = tokio::select! {
             () = stop.wait() => break,
             () = crate::signals::deadline(deadline) => break,
@@ -140,7 +160,10 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             }
             // Hook changes go to stderr in every mode: stdout stays events.
             res = session.next(|p, frame, topo| printer.emit(p, frame, topo), |c| match c {
-                HookChange::Attached { netns, iface } => eprintln!("podtrace: attached {netns}/{iface}"),
+                HookChange::Attached { netns, iface } => {
+                    attached = true;
+                    eprintln!("podtrace: attached {netns}/{iface}");
+                }
                 HookChange::Gone { netns, iface } => eprintln!("podtrace: {netns}/{iface} went away"),
             }) => res,
         };
@@ -148,6 +171,9 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         // a test) sees events within one drain tick.
         printer.flush();
         res?;
+        if attached {
+            session.topology.name_pods(|ip| pods.name_of(ip));
+        }
     }
     if !printer.done() {
         session
