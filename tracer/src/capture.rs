@@ -53,9 +53,11 @@ pub struct CaptureArgs {
     /// that the filter keeps, dropped on a device of a traced namespace,
     /// is a line `x dropped by the kernel on NODE (DEVICE): REASON ...`
     /// (a `"type":"drop"` object with --json; with -w, a packet on the
-    /// interface `<netns>/kernel-drops`, raw IPv4, with where and why as
-    /// its comment, which Wireshark shows). At most 256 per CPU every
-    /// 100 ms; not counted toward --count. Needs the kernel's BTF.
+    /// interface `<node>/kernel-drops`, raw IPv4, with where and why as
+    /// its comment, which Wireshark shows). Read every 100 ms, so a drop's
+    /// line may come after later packets' (its time is the drop's). Not
+    /// shown: NO_SOCKET (a closed port, which the host answers), over 256
+    /// per CPU every 100 ms, and after --count. Needs the kernel's BTF.
     #[arg(long)]
     pub drops: bool,
     #[command(flatten)]
@@ -152,7 +154,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         let res = tokio::select! {
             () = stop.wait() => break,
             () = crate::signals::deadline(deadline) => break,
-            _ = drop_tick.tick() => {
+            _ = drop_tick.tick(), if args.drops => {
                 for d in session.take_drops() {
                     printer.drop(&d, &session);
                 }
@@ -265,7 +267,7 @@ impl<W: Write> Printer<W> {
     fn drop(&mut self, d: &tracer_common::DropEvent, session: &Session) {
         let dropped =
             crate::drops::Dropped::of(d, &self.words, &session.topology, session.namespaces());
-        if self.err.is_some() || dropped.delivered() {
+        if self.done() || dropped.delivered() {
             return;
         }
         *self

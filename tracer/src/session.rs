@@ -53,6 +53,10 @@ pub struct Session {
     /// What each hooked interface is.
     pub topology: Topology,
     churn: mpsc::Receiver<usize>,
+    /// Namespaces whose links changed, not yet synced (see [`Session::next`]).
+    churned: BTreeSet<usize>,
+    /// When the first of them was noticed.
+    churned_at: tokio::time::Instant,
     _watchers: Vec<tokio::task::JoinHandle<()>>,
     /// Records received from the kernel, per hook.
     pub received: BTreeMap<(u64, u32, u32), u64>,
@@ -98,6 +102,8 @@ impl Session {
             only: place.iface.clone(),
             topology: Topology::default(),
             churn,
+            churned: BTreeSet::new(),
+            churned_at: tokio::time::Instant::now(),
             _watchers: watchers,
             received: BTreeMap::new(),
             undecodable: 0,
@@ -249,24 +255,32 @@ impl Session {
         mut on_packet: impl FnMut(&Packet, &[u8], &Topology),
         mut on_change: impl FnMut(&HookChange),
     ) -> anyhow::Result<()> {
-        let churned = tokio::select! {
-            Some(i) = self.churn.recv() => Some(i),
-            res = self.reader.next_batch(&self.kernel, tally(&mut self.received, &mut self.undecodable, &self.topology, self.since_ns, &mut on_packet)) => {
-                res?;
-                None
+        // Cancel-safe: callers race this against their own timers, so a
+        // namespace whose links changed is kept in `self.churned` until its
+        // hooks are synced, and the next call picks up where this left.
+        if self.churned.is_empty() {
+            tokio::select! {
+                Some(i) = self.churn.recv() => {
+                    self.churned.insert(i);
+                    self.churned_at = tokio::time::Instant::now();
+                }
+                res = self.reader.next_batch(&self.kernel, tally(&mut self.received, &mut self.undecodable, &self.topology, self.since_ns, &mut on_packet)) => {
+                    res?;
+                }
             }
-        };
-        if let Some(i) = churned {
+        }
+        if !self.churned.is_empty() {
             // Coalesce bursts of notifications (a pod's veth, addresses and
             // routes arrive together).
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut todo = BTreeSet::from([i]);
+            tokio::time::sleep_until(self.churned_at + Duration::from_millis(50)).await;
             while let Ok(j) = self.churn.try_recv() {
-                todo.insert(j);
+                self.churned.insert(j);
             }
-            for i in todo {
-                for c in self.sync(i, false).await? {
-                    on_change(&c);
+            while let Some(&i) = self.churned.first() {
+                let changes = self.sync(i, false).await?;
+                self.churned.remove(&i);
+                for c in &changes {
+                    on_change(c);
                 }
             }
         }
