@@ -848,6 +848,27 @@ fn legacy_tc_filters_a_killed_podtrace_left_are_removed_by_the_next() {
     killed.stop(libc::SIGKILL);
     assert_eq!(legacy_filters(&pair.a, "va"), stale, "SIGKILL leaves them");
 
+    // A podtrace that cannot see every process (a PID namespace of its
+    // own, as in a container) cannot tell them from a live podtrace's:
+    // it leaves them, and says how to remove them.
+    let bin = podtrace_tests::process::podtrace_bin();
+    let boxed = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(&bin)
+        .args(capture)
+        .args(["--duration", "300ms"])
+        .env("PODTRACE_TC", "netlink")
+        .output()
+        .expect("unshare podtrace");
+    let stderr = String::from_utf8_lossy(&boxed.stderr);
+    assert!(boxed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Left alone. If no other podtrace runs, remove them: in ")
+            && stderr.contains(": tc filter del dev va ingress pref "),
+        "{stderr}"
+    );
+    assert_eq!(legacy_filters(&pair.a, "va"), stale, "left alone");
+
     // The next podtrace removes them, and says so.
     let live = Podtrace::start_with_env(&legacy, &capture);
     let mine = legacy_filters(&pair.a, "va");
@@ -856,13 +877,22 @@ fn legacy_tc_filters_a_killed_podtrace_left_are_removed_by_the_next() {
         mine.iter().all(|f| !stale.contains(f)),
         "{mine:?} {stale:?}"
     );
-    let progs = String::from_utf8_lossy(&sh(&["bpftool", "prog", "show"]).stdout).into_owned();
-    for (_, id) in &stale {
-        assert!(
-            !progs.lines().any(|l| l.starts_with(&format!("{id}: "))),
-            "program {id} still loaded"
-        );
-    }
+    // (The kernel frees a program shortly after its last reference.)
+    let loaded = || {
+        let progs = String::from_utf8_lossy(&sh(&["bpftool", "prog", "show"]).stdout).into_owned();
+        stale
+            .iter()
+            .filter(|(_, id)| progs.lines().any(|l| l.starts_with(&format!("{id}: "))))
+            .count()
+    };
+    let freed = (0..40).any(|_| {
+        let n = loaded();
+        if n > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n == 0
+    });
+    assert!(freed, "the stale programs outlived their filters by 2 s");
 
     // A live podtrace's filters are not another's to remove.
     let other = Podtrace::start_with_env(&legacy, &capture);

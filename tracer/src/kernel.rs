@@ -377,12 +377,16 @@ impl Kernel {
         if !self.attached.contains_key(&key) {
             let inst = self.instance(netns)?;
             let (links, swept) =
-                netns.run(|| attach_here(&mut inst.bpf, &netns.name, iface, ifindex))??;
-            inst.slots.insert(hook_slot(ifindex));
-            if let Some(swept) = swept {
+                netns.run(|| attach_here(&mut inst.bpf, &netns.name, iface, ifindex))?;
+            if links.is_ok() {
+                inst.slots.insert(hook_slot(ifindex));
+            }
+            // Said even when the attach failed: the filters are gone.
+            if let Some(swept) = swept.filter(|s| !s.is_empty()) {
                 self.swept
                     .push((netns.name.clone(), iface.to_owned(), swept));
             }
+            let links = links?;
             self.attached.insert(
                 key,
                 Attached {
@@ -824,16 +828,38 @@ fn program<'a>(bpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
 }
 
 /// Attaches both programs to `iface` of the namespace the thread is in;
-/// through legacy tc, first removes what killed podtraces left there.
+/// through legacy tc, first removes what killed podtraces left there (and
+/// says what it found, whether the attach works or not).
 fn attach_here(
     bpf: &mut Ebpf,
     netns: &str,
     iface: &str,
     ifindex: u32,
-) -> Result<([SchedClassifierLinkId; 2], Option<crate::legacy_tc::Swept>), KernelError> {
-    let tcx = has_tcx();
-    let swept =
-        (!tcx).then(|| crate::legacy_tc::sweep(iface, ifindex, crate::pins::sees_every_process()));
+) -> (
+    Result<[SchedClassifierLinkId; 2], KernelError>,
+    Option<crate::legacy_tc::Swept>,
+) {
+    if has_tcx() {
+        return (attach_both(bpf, netns, iface, false), None);
+    }
+    // Held from the sweep to the attach (see `NetnsLock`); without it,
+    // only tell.
+    let lock = crate::legacy_tc::NetnsLock::take(std::time::Duration::from_secs(5));
+    let sure = lock.is_ok() && crate::pins::sees_every_process();
+    let swept = crate::legacy_tc::sweep(iface, ifindex, sure);
+    let links = attach_both(bpf, netns, iface, true);
+    drop(lock);
+    (links, Some(swept))
+}
+
+/// Attaches both programs to `iface`: through TCX, or legacy tc.
+fn attach_both(
+    bpf: &mut Ebpf,
+    netns: &str,
+    iface: &str,
+    legacy: bool,
+) -> Result<[SchedClassifierLinkId; 2], KernelError> {
+    let tcx = !legacy;
     let mut ids = Vec::with_capacity(2);
     for (name, dir) in PROGRAMS {
         let attach_type = match dir {
@@ -872,7 +898,7 @@ fn attach_here(
     }
     let egress = ids.pop().expect("two links");
     let ingress = ids.pop().expect("two links");
-    Ok(([ingress, egress], swept.filter(|s| !s.is_empty())))
+    Ok([ingress, egress])
 }
 
 impl Drop for Kernel {

@@ -48,6 +48,8 @@ pub struct Filter {
 /// is in. An interface without a clsact qdisc has none.
 pub fn podtrace_filters(ifindex: u32) -> io::Result<Vec<Filter>> {
     let mut sock = Socket::new(NETLINK_ROUTE)?;
+    // (A dump of an interface without a clsact qdisc is empty; older
+    // kernels answer EINVAL or ENOENT instead.)
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
     let mut out = Vec::new();
@@ -133,19 +135,21 @@ fn ours(m: &TcMessage, ingress: bool) -> Option<Filter> {
 }
 
 /// The ids of the BPF programs that a process holds an fd of, among the
-/// processes this one can see.
-pub fn held_programs() -> HashSet<u32> {
+/// processes this one can see; None when some process's fds cannot be
+/// read (no CAP_SYS_PTRACE, an LSM): its programs would look unheld.
+pub fn held_programs() -> Option<HashSet<u32>> {
     let mut ids = HashSet::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return ids;
-    };
+    let procs = fs::read_dir("/proc").ok()?;
     for p in procs.flatten() {
         let pid = p.file_name();
         if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
-            continue;
+        let fds = match fs::read_dir(p.path().join("fd")) {
+            Ok(fds) => fds,
+            // Gone since the listing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
         };
         for fd in fds.flatten() {
             let is_prog =
@@ -163,7 +167,7 @@ pub fn held_programs() -> HashSet<u32> {
             }
         }
     }
-    ids
+    Some(ids)
 }
 
 /// `prog_id:` from a bpf-prog fd's fdinfo.
@@ -174,7 +178,8 @@ fn prog_id_of(fdinfo: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Removes `f` from `iface` of the namespace the thread is in.
+/// Removes `f` from `iface` of the namespace the thread is in. A filter
+/// gone already is no error.
 pub fn remove(iface: &str, f: &Filter) -> Result<(), String> {
     let dir = if f.ingress {
         TcAttachType::Ingress
@@ -184,7 +189,56 @@ pub fn remove(iface: &str, f: &Filter) -> Result<(), String> {
     let link =
         SchedClassifierLink::attached(iface, dir, f.priority, TcHandle::from(f.handle), None)
             .map_err(|e| e.to_string())?;
-    link.detach().map_err(|e| e.to_string())
+    match link.detach() {
+        Ok(()) => Ok(()),
+        Err(e) if error_chain_has(&e, libc::ENOENT) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether `e` or an error under it is the OS error `errno`.
+fn error_chain_has(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.raw_os_error() == Some(errno)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Holds, for as long as it lives, the sweep-and-attach of one network
+/// namespace against other podtraces': an abstract unix socket, which
+/// belongs to the namespace it is made in, bound under a fixed name.
+/// Without it, two podtraces could both judge a filter stale, and the
+/// second could then delete the first's new filter, which the kernel gave
+/// the freed priority and handle.
+pub struct NetnsLock(
+    #[expect(dead_code, reason = "held for its bind")] std::os::unix::net::UnixListener,
+);
+
+impl NetnsLock {
+    /// Takes the lock of the thread's namespace, waiting up to `wait`.
+    pub fn take(wait: std::time::Duration) -> io::Result<Self> {
+        use std::os::linux::net::SocketAddrExt as _;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"podtrace-legacy-tc")?;
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match std::os::unix::net::UnixListener::bind_addr(&addr) {
+                Ok(l) => return Ok(Self(l)),
+                Err(e)
+                    if e.kind() == io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// What a sweep of one interface found.
@@ -198,30 +252,44 @@ pub struct Swept {
     pub unsure: Vec<Filter>,
     /// Filters that could not be removed, and why.
     pub failed: Vec<(Filter, String)>,
+    /// Why the interface's filters could not be looked at.
+    pub error: Option<String>,
 }
 
 impl Swept {
     /// Nothing found.
     pub fn is_empty(&self) -> bool {
-        self.removed.is_empty() && self.unsure.is_empty() && self.failed.is_empty()
+        self.removed.is_empty()
+            && self.unsure.is_empty()
+            && self.failed.is_empty()
+            && self.error.is_none()
     }
 }
 
 /// Removes the filters on `iface` (`ifindex`, in the thread's namespace)
 /// that a podtrace left: named as its programs, and held by no process.
-/// `sees_all`: this process sees every process of the machine (its PID
-/// namespace is the initial one); otherwise nothing is removed, only told.
-pub fn sweep(iface: &str, ifindex: u32, sees_all: bool) -> Swept {
+/// `sure`: this process sees every process of the machine (its PID
+/// namespace is the initial one) and holds the namespace's [`NetnsLock`];
+/// otherwise nothing is removed, only told.
+pub fn sweep(iface: &str, ifindex: u32, sure: bool) -> Swept {
     let mut out = Swept::default();
-    let Ok(found) = podtrace_filters(ifindex) else {
-        return out;
+    let found = match podtrace_filters(ifindex) {
+        Ok(found) => found,
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return out;
+        }
     };
     if found.is_empty() {
         return out;
     }
+    // Read after the lock is taken: a podtrace that attached before holds
+    // its programs by then, and none attaches here until it is released.
     let held = held_programs();
+    let sure = sure && held.is_some();
+    let held = held.unwrap_or_default();
     for f in found.into_iter().filter(|f| !held.contains(&f.prog_id)) {
-        if !sees_all {
+        if !sure {
             out.unsure.push(f);
             continue;
         }
@@ -256,19 +324,33 @@ pub fn tell(found: &[(String, String, Swept)]) -> Vec<String> {
             hit.join(", ")
         ));
     }
-    let (n, hit) = places(&|s| s.unsure.len());
+    let (n, _) = places(&|s| s.unsure.len());
     if n > 0 {
+        let mut cmds = Vec::new();
+        for (ns, iface, s) in found {
+            for f in &s.unsure {
+                cmds.push(format!(
+                    "in {ns}: tc filter del dev {iface} {} pref {} handle {:#x} bpf",
+                    if f.ingress { "ingress" } else { "egress" },
+                    f.priority,
+                    f.handle
+                ));
+            }
+        }
         lines.push(format!(
-            "{n} tc filter{} of podtrace on {} run programs that no process in this PID \
-             namespace holds: another podtrace's, or left by one that was killed. If no other \
-             podtrace runs, run podtrace in the host's PID namespace (hostPID) to remove them, \
-             or `tc filter del dev IFACE ingress|egress pref P handle H bpf` as \
-             `tc filter show dev IFACE ingress|egress` lists them",
+            "{n} tc filter{} named as podtrace's run programs that no process podtrace can see \
+             holds: another podtrace's (in another PID namespace), or left by one that was \
+             killed. Left alone. If no other podtrace runs, remove them: {}",
             plural(n),
-            hit.join(", ")
+            cmds.join("; ")
         ));
     }
     for (ns, iface, s) in found {
+        if let Some(e) = &s.error {
+            lines.push(format!(
+                "could not look for tc filters a killed podtrace left on {ns}/{iface}: {e}"
+            ));
+        }
         for (f, why) in &s.failed {
             lines.push(format!(
                 "could not remove the tc filter {} (program {}) that a killed podtrace left on \
@@ -331,5 +413,25 @@ mod tests {
             ]
         );
         assert!(tell(&[]).is_empty());
+        let unsure = vec![(
+            "host".to_owned(),
+            "eth0".to_owned(),
+            Swept {
+                unsure: vec![f(5)],
+                error: Some("Permission denied".into()),
+                ..Swept::default()
+            },
+        )];
+        assert_eq!(
+            tell(&unsure),
+            [
+                "1 tc filter named as podtrace's run programs that no process podtrace can see \
+                 holds: another podtrace's (in another PID namespace), or left by one that was \
+                 killed. Left alone. If no other podtrace runs, remove them: in host: tc filter \
+                 del dev eth0 ingress pref 49152 handle 0x1 bpf",
+                "could not look for tc filters a killed podtrace left on host/eth0: Permission \
+                 denied"
+            ]
+        );
     }
 }

@@ -196,7 +196,10 @@ impl Session {
                     }),
                     // Gone between the dump and the attach: churn, not an error.
                     Err(crate::kernel::KernelError::NoSuchInterface { .. }) if !strict => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        self.tell_swept();
+                        return Err(e.into());
+                    }
                 }
             }
             self.topology.insert(
@@ -209,9 +212,7 @@ impl Session {
                 },
             );
         }
-        for line in crate::legacy_tc::tell(&self.kernel.take_swept()) {
-            eprintln!("podtrace: {line}");
-        }
+        self.tell_swept();
         for ring in self.kernel.take_new_rings() {
             self.reader.add(ring).context("polling a ring buffer")?;
         }
@@ -246,6 +247,14 @@ impl Session {
             .attached()
             .map(|a| (a.netns.name.clone(), a.iface.clone()))
             .collect()
+    }
+
+    /// Says what the sweeps of legacy tc filters found (see
+    /// [`crate::legacy_tc`]).
+    fn tell_swept(&mut self) {
+        for line in crate::legacy_tc::tell(&self.kernel.take_swept()) {
+            eprintln!("podtrace: {line}");
+        }
     }
 
     /// Waits for the next batch of packets (or a change of hooks) and hands
