@@ -496,6 +496,38 @@ fn lab_paths_and_bad_input() {
             .is_some_and(|p| p.starts_with(&format!("tcp {}:8080 > ", p3.ip))),
         "{doc:#}"
     );
+    // The same for the RST of a closed port.
+    let drop_rst = [
+        "-I",
+        "FORWARD",
+        "-s",
+        &p3.ip.to_string(),
+        "-p",
+        "tcp",
+        "--sport",
+        "8082",
+        "--tcp-flags",
+        "RST",
+        "RST",
+        "-j",
+        "DROP",
+    ];
+    netns_exec("node-a", &[&["iptables"], &drop_rst[..]].concat());
+    let (code, doc, err) = ping(&[
+        "pod-1", "pod-3", "--proto", "tcp", "--port", "8082", "-c", "1", "-W", "500ms",
+    ]);
+    netns_exec("node-a", &[&["iptables", "-D"], &drop_rst[1..]].concat());
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    let dropped = &doc["probes"][0]["drop"];
+    assert_eq!(
+        (&dropped["leg"], &dropped["reason"], &dropped["node"]),
+        (
+            &Value::from("reply"),
+            &Value::from("NETFILTER_DROP"),
+            &Value::from("node-a")
+        ),
+        "{doc:#}"
+    );
 
     // Bad input: one clear line, exit 2, nothing attached.
     for (args, needle) in [

@@ -247,8 +247,13 @@ pub struct DropEvent {
     pub reason: u32,
     /// That device's index (0: none).
     pub ifindex: u32,
-    /// The packet from its IPv4 header on (the tail past the packet's end
-    /// is whatever followed it in memory).
+    /// Bytes of `data` copied from the packet: its linear part from the
+    /// IPv4 header, at most [`DROP_SNAP`] (the payload of a large packet
+    /// may sit in page fragments, not copied).
+    pub copied: u32,
+    /// Zero.
+    pub _reserved: u32,
+    /// The packet from its IPv4 header on; zeros past `copied`.
     pub data: [u8; DROP_SNAP],
 }
 
@@ -279,6 +284,10 @@ pub struct DropConfig {
     pub all: u32,
     /// `sk_buff.tail` (a u32 offset from `head` on 64-bit kernels).
     pub skb_tail: u32,
+    /// `SKB_DROP_REASON_NO_SOCKET`'s value (`u32::MAX` if unknown): a
+    /// closed port, which the host answers, and the copy a raw socket
+    /// already read. Never reported: a node drops these all the time.
+    pub no_socket: u32,
 }
 
 /// Drops reported per CPU in one window when every packet counts: a node
@@ -619,8 +628,8 @@ const _: () = {
     assert!(DEFAULT_FLOW_SLOTS.is_power_of_two() && DEFAULT_FLOW_SLOTS >= FLOW_PROBES);
     assert!(core::mem::size_of::<Config>() == 72);
     assert!(core::mem::size_of::<BatchHeader>() == 8);
-    assert!(core::mem::size_of::<DropEvent>() == 32 + DROP_SNAP);
-    assert!(core::mem::size_of::<DropConfig>() == 32);
+    assert!(core::mem::size_of::<DropEvent>() == 40 + DROP_SNAP);
+    assert!(core::mem::size_of::<DropConfig>() == 36);
     assert!(core::mem::size_of::<DropBudget>() == 24);
     assert!(core::mem::size_of::<CpuState>() == 24);
     assert!(STAGE_MAX.is_power_of_two());

@@ -101,6 +101,7 @@ static DROP_CONFIG: DropConfig = DropConfig {
     net_cookie: 0,
     all: 0,
     skb_tail: 0,
+    no_socket: u32::MAX,
 };
 
 /// The traced namespaces' cookies, when every dropped packet counts.
@@ -133,6 +134,11 @@ pub fn podtrace_kfree_skb(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
     let skb: u64 = ctx.arg(0);
+    // The commonest drop of all, and never news: first, before any read.
+    let reason = ctx.arg::<u64>(2) as u32;
+    if reason == drop_cfg!(no_socket) as u32 {
+        return None;
+    }
     let (head_at, nh_at, dev_at) = (
         drop_cfg!(skb_head),
         drop_cfg!(skb_network_header),
@@ -184,8 +190,10 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
             ts_ns: 0,
             location: 0,
             netns_cookie,
-            reason: 0,
+            reason,
             ifindex,
+            copied: n as u32,
+            _reserved: 0,
             data: [0; DROP_SNAP],
         };
         bpf_probe_read_kernel_buf((head + u64::from(nh)) as *const u8, &mut ev.data[..n]).ok()?;
@@ -196,7 +204,7 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         parse_ipv4(
             &mut p,
             &*(ev.data.as_ptr().cast::<[u8; HDR_PEEK]>()),
-            if n >= 28 { HDR_PEEK } else { n },
+            HDR_PEEK,
         );
         if every {
             // The quoted ports of an ICMP error sit after its 8 bytes and
@@ -222,7 +230,6 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         }
         ev.ts_ns = bpf_ktime_get_ns();
         ev.location = ctx.arg(1);
-        ev.reason = ctx.arg::<u64>(2) as u32;
         let budget = &mut *DROP_BUDGET.get_ptr_mut(0)?;
         // A node may drop answers by the thousand (a scan's RSTs): only
         // ping's own probes go unlimited.

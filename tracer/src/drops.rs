@@ -223,6 +223,7 @@ pub fn offsets(btf: &Btf) -> Result<DropConfig, String> {
         net_cookie: get("net", "net_cookie")?,
         all: 0,
         skb_tail: get("sk_buff", "tail")?,
+        no_socket: u32::MAX,
     })
 }
 
@@ -296,10 +297,18 @@ impl Words {
     pub fn load() -> Result<(DropConfig, Self), String> {
         let btf = Btf::vmlinux()?;
         let offsets = offsets(&btf)?;
+        let reasons = reason_names(&btf);
+        let no_socket = reasons
+            .iter()
+            .find_map(|(v, n)| (n == "NO_SOCKET").then_some(*v))
+            .unwrap_or(u32::MAX);
         Ok((
-            offsets,
+            DropConfig {
+                no_socket,
+                ..offsets
+            },
             Self {
-                reasons: reason_names(&btf),
+                reasons,
                 symbols: std::cell::OnceCell::new(),
             },
         ))

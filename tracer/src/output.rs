@@ -672,9 +672,10 @@ impl PcapngOut {
                 id
             }
         };
-        // The IPv4 total length; the record holds its first DROP_SNAP bytes.
+        // The IPv4 total length; the record holds what the kernel copied
+        // of it (its linear part, at most DROP_SNAP bytes).
         let total = u32::from(u16::from_be_bytes([d.data[2], d.data[3]]));
-        let cap = (total as usize).clamp(20, tracer_common::DROP_SNAP);
+        let cap = (total.min(d.copied) as usize).clamp(20, tracer_common::DROP_SNAP);
         let epb = EnhancedPacketBlock {
             interface_id: id,
             timestamp: Duration::from_nanos(

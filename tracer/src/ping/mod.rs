@@ -200,11 +200,22 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                         () = tokio::time::sleep_until(settle) => {}
                     }
                 }
+                // Only what can be a probe's or its answer's, and not older
+                // than a probe can wait: a node drops RSTs and ICMP errors
+                // all day, and a long run must not keep them all.
+                let oldest = crate::output::kernel_now_ns().saturating_sub(
+                    u64::try_from((spec.timeout + Duration::from_secs(2)).as_nanos())
+                        .unwrap_or(u64::MAX),
+                );
+                drops.retain(|(_, d)| d.ts_ns >= oldest);
                 for d in session.take_drops() {
-                    drops.push((crate::drops::packet(&d), d));
+                    let p = crate::drops::packet(&d);
+                    if p.probe || matches!(p.l4, L4::Tcp { .. } | L4::IcmpError { .. }) {
+                        drops.push((p, d));
+                    }
                 }
                 let (mut view, reset) = build_view(&r, &spec, run_id, &packets, &session);
-                let dropped = probe_drop(&r, &spec, run_id, &drops, &session, &words, &view);
+                let dropped = probe_drop(&r, &spec, run_id, &drops, &packets, &session, &words, &view);
                 if view.rtt_us.is_none() {
                     view.drop = dropped;
                 } else if reset
@@ -238,6 +249,22 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             .any(|v| v.rtt_us.is_none() && v.reply.is_none())
     {
         eprintln!("podtrace: cannot tell whether the kernel dropped the lost probes: {e}");
+    }
+    // Untagged answers share a budget with every RST and ICMP error the
+    // node drops: a lost probe's may have been left out.
+    let left_out = session.drops_suppressed();
+    if left_out > 0
+        && !args.json
+        && views
+            .iter()
+            .any(|v| v.rtt_us.is_none() && v.reply.is_none() && v.drop.is_none())
+    {
+        eprintln!(
+            "podtrace: {left_out} of the kernel's drops were left out (over {} per CPU in {} ms, \
+             or a full ring): a lost probe's answer may be among them",
+            tracer_common::DROPS_PER_WINDOW,
+            tracer_common::DROP_WINDOW_NS / 1_000_000
+        );
     }
     if args.json {
         let doc = json!({
@@ -386,11 +413,13 @@ fn run_id() -> u32 {
 
 /// The kernel's drop of this probe or of its answer, if it reported one:
 /// matched by the probe's tag as the hooks' packets are.
+#[expect(clippy::too_many_arguments, reason = "one probe's whole context")]
 fn probe_drop(
     r: &ProbeResult,
     spec: &ProbeSpec,
     run: u32,
     drops: &[(Packet, DropEvent)],
+    packets: &[Packet],
     session: &Session,
     words: &crate::drops::Words,
     view: &ProbeView,
@@ -404,14 +433,36 @@ fn probe_drop(
         .any(|h| h.leg == report::Leg::Reply && h.hands_to_pod());
     let tag = probe::payload_hash(r.seq, run);
     let isn = probe::tcp_isn(r.seq, run);
+    // The probe as its hooks saw it, hop by hop: an ICMP error quotes it as
+    // it was where the error was raised (after any SNAT on the way).
+    let sent: Vec<(Ipv4Addr, u16)> = packets
+        .iter()
+        .filter(|p| match (spec.proto, p.l4) {
+            (ProbeProto::Tcp, L4::Tcp { seq, .. }) => p.probe && seq == isn,
+            (ProbeProto::Icmp, L4::Icmp { ty: 8, seq, .. }) => {
+                p.payload_hash == tag && seq == r.seq
+            }
+            (ProbeProto::Udp, L4::Udp { .. }) => p.probe && p.payload_hash == tag,
+            _ => false,
+        })
+        .filter_map(|p| match (p.l3, p.l4) {
+            (L3::Ipv4 { src, .. }, L4::Tcp { sport, .. } | L4::Udp { sport, .. }) => {
+                Some((src, sport))
+            }
+            (L3::Ipv4 { src, .. }, L4::Icmp { ty, id, .. }) => {
+                Some((src, crate::decode::icmp_ports(ty, id).0))
+            }
+            _ => None,
+        })
+        .collect();
     let (d, leg) = drops.iter().find_map(|(p, d)| {
         let leg = match (spec.proto, p.l4) {
             // The untagged answers: a SYN-ACK or RST that acknowledges the
             // probe's SYN (as `build_view` matches them), an ICMP error
-            // that quotes the probe (before any NAT on the way back
-            // restores its source port, the quote may show the node's).
-            (ProbeProto::Tcp, L4::Tcp { ack, .. })
+            // that quotes one of the probe's hops.
+            (ProbeProto::Tcp, L4::Tcp { ack, flags, .. })
                 if !p.probe
+                    && flags & TCP_ACK != 0
                     && [
                         isn.wrapping_add(1),
                         isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1),
@@ -421,9 +472,8 @@ fn probe_drop(
                 report::Leg::Reply
             }
             (_, L4::IcmpError { quote, .. })
-                if (quote.src == spec.src || quote.dst == spec.dst)
-                    && quote.proto == proto_number(spec.proto)
-                    && quote.sport == r.ident
+                if quote.proto == proto_number(spec.proto)
+                    && sent.contains(&(quote.src, quote.sport))
                     && (spec.proto != ProbeProto::Icmp || quote.seq == r.seq) =>
             {
                 report::Leg::Reply
@@ -610,3 +660,5 @@ fn build_view(
 
 /// The RST bit of a TCP header's flags byte.
 const TCP_RST: u8 = 0x04;
+/// The ACK bit.
+const TCP_ACK: u8 = 0x10;
