@@ -496,6 +496,62 @@ fn lab_paths_and_bad_input() {
             .is_some_and(|p| p.starts_with(&format!("tcp {}:8080 > ", p3.ip))),
         "{doc:#}"
     );
+    // An ICMP error that answers the probe, dropped on its way back: the
+    // error says what happened on node-b, the drop why nothing came.
+    let refuse = [
+        "-I",
+        "FORWARD",
+        "-d",
+        &p3.ip.to_string(),
+        "-p",
+        "tcp",
+        "--dport",
+        "8083",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-host-prohibited",
+    ];
+    let drop_error = [
+        "-I",
+        "FORWARD",
+        "-p",
+        "icmp",
+        "--icmp-type",
+        "host-prohibited",
+        "-j",
+        "DROP",
+    ];
+    netns_exec("node-b", &[&["iptables"], &refuse[..]].concat());
+    netns_exec("node-a", &[&["iptables"], &drop_error[..]].concat());
+    let (code, doc, err) = ping(&[
+        "pod-1", "pod-3", "--proto", "tcp", "--port", "8083", "-c", "1", "-W", "500ms",
+    ]);
+    netns_exec("node-b", &[&["iptables", "-D"], &refuse[1..]].concat());
+    netns_exec("node-a", &[&["iptables", "-D"], &drop_error[1..]].concat());
+    assert_eq!(code, 1, "{err}\n{doc:#}");
+    let dropped = &doc["probes"][0]["drop"];
+    assert_eq!(
+        (&dropped["leg"], &dropped["node"], &dropped["packet"]),
+        (
+            &Value::from("reply"),
+            &Value::from("node-a"),
+            &Value::from(format!(
+                "icmp {} > {}",
+                lab.node("node-b").enis[0].primary_ip,
+                lab.pod("pod-1").ip
+            ))
+        ),
+        "{doc:#}"
+    );
+    assert!(
+        doc["summary"]["lost_at"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("host administratively prohibited from ")
+                && w.contains("; reply dropped by the kernel on node-a: NETFILTER_DROP")),
+        "{doc:#}"
+    );
+
     // The same for the RST of a closed port.
     let drop_rst = [
         "-I",

@@ -455,58 +455,64 @@ fn probe_drop(
             _ => None,
         })
         .collect();
-    let (d, leg) = drops.iter().find_map(|(p, d)| {
-        let leg = match (spec.proto, p.l4) {
-            // The untagged answers: a SYN-ACK or RST that acknowledges the
-            // probe's SYN (as `build_view` matches them), an ICMP error
-            // that quotes one of the probe's hops.
-            (ProbeProto::Tcp, L4::Tcp { ack, flags, .. })
-                if !p.probe
-                    && flags & TCP_ACK != 0
-                    && [
-                        isn.wrapping_add(1),
-                        isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1),
-                    ]
-                    .contains(&ack) =>
-            {
-                report::Leg::Reply
-            }
-            (_, L4::IcmpError { quote, .. })
-                if quote.proto == proto_number(spec.proto)
-                    && sent.contains(&(quote.src, quote.sport))
-                    && (spec.proto != ProbeProto::Icmp || quote.seq == r.seq) =>
-            {
-                report::Leg::Reply
-            }
-            _ if !p.probe => return None,
-            (ProbeProto::Icmp, L4::Icmp { ty: 8, seq, .. })
-                if p.payload_hash == tag && seq == r.seq =>
-            {
-                report::Leg::Request
-            }
-            (ProbeProto::Icmp, L4::Icmp { ty: 0, seq, .. })
-                if p.payload_hash == tag && seq == r.seq =>
-            {
-                report::Leg::Reply
-            }
-            (ProbeProto::Tcp, L4::Tcp { seq, .. }) if seq == probe::tcp_isn(r.seq, run) => {
-                report::Leg::Request
-            }
-            // A UDP server that echoes the probe sends its tag back, from
-            // the probed port.
-            (ProbeProto::Udp, L4::Udp { dport, .. }) if p.payload_hash == tag => {
-                if dport == spec.port {
-                    report::Leg::Request
-                } else {
+    // The last one: a request refused with an ICMP error counts as dropped
+    // where it was refused, and when the error is then dropped on its way
+    // back, that is why nothing came.
+    let (d, leg) = drops
+        .iter()
+        .filter_map(|(p, d)| {
+            let leg = match (spec.proto, p.l4) {
+                // The untagged answers: a SYN-ACK or RST that acknowledges the
+                // probe's SYN (as `build_view` matches them), an ICMP error
+                // that quotes one of the probe's hops.
+                (ProbeProto::Tcp, L4::Tcp { ack, flags, .. })
+                    if !p.probe
+                        && flags & TCP_ACK != 0
+                        && [
+                            isn.wrapping_add(1),
+                            isn.wrapping_add(probe::PAYLOAD_LEN as u32 + 1),
+                        ]
+                        .contains(&ack) =>
+                {
                     report::Leg::Reply
                 }
-            }
-            _ => return None,
-        };
-        let delivered_reply =
-            leg == report::Leg::Reply && (reply_delivered || words.reason(d.reason) == "NO_SOCKET");
-        (!delivered_reply).then_some((d, leg))
-    })?;
+                (_, L4::IcmpError { quote, .. })
+                    if quote.proto == proto_number(spec.proto)
+                        && sent.contains(&(quote.src, quote.sport))
+                        && (spec.proto != ProbeProto::Icmp || quote.seq == r.seq) =>
+                {
+                    report::Leg::Reply
+                }
+                _ if !p.probe => return None,
+                (ProbeProto::Icmp, L4::Icmp { ty: 8, seq, .. })
+                    if p.payload_hash == tag && seq == r.seq =>
+                {
+                    report::Leg::Request
+                }
+                (ProbeProto::Icmp, L4::Icmp { ty: 0, seq, .. })
+                    if p.payload_hash == tag && seq == r.seq =>
+                {
+                    report::Leg::Reply
+                }
+                (ProbeProto::Tcp, L4::Tcp { seq, .. }) if seq == probe::tcp_isn(r.seq, run) => {
+                    report::Leg::Request
+                }
+                // A UDP server that echoes the probe sends its tag back, from
+                // the probed port.
+                (ProbeProto::Udp, L4::Udp { dport, .. }) if p.payload_hash == tag => {
+                    if dport == spec.port {
+                        report::Leg::Request
+                    } else {
+                        report::Leg::Reply
+                    }
+                }
+                _ => return None,
+            };
+            let delivered_reply = leg == report::Leg::Reply
+                && (reply_delivered || words.reason(d.reason) == "NO_SOCKET");
+            (!delivered_reply).then_some((d, leg))
+        })
+        .max_by_key(|(d, _)| d.ts_ns)?;
     let dropped = crate::drops::Dropped::of(d, words, &session.topology, session.namespaces());
     Some(report::ProbeDrop {
         leg,

@@ -514,7 +514,11 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
         // An ICMP error came back (`net unreachable from 192.168.1.1`):
         // that is where and why.
         if let Some(why) = &p.reply {
-            return Some(why.clone());
+            // ... unless it was then dropped on its way back.
+            return Some(match &p.drop {
+                Some(d) if d.leg == Leg::Reply => format!("{why}; {}", d.says(&p.hops)),
+                _ => why.clone(),
+            });
         }
         // The kernel said it dropped it: that is where and why.
         if let Some(d) = &p.drop {

@@ -75,8 +75,8 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
         out.push_str("  (same path)\n");
         // The kernel's reason may differ from the previous probe's.
         if p.rtt_us.is_none()
-            && p.reply.is_none()
             && let Some(d) = &p.drop
+            && (p.reply.is_none() || d.leg == Leg::Reply)
         {
             let _ = writeln!(out, "   x {}", d.says(&p.hops));
         }
@@ -101,10 +101,11 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
         }
     }
     // A probe that an ICMP error answered says so in its first line; one
-    // the kernel dropped, here, with the reason.
+    // the kernel dropped, here, with the reason (and an error that was
+    // dropped on its way back, after its line).
     if p.rtt_us.is_none()
-        && p.reply.is_none()
         && let Some(d) = &p.drop
+        && (p.reply.is_none() || d.leg == Leg::Reply)
     {
         let _ = writeln!(out, "   x {}", d.says(&p.hops));
     } else if p.rtt_us.is_none() && p.reply.is_none() {
