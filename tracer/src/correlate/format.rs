@@ -354,7 +354,17 @@ pub fn flow_counters(f: &Flow) -> String {
 /// A flow block's first line: the flow, its endpoints and its labels.
 fn head(f: &Flow) -> String {
     let t = &f.tuple;
-    let server_ip = f.request.path.last().map_or(t.dst, |h| h.tuple.dst);
+    // Where the request went: its last hop's destination, or, when the
+    // kernel dropped it after a DNAT that no hook saw, the dropped
+    // packet's.
+    let (server_ip, backend) = match (f.request.path.last(), &f.drop) {
+        (Some(h), _) if h.tuple.dst != t.dst => (h.tuple.dst, h.tuple.dport),
+        (_, Some(d)) if d.side == Side::Request && d.tuple.dst != t.dst => {
+            (d.tuple.dst, d.tuple.dport)
+        }
+        (Some(h), _) => (h.tuple.dst, h.tuple.dport),
+        (None, _) => (t.dst, t.dport),
+    };
     let labels: Vec<&str> = f.labels.iter().map(Label::name).collect();
     let mut out = format!(
         "flow {}  {}  {} -> {}",
@@ -369,7 +379,6 @@ fn head(f: &Flow) -> String {
         ),
     );
     if server_ip != t.dst {
-        let backend = f.request.path.last().map_or(t.dport, |h| h.tuple.dport);
         let _ = write!(
             out,
             " => {}",

@@ -736,6 +736,14 @@ fn a_drop_after_a_dnat_no_hook_saw_waits_for_its_journey() {
     );
     let d = f.drop.as_ref().expect("filed at the journey's close");
     assert_eq!((d.side, d.packets), (Side::Request, 1));
+    // The flow's first line names the backend the dropped packet was
+    // sent to.
+    let first = super::format::flow(&f);
+    let first = first.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("10.100.0.10:53 => 192.168.2.21:5353"),
+        "{first}"
+    );
     // A packet that matches no journey and no flow is not taken.
     let stranger = Pkt::udp("192.168.1.21", 40002, "192.168.2.21", 5353)
         .id(701)
