@@ -445,6 +445,60 @@ fn a_packet_the_kernel_drops_says_where_and_why() {
     assert_eq!(stats["drops"]["not_filed"], 0, "{stats:#}");
 }
 
+/// A firewall that refuses a SYN with a RST (`REJECT --reject-with
+/// tcp-reset`) answers in the server's name: the flow says the RST was
+/// made on the way. A closed port's RST, from the pod itself, is not.
+#[test]
+fn a_reset_made_on_the_way_is_told_from_the_servers_own() {
+    let lab = LabGuard::up();
+    let (p1, p3) = (lab.pod("pod-1"), lab.pod("pod-3"));
+    let rule = [
+        "FORWARD",
+        "-d",
+        &p3.ip.to_string(),
+        "-p",
+        "tcp",
+        "--dport",
+        "8081",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ];
+    netns_exec("node-b", &[&["iptables", "-I"], &rule[..]].concat());
+    let run = |port: u16| {
+        let trace = Podtrace::start(&["trace", "--filter-port", &port.to_string()]);
+        let script = format!(
+            "timeout 1.5 bash -c 'echo > /dev/tcp/{}/{port}' || true",
+            p3.ip
+        );
+        netns_exec(&p1.netns, &["bash", "-c", &script]);
+        // The kernel's counters, which show the RST, merge every second.
+        std::thread::sleep(Duration::from_millis(1300));
+        trace.stop(libc::SIGINT)
+    };
+    let refused = run(8081);
+    let closed = run(8082);
+    netns_exec("node-b", &[&["iptables", "-D"], &rule[..]].concat());
+    assert!(refused.status.success(), "{}", refused.stderr);
+    let want = format!(
+        "  reset    a RST in pod-3's name, made on the way: first seen at node-b {} (ENI 0) \
+         egress, after the request was dropped on node-b",
+        p3.eni
+    );
+    assert!(
+        refused.stdout.lines().any(|l| l == want),
+        "no `{want}` in:\n{}",
+        refused.stdout
+    );
+    assert!(closed.status.success(), "{}", closed.stderr);
+    assert!(
+        closed.stdout.contains("flow ") && !closed.stdout.contains("  reset "),
+        "{}",
+        closed.stdout
+    );
+}
+
 /// A service call dropped on the client's node after its DNAT, before
 /// any hook saw the backend's address: the drop still finds its flow, by
 /// the packet's journey.

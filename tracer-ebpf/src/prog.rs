@@ -436,13 +436,14 @@ fn parse(ctx: &TcContext) -> Parsed {
     }
     // Otherwise one helper call, with a constant length the verifier can
     // check, reads the IPv4 header, the L4 header and the probe tag; shorter
-    // packets get the IPv4 header plus the first 8 bytes of L4 (ports, ICMP
-    // id/seq), or the bare IPv4 header. Nothing is zero-filled first: the
-    // helper writes every byte or fails.
+    // packets get the IPv4 and TCP headers (a bare ACK, FIN or RST: 40
+    // bytes, whose flags the counters want), the IPv4 header plus the first
+    // 8 bytes of L4 (ports, ICMP id/seq), or the bare IPv4 header. Nothing
+    // is zero-filled first: the helper writes every byte or fails.
     let mut buf = core::mem::MaybeUninit::<[u8; HDR_PEEK]>::uninit();
     let skb = ctx.skb.skb.cast();
     let mut have = 0;
-    for len in [HDR_PEEK, 28, 20] {
+    for len in [HDR_PEEK, 40, 28, 20] {
         if unsafe { bpf_skb_load_bytes(skb, ETH_HLEN as u32, buf.as_mut_ptr().cast(), len as u32) }
             == 0
         {
@@ -460,8 +461,8 @@ fn parse(ctx: &TcContext) -> Parsed {
     p
 }
 
-/// Reads the IPv4 and L4 fields from `h`, of which `have` bytes (20, 28 or
-/// [`HDR_PEEK`]) are valid.
+/// Reads the IPv4 and L4 fields from `h`, of which `have` bytes (20, 28, 40
+/// or [`HDR_PEEK`]) are valid.
 #[inline(always)]
 fn parse_ipv4(p: &mut Parsed, h: &[u8; HDR_PEEK], have: usize) {
     if h[0] >> 4 != 4 {
@@ -484,8 +485,10 @@ fn parse_ipv4(p: &mut Parsed, h: &[u8; HDR_PEEK], have: usize) {
         IPPROTO_TCP => {
             p.sport = u16::from_be_bytes([h[20], h[21]]);
             p.dport = u16::from_be_bytes([h[22], h[23]]);
-            if full {
+            if have >= 40 {
                 p.tcp_flags = h[33];
+            }
+            if full {
                 // Probe tag after a TCP header without options (as podtrace
                 // builds its probes).
                 p.probe = h[32] >> 4 == 5 && h[40..48] == PROBE_MAGIC;

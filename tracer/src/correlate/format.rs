@@ -351,6 +351,39 @@ pub fn flow_counters(f: &Flow) -> String {
     )
 }
 
+/// A RST that a firewall made in the server's name: the kernel dropped the
+/// request, and a RST came back whose first hop is not a pod's veth (a
+/// server's own RST leaves through its veth first). As ping says it.
+fn reset_on_the_way(f: &Flow) -> Option<String> {
+    const RST: u32 = 0x04;
+    let d = f.drop.as_ref().filter(|d| d.side == Side::Request)?;
+    let reply = f.reply.kernel.as_ref()?;
+    let first = f.reply.path.first()?;
+    if f.tuple.proto != 6
+        || reply.tcp_flags & RST == 0
+        || matches!(first.place.role, PlaceRole::PodVeth { .. })
+    {
+        return None;
+    }
+    let server = f
+        .server_pod
+        .as_deref()
+        .and_then(|p| match &p.role {
+            PlaceRole::PodVeth { pod: Some(pod), .. } => Some(short_pod(pod).to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| f.tuple.dst.to_string());
+    Some(format!(
+        "a RST in {server}'s name, made on the way: first seen at {} {}, after the request \
+         was dropped{}",
+        hop_name(first),
+        first.dir,
+        d.node
+            .as_deref()
+            .map_or(String::new(), |n| format!(" on {n}"))
+    ))
+}
+
 /// A flow block's first line: the flow, its endpoints and its labels.
 fn head(f: &Flow) -> String {
     let t = &f.tuple;
@@ -404,6 +437,9 @@ pub fn flow(f: &Flow) -> String {
     }
     if let Some(d) = &f.drop {
         let _ = writeln!(out, "  dropped  {}", kernel_drop(d));
+    }
+    if let Some(line) = reset_on_the_way(f) {
+        let _ = writeln!(out, "  reset    {line}");
     }
     if f.request.path.is_empty() && !f.reply.path.is_empty() {
         // Replies with no request in sight: a server answering a client
