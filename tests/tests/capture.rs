@@ -768,10 +768,10 @@ fn a_reader_in_its_own_session_keeps_up_with_busy_request_response() {
 }
 
 #[test]
-fn nothing_stays_attached_after_sigint_or_sigterm() {
+fn nothing_stays_attached_after_sigint_sigterm_or_sighup() {
     let _serial = serial();
     let pair = VethPair::new("cs");
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let cap = Podtrace::start(&["capture", "--netns", &pair.a, "--netns", &pair.b]);
         assert_eq!(cap.hooks().len(), 2);
         assert_eq!(podtrace_links().len(), 4, "two interfaces, two directions");
@@ -790,7 +790,7 @@ fn nothing_stays_attached_after_sigint_or_sigterm() {
     }
     // The clsact filters of kernels before TCX, too.
     let legacy = [("PODTRACE_TC", "netlink")];
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let cap = Podtrace::start_with_env(
             &legacy,
             &["capture", "--netns", &pair.a, "--netns", &pair.b],

@@ -1,12 +1,16 @@
-//! SIGINT and SIGTERM as one "stop" future, so every subcommand leaves
-//! through the same path that detaches everything and prints totals.
+//! SIGINT, SIGTERM and SIGHUP as one "stop" future, so every subcommand
+//! leaves through the same path that detaches everything and prints
+//! totals. SIGHUP (the terminal closed, an ssh session dropped) would
+//! otherwise kill podtrace at once, and on a kernel without TCX leave its
+//! tc filters running.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// Resolves on the first SIGINT or SIGTERM.
+/// Resolves on the first SIGINT, SIGTERM or SIGHUP.
 pub struct Stop {
     int: Signal,
     term: Signal,
+    hup: Signal,
 }
 
 impl Stop {
@@ -15,6 +19,7 @@ impl Stop {
         Ok(Self {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -23,6 +28,7 @@ impl Stop {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
         }
     }
 }
