@@ -60,6 +60,25 @@ fn lab_paths_and_bad_input() {
         "{doc:#}"
     );
     assert!(doc["probes"][0]["rtt_us"].as_f64().is_some_and(|r| r > 0.0));
+    // The totals a script reads, as ping(8) prints them.
+    let s = &doc["summary"];
+    assert_eq!(
+        (&s["sent"], &s["received"], &doc["proto"], &doc["port"]),
+        (
+            &Value::from(2),
+            &Value::from(2),
+            &Value::from("icmp"),
+            &Value::Null
+        ),
+        "{doc:#}"
+    );
+    let rtt = &s["rtt_us"];
+    assert!(
+        rtt["min"].as_f64() <= rtt["avg"].as_f64()
+            && rtt["avg"].as_f64() <= rtt["max"].as_f64()
+            && rtt["min"].as_f64().is_some_and(|m| m > 0.0),
+        "{doc:#}"
+    );
     let h0 = &doc["probes"][0]["hops"][1];
     assert_eq!(
         (h0["role"].as_str(), h0["eni_index"].as_u64()),

@@ -270,6 +270,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
         let doc = json!({
             "src": src_end,
             "dst": dst_end,
+            "proto": proto_name(args.proto),
+            "port": (args.proto != ProbeProto::Icmp).then(|| args.port.unwrap_or(DEFAULT_PORT)),
             "probes": views,
             "summary": summary,
         });
@@ -305,6 +307,14 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn proto_name(proto: ProbeProto) -> &'static str {
+    match proto {
+        ProbeProto::Icmp => "icmp",
+        ProbeProto::Tcp => "tcp",
+        ProbeProto::Udp => "udp",
+    }
 }
 
 fn proto_label(args: &PingArgs) -> String {

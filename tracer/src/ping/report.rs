@@ -230,8 +230,16 @@ pub struct ProbeError {
 }
 
 /// The one-line verdict, per the JSON contract.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
+    /// Probes sent.
+    pub sent: usize,
+    /// Probes answered (an answer made on the way counts: see
+    /// `reset_on_the_way`).
+    pub received: usize,
+    /// Round trips of the answered ones, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<RttStats>,
     /// `direct`, `snat`, `dnat`, `overlay` or `unknown`.
     pub path: &'static str,
     /// ENI the request left SRC's node through.
@@ -252,6 +260,17 @@ pub struct Summary {
     /// backend has a path of its own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<Backend>,
+}
+
+/// Round-trip times, µs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RttStats {
+    /// Shortest.
+    pub min: f64,
+    /// Mean.
+    pub avg: f64,
+    /// Longest.
+    pub max: f64,
 }
 
 /// One address a service's DNAT sent probes to.
@@ -553,7 +572,17 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
     let reset_on_the_way = probes
         .iter()
         .find_map(|p| p.reset_on_the_way.as_ref().map(Reset::says));
+    let rtts: Vec<f64> = probes.iter().filter_map(|p| p.rtt_us).collect();
+    #[expect(clippy::cast_precision_loss, reason = "an average of a few probes")]
+    let rtt_us = (!rtts.is_empty()).then(|| RttStats {
+        min: rtts.iter().copied().fold(f64::INFINITY, f64::min),
+        avg: rtts.iter().sum::<f64>() / rtts.len() as f64,
+        max: rtts.iter().copied().fold(0.0, f64::max),
+    });
     Summary {
+        sent: probes.len(),
+        received: rtts.len(),
+        rtt_us,
         path,
         egress_eni,
         snat_to,

@@ -251,9 +251,7 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_po
     if let Some(reset) = &s.reset_on_the_way {
         let _ = writeln!(out, "refused on the way: {reset}");
     }
-    let sent = probes.len();
-    let rtts: Vec<f64> = probes.iter().filter_map(|p| p.rtt_us).collect();
-    let received = rtts.len();
+    let (sent, received) = (s.sent, s.received);
     #[expect(clippy::cast_precision_loss, reason = "percentages for display")]
     let loss = if sent == 0 {
         0.0
@@ -274,12 +272,14 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_po
         out,
         "{sent} sent, {received} received{forged}, {loss:.0}% loss"
     );
-    if !rtts.is_empty() {
-        let min = rtts.iter().copied().fold(f64::INFINITY, f64::min) / 1000.0;
-        let max = rtts.iter().copied().fold(0.0, f64::max) / 1000.0;
-        #[expect(clippy::cast_precision_loss, reason = "average for display")]
-        let avg = rtts.iter().sum::<f64>() / rtts.len() as f64 / 1000.0;
-        let _ = write!(out, ", rtt min/avg/max {min:.2}/{avg:.2}/{max:.2} ms");
+    if let Some(r) = s.rtt_us {
+        let _ = write!(
+            out,
+            ", rtt min/avg/max {:.2}/{:.2}/{:.2} ms",
+            r.min / 1000.0,
+            r.avg / 1000.0,
+            r.max / 1000.0
+        );
     }
     out.push('\n');
     out
