@@ -441,6 +441,11 @@ fn a_packet_the_kernel_drops_says_where_and_why() {
         .find(|v| v["type"] == "stats")
         .expect("a stats line");
     assert_eq!(stats["drops"]["shown"], drops.len(), "{stats:#}");
+    assert_eq!(
+        stats["drops"]["by_reason"],
+        serde_json::json!([{"node": "node-b", "reason": "NETFILTER_DROP", "packets": drops.len()}]),
+        "{stats:#}"
+    );
     assert_eq!(stats["drops"]["not_shown"], 0, "{stats:#}");
     assert_eq!(stats["drops"]["not_filed"], 0, "{stats:#}");
 }

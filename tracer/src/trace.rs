@@ -222,7 +222,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         // The hooks' counters too: a script must be able to tell that
         // events were lost.
         let hooks = crate::output::hook_totals_json(&session)?;
+        let by_reason: Vec<serde_json::Value> = out
+            .drops
+            .iter()
+            .map(|((node, reason), n)| json!({"node": node, "reason": reason, "packets": n}))
+            .collect();
         let drops = json!({
+            "by_reason": by_reason,
             "shown": out.drops.values().sum::<u64>(),
             "not_shown": session.drops_suppressed(),
             "not_filed": unfiled.given_up,
