@@ -511,6 +511,15 @@ impl Dropped {
             (Some(n), None) => format!(" on {n}"),
             _ => String::new(),
         };
+        format!(
+            "dropped by the kernel{place}: {}: {}",
+            cause(&self.reason, self.at.as_deref()),
+            self.packet_line()
+        )
+    }
+
+    /// The packet: `tcp 192.168.1.11:40000 > 192.168.2.11:8080 [S]`.
+    pub fn packet_line(&self) -> String {
         let info = if self.info.is_empty() {
             String::new()
         } else if self.proto == "tcp" {
@@ -518,13 +527,7 @@ impl Dropped {
         } else {
             format!(" {}", self.info)
         };
-        format!(
-            "dropped by the kernel{place}: {}: {} {} > {}{info}",
-            cause(&self.reason, self.at.as_deref()),
-            self.proto,
-            self.src,
-            self.dst
-        )
+        format!("{} {} > {}{info}", self.proto, self.src, self.dst)
     }
 }
 

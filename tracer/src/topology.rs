@@ -91,6 +91,24 @@ impl Topology {
         self.ifaces.iter().map(|((c, _), i)| (*c, i))
     }
 
+    /// Who has `ip`: a pod (`pod-1`), or a node's interface (`node-b
+    /// ens5`), among the hooked interfaces.
+    pub fn who_has(&self, ip: Ipv4Addr) -> Option<String> {
+        self.ifaces.values().find_map(|i| match &i.role {
+            Role::PodVeth {
+                pod_ip: Some(p),
+                pod,
+            } if *p == ip => Some(pod.as_deref().map_or_else(
+                || format!("a pod on {}", i.node),
+                |n| n.rsplit('/').next().unwrap_or(n).to_owned(),
+            )),
+            Role::Eni { addrs, .. } if addrs.contains(&ip) => {
+                Some(format!("{} {}", i.node, i.name))
+            }
+            _ => None,
+        })
+    }
+
     /// Names a pod veth's pod, by its IP (from a pod source).
     pub fn name_pods(&mut self, name_of: impl Fn(Ipv4Addr) -> Option<String>) {
         for iface in self.ifaces.values_mut() {

@@ -524,6 +524,7 @@ fn probe_drop(
         })
         .max_by_key(|(d, _)| d.ts_ns)?;
     let dropped = crate::drops::Dropped::of(d, words, &session.topology, session.namespaces());
+    let packet = dropped.packet_line();
     Some(report::ProbeDrop {
         leg,
         code: d.reason,
@@ -531,7 +532,7 @@ fn probe_drop(
         at: dropped.at,
         node: dropped.node,
         iface: dropped.iface,
-        packet: format!("{} {} > {}", dropped.proto, dropped.src, dropped.dst),
+        packet,
         dst: dropped.dst,
     })
 }
@@ -666,6 +667,15 @@ fn build_view(
         && let Some(why) = refused
     {
         v.reply = Some(format!("the reply was refused: {why}"));
+    }
+    // Who sent the error, when it is a traced node's or pod's address:
+    // `port unreachable from 192.168.2.10 (node-b ens5)`.
+    if let Some(e) = &v.icmp_error
+        && let Some(who) = session.topology.who_has(e.from)
+        && let Some(r) = v.reply.as_mut()
+        && r.ends_with(&e.from.to_string())
+    {
+        r.push_str(&format!(" ({who})"));
     }
     let reset = spec.proto == ProbeProto::Tcp
         && reply

@@ -177,7 +177,7 @@ impl ProbeDrop {
         // Rewritten since the last hook saw it (a service's DNAT): where
         // it was going is news.
         if last.is_some_and(|h| h.dst != self.dst) {
-            after.push_str(&format!(", sent on as {}", self.packet));
+            after.push_str(&format!(", by then rewritten to {}", self.packet));
         }
         format!(
             "{leg} dropped by the kernel{on}: {}{after}",
@@ -533,10 +533,12 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
         // An ICMP error came back (`net unreachable from 192.168.1.1`):
         // that is where and why.
         if let Some(why) = &p.reply {
-            // ... unless it was then dropped on its way back.
+            // With the kernel's drop: the rule that refused the request
+            // (a REJECT drops it, and sends the error), or the error's
+            // own drop on its way back.
             return Some(match &p.drop {
-                Some(d) if d.leg == Leg::Reply => format!("{why}; {}", d.says(&p.hops)),
-                _ => why.clone(),
+                Some(d) => format!("{why}; {}", d.says(&p.hops)),
+                None => why.clone(),
             });
         }
         // The kernel said it dropped it: that is where and why.
@@ -891,7 +893,7 @@ mod tests {
             d.dst = "192.168.2.99".into();
         }
         assert!(summarize(&[dnat]).lost_at.is_some_and(|w| w.ends_with(
-            ", after node-b ens5 ingress, sent on as icmp 192.168.1.21 > 192.168.2.99"
+            ", after node-b ens5 ingress, by then rewritten to icmp 192.168.1.21 > 192.168.2.99"
         )),);
         // A reply dropped with no name for the code nor a traced device:
         // the last reply hop still says where.

@@ -76,7 +76,6 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
         // The kernel's reason may differ from the previous probe's.
         if p.rtt_us.is_none()
             && let Some(d) = &p.drop
-            && (p.reply.is_none() || d.leg == Leg::Reply)
         {
             let _ = writeln!(out, "   x {}", d.says(&p.hops));
         }
@@ -105,7 +104,6 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
     // dropped on its way back, after its line).
     if p.rtt_us.is_none()
         && let Some(d) = &p.drop
-        && (p.reply.is_none() || d.leg == Leg::Reply)
     {
         let _ = writeln!(out, "   x {}", d.says(&p.hops));
     } else if p.rtt_us.is_none() && p.reply.is_none() {
