@@ -609,6 +609,7 @@ impl Unfiled {
                 node: dropped.node.clone(),
                 iface: dropped.device.clone(),
                 packets: 0,
+                ts_ns: d.ts_ns,
             },
         ));
     }

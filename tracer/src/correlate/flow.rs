@@ -130,6 +130,10 @@ struct Counts {
 /// reports comes (see [`Flows::absorb`]).
 const KEEP_LONGER_NS: u64 = 1_000_000_000;
 
+/// How soon after a request's drop an answer's drop is taken for the
+/// answer to that request (see [`Flows::note_drop`]).
+const ANSWER_NS: u64 = 1_000_000_000;
+
 /// What few flows have, out of line.
 #[derive(Debug, Default)]
 struct Extra {
@@ -450,7 +454,8 @@ impl Flows {
     }
 
     /// Keeps a kernel drop (its `side` located with [`Self::find`]) as
-    /// flow `s`'s latest, counting it.
+    /// flow `s`'s latest, counting it; but not an answer's, within
+    /// [`ANSWER_NS`] of a request's.
     #[cold]
     #[inline(never)]
     /// The count is of drops like the latest (same side and reason), as
@@ -458,6 +463,15 @@ impl Flows {
     pub(crate) fn note_drop(&mut self, s: u32, side: Side, d: &KernelDrop) {
         self.slab.touch(s);
         let extra = self.slab.get_mut(s).extra_mut();
+        // A request dropped is the story: an answer dropped soon after (the
+        // ICMP error a REJECT sent, a RST made on the way) does not hide it.
+        if side == Side::Reply
+            && extra.drop.as_ref().is_some_and(|p| {
+                p.side == Side::Request && d.ts_ns.saturating_sub(p.ts_ns) < ANSWER_NS
+            })
+        {
+            return;
+        }
         let same = extra
             .drop
             .as_ref()

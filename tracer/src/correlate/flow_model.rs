@@ -144,6 +144,9 @@ pub struct KernelDrop {
     pub tuple: Tuple,
     /// The flow's drops so far, this one included.
     pub packets: u64,
+    /// When the kernel dropped it (its clock, ns).
+    #[serde(skip)]
+    pub ts_ns: u64,
 }
 
 /// Exact counters of the kernel for one direction of a flow, taken at the

@@ -663,6 +663,7 @@ fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
         packet: "udp 192.168.1.5:31000 > 203.0.113.10:53".into(),
         tuple: Default::default(),
         packets: 0,
+        ts_ns: 20,
     };
     let beyond_snat = Pkt::udp("192.168.1.5", 31000, "203.0.113.10", 53)
         .id(500)
@@ -691,9 +692,21 @@ fn a_kernel_drop_is_filed_with_its_flow_by_any_hops_addresses() {
     let d = f.drop.as_ref().expect("the drop");
     assert_eq!((d.reason.as_str(), d.packets), ("IP_RPFILTER", 1));
     // A dropped ICMP error about the flow's request is the flow's, on the
-    // reply's side, found by what it quotes.
+    // reply's side, found by what it quotes. Right after the request's
+    // drop it is that drop's answer (a REJECT's error), and the request's
+    // stays the flow's story; later, it is news.
     let err = &packets[2];
     assert!(eng.note_drop(err, &drop("NETFILTER_DROP"), |u| seen.take(u)));
+    let f = seen.last_flows().pop().expect("the flow");
+    assert_eq!(
+        f.drop.as_ref().map(|d| (d.side, d.reason.as_str())),
+        Some((Side::Request, "IP_RPFILTER"))
+    );
+    let later = KernelDrop {
+        ts_ns: 2_000_000_000,
+        ..drop("NETFILTER_DROP")
+    };
+    assert!(eng.note_drop(err, &later, |u| seen.take(u)));
     let f = seen.last_flows().pop().expect("the flow");
     assert_eq!(f.drop.as_ref().map(|d| d.side), Some(Side::Reply));
 }
@@ -719,6 +732,7 @@ fn a_drop_after_a_dnat_no_hook_saw_waits_for_its_journey() {
         packet: "udp 192.168.1.21:40000 > 192.168.2.21:5353".into(),
         tuple: Default::default(),
         packets: 0,
+        ts_ns: 30,
     };
     assert!(
         eng.note_drop(&dropped, &drop, |u| seen.take(u)),

@@ -451,6 +451,7 @@ fn a_kernel_drop_shows_in_the_row_and_the_path_pane() {
         packet: "tcp 192.168.16.20:1024 > 192.168.32.21:80".into(),
         tuple: Default::default(),
         packets: 0,
+        ts_ns: 0,
     };
     assert!(lab.engine.note_drop(&dropped, &drop, |u| app.apply(u)));
     app.now_ns = lab.now_ns() + 2_000_000_000;
