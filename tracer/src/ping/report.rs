@@ -280,6 +280,10 @@ pub struct Backend {
     pub to: String,
     /// How many probes went there.
     pub probes: usize,
+    /// How many of them the kernel dropped before any hook saw them
+    /// rewritten (their `drop` shows the address).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped: usize,
     /// ENI those probes left the source's node through (none: they stayed
     /// on it, or no traced ENI saw them leave).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -288,6 +292,14 @@ pub struct Backend {
     /// leaving it through no ENI.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub same_node: bool,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if"
+)]
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn endpoint(ip: Ipv4Addr, port: Option<u16>) -> String {
@@ -476,14 +488,27 @@ fn egress_eni_of<'a>(hops: impl Iterator<Item = &'a HopView> + Clone) -> Option<
 fn backends(probes: &[ProbeView]) -> Vec<Backend> {
     let mut out: Vec<Backend> = Vec::new();
     for p in probes {
-        let Some(to) = p
+        let seen = p
             .hops
             .iter()
             .filter(|h| h.leg == Leg::Request)
             .flat_map(|h| &h.rewrites)
             .find(|n| n.kind == "dnat")
-            .map(|n| n.to.clone())
-        else {
+            .map(|n| n.to.clone());
+        // Dropped after a DNAT that no hook saw: the dropped packet shows
+        // where it was sent.
+        let first_dst = p
+            .hops
+            .iter()
+            .find(|h| h.leg == Leg::Request)
+            .map(|h| &h.dst);
+        let dropped_to = p
+            .drop
+            .as_ref()
+            .filter(|d| d.leg == Leg::Request && first_dst.is_some_and(|f| *f != d.dst))
+            .map(|d| d.dst.clone());
+        let dropped = usize::from(seen.is_none() && dropped_to.is_some());
+        let Some(to) = seen.or(dropped_to) else {
             continue;
         };
         let eni = egress_eni_of(p.hops.iter());
@@ -496,14 +521,16 @@ fn backends(probes: &[ProbeView]) -> Vec<Backend> {
         match out.iter_mut().find(|b| b.to == to) {
             Some(b) => {
                 b.probes += 1;
+                b.dropped += dropped;
                 b.egress_eni = b.egress_eni.take().or(eni);
-                b.same_node &= same_node;
+                b.same_node &= same_node && dropped == 0;
             }
             None => out.push(Backend {
                 to,
                 probes: 1,
+                dropped,
                 egress_eni: eni,
-                same_node,
+                same_node: same_node && dropped == 0,
             }),
         }
     }
@@ -783,7 +810,20 @@ mod tests {
         let second = to(c, 2, 10_000);
         let p2 = probe_view(2, Some(3.0), &[second[0], second[2]], &[], &topo());
         let p3 = probe_view(3, Some(3.0), &to(b, 3, 20_000), &[], &topo());
-        let s = summarize(&[p1, p2, p3]);
+        // Probe 4 went to c too, and node-a dropped it after the DNAT,
+        // before any hook saw it again: its drop shows where it went.
+        let mut p4 = probe_view(4, None, &to(c, 4, 30_000)[..1], &[], &topo());
+        p4.drop = Some(ProbeDrop {
+            leg: Leg::Request,
+            code: 9,
+            reason: "NETFILTER_DROP".into(),
+            at: None,
+            node: Some("node-a".into()),
+            iface: None,
+            packet: "icmp 192.168.1.21 > 192.168.2.22 echo request".into(),
+            dst: "192.168.2.22".into(),
+        });
+        let s = summarize(&[p1, p2, p3, p4]);
         assert_eq!(s.path, "dnat");
         assert_eq!(
             s.backends,
@@ -791,12 +831,14 @@ mod tests {
                 Backend {
                     to: "192.168.2.21".into(),
                     probes: 2,
+                    dropped: 0,
                     egress_eni: Some("ens5".into()),
                     same_node: false,
                 },
                 Backend {
                     to: "192.168.2.22".into(),
-                    probes: 1,
+                    probes: 2,
+                    dropped: 1,
                     egress_eni: None,
                     same_node: false,
                 },

@@ -200,10 +200,17 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_po
             let from = request_rewrites(probes)
                 .find(|(_, n)| n.kind == "dnat")
                 .map_or("?", |(_, n)| n.from.as_str());
-            let leaves = |b: &super::report::Backend| match &b.egress_eni {
-                Some(e) => format!("leaves {node} via {e}"),
-                None if b.same_node => format!("stays on {node}"),
-                None => String::new(),
+            let leaves = |b: &super::report::Backend| {
+                let way = match &b.egress_eni {
+                    Some(e) => format!("leaves {node} via {e}"),
+                    None if b.same_node => format!("stays on {node}"),
+                    None => String::new(),
+                };
+                match (b.dropped, way.is_empty()) {
+                    (0, _) => way,
+                    (n, true) => format!("{n} dropped on the way"),
+                    (n, false) => format!("{way}, {n} dropped on the way"),
+                }
             };
             let dnat = match s.backends.as_slice() {
                 [] => format!("DNAT {from} -> ?{eni}"),
