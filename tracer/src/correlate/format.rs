@@ -354,7 +354,7 @@ pub fn flow_counters(f: &Flow) -> String {
 /// A RST that a firewall made in the server's name: the kernel dropped the
 /// request, and a RST came back whose first hop is not a pod's veth (a
 /// server's own RST leaves through its veth first). As ping says it.
-fn reset_on_the_way(f: &Flow) -> Option<String> {
+pub fn reset_on_the_way(f: &Flow) -> Option<String> {
     const RST: u32 = 0x04;
     let d = f.drop.as_ref().filter(|d| d.side == Side::Request)?;
     let reply = f.reply.kernel.as_ref()?;
@@ -536,6 +536,51 @@ mod tests {
             "{block}"
         );
         assert!(block.contains("\n  reply    "), "{block}");
+    }
+
+    #[test]
+    fn a_reset_is_made_on_the_way_only_past_a_dropped_request() {
+        let (_, seen) = run(Config::default(), &cross_node_ping());
+        let mut f = seen.last_flows()[0].clone();
+        f.tuple.proto = 6;
+        f.reply.kernel = Some(KernelCounters {
+            packets: 1,
+            bytes: 54,
+            first_ns: 0,
+            last_ns: 0,
+            tcp_flags: 0x14,
+        });
+        // The server's own RST leaves through its veth: no line.
+        f.drop = Some(KernelDrop {
+            side: Side::Request,
+            reason: "NETFILTER_DROP".into(),
+            code: 9,
+            at: None,
+            node: Some("node-b".into()),
+            iface: Some("ens5".into()),
+            packet: String::new(),
+            tuple: f.tuple,
+            packets: 1,
+            ts_ns: 0,
+        });
+        assert_eq!(reset_on_the_way(&f), None);
+        // First seen at node-b's ENI, after the SYN was dropped there.
+        f.reply.path.remove(0);
+        assert_eq!(
+            reset_on_the_way(&f).as_deref(),
+            Some(
+                "a RST in pod-3's name, made on the way: first seen at node-b ens5 (ENI 0) \
+                 egress, after the request was dropped on node-b"
+            )
+        );
+        // No drop, or no RST: no line.
+        let mut no_rst = f.clone();
+        if let Some(k) = no_rst.reply.kernel.as_mut() {
+            k.tcp_flags = 0x12;
+        }
+        assert_eq!(reset_on_the_way(&no_rst), None);
+        f.drop = None;
+        assert_eq!(reset_on_the_way(&f), None);
     }
 
     #[test]

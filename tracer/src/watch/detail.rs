@@ -100,6 +100,12 @@ fn lines(app: &App) -> Vec<Line<'static>> {
             ),
         ]));
     }
+    if let Some(reset) = format::reset_on_the_way(f) {
+        out.push(Line::from(vec![
+            Span::styled(" reset", BOLD),
+            Span::styled(format!(": {reset}"), Style::new().fg(Color::Red)),
+        ]));
+    }
     if let Some(e) = &f.icmp_error {
         let (first, last) = (e.path.first(), e.path.last());
         let took = last
