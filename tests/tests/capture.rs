@@ -788,6 +788,39 @@ fn nothing_stays_attached_after_sigint_sigterm_or_sighup() {
             podtrace_links()
         );
     }
+    // Under nohup, SIGHUP stays ignored: the run goes on to its end.
+    let ready = std::env::temp_dir().join(format!("{}-nohup-ready", pair.a));
+    let mut nohup = std::process::Command::new("nohup")
+        .arg(podtrace_tests::process::podtrace_bin())
+        .args([
+            "capture",
+            "--netns",
+            &pair.a,
+            "--duration",
+            "2s",
+            "--ready-file",
+        ])
+        .arg(&ready)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nohup podtrace");
+    assert!(
+        (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            ready.exists()
+        }),
+        "never ready"
+    );
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(nohup.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        nohup.try_wait().expect("wait").is_none(),
+        "SIGHUP stopped a nohup'd podtrace"
+    );
+    assert!(nohup.wait().expect("wait").success());
+    assert!(podtrace_links().is_empty());
     // The clsact filters of kernels before TCX, too.
     let legacy = [("PODTRACE_TC", "netlink")];
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -848,35 +881,35 @@ fn legacy_tc_filters_a_killed_podtrace_left_are_removed_by_the_next() {
     killed.stop(libc::SIGKILL);
     assert_eq!(legacy_filters(&pair.a, "va"), stale, "SIGKILL leaves them");
 
-    // A podtrace that cannot see every process (a PID namespace of its
-    // own, as in a container) cannot tell them from a live podtrace's:
-    // it leaves them, and says how to remove them.
+    // The next podtrace removes them and says so, even from a PID
+    // namespace of its own (a container's), where it cannot see the
+    // other podtraces' processes: a live one marks its programs in the
+    // network namespace, which a killed one no longer does.
     let bin = podtrace_tests::process::podtrace_bin();
     let boxed = std::process::Command::new("unshare")
         .args(["--pid", "--fork", "--mount-proc"])
         .arg(&bin)
         .args(capture)
-        .args(["--duration", "300ms"])
+        .args(["--duration", "4s"])
         .env("PODTRACE_TC", "netlink")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("unshare podtrace");
-    let stderr = String::from_utf8_lossy(&boxed.stderr);
-    assert!(boxed.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("Left alone. If no other podtrace runs, remove them: in ")
-            && stderr.contains(": tc filter del dev va ingress pref "),
-        "{stderr}"
-    );
-    assert_eq!(legacy_filters(&pair.a, "va"), stale, "left alone");
-
-    // The next podtrace removes them, and says so.
-    let live = Podtrace::start_with_env(&legacy, &capture);
-    let mine = legacy_filters(&pair.a, "va");
-    assert_eq!(mine.len(), 2, "{mine:?}");
-    assert!(
-        mine.iter().all(|f| !stale.contains(f)),
-        "{mine:?} {stale:?}"
-    );
+    let attached = (0..100).find_map(|_| {
+        let now = legacy_filters(&pair.a, "va");
+        if now.len() == 2 && now.iter().all(|f| !stale.contains(f)) {
+            return Some(now);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        None
+    });
+    let Some(boxed_filters) = attached else {
+        panic!(
+            "the stale filters were not replaced: {:?}",
+            legacy_filters(&pair.a, "va")
+        );
+    };
     // (The kernel frees a program shortly after its last reference.)
     let loaded = || {
         let progs = String::from_utf8_lossy(&sh(&["bpftool", "prog", "show"]).stdout).into_owned();
@@ -894,23 +927,24 @@ fn legacy_tc_filters_a_killed_podtrace_left_are_removed_by_the_next() {
     });
     assert!(freed, "the stale programs outlived their filters by 2 s");
 
-    // A live podtrace's filters are not another's to remove.
+    // A live podtrace's filters are not another's to remove, though it
+    // runs where the other cannot see it.
     let other = Podtrace::start_with_env(&legacy, &capture);
     assert_eq!(legacy_filters(&pair.a, "va").len(), 4);
     let out = other.stop(libc::SIGINT);
     assert!(out.status.success(), "{out:?}");
     assert!(!out.stderr.contains("removed"), "{}", out.stderr);
-    assert_eq!(legacy_filters(&pair.a, "va"), mine);
+    assert_eq!(legacy_filters(&pair.a, "va"), boxed_filters);
 
-    let out = live.stop(libc::SIGINT);
-    assert!(out.status.success(), "{out:?}");
+    let out = boxed.wait_with_output().expect("boxed podtrace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        out.stderr.contains(&format!(
+        stderr.contains(&format!(
             "removed 2 tc filters that a podtrace killed earlier left running on {}/va",
             pair.a
         )),
-        "{}",
-        out.stderr
+        "{stderr}"
     );
     assert!(legacy_filters(&pair.a, "va").is_empty());
 }

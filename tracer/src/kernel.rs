@@ -130,6 +130,9 @@ struct Instance {
     slots: std::collections::BTreeSet<u32>,
     /// The flow table, mapped.
     flows: FlowTable,
+    /// Through legacy tc: the marks that say, in this namespace, that its
+    /// programs are a live podtrace's (see [`crate::legacy_tc`]).
+    live: Vec<std::os::unix::net::UnixListener>,
 }
 
 /// The loaded programs and everything attached to them.
@@ -163,6 +166,8 @@ pub struct Kernel {
     /// Legacy tc filters that killed podtraces left, found while
     /// attaching, not yet told (see [`crate::legacy_tc`]).
     swept: Vec<(String, String, crate::legacy_tc::Swept)>,
+    /// Namespaces whose legacy-tc lock could not be taken in time.
+    lock_timed_out: std::collections::BTreeSet<u64>,
 }
 
 impl Kernel {
@@ -218,6 +223,7 @@ impl Kernel {
             drop_netns: None,
             drop_budget: None,
             swept: Vec::new(),
+            lock_timed_out: std::collections::BTreeSet::new(),
         })
     }
 
@@ -355,6 +361,7 @@ impl Kernel {
                     bpf,
                     slots: std::collections::BTreeSet::new(),
                     flows,
+                    live: Vec::new(),
                 },
             );
         }
@@ -375,11 +382,29 @@ impl Kernel {
             })?;
         let key = (netns.cookie, ifindex);
         if !self.attached.contains_key(&key) {
+            // A namespace whose lock another podtrace held too long is not
+            // waited for again: every interface would wait as long.
+            let wait = if self.lock_timed_out.contains(&netns.cookie) {
+                std::time::Duration::ZERO
+            } else {
+                LEGACY_LOCK_WAIT
+            };
             let inst = self.instance(netns)?;
-            let (links, swept) =
-                netns.run(|| attach_here(&mut inst.bpf, &netns.name, iface, ifindex))?;
+            let (links, swept) = netns.run(|| {
+                attach_here(
+                    &mut inst.bpf,
+                    &mut inst.live,
+                    &netns.name,
+                    iface,
+                    ifindex,
+                    wait,
+                )
+            })?;
             if links.is_ok() {
                 inst.slots.insert(hook_slot(ifindex));
+            }
+            if swept.as_ref().is_some_and(|s| s.lock_timed_out) {
+                self.lock_timed_out.insert(netns.cookie);
             }
             // Said even when the attach failed: the filters are gone.
             if let Some(swept) = swept.filter(|s| !s.is_empty()) {
@@ -832,9 +857,11 @@ fn program<'a>(bpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
 /// says what it found, whether the attach works or not).
 fn attach_here(
     bpf: &mut Ebpf,
+    live: &mut Vec<std::os::unix::net::UnixListener>,
     netns: &str,
     iface: &str,
     ifindex: u32,
+    wait: std::time::Duration,
 ) -> (
     Result<[SchedClassifierLinkId; 2], KernelError>,
     Option<crate::legacy_tc::Swept>,
@@ -844,13 +871,34 @@ fn attach_here(
     }
     // Held from the sweep to the attach (see `NetnsLock`); without it,
     // only tell.
-    let lock = crate::legacy_tc::NetnsLock::take(std::time::Duration::from_secs(5));
-    let sure = lock.is_ok() && crate::pins::sees_every_process();
-    let swept = crate::legacy_tc::sweep(iface, ifindex, sure);
+    // Ours are marked live before they go on, for other podtraces' sweeps.
+    if live.is_empty() {
+        let ids: Vec<u32> = PROGRAMS
+            .iter()
+            .filter_map(|(name, _)| program(bpf, name).info().ok().map(|i| i.id()))
+            .collect();
+        match crate::legacy_tc::mark_live(&ids) {
+            Ok(marks) => *live = marks,
+            Err(e) => log::debug!("marking programs {ids:?} live in {netns}: {e}"),
+        }
+    }
+    let lock = crate::legacy_tc::NetnsLock::take(wait);
+    let sure = lock.as_ref().map(|_| ()).map_err(|e| {
+        format!(
+            "it could not take the namespace's lock ({e}): another podtrace attaching, or a \
+             process holding the name podtrace-legacy-tc"
+        )
+    });
+    let mut swept = crate::legacy_tc::sweep(iface, ifindex, sure);
+    swept.lock_timed_out = lock.is_err();
     let links = attach_both(bpf, netns, iface, true);
     drop(lock);
     (links, Some(swept))
 }
+
+/// How long an attach through legacy tc waits for another podtrace's sweep
+/// and attach in the same namespace (a few ms each).
+const LEGACY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Attaches both programs to `iface`: through TCX, or legacy tc.
 fn attach_both(

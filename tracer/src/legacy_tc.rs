@@ -6,9 +6,17 @@
 //! pod deleted past its grace period) would leave its programs running on
 //! every packet of the node's ENIs and pod veths until reboot. Before it
 //! attaches to an interface, podtrace removes the filters there that are
-//! named as its programs and whose program no live process holds.
+//! named as its programs and whose program no live podtrace holds.
+//!
+//! A live podtrace says which programs are its own in each namespace it
+//! attaches in: an abstract unix socket per program id, bound before the
+//! filters go on (see [`mark_live`]). Abstract sockets belong to the
+//! network namespace, need no shared filesystem, and go with the process
+//! however it ends, SIGKILL included: a name nobody holds is a program
+//! nobody runs. Reading other processes' open files (`/proc/*/fd`) would
+//! miss a podtrace in another PID namespace, or one an LSM hides.
 
-use std::{collections::HashSet, fs, io};
+use std::{io, os::unix::net::UnixListener};
 
 use aya::programs::{
     TcAttachType,
@@ -134,48 +142,30 @@ fn ours(m: &TcMessage, ingress: bool) -> Option<Filter> {
     })
 }
 
-/// The ids of the BPF programs that a process holds an fd of, among the
-/// processes this one can see; None when some process's fds cannot be
-/// read (no CAP_SYS_PTRACE, an LSM): its programs would look unheld.
-pub fn held_programs() -> Option<HashSet<u32>> {
-    let mut ids = HashSet::new();
-    let procs = fs::read_dir("/proc").ok()?;
-    for p in procs.flatten() {
-        let pid = p.file_name();
-        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let fds = match fs::read_dir(p.path().join("fd")) {
-            Ok(fds) => fds,
-            // Gone since the listing.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(_) => return None,
-        };
-        for fd in fds.flatten() {
-            let is_prog =
-                fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-prog");
-            if !is_prog {
-                continue;
-            }
-            let info = p.path().join("fdinfo").join(fd.file_name());
-            if let Some(id) = fs::read_to_string(info)
-                .ok()
-                .as_deref()
-                .and_then(prog_id_of)
-            {
-                ids.insert(id);
-            }
-        }
-    }
-    Some(ids)
+/// The abstract socket name that marks program `id` as a live podtrace's.
+fn live_name(id: u32) -> String {
+    format!("podtrace-prog-{id}")
 }
 
-/// `prog_id:` from a bpf-prog fd's fdinfo.
-fn prog_id_of(fdinfo: &str) -> Option<u32> {
-    fdinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("prog_id:"))
-        .and_then(|v| v.trim().parse().ok())
+/// Binds the abstract unix socket `name` in the thread's namespace.
+fn bind_abstract(name: &[u8]) -> io::Result<UnixListener> {
+    use std::os::linux::net::SocketAddrExt as _;
+    UnixListener::bind_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name)?)
+}
+
+/// Marks `prog_ids` as a live podtrace's in the thread's namespace, for
+/// as long as the returned sockets live: bind them before attaching.
+pub fn mark_live(prog_ids: &[u32]) -> io::Result<Vec<UnixListener>> {
+    prog_ids
+        .iter()
+        .map(|&id| bind_abstract(live_name(id).as_bytes()))
+        .collect()
+}
+
+/// Whether a live podtrace holds program `id` in the thread's namespace
+/// (when that cannot be told, it is taken as live).
+fn is_live(id: u32) -> bool {
+    bind_abstract(live_name(id).as_bytes()).is_err()
 }
 
 /// Removes `f` from `iface` of the namespace the thread is in. A filter
@@ -216,18 +206,18 @@ fn error_chain_has(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
 /// Without it, two podtraces could both judge a filter stale, and the
 /// second could then delete the first's new filter, which the kernel gave
 /// the freed priority and handle.
-pub struct NetnsLock(
-    #[expect(dead_code, reason = "held for its bind")] std::os::unix::net::UnixListener,
-);
+pub struct NetnsLock(#[expect(dead_code, reason = "held for its bind")] UnixListener);
 
 impl NetnsLock {
     /// Takes the lock of the thread's namespace, waiting up to `wait`.
     pub fn take(wait: std::time::Duration) -> io::Result<Self> {
-        use std::os::linux::net::SocketAddrExt as _;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"podtrace-legacy-tc")?;
+        Self::take_named(b"podtrace-legacy-tc", wait)
+    }
+
+    fn take_named(name: &[u8], wait: std::time::Duration) -> io::Result<Self> {
         let until = std::time::Instant::now() + wait;
         loop {
-            match std::os::unix::net::UnixListener::bind_addr(&addr) {
+            match bind_abstract(name) {
                 Ok(l) => return Ok(Self(l)),
                 Err(e)
                     if e.kind() == io::ErrorKind::AddrInUse
@@ -254,6 +244,10 @@ pub struct Swept {
     pub failed: Vec<(Filter, String)>,
     /// Why the interface's filters could not be looked at.
     pub error: Option<String>,
+    /// Why `unsure` were left alone.
+    pub unsure_why: Option<String>,
+    /// The namespace's [`NetnsLock`] could not be taken in time.
+    pub lock_timed_out: bool,
 }
 
 impl Swept {
@@ -267,11 +261,10 @@ impl Swept {
 }
 
 /// Removes the filters on `iface` (`ifindex`, in the thread's namespace)
-/// that a podtrace left: named as its programs, and held by no process.
-/// `sure`: this process sees every process of the machine (its PID
-/// namespace is the initial one) and holds the namespace's [`NetnsLock`];
-/// otherwise nothing is removed, only told.
-pub fn sweep(iface: &str, ifindex: u32, sure: bool) -> Swept {
+/// that a podtrace left: named as its programs, and marked live by none.
+/// `sure`: this process holds the namespace's [`NetnsLock`]; otherwise
+/// (with the reason) nothing is removed, only told.
+pub fn sweep(iface: &str, ifindex: u32, sure: Result<(), String>) -> Swept {
     let mut out = Swept::default();
     let found = match podtrace_filters(ifindex) {
         Ok(found) => found,
@@ -283,14 +276,12 @@ pub fn sweep(iface: &str, ifindex: u32, sure: bool) -> Swept {
     if found.is_empty() {
         return out;
     }
-    // Read after the lock is taken: a podtrace that attached before holds
-    // its programs by then, and none attaches here until it is released.
-    let held = held_programs();
-    let sure = sure && held.is_some();
-    let held = held.unwrap_or_default();
-    for f in found.into_iter().filter(|f| !held.contains(&f.prog_id)) {
-        if !sure {
+    // A podtrace marks its programs live before attaching them, so every
+    // filter listed here that is a live podtrace's is marked.
+    for f in found.into_iter().filter(|f| !is_live(f.prog_id)) {
+        if let Err(why) = &sure {
             out.unsure.push(f);
+            out.unsure_why.get_or_insert_with(|| why.clone());
             continue;
         }
         match remove(iface, &f) {
@@ -327,10 +318,23 @@ pub fn tell(found: &[(String, String, Swept)]) -> Vec<String> {
     let (n, _) = places(&|s| s.unsure.len());
     if n > 0 {
         let mut cmds = Vec::new();
+        let mut whys: Vec<&str> = Vec::new();
         for (ns, iface, s) in found {
+            if let Some(why) = s.unsure_why.as_deref()
+                && !whys.contains(&why)
+            {
+                whys.push(why);
+            }
+            // A named namespace (`ip netns`) takes `ip netns exec`; the
+            // others are said by name.
+            let run = if std::path::Path::new("/run/netns").join(ns).exists() {
+                format!("ip netns exec {ns} ")
+            } else {
+                format!("in {ns}: ")
+            };
             for f in &s.unsure {
                 cmds.push(format!(
-                    "in {ns}: tc filter del dev {iface} {} pref {} handle {:#x} bpf",
+                    "{run}tc filter del dev {iface} {} pref {} handle {:#x} bpf",
                     if f.ingress { "ingress" } else { "egress" },
                     f.priority,
                     f.handle
@@ -338,10 +342,11 @@ pub fn tell(found: &[(String, String, Swept)]) -> Vec<String> {
             }
         }
         lines.push(format!(
-            "{n} tc filter{} named as podtrace's run programs that no process podtrace can see \
-             holds: another podtrace's (in another PID namespace), or left by one that was \
-             killed. Left alone. If no other podtrace runs, remove them: {}",
+            "{n} tc filter{} named as podtrace's run programs that no process holds, as far as \
+             this podtrace can tell ({}): another podtrace's, or left by one that was killed. \
+             Left alone. If no other podtrace runs, remove them: {}",
             plural(n),
+            whys.join("; "),
             cmds.join("; ")
         ));
     }
@@ -367,12 +372,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prog_id_from_fdinfo() {
-        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2071\nprog_type:\t3\n\
-                    prog_jited:\t1\nprog_tag:\t2c31381372715045\nmemlock:\t12288\n\
-                    prog_id:\t69185\nrun_time_ns:\t0\n";
-        assert_eq!(prog_id_of(info), Some(69185));
-        assert_eq!(prog_id_of("pos:\t0\nlink_type:\ttcx\n"), None);
+    fn a_program_is_live_while_its_mark_is_held() {
+        // Ids far above any real program's, in this process's namespace.
+        let ids = [u32::MAX - 1, u32::MAX - 2];
+        assert!(!is_live(ids[0]) && !is_live(ids[1]));
+        let marks = mark_live(&ids).expect("marks");
+        assert!(is_live(ids[0]) && is_live(ids[1]));
+        drop(marks);
+        assert!(!is_live(ids[0]));
+    }
+
+    #[test]
+    fn the_lock_is_one_holders_until_dropped() {
+        let name = format!("podtrace-test-lock-{}", std::process::id());
+        let wait = std::time::Duration::from_millis(30);
+        let held = NetnsLock::take_named(name.as_bytes(), wait).expect("free");
+        let again = NetnsLock::take_named(name.as_bytes(), wait);
+        assert_eq!(
+            again.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AddrInUse)
+        );
+        drop(held);
+        assert!(NetnsLock::take_named(name.as_bytes(), wait).is_ok());
     }
 
     #[test]
@@ -418,6 +439,7 @@ mod tests {
             "eth0".to_owned(),
             Swept {
                 unsure: vec![f(5)],
+                unsure_why: Some("it runs in a PID namespace of its own".into()),
                 error: Some("Permission denied".into()),
                 ..Swept::default()
             },
@@ -425,10 +447,11 @@ mod tests {
         assert_eq!(
             tell(&unsure),
             [
-                "1 tc filter named as podtrace's run programs that no process podtrace can see \
-                 holds: another podtrace's (in another PID namespace), or left by one that was \
-                 killed. Left alone. If no other podtrace runs, remove them: in host: tc filter \
-                 del dev eth0 ingress pref 49152 handle 0x1 bpf",
+                "1 tc filter named as podtrace's run programs that no process holds, as far as \
+                 this podtrace can tell (it runs in a PID namespace of its own): another \
+                 podtrace's, or left by one that was killed. Left alone. If no other podtrace \
+                 runs, remove them: in host: tc filter del dev eth0 ingress pref 49152 handle \
+                 0x1 bpf",
                 "could not look for tc filters a killed podtrace left on host/eth0: Permission \
                  denied"
             ]

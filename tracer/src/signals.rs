@@ -10,7 +10,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 pub struct Stop {
     int: Signal,
     term: Signal,
-    hup: Signal,
+    /// None when SIGHUP is ignored (`nohup podtrace ...`): it stays so.
+    hup: Option<Signal>,
 }
 
 impl Stop {
@@ -19,7 +20,11 @@ impl Stop {
         Ok(Self {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
+            hup: if hangup_ignored() {
+                None
+            } else {
+                Some(signal(SignalKind::hangup())?)
+            },
         })
     }
 
@@ -28,8 +33,25 @@ impl Stop {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
-            _ = self.hup.recv() => {}
+            Some(_) = async {
+                match &mut self.hup {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
+    }
+}
+
+/// Whether SIGHUP is ignored, as `nohup` leaves it: a handler would undo
+/// that.
+fn hangup_ignored() -> bool {
+    // SAFETY: sigaction(2) with no new action only reads the current one
+    // into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &raw mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
