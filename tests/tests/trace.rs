@@ -471,6 +471,14 @@ fn a_reset_made_on_the_way_is_told_from_the_servers_own() {
         "tcp-reset",
     ];
     netns_exec("node-b", &[&["iptables", "-I"], &rule[..]].concat());
+    // Taken out however the test ends: the lab is shared.
+    struct Undo<'a>(&'a [&'a str]);
+    impl Drop for Undo<'_> {
+        fn drop(&mut self) {
+            netns_exec("node-b", &[&["iptables", "-D"], self.0].concat());
+        }
+    }
+    let undo = Undo(&rule);
     let run = |port: u16| {
         let trace = Podtrace::start(&["trace", "--filter-port", &port.to_string()]);
         let script = format!(
@@ -484,7 +492,7 @@ fn a_reset_made_on_the_way_is_told_from_the_servers_own() {
     };
     let refused = run(8081);
     let closed = run(8082);
-    netns_exec("node-b", &[&["iptables", "-D"], &rule[..]].concat());
+    drop(undo);
     assert!(refused.status.success(), "{}", refused.stderr);
     let want = format!(
         "  reset    a RST in pod-3's name, made on the way: first seen at node-b {} (ENI 0) \

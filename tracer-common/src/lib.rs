@@ -286,7 +286,8 @@ pub struct DropConfig {
     pub skb_tail: u32,
     /// `SKB_DROP_REASON_NO_SOCKET`'s value (`u32::MAX` if unknown): a
     /// closed port, which the host answers, and the copy a raw socket
-    /// already read. Never reported: a node drops these all the time.
+    /// already read. A node drops these all the time: reported only for
+    /// one of ping's tagged probes.
     pub no_socket: u32,
 }
 

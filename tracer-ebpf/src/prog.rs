@@ -134,9 +134,13 @@ pub fn podtrace_kfree_skb(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
     let skb: u64 = ctx.arg(0);
-    // The commonest drop of all, and never news: first, before any read.
+    // The commonest drop of all, and news only for one of ping's probes
+    // (a UDP probe to a closed port whose port unreachable the kernel's
+    // rate limit held back): in trace's mode, skipped before any read.
+    let every = drop_cfg!(all) != 0;
     let reason = ctx.arg::<u64>(2) as u32;
-    if reason == drop_cfg!(no_socket) as u32 {
+    let no_socket = reason == drop_cfg!(no_socket) as u32;
+    if every && no_socket {
         return None;
     }
     let (head_at, nh_at, dev_at) = (
@@ -149,7 +153,6 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         drop_cfg!(dev_nd_net),
         drop_cfg!(net_cookie),
     );
-    let every = drop_cfg!(all) != 0;
     let tail_at = drop_cfg!(skb_tail);
     // SAFETY: kernel reads through the helper, which fails cleanly on a
     // bad address; the offsets come from this kernel's BTF.
@@ -225,7 +228,7 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
             {
                 return None;
             }
-        } else if !p.probe && !p.icmp_error && !answers_a_syn(&p) {
+        } else if !p.probe && (no_socket || (!p.icmp_error && !answers_a_syn(&p))) {
             return None;
         }
         ev.ts_ns = bpf_ktime_get_ns();
@@ -438,16 +441,22 @@ fn parse(ctx: &TcContext) -> Parsed {
     // check, reads the IPv4 header, the L4 header and the probe tag; shorter
     // packets get the IPv4 and TCP headers (a bare ACK, FIN or RST: 40
     // bytes, whose flags the counters want), the IPv4 header plus the first
-    // 8 bytes of L4 (ports, ICMP id/seq), or the bare IPv4 header. Nothing
-    // is zero-filled first: the helper writes every byte or fails.
+    // 8 bytes of L4 (ports, ICMP id/seq), or the bare IPv4 header: the
+    // longest the packet's length allows. Nothing is zero-filled first:
+    // the helper writes every byte or fails.
     let mut buf = core::mem::MaybeUninit::<[u8; HDR_PEEK]>::uninit();
     let skb = ctx.skb.skb.cast();
+    // The longest that the packet holds, in one call.
+    let avail = ctx.len().saturating_sub(ETH_HLEN as u32) as usize;
     let mut have = 0;
     for len in [HDR_PEEK, 40, 28, 20] {
-        if unsafe { bpf_skb_load_bytes(skb, ETH_HLEN as u32, buf.as_mut_ptr().cast(), len as u32) }
-            == 0
-        {
-            have = len;
+        if avail >= len {
+            if unsafe {
+                bpf_skb_load_bytes(skb, ETH_HLEN as u32, buf.as_mut_ptr().cast(), len as u32)
+            } == 0
+            {
+                have = len;
+            }
             break;
         }
     }

@@ -225,7 +225,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         let by_reason: Vec<serde_json::Value> = out
             .drops
             .iter()
-            .map(|((node, reason), n)| json!({"node": node, "reason": reason, "packets": n}))
+            .map(|((node, reason), n)| {
+                // "?" in the text: a device of no traced namespace.
+                let node = (node != "?").then_some(node);
+                json!({"node": node, "reason": reason, "packets": n})
+            })
             .collect();
         let drops = json!({
             "by_reason": by_reason,

@@ -355,24 +355,32 @@ pub fn flow_counters(f: &Flow) -> String {
 /// request, and a RST came back whose first hop is not a pod's veth (a
 /// server's own RST leaves through its veth first). As ping says it.
 pub fn reset_on_the_way(f: &Flow) -> Option<String> {
+    const SYN: u32 = 0x02;
     const RST: u32 = 0x04;
     let d = f.drop.as_ref().filter(|d| d.side == Side::Request)?;
     let reply = f.reply.kernel.as_ref()?;
     let first = f.reply.path.first()?;
+    // Only where a pod's veth would have been seen: a server that is a
+    // pod, whose veth no request reached (it never got the SYN) and no
+    // answer left from; and no SYN-ACK ever came (a RST that a server
+    // sent later, after a connection, is the server's).
+    let server = f.server_pod.as_deref().and_then(|p| match &p.role {
+        PlaceRole::PodVeth { pod: Some(pod), .. } => Some(short_pod(pod).to_owned()),
+        PlaceRole::PodVeth {
+            pod_ip: Some(ip), ..
+        } => Some(ip.to_string()),
+        _ => None,
+    })?;
+    let at_a_veth = |h: &Hop| matches!(h.place.role, PlaceRole::PodVeth { .. });
+    let request_reached_pod = f.request.path.iter().skip(1).any(at_a_veth);
     if f.tuple.proto != 6
         || reply.tcp_flags & RST == 0
-        || matches!(first.place.role, PlaceRole::PodVeth { .. })
+        || reply.tcp_flags & SYN != 0
+        || at_a_veth(first)
+        || request_reached_pod
     {
         return None;
     }
-    let server = f
-        .server_pod
-        .as_deref()
-        .and_then(|p| match &p.role {
-            PlaceRole::PodVeth { pod: Some(pod), .. } => Some(short_pod(pod).to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| f.tuple.dst.to_string());
     Some(format!(
         "a RST in {server}'s name, made on the way: first seen at {} {}, after the request \
          was dropped{}",
@@ -392,7 +400,9 @@ fn head(f: &Flow) -> String {
     // packet's.
     let (server_ip, backend) = match (f.request.path.last(), &f.drop) {
         (Some(h), _) if h.tuple.dst != t.dst => (h.tuple.dst, h.tuple.dport),
-        (_, Some(d)) if d.side == Side::Request && d.tuple.dst != t.dst => {
+        (_, Some(d))
+            if d.side == Side::Request && d.tuple.proto == t.proto && d.tuple.dst != t.dst =>
+        {
             (d.tuple.dst, d.tuple.dport)
         }
         (Some(h), _) => (h.tuple.dst, h.tuple.dport),
@@ -564,8 +574,12 @@ mod tests {
             ts_ns: 0,
         });
         assert_eq!(reset_on_the_way(&f), None);
-        // First seen at node-b's ENI, after the SYN was dropped there.
+        // First seen at node-b's ENI, after the SYN was dropped there,
+        // short of pod-3's veth.
         f.reply.path.remove(0);
+        let reached = f.clone();
+        assert_eq!(reset_on_the_way(&reached), None, "the SYN got to the pod");
+        f.request.path.truncate(3);
         assert_eq!(
             reset_on_the_way(&f).as_deref(),
             Some(
@@ -573,6 +587,16 @@ mod tests {
                  egress, after the request was dropped on node-b"
             )
         );
+        // A server that is no pod (outside, or on an untraced node) has no
+        // veth to tell its own RST by; a SYN-ACK means a connection.
+        let mut outside = f.clone();
+        outside.server_pod = None;
+        assert_eq!(reset_on_the_way(&outside), None);
+        let mut connected = f.clone();
+        if let Some(k) = connected.reply.kernel.as_mut() {
+            k.tcp_flags |= 0x12;
+        }
+        assert_eq!(reset_on_the_way(&connected), None);
         // No drop, or no RST: no line.
         let mut no_rst = f.clone();
         if let Some(k) = no_rst.reply.kernel.as_mut() {
