@@ -479,8 +479,13 @@ fn a_reset_made_on_the_way_is_told_from_the_servers_own() {
         }
     }
     let undo = Undo(&rule);
-    let run = |port: u16| {
-        let trace = Podtrace::start(&["trace", "--filter-port", &port.to_string()]);
+    let run = |port: u16, json: bool| {
+        let port_arg = port.to_string();
+        let mut args = vec!["trace", "--filter-port", port_arg.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let trace = Podtrace::start(&args);
         let script = format!(
             "timeout 1.5 bash -c 'echo > /dev/tcp/{}/{port}' || true",
             p3.ip
@@ -490,8 +495,9 @@ fn a_reset_made_on_the_way_is_told_from_the_servers_own() {
         std::thread::sleep(Duration::from_millis(1300));
         trace.stop(libc::SIGINT)
     };
-    let refused = run(8081);
-    let closed = run(8082);
+    let refused = run(8081, false);
+    let closed = run(8082, false);
+    let refused_json = run(8081, true);
     drop(undo);
     assert!(refused.status.success(), "{}", refused.stderr);
     let want = format!(
@@ -503,6 +509,14 @@ fn a_reset_made_on_the_way_is_told_from_the_servers_own() {
         refused.stdout.lines().any(|l| l == want),
         "no `{want}` in:\n{}",
         refused.stdout
+    );
+    // The same in JSON, on the flow.
+    let all = flows(&refused_json.stdout);
+    let f = find(&all, 6, &p1.ip.to_string(), &p3.ip.to_string());
+    assert_eq!(
+        f["reset_on_the_way"],
+        want.trim_start_matches("  reset    "),
+        "{f:#}"
     );
     assert!(closed.status.success(), "{}", closed.stderr);
     assert!(

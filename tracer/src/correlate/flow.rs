@@ -788,6 +788,7 @@ fn materialize(r: &Rec, places: &Places, out: &mut Flow) {
     out.conntrack = r.extra.as_ref().and_then(|e| e.conntrack.clone());
     out.first_ns = r.first_ns;
     out.last_ns = r.last_ns;
+    out.reset_on_the_way = super::format::reset_on_the_way(out);
 }
 
 /// Sets `slot` to `new`, leaving it alone if it already holds that place.

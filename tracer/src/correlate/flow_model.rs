@@ -265,6 +265,10 @@ pub struct Flow {
     pub icmp_error: Option<IcmpError>,
     /// The latest packet of the flow the kernel dropped, and why.
     pub drop: Option<KernelDrop>,
+    /// A RST in the server's name that was made on the way (a firewall's
+    /// `REJECT --reject-with tcp-reset`), in words; see
+    /// [`super::format::reset_on_the_way`].
+    pub reset_on_the_way: Option<String>,
     /// Kernel time first seen, ns.
     pub first_ns: u64,
     /// Kernel time last seen (journeys or kernel counters), ns.

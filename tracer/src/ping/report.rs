@@ -237,8 +237,7 @@ pub struct Summary {
     /// Probes answered (an answer made on the way counts: see
     /// `reset_on_the_way`).
     pub received: usize,
-    /// Round trips of the answered ones, µs.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Round trips of the answered ones, µs (null when none answered).
     pub rtt_us: Option<RttStats>,
     /// `direct`, `snat`, `dnat`, `overlay` or `unknown`.
     pub path: &'static str,
@@ -282,7 +281,6 @@ pub struct Backend {
     pub probes: usize,
     /// How many of them the kernel dropped before any hook saw them
     /// rewritten (their `drop` shows the address).
-    #[serde(skip_serializing_if = "is_zero")]
     pub dropped: usize,
     /// ENI those probes left the source's node through (none: they stayed
     /// on it, or no traced ENI saw them leave).
@@ -292,14 +290,6 @@ pub struct Backend {
     /// leaving it through no ENI.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub same_node: bool,
-}
-
-#[expect(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if"
-)]
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 fn endpoint(ip: Ipv4Addr, port: Option<u16>) -> String {
