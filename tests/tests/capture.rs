@@ -1051,6 +1051,12 @@ fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
     let lines = json_lines(&out.stdout);
     let drops: Vec<&Value> = lines.iter().filter(|l| l["type"] == "drop").collect();
     assert_eq!(drops.len(), 2, "{}", out.stdout);
+    // Each after the packet it was, as vb's ingress hook saw it.
+    let first_drop = lines.iter().position(|l| l["type"] == "drop");
+    let first_in = lines
+        .iter()
+        .position(|l| l["type"] == "packet" && l["iface"] == "vb" && l["dir"] == "ingress");
+    assert!(first_in.is_some() && first_in < first_drop, "{}", out.stdout);
     for d in &drops {
         let d = &d["drop"];
         assert_eq!(

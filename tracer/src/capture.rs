@@ -54,8 +54,9 @@ pub struct CaptureArgs {
     /// is a line `x dropped by the kernel on NODE (DEVICE): REASON ...`
     /// (a `"type":"drop"` object with --json; with -w, a packet on the
     /// interface `<node>/kernel-drops`, raw IPv4, with where and why as
-    /// its comment, which Wireshark shows). Read every 100 ms, so a drop's
-    /// line may come after later packets' (its time is the drop's). Not
+    /// its comment, which Wireshark shows). A drop's line waits 50 ms for
+    /// the packets from before it, so it may come after later packets'
+    /// (its time is the drop's). Not
     /// shown: NO_SOCKET (a closed port, which the host answers), over 256
     /// per CPU every 100 ms, and after --count. Needs the kernel's BTF.
     #[arg(long)]
@@ -148,14 +149,21 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         words,
         drops: std::collections::BTreeMap::new(),
     };
-    let mut drop_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut drop_tick = tokio::time::interval(Duration::from_millis(20));
+    // Drops wait until the packets from before them are likely out: the
+    // programs hand packets over in batches, up to 30 ms late.
+    let mut held: Vec<tracer_common::DropEvent> = Vec::new();
     while !printer.done() {
         let mut attached = false;
         let res = tokio::select! {
             () = stop.wait() => break,
             () = crate::signals::deadline(deadline) => break,
             _ = drop_tick.tick(), if args.drops => {
-                for d in session.take_drops() {
+                held.extend(session.take_drops());
+                let due = crate::output::kernel_now_ns().saturating_sub(DROP_HOLD_NS);
+                held.sort_by_key(|d| d.ts_ns);
+                let n = held.partition_point(|d| d.ts_ns <= due);
+                for d in held.drain(..n) {
                     printer.drop(&d, &session);
                 }
                 Ok(())
@@ -182,7 +190,9 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             .drain(|p, frame, topo| printer.emit(p, frame, topo))
             .await?;
     }
-    for d in session.take_drops() {
+    held.extend(session.take_drops());
+    held.sort_by_key(|d| d.ts_ns);
+    for d in held.drain(..) {
         printer.drop(&d, &session);
     }
     printer.flush();
@@ -208,6 +218,10 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long a drop's line waits for the packets from before it (their
+/// batches come up to 30 ms late).
+const DROP_HOLD_NS: u64 = 50_000_000;
 
 /// Bytes of stdout buffered between flushes: at 200-400 bytes per line,
 /// hundreds of events per `write(2)`.
