@@ -1056,7 +1056,11 @@ fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
     let first_in = lines
         .iter()
         .position(|l| l["type"] == "packet" && l["iface"] == "vb" && l["dir"] == "ingress");
-    assert!(first_in.is_some() && first_in < first_drop, "{}", out.stdout);
+    assert!(
+        first_in.is_some() && first_in < first_drop,
+        "{}",
+        out.stdout
+    );
     for d in &drops {
         let d = &d["drop"];
         assert_eq!(

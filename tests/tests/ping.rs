@@ -564,9 +564,17 @@ fn lab_paths_and_bad_input() {
     netns_exec("node-b", &[&["iptables", "-D"], &refuse[1..]].concat());
     netns_exec("node-a", &[&["iptables", "-D"], &drop_error[1..]].concat());
     assert_eq!(code, 1, "{err}\n{doc:#}");
+    // Both: the REJECT's drop of the SYN on node-b, then the error's on
+    // node-a.
     let dropped = &doc["probes"][0]["drop"];
     assert_eq!(
-        (&dropped["leg"], &dropped["node"], &dropped["packet"]),
+        (&dropped["leg"], &dropped["node"]),
+        (&Value::from("request"), &Value::from("node-b")),
+        "{doc:#}"
+    );
+    let answer = &doc["probes"][0]["answer_drop"];
+    assert_eq!(
+        (&answer["leg"], &answer["node"], &answer["packet"]),
         (
             &Value::from("reply"),
             &Value::from("node-a"),
@@ -582,6 +590,7 @@ fn lab_paths_and_bad_input() {
         doc["summary"]["lost_at"]
             .as_str()
             .is_some_and(|w| w.starts_with("host administratively prohibited from ")
+                && w.contains("; request dropped by the kernel on node-b: NETFILTER_DROP")
                 && w.contains("; reply dropped by the kernel on node-a: NETFILTER_DROP")),
         "{doc:#}"
     );

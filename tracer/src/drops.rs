@@ -359,6 +359,7 @@ pub fn hint(reason: &str, at: Option<&str>) -> Option<&'static str> {
         "IP_INNOROUTES" | "IP_OUTNOROUTES" => "no route to the destination",
         "TC_INGRESS" | "TC_EGRESS" => "a TC program or filter",
         "OTHERHOST" => "sent to another host's MAC address",
+        "NO_SOCKET" => "nothing listens on that port, and no answer came back",
         "NOT_SPECIFIED" if at.is_some_and(|a| a.starts_with("ip_error")) => {
             "no route: a blackhole, unreachable or prohibit route"
         }

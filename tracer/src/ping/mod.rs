@@ -215,11 +215,27 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 let (mut view, reset) = build_view(&r, &spec, run_id, &packets, &session);
-                let dropped = probe_drop(&r, &spec, run_id, &drops, &packets, &session, &words, &view);
+                let (mut request_drop, answer_drop) =
+                    probe_drop(&r, &spec, run_id, &drops, &packets, &session, &words, &view);
+                // A probe freed as NO_SOCKET reached a host with no socket
+                // for it, which answered (a RST, a port unreachable): no
+                // loss on the way, unless nothing came back.
+                let answered = answer_drop.is_some()
+                    || view.hops.iter().any(|h| h.leg == report::Leg::Reply);
+                if answered && request_drop.as_ref().is_some_and(|d| d.reason == "NO_SOCKET") {
+                    request_drop = None;
+                }
                 if view.rtt_us.is_none() {
-                    view.drop = dropped;
+                    // The probe's drop is the story (a REJECT drops what it
+                    // answers); its answer's, dropped on the way back, too.
+                    if request_drop.is_some() {
+                        view.drop = request_drop;
+                        view.answer_drop = answer_drop;
+                    } else {
+                        view.drop = answer_drop;
+                    }
                 } else if reset
-                    && let Some(syn) = dropped.filter(|d| d.leg == report::Leg::Request)
+                    && let Some(syn) = request_drop
                     && let Some(reset) = report::reset_on_the_way(&view, &session.topology, &syn)
                 {
                     // The SYN was dropped on the way, and a RST came back
@@ -421,8 +437,9 @@ fn run_id() -> u32 {
     t.subsec_nanos() ^ std::process::id().rotate_left(16)
 }
 
-/// The kernel's drop of this probe or of its answer, if it reported one:
-/// matched by the probe's tag as the hooks' packets are.
+/// The kernel's latest drops of this probe and of its answer, if it
+/// reported them: matched by the probe's tag, or for untagged answers by
+/// what they acknowledge or quote.
 #[expect(clippy::too_many_arguments, reason = "one probe's whole context")]
 fn probe_drop(
     r: &ProbeResult,
@@ -433,7 +450,7 @@ fn probe_drop(
     session: &Session,
     words: &crate::drops::Words,
     view: &ProbeView,
-) -> Option<report::ProbeDrop> {
+) -> (Option<report::ProbeDrop>, Option<report::ProbeDrop>) {
     // A reply handed to the source pod reached it: what its kernel frees
     // then is no loss on the way (the raw socket that reads the echo
     // reply gets a copy, and the original goes as NO_SOCKET).
@@ -465,10 +482,10 @@ fn probe_drop(
             _ => None,
         })
         .collect();
-    // The last one: a request refused with an ICMP error counts as dropped
-    // where it was refused, and when the error is then dropped on its way
-    // back, that is why nothing came.
-    let (d, leg) = drops
+    // The last of each leg's: a request refused with an ICMP error counts
+    // as dropped where it was refused, and the error may then be dropped
+    // on its way back.
+    let found: Vec<(&DropEvent, report::Leg)> = drops
         .iter()
         .filter_map(|(p, d)| {
             let leg = match (spec.proto, p.l4) {
@@ -522,10 +539,27 @@ fn probe_drop(
                 && (reply_delivered || words.reason(d.reason) == "NO_SOCKET");
             (!delivered_reply).then_some((d, leg))
         })
-        .max_by_key(|(d, _)| d.ts_ns)?;
+        .collect();
+    let latest = |want: report::Leg| {
+        found
+            .iter()
+            .filter(|(_, leg)| *leg == want)
+            .max_by_key(|(d, _)| d.ts_ns)
+            .map(|&(d, leg)| describe(d, leg, words, session))
+    };
+    (latest(report::Leg::Request), latest(report::Leg::Reply))
+}
+
+/// A drop report in ping's words.
+fn describe(
+    d: &DropEvent,
+    leg: report::Leg,
+    words: &crate::drops::Words,
+    session: &Session,
+) -> report::ProbeDrop {
     let dropped = crate::drops::Dropped::of(d, words, &session.topology, session.namespaces());
     let packet = dropped.packet_line();
-    Some(report::ProbeDrop {
+    report::ProbeDrop {
         leg,
         code: d.reason,
         reason: dropped.reason,
@@ -534,7 +568,7 @@ fn probe_drop(
         iface: dropped.iface,
         packet,
         dst: dropped.dst,
-    })
+    }
 }
 
 /// The IP protocol number of a probe.

@@ -112,9 +112,15 @@ pub struct ProbeView {
     /// A RST that did not come from the pod: its SYN never reached it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_on_the_way: Option<Reset>,
-    /// The kernel dropped the probe or its answer, and said why.
+    /// The kernel dropped the probe or its answer, and said why: the
+    /// probe's drop when there is one (a REJECT drops the probe it
+    /// answers), else its answer's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop: Option<ProbeDrop>,
+    /// With a probe's drop, its answer's too (the REJECT's ICMP error,
+    /// dropped on its way back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_drop: Option<ProbeDrop>,
 }
 
 /// A probe, or its answer, that the kernel dropped (`kfree_skb` with a
@@ -429,6 +435,7 @@ pub fn probe_view(
         icmp_error,
         reset_on_the_way: None,
         drop: None,
+        answer_drop: None,
     }
 }
 
@@ -553,10 +560,12 @@ pub fn summarize(probes: &[ProbeView]) -> Summary {
             // With the kernel's drop: the rule that refused the request
             // (a REJECT drops it, and sends the error), or the error's
             // own drop on its way back.
-            return Some(match &p.drop {
-                Some(d) => format!("{why}; {}", d.says(&p.hops)),
-                None => why.clone(),
-            });
+            let mut out = why.clone();
+            for d in p.drop.iter().chain(&p.answer_drop) {
+                out.push_str("; ");
+                out.push_str(&d.says(&p.hops));
+            }
+            return Some(out);
         }
         // The kernel said it dropped it: that is where and why.
         if let Some(d) = &p.drop {

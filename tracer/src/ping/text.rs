@@ -74,10 +74,10 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
     if previous.is_some_and(|q| same_path(p, q)) && !p.hops.is_empty() {
         out.push_str("  (same path)\n");
         // The kernel's reason may differ from the previous probe's.
-        if p.rtt_us.is_none()
-            && let Some(d) = &p.drop
-        {
-            let _ = writeln!(out, "   x {}", d.says(&p.hops));
+        if p.rtt_us.is_none() {
+            for d in p.drop.iter().chain(&p.answer_drop) {
+                let _ = writeln!(out, "   x {}", d.says(&p.hops));
+            }
         }
         return out;
     }
@@ -102,10 +102,10 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
     // A probe that an ICMP error answered says so in its first line; one
     // the kernel dropped, here, with the reason (and an error that was
     // dropped on its way back, after its line).
-    if p.rtt_us.is_none()
-        && let Some(d) = &p.drop
-    {
-        let _ = writeln!(out, "   x {}", d.says(&p.hops));
+    if p.rtt_us.is_none() && p.drop.is_some() {
+        for d in p.drop.iter().chain(&p.answer_drop) {
+            let _ = writeln!(out, "   x {}", d.says(&p.hops));
+        }
     } else if p.rtt_us.is_none() && p.reply.is_none() {
         let last_reply = p.hops.iter().rev().find(|h| h.leg == Leg::Reply);
         match requests.last() {
