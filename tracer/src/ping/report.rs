@@ -936,6 +936,15 @@ mod tests {
         assert!(summarize(&[dnat]).lost_at.is_some_and(|w| w.ends_with(
             ", after node-b ens5 ingress, by then rewritten to icmp 192.168.1.21 > 192.168.2.99"
         )),);
+        // With another probe answered, the summary says how many were lost.
+        let answered = probe_view(2, Some(400.0), &req, &[], &topo());
+        let both = [v.clone(), answered];
+        let text = crate::ping::text::summary(&summarize(&both), &both, Some("node-a"), true);
+        assert!(
+            text.contains("\n1 probe lost; the first: request dropped by the kernel on node-b:"),
+            "{text}"
+        );
+        assert!(text.contains("\n2 sent, 1 received, 50% loss"), "{text}");
         // A reply dropped with no name for the code nor a traced device:
         // the last reply hop still says where.
         let rep = [icmp(NODE_B, 5, Ingress, 4_000, b, a, 0, 9)];

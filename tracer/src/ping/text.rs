@@ -251,7 +251,14 @@ pub fn summary(s: &Summary, probes: &[ProbeView], src_node: Option<&str>, dst_po
     };
     let _ = writeln!(out, "{verdict}");
     if let Some(lost) = &s.lost_at {
-        let _ = writeln!(out, "no reply: {lost}");
+        // Of the first probe lost; when others were answered, how many.
+        if s.received > 0 {
+            let n = s.sent - s.received;
+            let probes = if n == 1 { "probe" } else { "probes" };
+            let _ = writeln!(out, "{n} {probes} lost; the first: {lost}");
+        } else {
+            let _ = writeln!(out, "no reply: {lost}");
+        }
     }
     if let Some(reset) = &s.reset_on_the_way {
         let _ = writeln!(out, "refused on the way: {reset}");
