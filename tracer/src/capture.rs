@@ -83,10 +83,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let (drop_offsets, words, mut no_drops) = if !args.drops {
         (None, crate::drops::Words::default(), None)
     } else {
-        match crate::drops::Words::load_every() {
-            Ok((offsets, words)) => (Some(offsets), words, None),
-            Err(e) => (None, crate::drops::Words::default(), Some(e)),
-        }
+        crate::drops::Words::load_every()
     };
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
@@ -284,13 +281,7 @@ impl<W: Write> Printer<W> {
         if self.done() || dropped.delivered() {
             return;
         }
-        *self
-            .drops
-            .entry((
-                dropped.node.clone().unwrap_or_else(|| "?".into()),
-                dropped.reason.clone(),
-            ))
-            .or_default() += 1;
+        *self.drops.entry(dropped.tally_key()).or_default() += 1;
         let res = if !self.lines {
             Ok(())
         } else if self.json {

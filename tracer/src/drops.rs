@@ -314,11 +314,14 @@ impl Words {
         ))
     }
 
-    /// [`Words::load`] for trace and watch: every dropped packet of the
-    /// traced namespaces, not ping's probes only.
-    pub fn load_every() -> Result<(DropConfig, Self), String> {
-        let (offsets, words) = Self::load()?;
-        Ok((DropConfig { all: 1, ..offsets }, words))
+    /// [`Words::load`] for trace, watch and capture: every dropped packet
+    /// of the traced namespaces, not ping's probes only. Without the
+    /// kernel's BTF, no offsets, empty words, and why.
+    pub fn load_every() -> (Option<DropConfig>, Self, Option<String>) {
+        match Self::load() {
+            Ok((offsets, words)) => (Some(DropConfig { all: 1, ..offsets }), words, None),
+            Err(e) => (None, Self::default(), Some(e)),
+        }
     }
 
     /// The reason's name, or its number.
@@ -476,7 +479,7 @@ impl Dropped {
         let device = topology.iter().find_map(|(cookie, iface)| {
             (cookie == d.netns_cookie && iface.ifindex == d.ifindex).then(|| match &iface.role {
                 crate::topology::Role::PodVeth { pod: Some(p), .. } => {
-                    format!("{} veth", p.rsplit('/').next().unwrap_or(p))
+                    format!("{} veth", crate::correlate::short_pod(p))
                 }
                 _ => iface.name.clone(),
             })
@@ -519,6 +522,15 @@ impl Dropped {
         )
     }
 
+    /// What the exit line counts it by ([`exit_line`]): its node (`?`
+    /// when not a traced one) and reason.
+    pub fn tally_key(&self) -> (String, String) {
+        (
+            self.node.clone().unwrap_or_else(|| "?".into()),
+            self.reason.clone(),
+        )
+    }
+
     /// The packet: `tcp 192.168.1.11:40000 > 192.168.2.11:8080 [S]`.
     pub fn packet_line(&self) -> String {
         let info = if self.info.is_empty() {
@@ -549,11 +561,7 @@ pub fn exit_line(
         .iter()
         .map(|((node, reason), v)| format!("{v} {reason} on {node}"))
         .collect();
-    let why = format!(
-        "over {} per CPU in {} ms, or a full ring",
-        tracer_common::DROPS_PER_WINDOW,
-        tracer_common::DROP_WINDOW_NS / 1_000_000
-    );
+    let why = left_out_why();
     // The headline is every drop the kernel reported or counted; the
     // breakdown is of those shown.
     let shown: u64 = by.values().sum();
@@ -570,6 +578,16 @@ pub fn exit_line(
             kinds.join(", ")
         ),
     })
+}
+
+/// Why drop reports are left out: `over 256 per CPU in 100 ms, or a full
+/// ring`.
+pub fn left_out_why() -> String {
+    format!(
+        "over {} per CPU in {} ms, or a full ring",
+        tracer_common::DROPS_PER_WINDOW,
+        tracer_common::DROP_WINDOW_NS / 1_000_000
+    )
 }
 
 /// How long a drop waits for its flow before it is given up.

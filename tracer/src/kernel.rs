@@ -867,10 +867,8 @@ fn attach_here(
     Option<crate::legacy_tc::Swept>,
 ) {
     if has_tcx() {
-        return (attach_both(bpf, netns, iface, false), None);
+        return (attach_both(bpf, netns, iface, true), None);
     }
-    // Held from the sweep to the attach (see `NetnsLock`); without it,
-    // only tell.
     // Ours are marked live before they go on, for other podtraces' sweeps.
     if live.is_empty() {
         let ids: Vec<u32> = PROGRAMS
@@ -882,6 +880,8 @@ fn attach_here(
             Err(e) => log::debug!("marking programs {ids:?} live in {netns}: {e}"),
         }
     }
+    // Held from the sweep to the attach (see `NetnsLock`); without it,
+    // only tell.
     let lock = crate::legacy_tc::NetnsLock::take(wait);
     let sure = lock.as_ref().map(|_| ()).map_err(|e| {
         format!(
@@ -891,7 +891,7 @@ fn attach_here(
     });
     let mut swept = crate::legacy_tc::sweep(iface, ifindex, sure);
     swept.lock_timed_out = lock.is_err();
-    let links = attach_both(bpf, netns, iface, true);
+    let links = attach_both(bpf, netns, iface, false);
     drop(lock);
     (links, Some(swept))
 }
@@ -905,9 +905,8 @@ fn attach_both(
     bpf: &mut Ebpf,
     netns: &str,
     iface: &str,
-    legacy: bool,
+    tcx: bool,
 ) -> Result<[SchedClassifierLinkId; 2], KernelError> {
-    let tcx = !legacy;
     let mut ids = Vec::with_capacity(2);
     for (name, dir) in PROGRAMS {
         let attach_type = match dir {

@@ -56,11 +56,10 @@ pub struct Filter {
 /// is in. An interface without a clsact qdisc has none.
 pub fn podtrace_filters(ifindex: u32) -> io::Result<Vec<Filter>> {
     let mut sock = Socket::new(NETLINK_ROUTE)?;
-    // (A dump of an interface without a clsact qdisc is empty; older
-    // kernels answer EINVAL or ENOENT instead.)
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
     let mut out = Vec::new();
+    let mut rx = Vec::with_capacity(64 << 10);
     for (seq, ingress) in [(1, true), (2, false)] {
         let mut msg = TcMessage::default();
         msg.header.index = i32::try_from(ifindex).unwrap_or(0);
@@ -80,7 +79,7 @@ pub fn podtrace_filters(ifindex: u32) -> io::Result<Vec<Filter>> {
         req.serialize(&mut buf);
         sock.send(&buf, 0)?;
         'dump: loop {
-            let mut rx = Vec::with_capacity(64 << 10);
+            rx.clear();
             sock.recv(&mut rx, 0)?;
             let mut at = 0;
             while at < rx.len() {
@@ -89,7 +88,8 @@ pub fn podtrace_filters(ifindex: u32) -> io::Result<Vec<Filter>> {
                 let len = msg.header.length as usize;
                 match msg.payload {
                     NetlinkPayload::Done(_) => break 'dump,
-                    // No clsact qdisc (EINVAL), or the device went (ENODEV):
+                    // No clsact qdisc (an empty dump; older kernels answer
+                    // EINVAL or ENOENT), or the device went (ENODEV):
                     // nothing of ours there.
                     NetlinkPayload::Error(e) => match e.code {
                         None => break 'dump,

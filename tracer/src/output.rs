@@ -600,30 +600,23 @@ impl PcapngOut {
     /// Appends one packet (and its interface block the first time).
     pub fn write(&mut self, p: &Packet, frame: &[u8], topo: &Topology) -> anyhow::Result<()> {
         let key = (p.hook.netns_cookie, p.hook.ifindex);
-        let id = match self.ids.get(&key) {
-            Some(id) => *id,
-            None => {
-                let (node, _) = iface_label(p, topo);
-                let name = topo
-                    .get(&p.hook)
-                    .map_or_else(|| format!("if{}", p.hook.ifindex), |i| i.name.clone());
-                let mut idb = InterfaceDescriptionBlock::new(DataLink::ETHERNET, self.snaplen);
-                idb.options.push(InterfaceDescriptionOption::IfName(
-                    format!("{node}/{name}").into(),
+        let snaplen = self.snaplen;
+        let id = self.interface(key, || {
+            let (node, _) = iface_label(p, topo);
+            let name = topo
+                .get(&p.hook)
+                .map_or_else(|| format!("if{}", p.hook.ifindex), |i| i.name.clone());
+            let mut idb = InterfaceDescriptionBlock::new(DataLink::ETHERNET, snaplen);
+            idb.options.push(InterfaceDescriptionOption::IfName(
+                format!("{node}/{name}").into(),
+            ));
+            if let Some(i) = topo.get(&p.hook) {
+                idb.options.push(InterfaceDescriptionOption::IfDescription(
+                    i.role.to_string().into(),
                 ));
-                if let Some(i) = topo.get(&p.hook) {
-                    idb.options.push(InterfaceDescriptionOption::IfDescription(
-                        i.role.to_string().into(),
-                    ));
-                }
-                // pcap-file writes timestamps in nanoseconds.
-                idb.options.push(InterfaceDescriptionOption::IfTsResol(9));
-                self.writer.write_pcapng_block(idb)?;
-                let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
-                self.ids.insert(key, id);
-                id
             }
-        };
+            idb
+        })?;
         let epb = EnhancedPacketBlock {
             interface_id: id,
             timestamp: Duration::from_nanos(
@@ -641,6 +634,25 @@ impl PcapngOut {
         Ok(())
     }
 
+    /// The id of the interface with `key`, its block (from `describe`)
+    /// written the first time.
+    fn interface(
+        &mut self,
+        key: (u64, u32),
+        describe: impl FnOnce() -> InterfaceDescriptionBlock<'static>,
+    ) -> anyhow::Result<u32> {
+        if let Some(id) = self.ids.get(&key) {
+            return Ok(*id);
+        }
+        let mut idb = describe();
+        // pcap-file writes timestamps in nanoseconds.
+        idb.options.push(InterfaceDescriptionOption::IfTsResol(9));
+        self.writer.write_pcapng_block(idb)?;
+        let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        self.ids.insert(key, id);
+        Ok(id)
+    }
+
     /// Appends a packet the kernel dropped, on an interface of its own for
     /// the node (`<netns>/kernel-drops`, raw IPv4: the record starts at the
     /// network header), with where and why as the packet's comment.
@@ -650,28 +662,19 @@ impl PcapngOut {
         dropped: &crate::drops::Dropped,
     ) -> anyhow::Result<()> {
         // No interface has index 0: the node's drops get that key.
-        let key = (d.netns_cookie, 0);
-        let id = match self.ids.get(&key) {
-            Some(id) => *id,
-            None => {
-                let node = dropped.node.as_deref().unwrap_or("?");
-                let mut idb =
-                    InterfaceDescriptionBlock::new(DataLink::IPV4, tracer_common::DROP_SNAP as u32);
-                idb.options.push(InterfaceDescriptionOption::IfName(
-                    format!("{node}/kernel-drops").into(),
-                ));
-                idb.options.push(InterfaceDescriptionOption::IfDescription(
-                    "packets the kernel dropped, from their IPv4 header; why in each \
-                     packet's comment"
-                        .into(),
-                ));
-                idb.options.push(InterfaceDescriptionOption::IfTsResol(9));
-                self.writer.write_pcapng_block(idb)?;
-                let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
-                self.ids.insert(key, id);
-                id
-            }
-        };
+        let id = self.interface((d.netns_cookie, 0), || {
+            let node = dropped.node.as_deref().unwrap_or("?");
+            let mut idb =
+                InterfaceDescriptionBlock::new(DataLink::IPV4, tracer_common::DROP_SNAP as u32);
+            idb.options.push(InterfaceDescriptionOption::IfName(
+                format!("{node}/kernel-drops").into(),
+            ));
+            idb.options.push(InterfaceDescriptionOption::IfDescription(
+                "packets the kernel dropped, from their IPv4 header; why in each packet's comment"
+                    .into(),
+            ));
+            idb
+        })?;
         // The IPv4 total length; the record holds what the kernel copied
         // of it (its linear part, at most DROP_SNAP bytes).
         let total = u32::from(u16::from_be_bytes([d.data[2], d.data[3]]));

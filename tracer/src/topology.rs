@@ -100,7 +100,7 @@ impl Topology {
                 pod,
             } if *p == ip => Some(pod.as_deref().map_or_else(
                 || format!("a pod on {}", i.node),
-                |n| n.rsplit('/').next().unwrap_or(n).to_owned(),
+                |n| crate::correlate::short_pod(n).to_owned(),
             )),
             Role::Eni { addrs, .. } if addrs.contains(&ip) => {
                 Some(format!("{} {}", i.node, i.name))

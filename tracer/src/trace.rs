@@ -90,10 +90,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mode = args.report.mode;
     // The packets the kernel drops in the traced namespaces, with its
     // reason: where a flow stops, and why.
-    let (drop_offsets, words, mut no_drops) = match crate::drops::Words::load_every() {
-        Ok((offsets, words)) => (Some(offsets), words, None),
-        Err(e) => (None, crate::drops::Words::default(), Some(e)),
-    };
+    let (drop_offsets, words, mut no_drops) = crate::drops::Words::load_every();
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
         ring_bytes: args.report.ring_bytes(),
@@ -443,11 +440,7 @@ impl Printer {
         if dropped.delivered() {
             return None;
         }
-        let node = dropped.node.clone().unwrap_or_else(|| "?".into());
-        *self
-            .drops
-            .entry((node, dropped.reason.clone()))
-            .or_default() += 1;
+        *self.drops.entry(dropped.tally_key()).or_default() += 1;
         let mut stdout = std::io::stdout().lock();
         let _ = if self.json {
             writeln!(

@@ -354,7 +354,7 @@ pub fn flow_counters(f: &Flow) -> String {
 /// A RST that a firewall made in the server's name: the kernel dropped the
 /// request, and a RST came back whose first hop is not a pod's veth (a
 /// server's own RST leaves through its veth first). As ping says it.
-pub fn reset_on_the_way(f: &Flow) -> Option<String> {
+pub(crate) fn reset_on_the_way(f: &Flow) -> Option<String> {
     const SYN: u32 = 0x02;
     const RST: u32 = 0x04;
     let d = f.drop.as_ref().filter(|d| d.side == Side::Request)?;
@@ -448,7 +448,7 @@ pub fn flow(f: &Flow) -> String {
     if let Some(d) = &f.drop {
         let _ = writeln!(out, "  dropped  {}", kernel_drop(d));
     }
-    if let Some(line) = reset_on_the_way(f) {
+    if let Some(line) = &f.reset_on_the_way {
         let _ = writeln!(out, "  reset    {line}");
     }
     if f.request.path.is_empty() && !f.reply.path.is_empty() {

@@ -276,10 +276,9 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             .any(|v| v.rtt_us.is_none() && v.reply.is_none() && v.drop.is_none())
     {
         eprintln!(
-            "podtrace: {left_out} of the kernel's drops were left out (over {} per CPU in {} ms, \
-             or a full ring): a lost probe's answer may be among them",
-            tracer_common::DROPS_PER_WINDOW,
-            tracer_common::DROP_WINDOW_NS / 1_000_000
+            "podtrace: {left_out} of the kernel's drops were left out ({}): a lost probe's \
+             answer may be among them",
+            crate::drops::left_out_why()
         );
     }
     if args.json {

@@ -74,11 +74,7 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
     if previous.is_some_and(|q| same_path(p, q)) && !p.hops.is_empty() {
         out.push_str("  (same path)\n");
         // The kernel's reason may differ from the previous probe's.
-        if p.rtt_us.is_none() {
-            for d in p.drop.iter().chain(&p.answer_drop) {
-                let _ = writeln!(out, "   x {}", d.says(&p.hops));
-            }
-        }
+        drop_lines(&mut out, p);
         return out;
     }
     out.push('\n');
@@ -102,11 +98,7 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
     // A probe that an ICMP error answered says so in its first line; one
     // the kernel dropped, here, with the reason (and an error that was
     // dropped on its way back, after its line).
-    if p.rtt_us.is_none() && p.drop.is_some() {
-        for d in p.drop.iter().chain(&p.answer_drop) {
-            let _ = writeln!(out, "   x {}", d.says(&p.hops));
-        }
-    } else if p.rtt_us.is_none() && p.reply.is_none() {
+    if !drop_lines(&mut out, p) && p.rtt_us.is_none() && p.reply.is_none() {
         let last_reply = p.hops.iter().rev().find(|h| h.leg == Leg::Reply);
         match requests.last() {
             // A reply was traced, but the sender did not get it in time.
@@ -140,6 +132,18 @@ pub fn probe(p: &ProbeView, previous: Option<&ProbeView>) -> String {
         }
     }
     out
+}
+
+/// The kernel's drops of a lost probe and of its answer, a line each;
+/// false when there are none.
+fn drop_lines(out: &mut String, p: &ProbeView) -> bool {
+    if p.rtt_us.is_some() || p.drop.is_none() {
+        return false;
+    }
+    for d in p.drop.iter().chain(&p.answer_drop) {
+        let _ = writeln!(out, "   x {}", d.says(&p.hops));
+    }
+    true
 }
 
 fn same_path(a: &ProbeView, b: &ProbeView) -> bool {

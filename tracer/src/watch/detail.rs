@@ -100,7 +100,7 @@ fn lines(app: &App) -> Vec<Line<'static>> {
             ),
         ]));
     }
-    if let Some(reset) = format::reset_on_the_way(f) {
+    if let Some(reset) = &f.reset_on_the_way {
         out.push(Line::from(vec![
             Span::styled(" reset", BOLD),
             Span::styled(format!(": {reset}"), Style::new().fg(Color::Red)),

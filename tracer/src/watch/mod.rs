@@ -92,10 +92,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     args.report.check()?;
     // The packets the kernel drops, filed with their flows (label
     // `dropped`); without the kernel's BTF, watch goes on without them.
-    let (drop_offsets, words, mut no_drops) = match crate::drops::Words::load_every() {
-        Ok((offsets, words)) => (Some(offsets), words, None),
-        Err(e) => (None, crate::drops::Words::default(), Some(e)),
-    };
+    let (drop_offsets, words, mut no_drops) = crate::drops::Words::load_every();
     let opts = LoadOptions {
         config: kernel_config(&args.filter, &args.report),
         ring_bytes: args.report.ring_bytes(),
