@@ -274,6 +274,34 @@ pub fn netns_exec(netns: &str, args: &[&str]) -> Output {
     sh(&full)
 }
 
+/// An iptables rule inserted in a namespace, taken out when dropped, also
+/// when a test fails on the way: the lab is shared.
+pub struct IptablesRule {
+    netns: String,
+    rule: Vec<String>,
+}
+
+impl IptablesRule {
+    /// `iptables -I RULE` in `netns` (`rule` starts with the chain).
+    pub fn insert(netns: &str, rule: &[&str]) -> Self {
+        netns_exec(netns, &[&["iptables", "-I"], rule].concat());
+        Self {
+            netns: netns.to_owned(),
+            rule: rule.iter().map(|&a| a.to_owned()).collect(),
+        }
+    }
+}
+
+impl Drop for IptablesRule {
+    fn drop(&mut self) {
+        // Not a panic inside a panic: the status is left unread.
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "iptables", "-D"])
+            .args(&self.rule)
+            .status();
+    }
+}
+
 /// Packet counters of one interface in one namespace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkPackets {

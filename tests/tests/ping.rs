@@ -1,6 +1,6 @@
 //! `podtrace ping` on the lab: real probes, real hooks on both nodes.
 
-use podtrace_tests::{LabGuard, netns_exec, process::podtrace_bin};
+use podtrace_tests::{IptablesRule, LabGuard, netns_exec, process::podtrace_bin};
 use serde_json::Value;
 
 /// Runs `podtrace ping <args> --json`; returns the exit code and document.
@@ -505,14 +505,11 @@ fn lab_paths_and_bad_input() {
         "-j",
         "DROP",
     ];
-    netns_exec("node-a", &[&["iptables"], &drop_syn_ack[..]].concat());
+    let rule = IptablesRule::insert("node-a", &drop_syn_ack[1..]);
     let (code, doc, err) = ping(&[
         "pod-1", "pod-3", "--proto", "tcp", "--port", "8080", "-c", "1", "-W", "500ms",
     ]);
-    netns_exec(
-        "node-a",
-        &[&["iptables", "-D"], &drop_syn_ack[1..]].concat(),
-    );
+    drop(rule);
     assert_eq!(code, 1, "{err}\n{doc:#}");
     let dropped = &doc["probes"][0]["drop"];
     assert_eq!(
@@ -556,13 +553,14 @@ fn lab_paths_and_bad_input() {
         "-j",
         "DROP",
     ];
-    netns_exec("node-b", &[&["iptables"], &refuse[..]].concat());
-    netns_exec("node-a", &[&["iptables"], &drop_error[..]].concat());
+    let rules = [
+        IptablesRule::insert("node-b", &refuse[1..]),
+        IptablesRule::insert("node-a", &drop_error[1..]),
+    ];
     let (code, doc, err) = ping(&[
         "pod-1", "pod-3", "--proto", "tcp", "--port", "8083", "-c", "1", "-W", "500ms",
     ]);
-    netns_exec("node-b", &[&["iptables", "-D"], &refuse[1..]].concat());
-    netns_exec("node-a", &[&["iptables", "-D"], &drop_error[1..]].concat());
+    drop(rules);
     assert_eq!(code, 1, "{err}\n{doc:#}");
     // Both: the REJECT's drop of the SYN on node-b, then the error's on
     // node-a.
@@ -611,11 +609,11 @@ fn lab_paths_and_bad_input() {
         "-j",
         "DROP",
     ];
-    netns_exec("node-a", &[&["iptables"], &drop_rst[..]].concat());
+    let rule = IptablesRule::insert("node-a", &drop_rst[1..]);
     let (code, doc, err) = ping(&[
         "pod-1", "pod-3", "--proto", "tcp", "--port", "8082", "-c", "1", "-W", "500ms",
     ]);
-    netns_exec("node-a", &[&["iptables", "-D"], &drop_rst[1..]].concat());
+    drop(rule);
     assert_eq!(code, 1, "{err}\n{doc:#}");
     let dropped = &doc["probes"][0]["drop"];
     assert_eq!(

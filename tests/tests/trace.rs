@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
 
-use podtrace_tests::{LabGuard, netns_exec, process::Podtrace, whoami};
+use podtrace_tests::{IptablesRule, LabGuard, netns_exec, process::Podtrace, whoami};
 use serde_json::Value;
 
 /// Last state of every flow, by id, from `trace --json` output.
@@ -470,15 +470,7 @@ fn a_reset_made_on_the_way_is_told_from_the_servers_own() {
         "--reject-with",
         "tcp-reset",
     ];
-    netns_exec("node-b", &[&["iptables", "-I"], &rule[..]].concat());
-    // Taken out however the test ends: the lab is shared.
-    struct Undo<'a>(&'a [&'a str]);
-    impl Drop for Undo<'_> {
-        fn drop(&mut self) {
-            netns_exec("node-b", &[&["iptables", "-D"], self.0].concat());
-        }
-    }
-    let undo = Undo(&rule);
+    let rule = IptablesRule::insert("node-b", &rule);
     let run = |port: u16, json: bool| {
         let port_arg = port.to_string();
         let mut args = vec!["trace", "--filter-port", port_arg.as_str()];
@@ -498,7 +490,7 @@ fn a_reset_made_on_the_way_is_told_from_the_servers_own() {
     let refused = run(8081, false);
     let closed = run(8082, false);
     let refused_json = run(8081, true);
-    drop(undo);
+    drop(rule);
     assert!(refused.status.success(), "{}", refused.stderr);
     let want = format!(
         "  reset    a RST in pod-3's name, made on the way: first seen at node-b {} (ENI 0) \
