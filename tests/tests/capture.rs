@@ -1253,6 +1253,63 @@ async fn interfaces_sharing_a_counter_slot_both_count_exactly() {
     }
 }
 
+/// Without the flow table (capture's packets mode), the hook's own
+/// counters hold the IPv4 packets and bytes the filter kept: what the flow
+/// table sums to where it counts them.
+#[tokio::test]
+async fn hook_counters_hold_what_the_flow_table_would() {
+    let _serial = serial();
+    const PAYLOAD: &[u8] = &[7; 100];
+    // Ethernet, IPv4 and UDP headers, then the payload.
+    const WIRE: u64 = 14 + 20 + 8 + 100;
+    for (count_flows, port) in [(0, 6100), (1, 6101)] {
+        let pair = VethPair::new(if count_flows == 0 { "cn" } else { "cf" });
+        let (kernel, _reader) = attach_va(
+            &pair,
+            &LoadOptions {
+                config: Config {
+                    count_flows,
+                    ..Config::DEFAULT
+                },
+                ..LoadOptions::default()
+            },
+        );
+        let va = ifindex(&pair.a, "va");
+        let addr: SocketAddr = format!("{}:{port}", VethPair::IP_B).parse().unwrap();
+        let (b, a) = (pair.b.clone(), pair.a.clone());
+        let got = tokio::task::spawn_blocking(move || udp_send(&b, &a, addr, PAYLOAD, 5))
+            .await
+            .unwrap();
+        assert_eq!(got, 5);
+        let hooks = kernel.hook_stats().unwrap();
+        let out = hooks
+            .iter()
+            .find(|(k, _)| k.ifindex == va && k.direction == Direction::Egress as u32)
+            .map(|(_, s)| *s)
+            .expect("va egress counted");
+        // Only the datagrams leave va as IPv4 (ARP, if any, is `other`).
+        assert_eq!(
+            out.matched - out.other,
+            5,
+            "count_flows {count_flows}: {out:?}"
+        );
+        assert_eq!(out.bytes, 5 * WIRE, "count_flows {count_flows}: {out:?}");
+        let flows = kernel.flow_stats().unwrap();
+        let egress: Vec<_> = flows
+            .iter()
+            .filter(|(k, _)| k.ifindex == va && k.direction == Direction::Egress as u8)
+            .collect();
+        if count_flows == 0 {
+            assert!(egress.is_empty(), "no flow counted: {flows:#?}");
+        } else {
+            let sum = egress
+                .iter()
+                .fold((0, 0), |(p, b), (_, s)| (p + s.packets, b + s.bytes));
+            assert_eq!(sum, (5, 5 * WIRE), "{flows:#?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_full_flow_table_keeps_the_newest_flows() {
     let _serial = serial();

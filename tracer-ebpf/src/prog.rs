@@ -69,6 +69,8 @@ static ZERO_HOOK: HookStats = HookStats {
     matched: 0,
     reported: 0,
     lost: 0,
+    bytes: 0,
+    other: 0,
 };
 
 const ETH_HLEN: usize = 14;
@@ -318,6 +320,11 @@ fn trace(ctx: &TcContext, dir: Direction) {
     stats.matched += 1;
 
     let len = ctx.len();
+    if parsed.ipv4 {
+        stats.bytes += u64::from(len);
+    } else {
+        stats.other += 1;
+    }
     let mut why = 0;
     if parsed.probe {
         why |= reason::PROBE;
@@ -335,7 +342,9 @@ fn trace(ctx: &TcContext, dir: Direction) {
     } else {
         unsafe { bpf_ktime_get_coarse_ns() }
     };
-    if parsed.ipv4 {
+    // Packets mode counts flows only for a reader that merges them; the
+    // hook's counters above hold its totals either way.
+    if parsed.ipv4 && (flows || cfg!(count_flows) != 0) {
         let per_cpu_count = count_flow(ifindex, dir, &parsed, len, now);
         // ICMP errors are reported well past the first packets: each says
         // why a packet was refused, and all of one sender's to one host

@@ -85,8 +85,12 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     } else {
         crate::drops::Words::load_every()
     };
+    let mut config = kernel_config(&args.filter, &args.report);
+    // Nothing here reads per-flow counters: its totals come from the
+    // hooks' own.
+    config.count_flows = 0;
     let opts = LoadOptions {
-        config: kernel_config(&args.filter, &args.report),
+        config,
         ring_bytes: args.report.ring_bytes(),
         drops: drop_offsets,
         ..LoadOptions::default()

@@ -600,6 +600,12 @@ impl Kernel {
         Ok(out)
     }
 
+    /// Whether the programs count every IPv4 packet in the flow tables
+    /// (see [`tracer_common::Config::count_flows`]).
+    pub fn counts_flows(&self) -> bool {
+        self.opts.config.mode == tracer_common::mode::FLOWS || self.opts.config.count_flows != 0
+    }
+
     /// Exact per-flow counters, summed over CPUs: a scan of the mapped flow
     /// tables, no syscall.
     pub fn flow_stats(&self) -> Result<BTreeMap<FlowKey, FlowStats>, KernelError> {
@@ -780,6 +786,8 @@ fn add_hook(s: &mut HookStats, v: &HookStats) {
     s.matched += v.matched;
     s.reported += v.reported;
     s.lost += v.lost;
+    s.bytes += v.bytes;
+    s.other += v.other;
 }
 
 /// Largest batch for rings of `ring_size` bytes: [`STAGE_MAX`], or an

@@ -760,20 +760,32 @@ pub fn hook_totals_json(session: &Session) -> anyhow::Result<Vec<serde_json::Val
 /// Totals from the kernel counters and what userspace received: events
 /// received, lost per hook, packets and bytes per interface and direction.
 pub fn totals(session: &Session) -> anyhow::Result<String> {
-    let flows = session.flow_stats()?;
+    let from_flows = session.counts_flows();
+    let flows = if from_flows {
+        session.flow_stats()?
+    } else {
+        BTreeMap::new()
+    };
     let received: u64 = session.received.values().sum();
     let mut s = String::new();
     let mut lost_total = 0;
     let mut lines = Vec::new();
     for h in hook_totals(session)? {
-        let (pkts, bytes) = flows
-            .iter()
-            .filter(|(k, _)| {
-                k.netns_cookie == h.cookie
-                    && k.ifindex == h.iface.ifindex
-                    && u32::from(k.direction) == h.dir as u32
-            })
-            .fold((0, 0), |(p, b), (_, v)| (p + v.packets, b + v.bytes));
+        // The IPv4 packets and bytes the filter kept: summed over the
+        // hook's flows where the kernel counts flows, else from the hook's
+        // own counters (capture's packets mode), which count the same.
+        let (pkts, bytes) = if from_flows {
+            flows
+                .iter()
+                .filter(|(k, _)| {
+                    k.netns_cookie == h.cookie
+                        && k.ifindex == h.iface.ifindex
+                        && u32::from(k.direction) == h.dir as u32
+                })
+                .fold((0, 0), |(p, b), (_, v)| (p + v.packets, b + v.bytes))
+        } else {
+            (h.stats.matched.saturating_sub(h.stats.other), h.stats.bytes)
+        };
         lost_total += h.stats.lost;
         lines.push((
             format!("{}/{}", h.iface.node, h.iface.name),

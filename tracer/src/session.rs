@@ -321,6 +321,12 @@ impl Session {
         Ok(self.kernel.hook_stats()?)
     }
 
+    /// Whether the kernel counts every IPv4 packet per flow (else
+    /// [`Session::flow_stats`] holds nothing).
+    pub fn counts_flows(&self) -> bool {
+        self.kernel.counts_flows()
+    }
+
     /// Kernel per-flow counters.
     pub fn flow_stats(&self) -> anyhow::Result<BTreeMap<FlowKey, FlowStats>> {
         Ok(self.kernel.flow_stats()?)

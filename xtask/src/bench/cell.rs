@@ -162,7 +162,9 @@ impl Totals {
     }
 
     /// Whether every hook saw exactly the packets the veth carried, and
-    /// the flow counters hold every packet that matched (all are IPv4).
+    /// `pkts` holds every packet that matched (all are IPv4): the flow
+    /// counters' sum in flows mode, the hook's IPv4 count in packets mode
+    /// (capture's packets mode counts no flows).
     fn matches(&self, pair: &Pair, links: [Link; 2]) -> bool {
         self.hooks.iter().all(|h| {
             let link = if h.name.starts_with(&format!("{}/", pair.a)) {
