@@ -124,6 +124,7 @@ fn packets() -> Vec<Packet> {
                 l4,
                 payload_hash: u64::from(i),
                 probe: i % 97 == 0,
+                length: 64,
             }
         })
         .collect()

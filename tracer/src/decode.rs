@@ -63,8 +63,6 @@ pub enum L3 {
         src: Ipv6Addr,
         /// Destination address.
         dst: Ipv6Addr,
-        /// Payload length (extension headers included).
-        payload_len: u16,
         /// Hop limit.
         hop_limit: u8,
         /// The protocol after any extension headers (6 TCP, 17 UDP, 58
@@ -165,6 +163,10 @@ pub struct Packet {
     pub payload_hash: u64,
     /// Carries podtrace's probe tag.
     pub probe: bool,
+    /// The `length` tcpdump prints, from the headers (not what was
+    /// captured): a TCP segment's or UDP datagram's payload, an ICMP
+    /// message with its header, else the IP payload; 0 for no IP.
+    pub length: u16,
 }
 
 /// The packet an ICMPv4 error is about, read from the IPv4 header and the
@@ -422,6 +424,7 @@ pub fn decode_frame(frame: &[u8]) -> Packet {
         l4: L4::None,
         payload_hash: 0,
         probe: false,
+        length: 0,
     };
     if !fast_ipv4(frame, &mut pkt) {
         etherparse_frame(frame, &mut pkt);
@@ -437,9 +440,13 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
     if let Some(LinkSlice::Ethernet2(eth)) = &sliced.link {
         pkt.l3 = L3::Other(eth.ether_type().0);
     }
+    // The IP payload's length by the header: tcpdump's `length` but for
+    // what the transport header takes off it.
+    let mut ip_len = 0;
     match &sliced.net {
         Some(LaxNetSlice::Ipv4(ip)) => {
             let h = ip.header();
+            ip_len = usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4);
             pkt.l3 = L3::Ipv4 {
                 src: h.source_addr(),
                 dst: h.destination_addr(),
@@ -452,10 +459,10 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
         }
         Some(LaxNetSlice::Ipv6(ip)) => {
             let h = ip.header();
+            ip_len = usize::from(h.payload_length()).saturating_sub(ip.extensions().slice().len());
             pkt.l3 = L3::Ipv6 {
                 src: h.source_addr(),
                 dst: h.destination_addr(),
-                payload_len: h.payload_length(),
                 hop_limit: h.hop_limit(),
                 proto: ip.payload().ip_number.0,
             };
@@ -476,8 +483,10 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
         }
         None => {}
     }
+    pkt.length = clamp16(ip_len);
     let payload: &[u8] = match &sliced.transport {
         Some(TransportSlice::Tcp(t)) => {
+            pkt.length = clamp16(ip_len.saturating_sub(t.header_len()));
             pkt.l4 = L4::Tcp {
                 sport: t.source_port(),
                 dport: t.destination_port(),
@@ -488,6 +497,7 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
             t.payload()
         }
         Some(TransportSlice::Udp(u)) => {
+            pkt.length = u.length().saturating_sub(8);
             pkt.l4 = L4::Udp {
                 sport: u.source_port(),
                 dport: u.destination_port(),
@@ -522,7 +532,7 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
                 frag: MORE_FRAGMENTS,
                 ..
             } if matches!(proto, 1 | 6 | 17) => ipv4_payload(frame)
-                .and_then(|t| l4_header(proto, t, pkt))
+                .and_then(|t| l4_header(proto, t, ip_len, pkt))
                 .unwrap_or(&[]),
             _ => &[],
         },
@@ -553,7 +563,7 @@ fn ipv4_payload(frame: &[u8]) -> Option<&[u8]> {
 /// returns the payload after it; None, with `pkt` untouched, when `t` is
 /// too short for it or it is one etherparse reads differently.
 #[inline]
-fn l4_header<'a>(proto: u8, t: &'a [u8], pkt: &mut Packet) -> Option<&'a [u8]> {
+fn l4_header<'a>(proto: u8, t: &'a [u8], ip_len: usize, pkt: &mut Packet) -> Option<&'a [u8]> {
     Some(match proto {
         6 => {
             let doff = usize::from(t.get(12).copied().unwrap_or(0) >> 4) * 4;
@@ -567,6 +577,7 @@ fn l4_header<'a>(proto: u8, t: &'a [u8], pkt: &mut Packet) -> Option<&'a [u8]> {
                 ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
                 flags: t[13],
             };
+            pkt.length = clamp16(ip_len.saturating_sub(doff));
             &t[doff..]
         }
         17 => {
@@ -578,6 +589,7 @@ fn l4_header<'a>(proto: u8, t: &'a [u8], pkt: &mut Packet) -> Option<&'a [u8]> {
                 dport: u16::from_be_bytes([t[2], t[3]]),
             };
             let len = usize::from(u16::from_be_bytes([t[4], t[5]]));
+            pkt.length = clamp16(len.saturating_sub(8));
             if t.len() < len || len < 8 {
                 &t[8..]
             } else {
@@ -595,9 +607,15 @@ fn l4_header<'a>(proto: u8, t: &'a [u8], pkt: &mut Packet) -> Option<&'a [u8]> {
                 id: u16::from_be_bytes([t[4], t[5]]),
                 seq: u16::from_be_bytes([t[6], t[7]]),
             };
+            pkt.length = clamp16(ip_len);
             &t[8..]
         }
     })
+}
+
+/// A length from IP headers, which never exceeds 16 bits.
+fn clamp16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 /// An ICMP or ICMPv6 header's bytes 5 to 8: an echo's identifier and
@@ -637,11 +655,13 @@ fn fast_ipv4(frame: &[u8], pkt: &mut Packet) -> bool {
         &ip[ihl..total]
     };
     let frag = be16(ETH + 6) & 0x3fff;
+    let ip_len = total.saturating_sub(ihl);
     // Only a first fragment (offset 0) carries the transport header.
     let payload: &[u8] = if frag & 0x1fff != 0 {
+        pkt.length = clamp16(ip_len);
         &[]
     } else {
-        match l4_header(proto, ip_payload, pkt) {
+        match l4_header(proto, ip_payload, ip_len, pkt) {
             Some(p) => p,
             None => return false,
         }
@@ -695,28 +715,14 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 impl fmt::Display for Packet {
     /// tcpdump-like summary of L3/L4: `IP a > b: ICMP echo request, id 1, seq 2, length 64`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Family tag, addresses, IP length (header included) and protocol.
-        let (ip, src, dst, len, proto): (_, IpAddr, IpAddr, _, _) = match self.l3 {
+        // Family tag, addresses and protocol; `length` as tcpdump's.
+        let (ip, src, dst, proto): (_, IpAddr, IpAddr, _) = match self.l3 {
             L3::Ipv4 {
-                src,
-                dst,
-                total_len,
-                proto,
-                ..
-            } => ("IP", src.into(), dst.into(), u32::from(total_len), proto),
+                src, dst, proto, ..
+            } => ("IP", src.into(), dst.into(), proto),
             L3::Ipv6 {
-                src,
-                dst,
-                payload_len,
-                proto,
-                ..
-            } => (
-                "IP6",
-                src.into(),
-                dst.into(),
-                u32::from(payload_len) + 40,
-                proto,
-            ),
+                src, dst, proto, ..
+            } => ("IP6", src.into(), dst.into(), proto),
             L3::Arp {
                 op: 1,
                 sender,
@@ -737,7 +743,7 @@ impl fmt::Display for Packet {
             L3::Other(_) if self.cap_len < 14 => return write!(f, "[|ether], length {}", self.len),
             L3::Other(et) => return write!(f, "ethertype 0x{et:04x}, length {}", self.len),
         };
-        self.fmt_l4(f, ip, src, dst, len, proto)?;
+        self.fmt_l4(f, ip, src, dst, u32::from(self.length), proto)?;
         // The first fragment of a datagram: its header reads as usual, and
         // the later fragments give the same id.
         match self.l3 {
@@ -925,23 +931,59 @@ mod tests {
         let first = fragment(MORE_FRAGMENTS);
         assert_eq!(
             first.to_string(),
-            "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 92, \
+            "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 72, \
              fragment id 16962 offset 0+"
         );
         assert!(matches!(first.l4, L4::Icmp { ty: 8, .. }));
         // Offset 185 x 8 = 1480; then the last one.
         assert_eq!(
             fragment(MORE_FRAGMENTS | 185).to_string(),
-            "IP 10.0.0.1 > 10.0.0.2: ip-proto-1, fragment id 16962 offset 1480+, length 92"
+            "IP 10.0.0.1 > 10.0.0.2: ip-proto-1, fragment id 16962 offset 1480+, length 72"
         );
         let last = fragment(370);
         assert_eq!(last.l4, L4::None);
         assert_eq!(
             last.to_string(),
-            "IP 10.0.0.1 > 10.0.0.2: ip-proto-1, fragment id 16962 offset 2960, length 92"
+            "IP 10.0.0.1 > 10.0.0.2: ip-proto-1, fragment id 16962 offset 2960, length 72"
         );
         // A whole datagram is not marked.
         assert!(!decode_frame(&whole).to_string().contains("fragment"));
+    }
+
+    /// `length` is tcpdump's, from the headers: a TCP segment's payload
+    /// (past its options), a UDP datagram's, even when the capture stops
+    /// at the headers.
+    #[test]
+    fn lengths_are_tcpdumps_from_the_headers() {
+        let a = [10, 0, 0, 1];
+        let b = [10, 0, 0, 2];
+        let tcp = frame!(
+            eth()
+                .ipv4(a, b, 64)
+                .tcp(40000, 8080, 1, 512)
+                .ack(7)
+                .psh()
+                .options(&[etherparse::TcpOptionElement::Timestamp(1, 2)])
+                .unwrap(),
+            &[9; 100],
+        );
+        // 14 + 20 + 32 bytes of headers.
+        for cut in [tcp.len(), 66] {
+            let p = decode_frame(&tcp[..cut]);
+            assert_eq!(
+                p.to_string(),
+                "IP 10.0.0.1.40000 > 10.0.0.2.8080: Flags [P.], seq 1, ack 7, length 100",
+                "cut at {cut}"
+            );
+        }
+        let udp = frame!(eth().ipv4(a, b, 64).udp(5353, 53), &[1; 30]);
+        for cut in [udp.len(), 42] {
+            assert_eq!(
+                decode_frame(&udp[..cut]).to_string(),
+                "IP 10.0.0.1.5353 > 10.0.0.2.53: UDP, length 30",
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
@@ -968,7 +1010,7 @@ mod tests {
         assert!(p.probe);
         assert_eq!(
             p.to_string(),
-            "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 60"
+            "IP 10.0.0.1 > 10.0.0.2: ICMP echo request, id 4660, seq 7, length 40"
         );
     }
 
@@ -1012,7 +1054,7 @@ mod tests {
         assert_eq!(p.payload_hash, q.payload_hash, "NAT leaves the fingerprint");
         assert_eq!(
             q.to_string(),
-            "IP 10.0.0.9 > 192.168.1.21: ICMP 10.0.0.9 udp port 53 unreachable, length 68"
+            "IP 10.0.0.9 > 192.168.1.21: ICMP 10.0.0.9 udp port 53 unreachable, length 48"
         );
         // Both parsers read the quote alike.
         let mut e = decode_frame(&[]);
@@ -1062,7 +1104,7 @@ mod tests {
         ));
         assert_eq!(
             mld.to_string(),
-            "IP6 fd00::1 > fd00::2: ICMP6, multicast listener report v2, length 68"
+            "IP6 fd00::1 > fd00::2: ICMP6, multicast listener report v2, length 28"
         );
     }
 
@@ -1100,14 +1142,13 @@ mod tests {
             L3::Ipv6 {
                 src: "fd00::1".parse().unwrap(),
                 dst: "fd00::2".parse().unwrap(),
-                payload_len: 64,
                 hop_limit: 64,
                 proto: 58,
             }
         );
         assert_eq!(
             echo.to_string(),
-            "IP6 fd00::1 > fd00::2: ICMP6, echo request, id 1778, seq 1, length 104"
+            "IP6 fd00::1 > fd00::2: ICMP6, echo request, id 1778, seq 1, length 64"
         );
         let reply = decode_frame(&frame!(
             eth().ipv6(V6_B, V6_A, 64).icmpv6_echo_reply(1778, 1),
@@ -1115,7 +1156,7 @@ mod tests {
         ));
         assert_eq!(
             reply.to_string(),
-            "IP6 fd00::2 > fd00::1: ICMP6, echo reply, id 1778, seq 1, length 104"
+            "IP6 fd00::2 > fd00::1: ICMP6, echo reply, id 1778, seq 1, length 64"
         );
         let syn = decode_frame(&frame!(
             eth().ipv6(V6_A, V6_B, 64).tcp(40000, 80, 1000, 512).syn(),
@@ -1123,7 +1164,7 @@ mod tests {
         ));
         assert_eq!(
             syn.to_string(),
-            "IP6 fd00::1.40000 > fd00::2.80: Flags [S], seq 1000, ack 0, length 60"
+            "IP6 fd00::1.40000 > fd00::2.80: Flags [S], seq 1000, ack 0, length 0"
         );
         let udp = decode_frame(&frame!(eth().ipv6(V6_B, V6_A, 1).udp(53, 5353), b"hello"));
         assert_eq!(
@@ -1135,7 +1176,7 @@ mod tests {
         );
         assert_eq!(
             udp.to_string(),
-            "IP6 fd00::2.53 > fd00::1.5353: UDP, length 53"
+            "IP6 fd00::2.53 > fd00::1.5353: UDP, length 5"
         );
         // Cut inside the ICMPv6 header: the addresses, no transport.
         let cut = decode_frame(
@@ -1147,7 +1188,7 @@ mod tests {
         assert_eq!(cut.l4, L4::None);
         assert_eq!(
             cut.to_string(),
-            "IP6 fd00::1 > fd00::2: proto 58, length 104"
+            "IP6 fd00::1 > fd00::2: proto 58, length 64"
         );
     }
 

@@ -51,9 +51,9 @@ the filter kept), seen (every packet at the hook), matched (kept by the
 filter), events (records received), lost (records the kernel could not
 hand over: raise --ring-size).
 
-Lines read like tcpdump's, except `length`: podtrace gives the IP
-packet's length (a TCP SYN: length 60), where tcpdump gives the
-transport payload's (length 0).")]
+Lines read like tcpdump's, `length` included: a TCP segment's or UDP
+datagram's payload, an ICMP message's length, taken from the headers
+even past --snaplen (JSON's `len` is the whole packet's).")]
     Capture(capture::CaptureArgs),
     /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
     /// path made of network namespaces on this host.

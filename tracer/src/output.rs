@@ -1084,14 +1084,12 @@ mod tests {
             L3::Ipv6 {
                 src: "fd00::1".parse().expect("an address"),
                 dst: "2001:db8:ffff::abcd:1".parse().expect("an address"),
-                payload_len: 64,
                 hop_limit: 64,
                 proto: 58,
             },
             L3::Ipv6 {
                 src: std::net::Ipv6Addr::UNSPECIFIED,
                 dst: std::net::Ipv6Addr::from(u128::MAX),
-                payload_len: u16::MAX,
                 hop_limit: 255,
                 proto: 255,
             },
@@ -1171,6 +1169,7 @@ mod tests {
                     l4,
                     payload_hash: i as u64,
                     probe: i.is_multiple_of(7),
+                    length: if i.is_multiple_of(4) { u16::MAX } else { 64 },
                 });
                 i += 1;
             }

@@ -50,6 +50,7 @@ fn packet(
         },
         payload_hash: hash,
         probe: false,
+        length: 64,
     }
 }
 

@@ -205,6 +205,7 @@ impl Pkt {
             l4: self.l4,
             payload_hash: self.payload_hash,
             probe: self.probe,
+            length: 64,
         }
     }
 }

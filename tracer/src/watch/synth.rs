@@ -289,6 +289,8 @@ fn packet(&(cookie, ifindex, dir, src, dst, l4): &Seen, ts_ns: u64, hash: u64, n
         l4,
         payload_hash: hash,
         probe: false,
+        // An ICMP echo of 84 IP bytes; a transport's payload otherwise.
+        length: if proto == 1 { 64 } else { 32 },
     }
 }
 

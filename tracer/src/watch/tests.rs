@@ -440,6 +440,7 @@ fn a_kernel_drop_shows_in_the_row_and_the_path_pane() {
         },
         payload_hash: 1,
         probe: false,
+        length: 64,
     };
     let drop = crate::correlate::KernelDrop {
         side: crate::correlate::Side::Request,
