@@ -338,8 +338,10 @@ pub struct HookStats {
     /// Bytes of the IPv4 packets that passed the filter, as the flow
     /// counters count them (from the Ethernet header).
     pub bytes: u64,
-    /// Packets that passed the filter and are not IPv4 (ARP, IPv6): with
-    /// `matched`, the IPv4 packet count where no flow table counts them.
+    /// Packets that passed the filter and that the program could not read
+    /// as IPv4 (ARP, IPv6, a truncated IPv4 header), which no flow counts:
+    /// with `matched`, the IPv4 packet count where no flow table counts
+    /// them.
     pub other: u64,
 }
 

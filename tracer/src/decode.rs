@@ -446,7 +446,9 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
     match &sliced.net {
         Some(LaxNetSlice::Ipv4(ip)) => {
             let h = ip.header();
-            ip_len = usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4);
+            // An authentication header (AH) is not the transport's.
+            let ah = ip.extensions().auth.map_or(0, |a| a.slice().len());
+            ip_len = usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4 + ah);
             pkt.l3 = L3::Ipv4 {
                 src: h.source_addr(),
                 dst: h.destination_addr(),

@@ -53,7 +53,8 @@ hand over: raise --ring-size).
 
 Lines read like tcpdump's, `length` included: a TCP segment's or UDP
 datagram's payload, an ICMP message's length, taken from the headers
-even past --snaplen (JSON's `len` is the whole packet's).")]
+(so past --snaplen, once the transport header is captured; JSON's `len`
+is the whole packet's).")]
     Capture(capture::CaptureArgs),
     /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
     /// path made of network namespaces on this host.
