@@ -14,6 +14,7 @@
 )]
 
 mod cell;
+mod compare;
 pub mod empty;
 mod goals;
 mod isolated;
@@ -24,7 +25,12 @@ mod procfs;
 mod report;
 mod tracers;
 
-use std::{fs, path::Path, process::Command, time::Instant};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -52,6 +58,12 @@ pub struct Options {
     /// Seconds of traffic per run (default 3, or 1 with --quick).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..=60))]
     seconds: Option<u32>,
+    /// Only compare this tree's build with another podtrace binary (say,
+    /// one built from another commit and copied aside): BPF ns per reported
+    /// packet in packets mode, both builds in every round, and the median
+    /// of the per-round differences. --runs rounds (default 8).
+    #[arg(long, value_name = "PODTRACE")]
+    against: Option<PathBuf>,
 }
 
 /// Sets up, builds, measures, prints.
@@ -60,13 +72,38 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("bench needs root: it creates namespaces, loads BPF programs and runs tcpdump");
     }
     let started = Instant::now();
-    let runs = opts.runs.unwrap_or(if opts.quick { 1 } else { 5 }) as usize;
+    let runs = opts.runs.unwrap_or(match (opts.quick, &opts.against) {
+        (true, _) => 1,
+        (false, Some(_)) => 8,
+        (false, None) => 5,
+    }) as usize;
     let secs = opts.seconds.unwrap_or(if opts.quick { 1 } else { 3 });
+    if let Some(other) = &opts.against
+        && !other.is_file()
+    {
+        bail!("--against {}: no such podtrace binary", other.display());
+    }
     setup::run(&setup::Options::default())?;
     let podtrace = binary::build(true)?;
     let machine = machine();
     // Dropped last (locals drop in reverse): everything below writes here.
     let dir = TempDir::new(&format!("ptbench-{}", std::process::id()))?;
+    if let Some(other) = &opts.against {
+        // A copy of this build: a build started meanwhile cannot swap it.
+        let this = dir.path().join("podtrace-this");
+        fs::copy(&podtrace, &this).context("copying this tree's podtrace")?;
+        println!("\n== {machine}: this tree against {}", other.display());
+        prioritize()?;
+        let pair = Pair::create()?;
+        let _servers = Servers::start(&pair, dir.path())?;
+        let _stats = BpfStats::enable()?;
+        // A bare name would be looked up in PATH.
+        let other =
+            fs::canonicalize(other).with_context(|| format!("--against {}", other.display()))?;
+        compare::run(&this, &other, &pair, runs, secs, dir.path())?;
+        println!("bench took {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
 
     println!("\n== userspace micro-benchmarks");
     let micro = micro::run(opts.quick, &dir.path().join("criterion"))?;
