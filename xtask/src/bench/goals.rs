@@ -144,7 +144,7 @@ fn bpf(results: &Results, v: &mut Vec<Verdict>) {
         });
         v.push(verdict(
             format!("BPF cost per packet per hook <= {limit:.0} ns for {what}, in traffic"),
-            "worst over scenarios and directions",
+            "worst over scenarios and directions of the runs' medians",
             worst(in_traffic),
             limit,
             1,

@@ -18,8 +18,9 @@ pub struct Results {
     /// (scenario, configuration, place in the order of runs, measurements),
     /// with BPF run time statistics off.
     pub cells: Vec<(Scenario, Tracer, usize, Cell)>,
-    /// One run per scenario and podtrace configuration with the statistics
-    /// on: they cost time of their own, so they stay out of the throughput.
+    /// Runs with the statistics on, as many per scenario and configuration
+    /// as the throughput's: they cost time of their own, so they stay out
+    /// of the throughput.
     pub bpf: Vec<(Scenario, Tracer, Programs)>,
     /// BPF ns per packet of the programs alone (`bpftool prog run`).
     pub isolated: Vec<Isolated>,
@@ -50,14 +51,24 @@ impl Results {
             .collect()
     }
 
-    /// BPF ns per run, ingress and egress, from the statistics run.
+    /// BPF ns per run, ingress and egress: the median of the statistics
+    /// runs.
     pub fn bpf_ns(&self, s: Scenario, t: Tracer) -> [Option<f64>; 2] {
-        self.bpf
-            .iter()
-            .find(|(bs, bt, _)| *bs == s && *bt == t)
-            .map_or([None, None], |(_, _, p)| {
-                [p.ingress.per_run(), p.egress.per_run()]
-            })
+        self.bpf_spread(s, t).map(|v| v.map(|s| s.median))
+    }
+
+    /// BPF ns per run, ingress and egress, over the statistics runs.
+    pub fn bpf_spread(&self, s: Scenario, t: Tracer) -> [Option<Spread>; 2] {
+        let runs = || {
+            self.bpf
+                .iter()
+                .filter(move |(bs, bt, _)| *bs == s && *bt == t)
+                .map(|(_, _, p)| p)
+        };
+        [
+            Spread::of(runs().filter_map(|p| p.ingress.per_run()).collect()),
+            Spread::of(runs().filter_map(|p| p.egress.per_run()).collect()),
+        ]
     }
 
     /// Lost over reported + lost, over every run of a configuration.
@@ -136,8 +147,7 @@ pub fn network(results: &Results) -> String {
             let (events, lost, bpf, exact) = if tracer == Tracer::None {
                 ("-".into(), "-".into(), "-".into(), "-".into())
             } else if tracer == Tracer::Empty {
-                let ns = |v: Option<f64>| v.map_or("-".into(), |n| format!("{n:.0}"));
-                let [i, e] = results.bpf_ns(scenario, tracer);
+                let [i, e] = results.bpf_spread(scenario, tracer);
                 (
                     "-".into(),
                     "-".into(),
@@ -156,8 +166,7 @@ pub fn network(results: &Results) -> String {
                     )
                 };
                 let bpf = if tracer.is_podtrace() {
-                    let ns = |v: Option<f64>| v.map_or("-".into(), |n| format!("{n:.0}"));
-                    let [i, e] = results.bpf_ns(scenario, tracer);
+                    let [i, e] = results.bpf_spread(scenario, tracer);
                     format!("{} · {}", ns(i), ns(e))
                 } else {
                     "-".into()
@@ -190,6 +199,15 @@ pub fn network(results: &Results) -> String {
         }
     }
     s
+}
+
+/// BPF ns over the statistics runs: `218`, or `218 [210–231]` for several.
+fn ns(v: Option<Spread>) -> String {
+    match v {
+        None => "-".into(),
+        Some(s) if s.max - s.min < 0.5 => format!("{:.0}", s.median),
+        Some(s) => s.show(0),
+    }
 }
 
 /// The programs alone: one row per configuration, one column per packet.
