@@ -87,19 +87,14 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     };
     let mut config = kernel_config(&args.filter, &args.report);
     // Packets mode reads no per-flow counters (its totals come from the
-    // hooks' own), so the kernel skips them and the table is the least
-    // it can be. Flows mode reports from them.
+    // hooks' own), so the kernel skips them. Flows mode reports from them
+    // whatever this says.
     config.count_flows = 0;
-    let flow_entries = if args.report.mode == crate::cli::Mode::Packets {
-        tracer_common::FLOW_PROBES
-    } else {
-        tracer_common::DEFAULT_FLOW_SLOTS
-    };
     let opts = LoadOptions {
         config,
         ring_bytes: args.report.ring_bytes(),
         drops: drop_offsets,
-        flow_entries,
+        ..LoadOptions::default()
     };
     args.ready.clear_stale()?;
     let mut stop = Stop::install()?;

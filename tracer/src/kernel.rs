@@ -239,6 +239,13 @@ impl Kernel {
                     tracer_common::FLOW_PROBES
                 )));
             }
+            // Programs that count no flows never write the table: the
+            // least it can be.
+            let slots = if self.counts_flows() {
+                slots
+            } else {
+                tracer_common::FLOW_PROBES
+            };
             config.flow_slots = slots;
             // A quarter of a CPU's ring: the drain timer collects most
             // records, and this wakes a reader that sleeps through a burst
