@@ -732,7 +732,7 @@ fn a_reader_in_its_own_session_keeps_up_with_busy_request_response() {
     let fifo = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
     let threads = thread_policies(cap.pid());
     assert!(
-        threads.len() >= 2 && threads.iter().all(|&t| t == (fifo, 1)),
+        !threads.is_empty() && threads.iter().all(|&t| t == (fifo, 1)),
         "every thread SCHED_FIFO 1 with reset on fork: {threads:?}"
     );
     let addr: SocketAddr = format!("{}:5400", VethPair::IP_B).parse().unwrap();

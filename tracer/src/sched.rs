@@ -18,7 +18,7 @@
 //! of each second by default) leaves even a runaway reader's CPU to the
 //! others for the rest. With `SCHED_RESET_ON_FORK`, threads and processes
 //! that podtrace starts run at normal priority unless they ask for it, as
-//! the async runtime's workers do.
+//! the async runtime's blocking threads do.
 
 use std::{
     io,
