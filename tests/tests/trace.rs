@@ -299,9 +299,9 @@ fn a_flow_running_before_trace_starts_shows_its_whole_path() {
 /// Every ICMP error about a refused datagram is linked to that datagram's
 /// flow, in flows mode too, where one sender's errors to one pod share a
 /// kernel flow slot (whose first packets alone were reported); and the
-/// port filter keeps the errors about the packets it keeps.
+/// port and address filters keep the errors about the packets they keep.
 #[test]
-fn each_refused_datagram_gets_its_error_in_flows_mode_and_through_the_port_filter() {
+fn each_refused_datagram_gets_its_error_in_flows_mode_and_through_the_filters() {
     let lab = LabGuard::up();
     let (p1, p4) = (lab.pod("pod-1"), lab.pod("pod-4"));
     let send = |port: u16| {
@@ -347,6 +347,24 @@ fn each_refused_datagram_gets_its_error_in_flows_mode_and_through_the_port_filte
         (&f["tuple"]["dport"], &f["icmp_error"]["name"]),
         (&Value::from(9107), &Value::from("port unreachable")),
         "{f:#}"
+    );
+
+    // The error goes to pod-1, from pod-4: by its own addresses a filter
+    // on the datagram's destination would drop it; by its quote it keeps it.
+    let dst = format!("{}/32", p4.ip);
+    let filtered = Podtrace::start(&["trace", "--json", "--filter-dst", &dst]);
+    send(9109);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = filtered.stop(libc::SIGINT);
+    assert!(out.status.success(), "{}", out.stderr);
+    let all = flows(&out.stdout);
+    let f = all
+        .values()
+        .find(|f| f["tuple"]["dport"] == 9109)
+        .unwrap_or_else(|| panic!("no flow to port 9109: {all:#?}"));
+    assert_eq!(
+        f["icmp_error"]["name"], "port unreachable",
+        "the address filter kept the error: {f:#}"
     );
 }
 

@@ -212,14 +212,15 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
             HDR_PEEK,
         );
         if every {
-            // The quoted ports of an ICMP error sit after its 8 bytes and
-            // the quoted 20-byte IPv4 header.
+            // What an ICMP error quotes sits after its 8 bytes: the quoted
+            // IPv4 header (20 bytes, its addresses 12 bytes in), then the
+            // quoted packet's ports.
             let q = &ev.data;
-            let quoted = || {
-                (
-                    u16::from_be_bytes([q[48], q[49]]),
-                    u16::from_be_bytes([q[50], q[51]]),
-                )
+            let quoted = || Quote {
+                src: [q[40], q[41], q[42], q[43]],
+                dst: [q[44], q[45], q[46], q[47]],
+                sport: u16::from_be_bytes([q[48], q[49]]),
+                dport: u16::from_be_bytes([q[50], q[51]]),
             };
             // Multicast and broadcast are no pod's path (the engine
             // leaves them out too): a node drops IGMP queries all day.
@@ -314,7 +315,7 @@ fn trace(ctx: &TcContext, dir: Direction) {
     // The filter runs on headers read in place: a packet it rejects has
     // cost one array slot and a few loads.
     let parsed = parse(ctx);
-    if !parsed.probe && !filter_matches(&parsed, || quoted_ports(ctx)) {
+    if !parsed.probe && !filter_matches(&parsed, || quote(ctx)) {
         return;
     }
     stats.matched += 1;
@@ -546,11 +547,23 @@ fn answers_a_syn(p: &Parsed) -> bool {
     p.proto == IPPROTO_TCP && (p.tcp_flags & SYN_ACK == SYN_ACK || p.tcp_flags & RST != 0)
 }
 
-/// Whether the packet passes the filter. An ICMP error passes the protocol
-/// and port filters as the packet it quotes would: it is that packet's
-/// answer (the address filters apply to its own header, as to a reply's).
+/// What an ICMP error quotes of the packet it is about, as far as the
+/// filter needs.
+struct Quote {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+}
+
+/// Whether the packet passes the filter. An ICMP error passes it as the
+/// packet it quotes would, or by its own addresses: it is that packet's
+/// answer. So `--filter-dst` of a host that cannot be reached keeps the
+/// errors routers send back to the sender, and `--filter-port` the port
+/// unreachables. `quote` reads the quote; it is called only for an ICMP
+/// error the filter would otherwise reject.
 #[inline(always)]
-fn filter_matches(p: &Parsed, quoted_ports: impl FnOnce() -> (u16, u16)) -> bool {
+fn filter_matches(p: &Parsed, quote: impl FnOnce() -> Quote) -> bool {
     let proto = cfg!(proto);
     let port = cfg!(port);
     let src: Cidr4 = cfg!(src);
@@ -571,32 +584,51 @@ fn filter_matches(p: &Parsed, quoted_ports: impl FnOnce() -> (u16, u16)) -> bool
     {
         return false;
     }
-    if port != 0 {
-        let (sport, dport) = if p.icmp_error && matches!(p.quoted_proto, IPPROTO_TCP | IPPROTO_UDP)
+    let addresses = |s: [u8; 4], d: [u8; 4]| {
+        src.contains(s) && dst.contains(d) && (host.contains(s) || host.contains(d))
+    };
+    if !p.icmp_error {
+        if port != 0
+            && (p.proto == IPPROTO_ICMP
+                || (port != u32::from(p.sport) && port != u32::from(p.dport)))
         {
-            quoted_ports()
-        } else if p.proto == IPPROTO_ICMP {
-            return false;
-        } else {
-            (p.sport, p.dport)
-        };
-        if port != u32::from(sport) && port != u32::from(dport) {
             return false;
         }
+        return addresses(p.src, p.dst);
     }
-    src.contains(p.src) && dst.contains(p.dst) && (host.contains(p.src) || host.contains(p.dst))
+    let own = addresses(p.src, p.dst);
+    // An ICMP error: its quote is read only if the filter needs it.
+    if port != 0 && !matches!(p.quoted_proto, IPPROTO_TCP | IPPROTO_UDP) {
+        return false;
+    }
+    if port == 0 && own {
+        return true;
+    }
+    let q = quote();
+    if port != 0 && port != u32::from(q.sport) && port != u32::from(q.dport) {
+        return false;
+    }
+    own || addresses(q.src, q.dst)
 }
 
-/// The ports of the TCP or UDP packet an ICMP error quotes (after its
-/// IPv4 header and the quoted 20-byte IPv4 header); 0 if not captured.
+/// What an ICMP error quotes (after its IPv4 header, its 8 bytes and the
+/// quoted 20-byte IPv4 header, whose addresses are 12 bytes in); zeros if
+/// not captured.
 #[inline(always)]
-fn quoted_ports(ctx: &TcContext) -> (u16, u16) {
-    match ctx.load::<[u8; 4]>(ETH_HLEN + 20 + 8 + 20) {
-        Ok(b) => (
-            u16::from_be_bytes([b[0], b[1]]),
-            u16::from_be_bytes([b[2], b[3]]),
-        ),
-        Err(_) => (0, 0),
+fn quote(ctx: &TcContext) -> Quote {
+    match ctx.load::<[u8; 12]>(ETH_HLEN + 20 + 8 + 12) {
+        Ok(b) => Quote {
+            src: [b[0], b[1], b[2], b[3]],
+            dst: [b[4], b[5], b[6], b[7]],
+            sport: u16::from_be_bytes([b[8], b[9]]),
+            dport: u16::from_be_bytes([b[10], b[11]]),
+        },
+        Err(_) => Quote {
+            src: [0; 4],
+            dst: [0; 4],
+            sport: 0,
+            dport: 0,
+        },
     }
 }
 

@@ -25,14 +25,17 @@ pub struct WhereArgs {
 /// not kept.
 #[derive(Args, Clone, Debug, Default)]
 pub struct FilterArgs {
-    /// Keep packets whose source is in this IPv4 prefix (e.g. 192.168.1.0/24).
-    /// Any `--filter-*` keeps IPv4 packets only.
+    /// Keep packets whose source is in this IPv4 prefix (e.g. 192.168.1.0/24),
+    /// and the ICMP errors about them. Any `--filter-*` keeps IPv4 packets
+    /// only; every one keeps an ICMP error that quotes a packet it keeps.
     #[arg(long = "filter-src", value_name = "CIDR")]
     pub src: Option<Cidr>,
-    /// Keep packets whose destination is in this prefix.
+    /// Keep packets whose destination is in this prefix, and the ICMP
+    /// errors about them (a router's host unreachable to the sender).
     #[arg(long = "filter-dst", value_name = "CIDR")]
     pub dst: Option<Cidr>,
-    /// Keep packets whose source or destination is in this prefix.
+    /// Keep packets whose source or destination is in this prefix, and the
+    /// ICMP errors about them.
     #[arg(long = "filter-host", value_name = "CIDR")]
     pub host: Option<Cidr>,
     /// Keep only this protocol, and the ICMP errors (port unreachable,
