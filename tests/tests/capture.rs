@@ -1122,6 +1122,56 @@ fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
     }
 }
 
+/// A packet dropped before it had a device, by the OUTPUT chain of the
+/// namespace that sent it, comes as a drop in that namespace: the kernel
+/// reads its namespace from its socket.
+#[test]
+fn a_packet_dropped_before_it_had_a_device_shows_in_its_namespace() {
+    let _serial = serial();
+    let pair = VethPair::new("co");
+    let rule = ["OUTPUT", "-p", "udp", "--dport", "9311", "-j", "DROP"];
+    VethPair::exec(&pair.a, &[&["iptables", "-I"], &rule[..]].concat());
+    let cap = Podtrace::start(&[
+        "capture",
+        "--netns",
+        &pair.a,
+        "--netns",
+        &pair.b,
+        "--filter-proto",
+        "udp",
+        "--drops",
+        "--json",
+    ]);
+    let send = format!("echo x > /dev/udp/{}/9311", VethPair::IP_B);
+    assert!(
+        !exec_ok(&pair.a, &["bash", "-c", &send]),
+        "the sender sees its datagram refused"
+    );
+    // Drops are read every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cap.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out.stdout);
+    let drops: Vec<&Value> = lines.iter().filter(|l| l["type"] == "drop").collect();
+    assert_eq!(drops.len(), 1, "{}", out.stdout);
+    let d = &drops[0]["drop"];
+    assert_eq!(
+        (&d["reason"], &d["node"], &d["dst"]),
+        (
+            &Value::from("NETFILTER_DROP"),
+            &Value::from(pair.a.as_str()),
+            &Value::from(format!("{}:9311", VethPair::IP_B))
+        ),
+        "{d}"
+    );
+    assert!(d.get("iface").is_none(), "no device yet: {d}");
+    assert!(
+        !lines.iter().any(|l| l["type"] == "packet"),
+        "no hook saw it: {}",
+        out.stdout
+    );
+}
+
 #[tokio::test]
 async fn flows_mode_reports_flow_starts_and_counts_everything() {
     let _serial = serial();

@@ -104,6 +104,8 @@ static DROP_CONFIG: DropConfig = DropConfig {
     all: 0,
     skb_tail: 0,
     no_socket: u32::MAX,
+    skb_sk: 0,
+    sk_net: 0,
 };
 
 /// The traced namespaces' cookies, when every dropped packet counts.
@@ -156,6 +158,7 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         drop_cfg!(net_cookie),
     );
     let tail_at = drop_cfg!(skb_tail);
+    let (sk_at, sk_net_at) = (drop_cfg!(skb_sk), drop_cfg!(sk_net));
     // SAFETY: kernel reads through the helper, which fails cleanly on a
     // bad address; the offsets come from this kernel's BTF.
     unsafe {
@@ -165,12 +168,23 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         let mut netns_cookie = 0;
         let mut ifindex = 0;
         let dev: u64 = bpf_probe_read_kernel((skb + dev_at) as *const u64).unwrap_or(0);
-        if dev != 0 {
+        // A packet with no device yet (sent from this host, dropped in
+        // its OUTPUT chain) is in its socket's namespace.
+        let net: u64 = if dev != 0 {
             ifindex = bpf_probe_read_kernel((dev + ifindex_at) as *const u32).unwrap_or(0);
-            let net: u64 = bpf_probe_read_kernel((dev + net_at) as *const u64).unwrap_or(0);
-            if net != 0 {
-                netns_cookie = bpf_probe_read_kernel((net + cookie_at) as *const u64).unwrap_or(0);
+            bpf_probe_read_kernel((dev + net_at) as *const u64).unwrap_or(0)
+        } else if sk_at != 0 {
+            let sk: u64 = bpf_probe_read_kernel((skb + sk_at) as *const u64).unwrap_or(0);
+            if sk == 0 {
+                0
+            } else {
+                bpf_probe_read_kernel((sk + sk_net_at) as *const u64).unwrap_or(0)
             }
+        } else {
+            0
+        };
+        if net != 0 {
+            netns_cookie = bpf_probe_read_kernel((net + cookie_at) as *const u64).unwrap_or(0);
         }
         if every {
             DROP_NETNS.get(&netns_cookie)?;

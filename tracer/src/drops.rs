@@ -224,6 +224,8 @@ pub fn offsets(btf: &Btf) -> Result<DropConfig, String> {
         all: 0,
         skb_tail: get("sk_buff", "tail")?,
         no_socket: u32::MAX,
+        skb_sk: get("sk_buff", "sk")?,
+        sk_net: get("sock_common", "skc_net")?,
     })
 }
 
@@ -773,6 +775,8 @@ mod tests {
         let btf = Btf::vmlinux().expect("this kernel's BTF");
         let o = offsets(&btf).expect("the offsets ping needs");
         assert!(o.skb_head > 0 && o.skb_network_header > 0 && o.net_cookie > 0);
+        // The socket's pointer and its namespace's: a drop with no device.
+        assert!(o.skb_sk > 0 && o.sk_net > 0, "{o:?}");
         // Numbered differently from one kernel to the next.
         assert!(reason_names(&btf).values().any(|n| n == "NOT_SPECIFIED"));
     }
