@@ -1044,7 +1044,7 @@ fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
         ),
         "the echo requests are dropped"
     );
-    // Drops are read every 100 ms.
+    // A drop's line waits 50 ms for the packets from before it.
     std::thread::sleep(Duration::from_millis(300));
     let out = cap.stop(libc::SIGINT);
     assert!(out.status.success(), "{out:?}");
@@ -1124,7 +1124,9 @@ fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
 
 /// A packet dropped before it had a device, by the OUTPUT chain of the
 /// namespace that sent it, comes as a drop in that namespace: the kernel
-/// reads its namespace from its socket.
+/// reads its namespace from its socket. A Unix socket's unread message,
+/// freed as dropped with a socket and no device too, is no packet, even
+/// when its bytes read as an IPv4 datagram.
 #[test]
 fn a_packet_dropped_before_it_had_a_device_shows_in_its_namespace() {
     let _serial = serial();
@@ -1142,12 +1144,30 @@ fn a_packet_dropped_before_it_had_a_device_shows_in_its_namespace() {
         "--drops",
         "--json",
     ]);
+    podtrace_tests::traffic::in_netns(&pair.a, || {
+        use std::io::Write as _;
+        // IPv4, UDP, 10.1.1.1:12345 > 10.1.1.2:9000.
+        let looks_like_udp = [
+            0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 1, 1, 1, 10, 1, 1, 2, 0x30, 0x39,
+            0x23, 0x28, 0, 8, 0, 0,
+        ];
+        for pair in [
+            std::os::unix::net::UnixStream::pair().map(|(a, b)| (a.into(), b.into())),
+            std::os::unix::net::UnixDatagram::pair().map(|(a, b)| (a.into(), b.into())),
+        ] {
+            let (a, b): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) = pair.expect("socketpair");
+            std::fs::File::from(a)
+                .write_all(&looks_like_udp)
+                .expect("send");
+            drop(b);
+        }
+    });
     let send = format!("echo x > /dev/udp/{}/9311", VethPair::IP_B);
     assert!(
         !exec_ok(&pair.a, &["bash", "-c", &send]),
         "the sender sees its datagram refused"
     );
-    // Drops are read every 100 ms.
+    // A drop's line waits 50 ms for the packets from before it.
     std::thread::sleep(Duration::from_millis(300));
     let out = cap.stop(libc::SIGINT);
     assert!(out.status.success(), "{out:?}");

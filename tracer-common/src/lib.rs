@@ -289,12 +289,16 @@ pub struct DropConfig {
     /// already read. A node drops these all the time: reported only for
     /// one of ping's tagged probes.
     pub no_socket: u32,
-    /// `sk_buff.sk`: the namespace of a packet dropped before it had a
+    /// `sk_buff.sk`: the namespace of an IPv4 packet dropped with no
     /// device (a locally sent one, in the OUTPUT chain) is its socket's.
     pub skb_sk: u32,
     /// `sock_common.skc_net` (a `possible_net_t`, whose one member is the
     /// pointer to the `struct net`).
     pub sk_net: u32,
+    /// `sk_buff.protocol` (the EtherType, network order): the socket's
+    /// namespace is taken only for IPv4, not for the buffers of Unix or
+    /// netlink sockets, which are freed the same way and have no device.
+    pub skb_protocol: u32,
 }
 
 /// Drops reported per CPU in one window when every packet counts: a node
@@ -654,7 +658,7 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 80);
     assert!(core::mem::size_of::<BatchHeader>() == 8);
     assert!(core::mem::size_of::<DropEvent>() == 40 + DROP_SNAP);
-    assert!(core::mem::size_of::<DropConfig>() == 44);
+    assert!(core::mem::size_of::<DropConfig>() == 48);
     assert!(core::mem::size_of::<DropBudget>() == 24);
     assert!(core::mem::size_of::<CpuState>() == 24);
     assert!(STAGE_MAX.is_power_of_two());

@@ -106,6 +106,7 @@ static DROP_CONFIG: DropConfig = DropConfig {
     no_socket: u32::MAX,
     skb_sk: 0,
     sk_net: 0,
+    skb_protocol: 0,
 };
 
 /// The traced namespaces' cookies, when every dropped packet counts.
@@ -158,7 +159,11 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         drop_cfg!(net_cookie),
     );
     let tail_at = drop_cfg!(skb_tail);
-    let (sk_at, sk_net_at) = (drop_cfg!(skb_sk), drop_cfg!(sk_net));
+    let (sk_at, sk_net_at, proto_at) = (
+        drop_cfg!(skb_sk),
+        drop_cfg!(sk_net),
+        drop_cfg!(skb_protocol),
+    );
     // SAFETY: kernel reads through the helper, which fails cleanly on a
     // bad address; the offsets come from this kernel's BTF.
     unsafe {
@@ -168,14 +173,19 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         let mut netns_cookie = 0;
         let mut ifindex = 0;
         let dev: u64 = bpf_probe_read_kernel((skb + dev_at) as *const u64).unwrap_or(0);
-        // A packet with no device yet (sent from this host, dropped in
-        // its OUTPUT chain) is in its socket's namespace.
+        // An IPv4 packet with no device yet (sent from this host,
+        // dropped in its OUTPUT chain) is in its socket's namespace. Only
+        // IPv4: a Unix or netlink socket's buffers have a socket and no
+        // device too. A socket is a kernel address, in the upper half.
         let net: u64 = if dev != 0 {
             ifindex = bpf_probe_read_kernel((dev + ifindex_at) as *const u32).unwrap_or(0);
             bpf_probe_read_kernel((dev + net_at) as *const u64).unwrap_or(0)
-        } else if sk_at != 0 {
+        } else if sk_at != 0
+            && bpf_probe_read_kernel((skb + proto_at) as *const u16).unwrap_or(0)
+                == ETH_P_IP.to_be()
+        {
             let sk: u64 = bpf_probe_read_kernel((skb + sk_at) as *const u64).unwrap_or(0);
-            if sk == 0 {
+            if sk >> 63 == 0 {
                 0
             } else {
                 bpf_probe_read_kernel((sk + sk_net_at) as *const u64).unwrap_or(0)

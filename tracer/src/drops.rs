@@ -226,6 +226,7 @@ pub fn offsets(btf: &Btf) -> Result<DropConfig, String> {
         no_socket: u32::MAX,
         skb_sk: get("sk_buff", "sk")?,
         sk_net: get("sock_common", "skc_net")?,
+        skb_protocol: get("sk_buff", "protocol")?,
     })
 }
 
@@ -776,7 +777,7 @@ mod tests {
         let o = offsets(&btf).expect("the offsets ping needs");
         assert!(o.skb_head > 0 && o.skb_network_header > 0 && o.net_cookie > 0);
         // The socket's pointer and its namespace's: a drop with no device.
-        assert!(o.skb_sk > 0 && o.sk_net > 0, "{o:?}");
+        assert!(o.skb_sk > 0 && o.sk_net > 0 && o.skb_protocol > 0, "{o:?}");
         // Numbered differently from one kernel to the next.
         assert!(reason_names(&btf).values().any(|n| n == "NOT_SPECIFIED"));
     }
