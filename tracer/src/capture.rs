@@ -40,13 +40,15 @@ pub struct CaptureArgs {
     /// --json asks for them.
     #[arg(long = "write", short = 'w', value_name = "FILE.pcapng")]
     pub write: Option<PathBuf>,
-    /// With -w, also print a text line per event.
-    #[arg(long, requires = "write")]
+    /// With -w, also print a text line per event (--json prints JSON
+    /// lines instead).
+    #[arg(long, requires = "write", conflicts_with = "json")]
     pub print: bool,
-    /// Stop after this many events.
+    /// Stop after this many events (default: run until Ctrl-C).
     #[arg(long, short = 'c', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
-    /// Stop after this long (e.g. 500ms, 10s, 2m).
+    /// Stop after this long (e.g. 500ms, 10s, 2m; a bare number is
+    /// seconds; default: run until Ctrl-C).
     #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
     /// Also show the packets the kernel drops, with its reason: each one
@@ -58,7 +60,8 @@ pub struct CaptureArgs {
     /// the packets from before it, so it may come after later packets'
     /// (its time is the drop's). Not
     /// shown: NO_SOCKET (a closed port, which the host answers), over 256
-    /// per CPU every 100 ms, and after --count. Needs the kernel's BTF.
+    /// per CPU every 100 ms, and after --count. Needs Linux 5.17 or later
+    /// (drop reasons) and the kernel's BTF.
     #[arg(long)]
     pub drops: bool,
     #[command(flatten)]

@@ -22,7 +22,7 @@ pub struct WhereArgs {
 
 /// What to trace: the in-kernel filter, applied before any byte is copied.
 /// It reads IPv4 headers: with any filter set, IPv6 and ARP packets are
-/// not kept.
+/// not kept. Several `--filter-*` flags combine: a packet must pass each.
 #[derive(Args, Clone, Debug, Default)]
 pub struct FilterArgs {
     /// Keep packets whose source is in this IPv4 prefix (e.g. 192.168.1.0/24),
@@ -40,7 +40,7 @@ pub struct FilterArgs {
     pub host: Option<Cidr>,
     /// Keep only this protocol, and the ICMP errors (port unreachable,
     /// TTL exceeded, ...) about its packets.
-    #[arg(long = "filter-proto", value_name = "PROTO")]
+    #[arg(long = "filter-proto", value_name = "PROTO", ignore_case = true)]
     pub proto: Option<Proto>,
     /// Keep TCP/UDP packets with this port on either side, and the ICMP
     /// errors about them.
@@ -225,8 +225,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} is not a duration"));
     }
+    // A run, a timeout or an interval longer than that is a typo, and
+    // one past Duration's range (or the clock's) would not be a time.
+    if secs > MAX_DURATION_SECS {
+        return Err(format!(
+            "{s:?} is longer than a year ({}m)",
+            MAX_DURATION_SECS / 60.0
+        ));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
+
+/// The longest duration [`parse_duration`] takes: 365 days.
+const MAX_DURATION_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// A count of at least 1 (`--max-flows`).
 pub fn parse_positive_count(s: &str) -> Result<usize, String> {
@@ -319,6 +330,14 @@ mod tests {
         assert!(parse_duration("3h").is_err());
         assert!(parse_duration("x").is_err());
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        // Past Duration's range, and merely absurd: refused, not a panic.
+        let err = parse_duration("999999999999999999999").unwrap_err();
+        assert!(err.contains("longer than a year (525600m)"), "{err}");
+        assert!(parse_duration("525601m").is_err());
+        assert_eq!(
+            parse_duration("525600m").unwrap(),
+            Duration::from_secs(365 * 24 * 3600)
+        );
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("0").is_err());
         assert_eq!(

@@ -60,10 +60,13 @@ is the whole packet's).")]
     /// path made of network namespaces on this host.
     Lab(lab::LabArgs),
     /// Send probes from one pod to another (or to any IP) and show the path
-    /// each took: hops with times, the ENI used, SNAT/DNAT rewrites, where
+    /// each took.
+    ///
+    /// Each probe's hops with times, the ENI used, SNAT/DNAT rewrites, where
     /// a lost probe was last seen, and, when the kernel dropped it, why (its
-    /// drop reason, such as NETFILTER_DROP or IP_RPFILTER). Exit 0 replies
-    /// received, 1 no reply, 2 usage or resolution error.
+    /// drop reason, such as NETFILTER_DROP or IP_RPFILTER). Exit status 0
+    /// when any probe got a reply, 1 when none did, 2 on a usage or
+    /// resolution error.
     #[command(after_help = "\
 Examples:
   podtrace ping pod-1 pod-3
@@ -73,7 +76,9 @@ Examples:
   podtrace ping pod-1 203.0.113.10 -c 1 --json
       to an address outside the VPC (SNAT to the node's IP), as JSON")]
     Ping(ping::PingArgs),
-    /// Follow live traffic as flows: each packet's path across pod veths and
+    /// Follow live traffic as flows: their paths, NAT, ENIs and drops.
+    ///
+    /// Each packet's path across pod veths and
     /// ENIs (both nodes in the lab), SNAT/DNAT rewrites with conntrack's
     /// tuples, the ENIs used, and labels direct, snat, dnat,
     /// asymmetric-eni, incomplete (judged with --mode packets and no

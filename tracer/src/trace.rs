@@ -47,7 +47,8 @@ pub struct TraceArgs {
     /// Also print every journey (one packet's hops), not only flows.
     #[arg(long)]
     pub journeys: bool,
-    /// Stop after this long (e.g. 10s, 2m).
+    /// Stop after this long (e.g. 10s, 2m; a bare number is seconds;
+    /// default: run until Ctrl-C).
     #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
     /// Most flows tracked at once (least recently seen are evicted).

@@ -143,7 +143,8 @@ enum LabCommand {
     /// Show nodes, ENIs with their IPs, and pods with IP, node and ENI.
     /// Exit 0 when a complete lab is up, 1 when none or part of one is.
     Status {
-        /// Print the inventory JSON instead of tables.
+        /// Print the inventory JSON instead of tables (none, and the
+        /// message on stderr, when no lab is up).
         #[arg(long)]
         json: bool,
     },

@@ -19,14 +19,21 @@ pub fn run(json: bool) -> Result<ExitCode, LabError> {
         Ok(inv) => inv,
         Err(LabError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             let left = existing_netns(&Plan::default());
-            if left.is_empty() {
-                println!("no lab is up (`podtrace lab up` builds one)");
+            let say = if left.is_empty() {
+                "no lab is up (`podtrace lab up` builds one)".to_owned()
             } else {
-                println!(
+                format!(
                     "no lab inventory, but these lab namespaces exist: {} (left by an unfinished \
                      `podtrace lab up`?); `podtrace lab down` removes them",
                     left.join(", ")
-                );
+                )
+            };
+            // With --json, stdout holds JSON or nothing: a script reads
+            // the exit status, a person the message.
+            if json {
+                eprintln!("podtrace: {say}");
+            } else {
+                println!("{say}");
             }
             return Ok(ExitCode::from(1));
         }

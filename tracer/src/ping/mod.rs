@@ -42,11 +42,11 @@ pub struct PingArgs {
     /// Number of probes.
     #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=10000))]
     pub count: u16,
-    /// Time between probes (e.g. 200ms, 1s).
-    #[arg(short = 'i', long = "interval", default_value = "200ms", value_parser = parse_duration)]
+    /// Time between probes (e.g. 200ms, 1s; a bare number is seconds).
+    #[arg(short = 'i', long = "interval", value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
     pub interval: Duration,
-    /// How long to wait for each reply.
-    #[arg(short = 'W', long = "timeout", default_value = "1s", value_parser = parse_positive_duration)]
+    /// How long to wait for each reply (e.g. 500ms, 2s).
+    #[arg(short = 'W', long = "timeout", value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
     /// Probe protocol.
     #[arg(long, value_enum, default_value_t = ProbeProto::Icmp)]
