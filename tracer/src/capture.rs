@@ -45,7 +45,7 @@ pub struct CaptureArgs {
     #[arg(long, requires = "write", conflicts_with = "json")]
     pub print: bool,
     /// Stop after this many events (default: run until Ctrl-C).
-    #[arg(long, short = 'c', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, short = 'c', value_name = "N", value_parser = crate::cli::parse_event_count)]
     pub count: Option<u64>,
     /// Stop after this long (e.g. 500ms, 10s, 2m; a bare number is
     /// seconds; default: run until Ctrl-C).

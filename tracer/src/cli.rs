@@ -44,7 +44,7 @@ pub struct FilterArgs {
     pub proto: Option<Proto>,
     /// Keep TCP/UDP packets with this port on either side, and the ICMP
     /// errors about them.
-    #[arg(long = "filter-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long = "filter-port", value_name = "PORT", value_parser = parse_port)]
     pub port: Option<u16>,
 }
 
@@ -59,7 +59,7 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = Mode::Packets)]
     pub mode: Mode,
     /// Bytes of each packet to copy, from the Ethernet header (1-256).
-    #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_SNAPLEN, value_parser = clap::value_parser!(u32).range(1..=MAX_SNAPLEN as i64))]
+    #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_SNAPLEN, value_parser = parse_snaplen)]
     pub snaplen: u32,
     /// In `flows` mode, also report 1 in N packets (0: no sampling).
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -239,6 +239,42 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The longest duration [`parse_duration`] takes: 365 days.
 const MAX_DURATION_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
+/// A whole number of at least `lo` and at most `hi` (if any), called a
+/// `noun` in the message if it is none: clap's own messages for a range
+/// read "0 is not in 1..18446744073709551615" and "invalid digit found
+/// in string".
+fn number_in<T>(s: &str, lo: T, hi: Option<T>, noun: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let n: T = s.parse().map_err(|_| format!("{s:?} is not a {noun}"))?;
+    match hi {
+        Some(hi) if n < lo || n > hi => Err(format!("give {lo} to {hi}")),
+        None if n < lo => Err(format!("give at least {lo}")),
+        _ => Ok(n),
+    }
+}
+
+/// A port, 1-65535.
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    number_in(s, 1, Some(u16::MAX), "port number (1 to 65535)")
+}
+
+/// A count of events, at least 1 (capture's `-c`).
+pub fn parse_event_count(s: &str) -> Result<u64, String> {
+    number_in(s, 1, None, "count")
+}
+
+/// A count of probes, 1-10000 (ping's `-c`).
+pub fn parse_probe_count(s: &str) -> Result<u16, String> {
+    number_in(s, 1, Some(10_000), "count")
+}
+
+/// Bytes to copy of each packet, 1-[`MAX_SNAPLEN`].
+pub fn parse_snaplen(s: &str) -> Result<u32, String> {
+    number_in(s, 1, Some(MAX_SNAPLEN as u32), "number of bytes")
+}
+
 /// A count of at least 1 (`--max-flows`).
 pub fn parse_positive_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -330,6 +366,20 @@ mod tests {
         assert!(parse_duration("3h").is_err());
         assert!(parse_duration("x").is_err());
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        // Numbers: messages a person reads.
+        assert_eq!(parse_port("443"), Ok(443));
+        assert_eq!(
+            parse_port("http").unwrap_err(),
+            "\"http\" is not a port number (1 to 65535)"
+        );
+        assert_eq!(parse_port("0").unwrap_err(), "give 1 to 65535");
+        assert_eq!(parse_event_count("0").unwrap_err(), "give at least 1");
+        assert_eq!(parse_probe_count("10001").unwrap_err(), "give 1 to 10000");
+        assert_eq!(
+            parse_snaplen("64k").unwrap_err(),
+            "\"64k\" is not a number of bytes"
+        );
+        assert_eq!(parse_snaplen("256"), Ok(256));
         // Past Duration's range, and merely absurd: refused, not a panic.
         let err = parse_duration("999999999999999999999").unwrap_err();
         assert!(err.contains("longer than a year (525600m)"), "{err}");

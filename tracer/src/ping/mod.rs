@@ -40,7 +40,7 @@ pub struct PingArgs {
     /// ClusterIP).
     pub dst: String,
     /// Number of probes.
-    #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 3, value_parser = crate::cli::parse_probe_count)]
     pub count: u16,
     /// Time between probes (e.g. 200ms, 1s; a bare number is seconds).
     #[arg(short = 'i', long = "interval", value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
@@ -52,7 +52,7 @@ pub struct PingArgs {
     #[arg(long, value_enum, default_value_t = ProbeProto::Icmp)]
     pub proto: ProbeProto,
     /// Destination port for --proto tcp|udp. [default: 80]
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_parser = crate::cli::parse_port)]
     pub port: Option<u16>,
     /// Print one JSON document (the contract scripts depend on) instead of text.
     #[arg(long)]
