@@ -9,8 +9,9 @@ use tracer::{capture, lab, ping, sched, trace, watch};
 /// pod veths, ENIs (ens5, ens6, ...), SNAT and DNAT, with eBPF programs at TC
 /// ingress and egress.
 ///
-/// Exit codes: 0 success; 1 the traced traffic failed (e.g. `ping` got no
-/// reply); 2 bad input, missing privileges or a setup error.
+/// Exit codes: 0 success; 1 the traced traffic failed (`ping` got no
+/// reply) or no complete lab is up (`lab status`); 2 bad input, missing
+/// privileges or a setup error.
 #[derive(Parser, Debug)]
 #[command(
     name = "podtrace",
