@@ -62,7 +62,7 @@ pub struct ReportArgs {
     #[arg(long, value_name = "BYTES", default_value_t = tracer_common::DEFAULT_SNAPLEN, value_parser = parse_snaplen)]
     pub snaplen: u32,
     /// In `flows` mode, also report 1 in N packets (0: no sampling).
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = parse_sample)]
     pub sample: u32,
     /// Ring buffer memory in KiB (a power of two, at least 4), shared out
     /// into one ring per CPU (each a power of two, at least a page). A
@@ -203,7 +203,7 @@ impl From<Cidr> for Cidr4 {
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if v < 4 || !v.is_power_of_two() || v > 1 << 20 {
-        return Err("must be a power of two between 4 and 1048576".into());
+        return Err("give KiB, a power of two from 4 to 1048576 (1 GiB), e.g. 4096".into());
     }
     Ok(v)
 }
@@ -273,6 +273,11 @@ pub fn parse_probe_count(s: &str) -> Result<u16, String> {
 /// Bytes to copy of each packet, 1-[`MAX_SNAPLEN`].
 pub fn parse_snaplen(s: &str) -> Result<u32, String> {
     number_in(s, 1, Some(MAX_SNAPLEN as u32), "number of bytes")
+}
+
+/// 1 in N packets to sample, 0 for none (`--sample`).
+pub fn parse_sample(s: &str) -> Result<u32, String> {
+    number_in(s, 0, None, "number (0: no sampling)")
 }
 
 /// A count of at least 1 (`--max-flows`).
