@@ -160,6 +160,36 @@ pub fn spawn(
     Ok(rx)
 }
 
+/// What a send the kernel refused with EPERM says, or None if it went: a
+/// firewall rule in the sending pod's namespace (an iptables or nftables
+/// OUTPUT rule; or a cgroup BPF program) refused the probe before it
+/// left. That is where the probe was lost, not a failure of podtrace:
+/// the probe counts as lost and the next one goes. Other errors stay
+/// errors.
+fn refused(sent: io::Result<()>) -> io::Result<Option<String>> {
+    match sent {
+        Ok(()) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(Some(
+            "refused in the sender's namespace before it left (\"operation not permitted\": \
+             an iptables or nftables OUTPUT rule, or a cgroup BPF program)"
+                .into(),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hands on probe `seq`, refused before it left with `why`; false when
+/// the receiver is gone.
+fn hand_refused(tx: &Tx, seq: u16, ident: u16, why: String) -> bool {
+    let res = ProbeResult {
+        seq,
+        rtt: None,
+        reply: Some(why),
+        ident,
+    };
+    tx.blocking_send(Ok(res)).is_ok()
+}
+
 fn raw_socket(proto: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
@@ -252,7 +282,13 @@ fn run_icmp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
     let mut buf = [0u8; 1500];
     for seq in 1..=spec.count {
         let sent = Instant::now();
-        send_to(&fd, &icmp_echo(id, seq, run), spec.dst)?;
+        if let Some(why) = refused(send_to(&fd, &icmp_echo(id, seq, run), spec.dst))? {
+            if !hand_refused(tx, seq, id, why) {
+                return Ok(());
+            }
+            pace(spec, seq, sent);
+            continue;
+        }
         let deadline = sent + spec.timeout;
         let mut res = ProbeResult {
             seq,
@@ -308,11 +344,17 @@ fn run_tcp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
         // A fresh source port per probe: each SYN is its own connection.
         let sport = 40000 + ((run as u16).wrapping_add(seq) % 20000);
         let sent = Instant::now();
-        send_to(
+        if let Some(why) = refused(send_to(
             &fd,
             &tcp_syn(spec.src, spec.dst, sport, spec.port, seq, run),
             spec.dst,
-        )?;
+        ))? {
+            if !hand_refused(tx, seq, sport, why) {
+                return Ok(());
+            }
+            pace(spec, seq, sent);
+            continue;
+        }
         let deadline = sent + spec.timeout;
         let mut res = ProbeResult {
             seq,
@@ -361,7 +403,13 @@ fn run_udp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
     let mut buf = [0u8; 1500];
     for seq in 1..=spec.count {
         let sent = Instant::now();
-        sock.send(&payload(seq, run))?;
+        if let Some(why) = refused(sock.send(&payload(seq, run)).map(drop))? {
+            if !hand_refused(tx, seq, sport, why) {
+                return Ok(());
+            }
+            pace(spec, seq, sent);
+            continue;
+        }
         let mut res = ProbeResult {
             seq,
             rtt: None,
