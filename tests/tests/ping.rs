@@ -270,7 +270,14 @@ fn lab_paths_and_bad_input() {
                 .is_some_and(|r| r.starts_with("refused in the sender's namespace before it left")),
             "{doc:#}"
         );
-        assert_eq!(p["drop"]["reason"], "NETFILTER_DROP", "{doc:#}");
+        assert_eq!(
+            (&p["drop"]["reason"], &p["drop"]["node"]),
+            (
+                &Value::from("NETFILTER_DROP"),
+                &Value::from("default/pod-1")
+            ),
+            "dropped in the sending pod's namespace: {doc:#}"
+        );
         assert_eq!(p["hops"].as_array().map(Vec::len), Some(0), "{doc:#}");
     }
 

@@ -177,11 +177,17 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
         print!("{}", text::heading(&src_end, &dst_end, &proto_label(&args)));
         println!();
     }
-    let mut results = probe::spawn(
-        Arc::new(Netns::open(src_netns.to_str().context("netns path")?)?),
-        spec.clone(),
-        run_id,
-    )?;
+    let sender_ns = Arc::new(Netns::open(src_netns.to_str().context("netns path")?)?);
+    // A probe dropped in the sending pod's namespace (its OUTPUT chain)
+    // is named by the pod, which podtrace does not trace.
+    let sender = Sender {
+        cookie: sender_ns.cookie,
+        name: match (&src_end.namespace, &src_end.pod) {
+            (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+            _ => sender_ns.name.clone(),
+        },
+    };
+    let mut results = probe::spawn(sender_ns, spec.clone(), run_id)?;
     let mut packets: Vec<Packet> = Vec::new();
     let mut views: Vec<ProbeView> = Vec::new();
     let mut interrupted = false;
@@ -216,7 +222,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
                 }
                 let (mut view, reset) = build_view(&r, &spec, run_id, &packets, &session);
                 let (mut request_drop, answer_drop) =
-                    probe_drop(&r, &spec, run_id, &drops, &packets, &session, &words, &view);
+                    probe_drop(&r, &spec, run_id, &drops, &packets, &session, &words, &view, &sender);
                 // A probe freed as NO_SOCKET reached a host with no socket
                 // for it, which answered (a RST, a port unreachable): no
                 // loss on the way, unless nothing came back.
@@ -449,6 +455,7 @@ fn probe_drop(
     session: &Session,
     words: &crate::drops::Words,
     view: &ProbeView,
+    sender: &Sender,
 ) -> (Option<report::ProbeDrop>, Option<report::ProbeDrop>) {
     // A reply handed to the source pod reached it: what its kernel frees
     // then is no loss on the way (the raw socket that reads the echo
@@ -544,9 +551,17 @@ fn probe_drop(
             .iter()
             .filter(|(_, leg)| *leg == want)
             .max_by_key(|(d, _)| d.ts_ns)
-            .map(|&(d, leg)| describe(d, leg, words, session))
+            .map(|&(d, leg)| describe(d, leg, words, session, sender))
     };
     (latest(report::Leg::Request), latest(report::Leg::Reply))
+}
+
+/// The namespace the probes are sent from.
+struct Sender {
+    /// Its netns cookie.
+    cookie: u64,
+    /// The pod's `namespace/name`, or the namespace's own name.
+    name: String,
 }
 
 /// A drop report in ping's words.
@@ -555,15 +570,19 @@ fn describe(
     leg: report::Leg,
     words: &crate::drops::Words,
     session: &Session,
+    sender: &Sender,
 ) -> report::ProbeDrop {
     let dropped = crate::drops::Dropped::of(d, words, &session.topology, session.namespaces());
     let packet = dropped.packet_line();
+    let node = dropped.node.or_else(|| {
+        (d.netns_cookie != 0 && d.netns_cookie == sender.cookie).then(|| sender.name.clone())
+    });
     report::ProbeDrop {
         leg,
         code: d.reason,
         reason: dropped.reason,
         at: dropped.at,
-        node: dropped.node,
+        node,
         iface: dropped.iface,
         packet,
         dst: dropped.dst,
