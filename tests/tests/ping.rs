@@ -254,31 +254,44 @@ fn lab_paths_and_bad_input() {
     );
     // A rule in the sending pod's own OUTPUT chain: the kernel refuses
     // each probe with EPERM before it leaves. Each is a lost probe that
-    // says so, with the kernel's drop, not an error of podtrace's.
-    let refuse = ["OUTPUT", "-p", "udp", "--dport", "9400", "-j", "DROP"];
-    let rule = IptablesRule::insert(&p1.netns, &refuse);
-    let (code, doc, err) = ping(&[
-        "pod-1", "pod-3", "--proto", "udp", "--port", "9400", "-c", "2", "-i", "100ms",
-    ]);
-    drop(rule);
-    assert_eq!(code, 1, "{err}\n{doc:#}");
-    assert_eq!(doc["summary"]["sent"], 2, "{doc:#}");
-    for p in doc["probes"].as_array().expect("probes") {
-        assert!(
-            p["reply"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("refused in the sender's namespace before it left")),
-            "{doc:#}"
-        );
+    // says so, with the kernel's drop, not an error of podtrace's. A
+    // REJECT also sends the socket a port unreachable, which must not
+    // fail the next probe's send.
+    for target in ["DROP", "REJECT"] {
+        let refuse = ["OUTPUT", "-p", "udp", "--dport", "9400", "-j", target];
+        let rule = IptablesRule::insert(&p1.netns, &refuse);
+        let (code, doc, err) = ping(&[
+            "pod-1", "pod-3", "--proto", "udp", "--port", "9400", "-c", "2", "-i", "100ms",
+        ]);
+        drop(rule);
+        assert_eq!(code, 1, "{target}: {err}\n{doc:#}");
         assert_eq!(
-            (&p["drop"]["reason"], &p["drop"]["node"]),
-            (
-                &Value::from("NETFILTER_DROP"),
-                &Value::from("default/pod-1")
-            ),
-            "dropped in the sending pod's namespace: {doc:#}"
+            (&doc["summary"]["sent"], &doc["summary"]["received"]),
+            (&Value::from(2), &Value::from(0)),
+            "{target}: {doc:#}"
         );
-        assert_eq!(p["hops"].as_array().map(Vec::len), Some(0), "{doc:#}");
+        for p in doc["probes"].as_array().expect("probes") {
+            assert!(
+                p["reply"].as_str().is_some_and(
+                    |r| r.starts_with("refused in the sender's namespace before it left")
+                ),
+                "{target}: {doc:#}"
+            );
+            assert_eq!(p["rtt_us"], Value::Null, "{target}: {doc:#}");
+            assert_eq!(
+                (&p["drop"]["reason"], &p["drop"]["node"]),
+                (
+                    &Value::from("NETFILTER_DROP"),
+                    &Value::from("default/pod-1")
+                ),
+                "{target}: dropped in the sending pod's namespace: {doc:#}"
+            );
+            assert_eq!(
+                p["hops"].as_array().map(Vec::len),
+                Some(0),
+                "{target}: {doc:#}"
+            );
+        }
     }
 
     // The same on the reply's way back, on node-a.

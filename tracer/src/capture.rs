@@ -40,8 +40,8 @@ pub struct CaptureArgs {
     /// --json asks for them.
     #[arg(long = "write", short = 'w', value_name = "FILE.pcapng")]
     pub write: Option<PathBuf>,
-    /// With -w, also print a text line per event (--json prints JSON
-    /// lines instead).
+    /// With -w, also print a text line per event (conflicts with --json,
+    /// which prints JSON lines with -w).
     #[arg(long, requires = "write", conflicts_with = "json")]
     pub print: bool,
     /// Stop after this many events (default: run until Ctrl-C).

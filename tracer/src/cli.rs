@@ -247,7 +247,17 @@ fn number_in<T>(s: &str, lo: T, hi: Option<T>, noun: &str) -> Result<T, String>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
-    let n: T = s.parse().map_err(|_| format!("{s:?} is not a {noun}"))?;
+    // A number past the type's range is too big, not no number.
+    let n: T = s.parse().map_err(|_| {
+        let digits = s.strip_prefix('+').unwrap_or(s);
+        match hi {
+            _ if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) => {
+                format!("{s:?} is not a {noun}")
+            }
+            Some(hi) => format!("give {lo} to {hi}"),
+            None => format!("{s:?} is too big"),
+        }
+    })?;
     match hi {
         Some(hi) if n < lo || n > hi => Err(format!("give {lo} to {hi}")),
         None if n < lo => Err(format!("give at least {lo}")),
@@ -385,6 +395,13 @@ mod tests {
             "\"64k\" is not a number of bytes"
         );
         assert_eq!(parse_snaplen("256"), Ok(256));
+        // Too big for the type: still the range, not "not a number".
+        assert_eq!(parse_probe_count("70000").unwrap_err(), "give 1 to 10000");
+        assert_eq!(parse_port("70000").unwrap_err(), "give 1 to 65535");
+        assert_eq!(
+            parse_event_count("99999999999999999999").unwrap_err(),
+            "\"99999999999999999999\" is too big"
+        );
         // Past Duration's range, and merely absurd: refused, not a panic.
         let err = parse_duration("999999999999999999999").unwrap_err();
         assert!(err.contains("longer than a year (525600m)"), "{err}");

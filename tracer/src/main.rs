@@ -66,8 +66,9 @@ is the whole packet's).")]
     /// Each probe's hops with times, the ENI used, SNAT/DNAT rewrites, where
     /// a lost probe was last seen, and, when the kernel dropped it, why (its
     /// drop reason, such as NETFILTER_DROP or IP_RPFILTER). Exit status 0
-    /// when any probe got a reply, 1 when none did, 2 on a usage or
-    /// resolution error.
+    /// when any probe got a reply, 1 when none did, 2 on bad input (a pod
+    /// that cannot be found included), missing privileges or a setup
+    /// error.
     #[command(after_help = "\
 Examples:
   podtrace ping pod-1 pod-3

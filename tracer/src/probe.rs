@@ -60,7 +60,9 @@ pub struct ProbeResult {
     pub seq: u16,
     /// Round-trip time, if a reply came.
     pub rtt: Option<Duration>,
-    /// What the reply was (`echo reply`, `SYN-ACK`, `RST`, `port unreachable`, ...).
+    /// What the reply was (`echo reply`, `SYN-ACK`, `RST`, `port unreachable`, ...),
+    /// or why the probe never left (see [`refused`]); never a reply
+    /// without `rtt`.
     pub reply: Option<String>,
     /// ICMP echo id / TCP or UDP source port used.
     pub ident: u16,
@@ -162,8 +164,8 @@ pub fn spawn(
 
 /// What a send the kernel refused with EPERM says, or None if it went: a
 /// firewall rule in the sending pod's namespace (an iptables or nftables
-/// OUTPUT rule; or a cgroup BPF program) refused the probe before it
-/// left. That is where the probe was lost, not a failure of podtrace:
+/// OUTPUT rule) refused the probe before it left; or a cgroup BPF program,
+/// of podtrace's own cgroup, since the probes are podtrace's sockets. That is where the probe was lost, not a failure of podtrace:
 /// the probe counts as lost and the next one goes. Other errors stay
 /// errors.
 fn refused(sent: io::Result<()>) -> io::Result<Option<String>> {
@@ -171,7 +173,8 @@ fn refused(sent: io::Result<()>) -> io::Result<Option<String>> {
         Ok(()) => Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(Some(
             "refused in the sender's namespace before it left (\"operation not permitted\": \
-             an iptables or nftables OUTPUT rule, or a cgroup BPF program)"
+             an iptables or nftables OUTPUT rule there, or a cgroup BPF program of \
+             podtrace's own cgroup)"
                 .into(),
         )),
         Err(e) => Err(e),
@@ -402,6 +405,10 @@ fn run_udp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
     let sport = sock.local_addr()?.port();
     let mut buf = [0u8; 1500];
     for seq in 1..=spec.count {
+        // What came about earlier probes after their time, or a REJECT's
+        // port unreachable for one refused before it left, would fail this
+        // send (ECONNREFUSED) or read as this probe's answer: dropped.
+        clear_errors(&sock);
         let sent = Instant::now();
         if let Some(why) = refused(sock.send(&payload(seq, run)).map(drop))? {
             if !hand_refused(tx, seq, sport, why) {
@@ -451,6 +458,30 @@ fn run_udp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
         pace(spec, seq, sent);
     }
     Ok(())
+}
+
+/// Empties `sock`'s pending error and its error queue.
+fn clear_errors(sock: &UdpSocket) {
+    use nix::sys::socket::{MsgFlags, SockaddrIn, recvmsg};
+    let _ = sock.take_error();
+    let mut data = [0u8; 64];
+    // Bounded: the kernel caps a socket's error queue by its receive
+    // buffer, but a flood must not keep this thread here.
+    for _ in 0..64 {
+        let mut iov = [std::io::IoSliceMut::new(&mut data)];
+        let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+        if recvmsg::<SockaddrIn>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+        )
+        .is_err()
+        {
+            break;
+        }
+    }
+    let _ = sock.take_error();
 }
 
 /// The oldest ICMP error queued on `sock` (`IP_RECVERR`): type, code and

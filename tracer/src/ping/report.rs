@@ -102,7 +102,8 @@ pub struct ProbeView {
     pub rtt_us: Option<f64>,
     /// Hops of request then reply, in time order.
     pub hops: Vec<HopView>,
-    /// What the reply was, as the sender saw it.
+    /// What the reply was, as the sender saw it; or why the probe never
+    /// left (`refused in the sender's namespace before it left ...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
     /// The ICMP error that answered the probe, as the hooks saw it first
@@ -138,7 +139,9 @@ pub struct ProbeDrop {
     /// The kernel code that dropped it (`nf_hook_slow+0x9c`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
-    /// Node (netns) of the device the packet was on, when podtrace traces it.
+    /// Node (netns) of the device the packet was on, when podtrace traces
+    /// it; or the sending pod (`default/pod-1`), for a probe dropped in
+    /// its namespace (its OUTPUT chain, before any device).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// That device, when podtrace hooks it.
@@ -238,7 +241,7 @@ pub struct ProbeError {
 /// The one-line verdict, per the JSON contract.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
-    /// Probes sent.
+    /// Probes sent (a probe refused before it left counts, as lost).
     pub sent: usize,
     /// Probes answered (an answer made on the way counts: see
     /// `reset_on_the_way`).
