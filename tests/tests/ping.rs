@@ -257,12 +257,27 @@ fn lab_paths_and_bad_input() {
     // says so, with the kernel's drop, not an error of podtrace's. A
     // REJECT also sends the socket a port unreachable, which must not
     // fail the next probe's send.
-    for target in ["DROP", "REJECT"] {
-        let refuse = ["OUTPUT", "-p", "udp", "--dport", "9400", "-j", target];
-        let rule = IptablesRule::insert(&p1.netns, &refuse);
-        let (code, doc, err) = ping(&[
-            "pod-1", "pod-3", "--proto", "udp", "--port", "9400", "-c", "2", "-i", "100ms",
-        ]);
+    let cases: [(&str, &[&str], &[&str]); 3] = [
+        (
+            "udp DROP",
+            &["OUTPUT", "-p", "udp", "--dport", "9400", "-j", "DROP"],
+            &["--proto", "udp", "--port", "9400"],
+        ),
+        (
+            "udp REJECT",
+            &["OUTPUT", "-p", "udp", "--dport", "9400", "-j", "REJECT"],
+            &["--proto", "udp", "--port", "9400"],
+        ),
+        (
+            "icmp DROP",
+            &["OUTPUT", "-p", "icmp", "-j", "DROP"],
+            &["--proto", "icmp"],
+        ),
+    ];
+    for (target, refuse, proto) in cases {
+        let rule = IptablesRule::insert(&p1.netns, refuse);
+        let args = [&["pod-1", "pod-3", "-c", "2", "-i", "100ms"], proto].concat();
+        let (code, doc, err) = ping(&args);
         drop(rule);
         assert_eq!(code, 1, "{target}: {err}\n{doc:#}");
         assert_eq!(
