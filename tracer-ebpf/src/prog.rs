@@ -238,14 +238,8 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         if every {
             // What an ICMP error quotes sits after its 8 bytes: the quoted
             // IPv4 header (20 bytes, its addresses 12 bytes in), then the
-            // quoted packet's ports.
-            let q = &ev.data;
-            let quoted = || Quote {
-                src: [q[40], q[41], q[42], q[43]],
-                dst: [q[44], q[45], q[46], q[47]],
-                sport: u16::from_be_bytes([q[48], q[49]]),
-                dport: u16::from_be_bytes([q[50], q[51]]),
-            };
+            // quoted packet's ports (40 + 12 bytes lie within DROP_SNAP).
+            let quoted = || Quote::of(&*(ev.data.as_ptr().add(40).cast::<[u8; 12]>()));
             // Multicast and broadcast are no pod's path (the engine
             // leaves them out too): a node drops IGMP queries all day.
             if !p.ipv4
@@ -580,6 +574,20 @@ struct Quote {
     dport: u16,
 }
 
+impl Quote {
+    /// From the quoted IPv4 header's addresses and the 4 bytes after that
+    /// header (ports): 12 bytes from 12 bytes into the quoted header.
+    #[inline(always)]
+    fn of(b: &[u8; 12]) -> Self {
+        Self {
+            src: [b[0], b[1], b[2], b[3]],
+            dst: [b[4], b[5], b[6], b[7]],
+            sport: u16::from_be_bytes([b[8], b[9]]),
+            dport: u16::from_be_bytes([b[10], b[11]]),
+        }
+    }
+}
+
 /// Whether the packet passes the filter. An ICMP error passes it as the
 /// packet it quotes would, or by its own addresses: it is that packet's
 /// answer. So `--filter-dst` of a host that cannot be reached keeps the
@@ -640,20 +648,10 @@ fn filter_matches(p: &Parsed, quote: impl FnOnce() -> Quote) -> bool {
 /// not captured.
 #[inline(always)]
 fn quote(ctx: &TcContext) -> Quote {
-    match ctx.load::<[u8; 12]>(ETH_HLEN + 20 + 8 + 12) {
-        Ok(b) => Quote {
-            src: [b[0], b[1], b[2], b[3]],
-            dst: [b[4], b[5], b[6], b[7]],
-            sport: u16::from_be_bytes([b[8], b[9]]),
-            dport: u16::from_be_bytes([b[10], b[11]]),
-        },
-        Err(_) => Quote {
-            src: [0; 4],
-            dst: [0; 4],
-            sport: 0,
-            dport: 0,
-        },
-    }
+    Quote::of(
+        &ctx.load::<[u8; 12]>(ETH_HLEN + 20 + 8 + 12)
+            .unwrap_or([0; 12]),
+    )
 }
 
 /// Adds the packet to its flow's counters in this CPU's region of the flow
