@@ -165,9 +165,9 @@ pub fn spawn(
 /// What a send the kernel refused with EPERM says, or None if it went: a
 /// firewall rule in the sending pod's namespace (an iptables or nftables
 /// OUTPUT rule) refused the probe before it left; or a cgroup BPF program,
-/// of podtrace's own cgroup, since the probes are podtrace's sockets. That is where the probe was lost, not a failure of podtrace:
-/// the probe counts as lost and the next one goes. Other errors stay
-/// errors.
+/// of podtrace's own cgroup, since the probes are podtrace's sockets. That
+/// is where the probe was lost, not a failure of podtrace: the probe
+/// counts as lost and the next one goes. Other errors stay errors.
 fn refused(sent: io::Result<()>) -> io::Result<Option<String>> {
     match sent {
         Ok(()) => Ok(None),
@@ -181,16 +181,25 @@ fn refused(sent: io::Result<()>) -> io::Result<Option<String>> {
     }
 }
 
-/// Hands on probe `seq`, refused before it left with `why`; false when
-/// the receiver is gone.
-fn hand_refused(tx: &Tx, seq: u16, ident: u16, why: String) -> bool {
-    let res = ProbeResult {
+/// A probe refused before it left, with `why` (see [`refused`]).
+fn refused_probe(seq: u16, ident: u16, why: String) -> ProbeResult {
+    ProbeResult {
         seq,
         rtt: None,
         reply: Some(why),
         ident,
-    };
-    tx.blocking_send(Ok(res)).is_ok()
+    }
+}
+
+/// Hands on probe `res`, then waits until the next one is due (it was
+/// sent at `sent`); false when the receiver is gone.
+fn hand_on(tx: &Tx, spec: &ProbeSpec, res: ProbeResult, sent: Instant) -> bool {
+    let seq = res.seq;
+    if tx.blocking_send(Ok(res)).is_err() {
+        return false;
+    }
+    pace(spec, seq, sent);
+    true
 }
 
 fn raw_socket(proto: i32) -> io::Result<OwnedFd> {
@@ -286,10 +295,9 @@ fn run_icmp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
     for seq in 1..=spec.count {
         let sent = Instant::now();
         if let Some(why) = refused(send_to(&fd, &icmp_echo(id, seq, run), spec.dst))? {
-            if !hand_refused(tx, seq, id, why) {
+            if !hand_on(tx, spec, refused_probe(seq, id, why), sent) {
                 return Ok(());
             }
-            pace(spec, seq, sent);
             continue;
         }
         let deadline = sent + spec.timeout;
@@ -323,10 +331,9 @@ fn run_icmp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
                 }
             }
         }
-        if tx.blocking_send(Ok(res)).is_err() {
+        if !hand_on(tx, spec, res, sent) {
             return Ok(());
         }
-        pace(spec, seq, sent);
     }
     Ok(())
 }
@@ -352,10 +359,9 @@ fn run_tcp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
             &tcp_syn(spec.src, spec.dst, sport, spec.port, seq, run),
             spec.dst,
         ))? {
-            if !hand_refused(tx, seq, sport, why) {
+            if !hand_on(tx, spec, refused_probe(seq, sport, why), sent) {
                 return Ok(());
             }
-            pace(spec, seq, sent);
             continue;
         }
         let deadline = sent + spec.timeout;
@@ -387,10 +393,9 @@ fn run_tcp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
             });
             break;
         }
-        if tx.blocking_send(Ok(res)).is_err() {
+        if !hand_on(tx, spec, res, sent) {
             return Ok(());
         }
-        pace(spec, seq, sent);
     }
     Ok(())
 }
@@ -411,10 +416,9 @@ fn run_udp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
         clear_errors(&sock);
         let sent = Instant::now();
         if let Some(why) = refused(sock.send(&payload(seq, run)).map(drop))? {
-            if !hand_refused(tx, seq, sport, why) {
+            if !hand_on(tx, spec, refused_probe(seq, sport, why), sent) {
                 return Ok(());
             }
-            pace(spec, seq, sent);
             continue;
         }
         let mut res = ProbeResult {
@@ -452,32 +456,20 @@ fn run_udp(spec: &ProbeSpec, run: u32, tx: &Tx) -> io::Result<()> {
                 None => return Err(e),
             },
         }
-        if tx.blocking_send(Ok(res)).is_err() {
+        if !hand_on(tx, spec, res, sent) {
             return Ok(());
         }
-        pace(spec, seq, sent);
     }
     Ok(())
 }
 
 /// Empties `sock`'s pending error and its error queue.
 fn clear_errors(sock: &UdpSocket) {
-    use nix::sys::socket::{MsgFlags, SockaddrIn, recvmsg};
     let _ = sock.take_error();
-    let mut data = [0u8; 64];
     // Bounded: the kernel caps a socket's error queue by its receive
     // buffer, but a flood must not keep this thread here.
     for _ in 0..64 {
-        let mut iov = [std::io::IoSliceMut::new(&mut data)];
-        let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
-        if recvmsg::<SockaddrIn>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
-        )
-        .is_err()
-        {
+        if next_queued_error(sock).is_none() {
             break;
         }
     }
@@ -487,6 +479,12 @@ fn clear_errors(sock: &UdpSocket) {
 /// The oldest ICMP error queued on `sock` (`IP_RECVERR`): type, code and
 /// the address that sent it.
 fn icmp_error_queued(sock: &UdpSocket) -> Option<(u8, u8, Ipv4Addr)> {
+    next_queued_error(sock).flatten()
+}
+
+/// Takes the oldest entry of `sock`'s error queue: None when it is empty,
+/// else the ICMP error it holds, if that is what it holds.
+fn next_queued_error(sock: &UdpSocket) -> Option<Option<(u8, u8, Ipv4Addr)>> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
     let mut data = [0u8; 64];
     let mut iov = [std::io::IoSliceMut::new(&mut data)];
@@ -498,18 +496,20 @@ fn icmp_error_queued(sock: &UdpSocket) -> Option<(u8, u8, Ipv4Addr)> {
         MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
     )
     .ok()?;
-    msg.cmsgs().ok()?.find_map(|c| match c {
-        ControlMessageOwned::Ipv4RecvErr(err, Some(from))
-            if err.ee_origin == libc::SO_EE_ORIGIN_ICMP =>
-        {
-            Some((
-                err.ee_type,
-                err.ee_code,
-                Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
-            ))
-        }
-        _ => None,
-    })
+    Some(msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|c| match c {
+            ControlMessageOwned::Ipv4RecvErr(err, Some(from))
+                if err.ee_origin == libc::SO_EE_ORIGIN_ICMP =>
+            {
+                Some((
+                    err.ee_type,
+                    err.ee_code,
+                    Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+                ))
+            }
+            _ => None,
+        })
+    }))
 }
 
 #[cfg(test)]
