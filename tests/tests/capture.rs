@@ -1016,6 +1016,32 @@ fn pcapng_is_read_by_tshark() {
     assert_eq!(echo, 3, "three echo requests in the file: {rows:?}");
 }
 
+/// `capture --drops --json` of both ends of `pair`, keeping `proto`.
+fn start_drops(pair: &VethPair, proto: &str, extra: &[&str]) -> Podtrace {
+    let args = [
+        "capture",
+        "--netns",
+        &pair.a,
+        "--netns",
+        &pair.b,
+        "--filter-proto",
+        proto,
+        "--drops",
+        "--json",
+    ];
+    Podtrace::start(&[&args[..], extra].concat())
+}
+
+/// Stops a [`start_drops`] capture once its drops are out (a drop's line
+/// waits 50 ms for the packets from before it): its output and JSON lines.
+fn stop_drops(cap: Podtrace) -> (podtrace_tests::process::Finished, Vec<Value>) {
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cap.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out.stdout);
+    (out, lines)
+}
+
 #[test]
 fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
     let _serial = serial();
@@ -1024,19 +1050,7 @@ fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
     // b's firewall refuses the echo requests on vb.
     let rule = ["INPUT", "-i", "vb", "-p", "icmp", "-j", "DROP"];
     VethPair::exec(&pair.b, &[&["iptables", "-I"], &rule[..]].concat());
-    let cap = Podtrace::start(&[
-        "capture",
-        "--netns",
-        &pair.a,
-        "--netns",
-        &pair.b,
-        "--filter-proto",
-        "icmp",
-        "--drops",
-        "--json",
-        "-w",
-        file.to_str().unwrap(),
-    ]);
+    let cap = start_drops(&pair, "icmp", &["-w", file.to_str().unwrap()]);
     assert!(
         !exec_ok(
             &pair.a,
@@ -1044,11 +1058,7 @@ fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
         ),
         "the echo requests are dropped"
     );
-    // A drop's line waits 50 ms for the packets from before it.
-    std::thread::sleep(Duration::from_millis(300));
-    let out = cap.stop(libc::SIGINT);
-    assert!(out.status.success(), "{out:?}");
-    let lines = json_lines(&out.stdout);
+    let (out, lines) = stop_drops(cap);
     let drops: Vec<&Value> = lines.iter().filter(|l| l["type"] == "drop").collect();
     assert_eq!(drops.len(), 2, "{}", out.stdout);
     // Each after the packet it was, as vb's ingress hook saw it.
@@ -1133,17 +1143,7 @@ fn a_packet_dropped_before_it_had_a_device_shows_in_its_namespace() {
     let pair = VethPair::new("co");
     let rule = ["OUTPUT", "-p", "udp", "--dport", "9311", "-j", "DROP"];
     VethPair::exec(&pair.a, &[&["iptables", "-I"], &rule[..]].concat());
-    let cap = Podtrace::start(&[
-        "capture",
-        "--netns",
-        &pair.a,
-        "--netns",
-        &pair.b,
-        "--filter-proto",
-        "udp",
-        "--drops",
-        "--json",
-    ]);
+    let cap = start_drops(&pair, "udp", &[]);
     podtrace_tests::traffic::in_netns(&pair.a, || {
         use std::io::Write as _;
         // IPv4, UDP, 10.1.1.1:12345 > 10.1.1.2:9000.
@@ -1167,11 +1167,7 @@ fn a_packet_dropped_before_it_had_a_device_shows_in_its_namespace() {
         !exec_ok(&pair.a, &["bash", "-c", &send]),
         "the sender sees its datagram refused"
     );
-    // A drop's line waits 50 ms for the packets from before it.
-    std::thread::sleep(Duration::from_millis(300));
-    let out = cap.stop(libc::SIGINT);
-    assert!(out.status.success(), "{out:?}");
-    let lines = json_lines(&out.stdout);
+    let (out, lines) = stop_drops(cap);
     let drops: Vec<&Value> = lines.iter().filter(|l| l["type"] == "drop").collect();
     assert_eq!(drops.len(), 1, "{}", out.stdout);
     let d = &drops[0]["drop"];
