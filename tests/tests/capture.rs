@@ -1460,6 +1460,63 @@ async fn each_packet_brings_its_first_snaplen_bytes() {
     }
 }
 
+/// By default a record holds what the packet's head holds: a TCP sender's
+/// payload, in page fragments, is left out (its headers are all there),
+/// while an ICMP echo's payload, in the head, is copied. With `snap_head`
+/// off (`--snaplen` given), the payload is copied from the fragments.
+#[tokio::test]
+async fn by_default_a_tcp_senders_payload_is_not_copied() {
+    let _serial = serial();
+    let pair = VethPair::new("ch");
+    const MSG: &[u8] = &[b'p'; 100];
+    for (port, snap_head) in [(7071u16, 1), (7072, 0)] {
+        let mut config = Config::DEFAULT;
+        config.snap_head = snap_head;
+        let (kernel, mut reader) = attach_va(
+            &pair,
+            &LoadOptions {
+                config,
+                ..LoadOptions::default()
+            },
+        );
+        let addr: SocketAddr = format!("{}:{port}", VethPair::IP_B).parse().unwrap();
+        assert_eq!(tcp_echo(&pair.b, &pair.a, addr, MSG), MSG);
+        VethPair::exec(&pair.a, &["ping", "-c", "1", "-s", "400", VethPair::IP_B]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut segments, mut echoes) = (0, 0);
+        reader
+            .drain_settled(&kernel, |r| {
+                let (p, frame) = r.unwrap();
+                let (len, cap) = (p.len as usize, p.cap_len as usize);
+                assert_eq!(frame.len(), cap);
+                match frame.get(23) {
+                    Some(6) if len == 14 + 20 + 32 + MSG.len() => {
+                        // A data segment (with timestamps): 66 bytes of
+                        // headers, then the payload.
+                        segments += 1;
+                        let doff = usize::from(frame[14 + 20 + 12] >> 4) * 4;
+                        assert_eq!(14 + 20 + doff, 66, "{frame:?}");
+                        if snap_head == 1 {
+                            assert_eq!(cap, 66, "headers only, snap_head 1: {frame:?}");
+                        } else {
+                            assert_eq!(cap, 128, "snap_head 0: {frame:?}");
+                            assert!(frame[66..].iter().all(|&b| b == b'p'), "{frame:?}");
+                        }
+                    }
+                    Some(1) if len == 14 + 20 + 8 + 400 => {
+                        echoes += 1;
+                        assert_eq!(cap, 128, "an echo's payload is in the head: {frame:?}");
+                    }
+                    _ => {}
+                }
+            })
+            .await
+            .unwrap();
+        // The request out and its echo in, and the ping's two ways.
+        assert_eq!((segments, echoes), (2, 2), "snap_head {snap_head}");
+    }
+}
+
 #[test]
 fn write_alone_prints_no_lines_like_tcpdump() {
     let _serial = serial();

@@ -602,12 +602,18 @@ pub struct Config {
     /// counters keep, and spares every packet the flow update (7-12 ns in
     /// traffic). `flows` mode always counts flows: it reports from them.
     pub count_flows: u32,
-    /// Explicit padding, always zero.
-    pub _pad: u32,
+    /// Non-zero: copy at most what the packet's head (the kernel's linear
+    /// area) holds, once it holds the headers the programs read in place.
+    /// Every header lies there, and so does the payload of most packets;
+    /// a TCP sender's payload lies in page fragments, and copying from
+    /// those costs 25-30 ns per packet and hook in traffic. Zero: copy
+    /// `snaplen` bytes wherever they lie.
+    pub snap_head: u32,
 }
 
 impl Config {
-    /// Report every packet, copy [`DEFAULT_SNAPLEN`] bytes, no filter.
+    /// Report every packet, copy up to [`DEFAULT_SNAPLEN`] bytes of its
+    /// head, no filter.
     pub const DEFAULT: Self = Self {
         mode: mode::PACKETS,
         snaplen: DEFAULT_SNAPLEN,
@@ -633,7 +639,7 @@ impl Config {
         flow_slots: DEFAULT_FLOW_SLOTS,
         stage_bytes: STAGE_MAX as u32,
         count_flows: 1,
-        _pad: 0,
+        snap_head: 1,
     };
 }
 

@@ -114,7 +114,7 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         eprintln!("podtrace: the kernel's dropped packets will not show: {e}");
     }
     let pcap = match &args.write {
-        Some(path) => Some(PcapngOut::create(path, args.report.snaplen)?),
+        Some(path) => Some(PcapngOut::create(path, args.report.snaplen())?),
         None => None,
     };
     let _ready = match &args.ready.ready_file {

@@ -54,8 +54,10 @@ hand over: raise --ring-size).
 
 Lines read like tcpdump's, `length` included: a TCP segment's or UDP
 datagram's payload, an ICMP message's length, taken from the headers
-(so past --snaplen, once the transport header is captured; JSON's `len`
-is the whole packet's).")]
+(so also where the payload was not copied; JSON's `len` is the whole
+packet's). A record holds the packet's headers and what payload the
+kernel keeps with them, up to 128 bytes: not a local TCP sender's payload
+unless --snaplen asks for it.")]
     Capture(capture::CaptureArgs),
     /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
     /// path made of network namespaces on this host.
