@@ -9,7 +9,8 @@
 
 /// Most bytes of a packet, from its L2 header on, that one event can carry.
 pub const MAX_SNAPLEN: usize = 256;
-/// Bytes captured per event unless the user asks for another amount.
+/// Most bytes captured per event unless the user asks for another amount
+/// (`Config::tcp_head_only` may copy fewer).
 pub const DEFAULT_SNAPLEN: u32 = 128;
 
 /// Names of the objects in the eBPF ELF file, so userspace and kernel agree.
@@ -602,18 +603,18 @@ pub struct Config {
     /// counters keep, and spares every packet the flow update (7-12 ns in
     /// traffic). `flows` mode always counts flows: it reports from them.
     pub count_flows: u32,
-    /// Non-zero: copy at most what the packet's head (the kernel's linear
-    /// area) holds, once it holds the headers the programs read in place.
-    /// Every header lies there, and so does the payload of most packets;
-    /// a TCP sender's payload lies in page fragments, and copying from
-    /// those costs 25-30 ns per packet and hook in traffic. Zero: copy
-    /// `snaplen` bytes wherever they lie.
-    pub snap_head: u32,
+    /// Non-zero: a TCP segment whose headers lie in the packet's head
+    /// (the kernel's linear area) while its first `snaplen` bytes do not
+    /// is copied up to the end of its headers. A local TCP sender keeps
+    /// the payload in page fragments, and copying from those costs 18-32
+    /// ns per packet and hook in traffic. Zero: copy `snaplen` bytes of
+    /// every packet wherever they lie.
+    pub tcp_head_only: u32,
 }
 
 impl Config {
-    /// Report every packet, copy up to [`DEFAULT_SNAPLEN`] bytes of its
-    /// head, no filter.
+    /// Report every packet, copy up to [`DEFAULT_SNAPLEN`] bytes of it (a
+    /// TCP segment's headers when its payload lies apart), no filter.
     pub const DEFAULT: Self = Self {
         mode: mode::PACKETS,
         snaplen: DEFAULT_SNAPLEN,
@@ -639,7 +640,7 @@ impl Config {
         flow_slots: DEFAULT_FLOW_SLOTS,
         stage_bytes: STAGE_MAX as u32,
         count_flows: 1,
-        snap_head: 1,
+        tcp_head_only: 1,
     };
 }
 

@@ -59,11 +59,11 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = Mode::Packets)]
     pub mode: Mode,
     /// Bytes of each packet to copy, from the Ethernet header (1-256),
-    /// wherever they lie. Without it, podtrace copies up to 128 bytes of
-    /// what the kernel keeps in the packet's head: every header, and the
-    /// payload of UDP, ICMP and most received packets, but not a local TCP
-    /// sender's payload, which lies in page fragments that cost 25-30 ns
-    /// per packet and hook to copy.
+    /// wherever the kernel keeps them. Without it, podtrace copies up to
+    /// 128 bytes, but only the headers of a TCP segment whose payload the
+    /// kernel keeps apart from them, as it keeps a local sender's (page
+    /// fragments cost tens of ns per packet to copy from). So
+    /// `--snaplen 128` copies more than the default.
     #[arg(long, value_name = "BYTES", value_parser = parse_snaplen)]
     pub snaplen: Option<u32>,
     /// In `flows` mode, also report 1 in N packets (0: no sampling).
@@ -353,7 +353,7 @@ pub fn kernel_config(filter: &FilterArgs, report: &ReportArgs) -> Config {
         Mode::Flows => mode::FLOWS,
     };
     c.snaplen = report.snaplen();
-    c.snap_head = u32::from(report.snaplen.is_none());
+    c.tcp_head_only = u32::from(report.snaplen.is_none());
     c.sample_every = report.sample;
     c.src = filter.src.map(Into::into).unwrap_or_default();
     c.dst = filter.dst.map(Into::into).unwrap_or_default();

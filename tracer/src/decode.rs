@@ -1,7 +1,8 @@
 //! Decoding of kernel records into [`Packet`]s: pure, no I/O, no clock.
 //!
 //! Headers are parsed with etherparse's lax parser, because a record holds
-//! only the first `snaplen` bytes of a packet.
+//! at most the first `snaplen` bytes of a packet (a TCP segment's headers
+//! alone, when its payload lies apart from them in the kernel).
 
 use std::{
     fmt,

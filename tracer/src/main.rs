@@ -55,9 +55,9 @@ hand over: raise --ring-size).
 Lines read like tcpdump's, `length` included: a TCP segment's or UDP
 datagram's payload, an ICMP message's length, taken from the headers
 (so also where the payload was not copied; JSON's `len` is the whole
-packet's). A record holds the packet's headers and what payload the
-kernel keeps with them, up to 128 bytes: not a local TCP sender's payload
-unless --snaplen asks for it.")]
+packet's). A record holds up to 128 bytes of its packet; of a TCP segment
+whose payload the kernel keeps apart from its headers, as a local
+sender's, only the headers, unless --snaplen asks for more.")]
     Capture(capture::CaptureArgs),
     /// Build, inspect or remove the built-in lab: a two-node AWS VPC CNI data
     /// path made of network namespaces on this host.

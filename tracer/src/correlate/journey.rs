@@ -17,7 +17,8 @@ use crate::decode::{L3, L4, Packet};
 pub(crate) const MAX_HOPS: usize = 10;
 
 /// What identifies one packet at every hook: IP id, protocol, IP total
-/// length, TCP seq/ack/flags, ICMP type/code/echo seq, payload hash. Not
+/// length, TCP seq/ack/flags, ICMP type/code/echo seq, payload hash (not
+/// TCP's, which a hook may not have copied: see [`observe`]). Not
 /// the addresses, ports or ICMP echo id (NAT rewrites them, `--random-fully`
 /// included), nor the TTL (routing decrements it) or checksums.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,6 +116,11 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
             flags,
         } => {
             (fp.a, fp.b, fp.c) = (seq, ack, flags);
+            // A segment's seq, ack, IP id and length tell it apart; its
+            // payload may lie outside what one hook copied and inside what
+            // another did (the kernel copies a TCP segment's headers alone
+            // when the payload lies apart from them).
+            fp.payload_hash = 0;
             (sport, dport)
         }
         L4::Udp { sport, dport } => (sport, dport),

@@ -130,12 +130,23 @@ impl Lab {
         let node_ip = Ipv4Addr::new(192, 168, 16, 5);
         let internet = Ipv4Addr::new(203, 0, 113, 10);
         let service = Ipv4Addr::new(10, 100, 0, 10);
-        let tcp = |s, d| L4::Tcp {
-            sport: s,
-            dport: d,
-            seq: n as u32,
-            ack: 0,
-            flags: 0x18,
+        // A request and its reply, as TCP numbers them: each side's seq is
+        // what the other acks (the correlator tells segments apart by
+        // them, not by their payload).
+        let tcp = |s, d, reply: bool| {
+            let (mine, theirs) = (n as u32, !(n as u32));
+            let (seq, ack) = if reply {
+                (theirs, mine.wrapping_add(32))
+            } else {
+                (mine, theirs)
+            };
+            L4::Tcp {
+                sport: s,
+                dport: d,
+                seq,
+                ack,
+                flags: 0x18,
+            }
         };
         let udp = |s, d| L4::Udp { sport: s, dport: d };
         let icmp = |ty, id| L4::Icmp {
@@ -146,7 +157,7 @@ impl Lab {
         };
         let (req, rep): (Vec<Seen>, Vec<Seen>) = match kind {
             Kind::Direct | Kind::Asymmetric => {
-                let (q, p) = (tcp(sport, 80), tcp(80, sport));
+                let (q, p) = (tcp(sport, 80, false), tcp(80, sport, true));
                 let (out_eni, back_eni) = if kind == Kind::Direct {
                     (ENS5, ENS5)
                 } else {
