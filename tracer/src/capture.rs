@@ -154,6 +154,8 @@ pub async fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         words,
         drops: std::collections::BTreeMap::new(),
     };
+    // A file alone needs each record's header and bytes, not its parse.
+    session.parse_frames(printer.lines);
     let mut drop_tick = tokio::time::interval(Duration::from_millis(20));
     // Drops wait until the packets from before them are likely out: the
     // programs hand packets over in batches, up to 30 ms late.

@@ -376,6 +376,14 @@ fn prefetch_following(record: &[u8]) {
 /// header bytes it needs instead of copying the whole record. Also returns
 /// the captured bytes (at most [`MAX_SNAPLEN`]).
 pub fn decode_record(bytes: &[u8]) -> Result<(Packet, &[u8]), DecodeError> {
+    decode_record_as(bytes, true)
+}
+
+/// [`decode_record`], or with `frame` false only the record's header: the
+/// packet's hook, time, lengths, reason and mark, with no L3 or L4 (what
+/// a reader that only writes the bytes out needs; the frame's parse was a
+/// fifth of its time per record).
+pub fn decode_record_as(bytes: &[u8], frame: bool) -> Result<(Packet, &[u8]), DecodeError> {
     use std::mem::offset_of;
     if bytes.len() < DATA_AT {
         return Err(DecodeError::Short(bytes.len()));
@@ -394,7 +402,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Packet, &[u8]), DecodeError> {
     }
     let data = &bytes[DATA_AT..DATA_AT + cap];
     prefetch_following(bytes);
-    let mut pkt = decode_frame(data);
+    let mut pkt = decode_frame(if frame { data } else { &[] });
     pkt.ts_ns = u64_at(bytes, offset_of!(PacketEvent, ts_ns));
     pkt.hook = HookId {
         netns_cookie: u64_at(bytes, offset_of!(PacketEvent, netns_cookie)),
@@ -1381,6 +1389,28 @@ mod tests {
         let cut = &full[..PacketEvent::HEADER_LEN + f.len() - 1];
         assert_eq!(decode_record(cut).unwrap_err(), DecodeError::Corrupt);
         assert_eq!(raw_event(cut).unwrap_err(), DecodeError::Corrupt);
+    }
+
+    #[test]
+    fn a_record_without_its_frame_keeps_its_header_fields() {
+        let (f, ev) = udp_record();
+        let b = bytes(&ev);
+        let (whole, _) = decode_record(&b).unwrap();
+        let (p, data) = decode_record_as(&b, false).unwrap();
+        assert_eq!(data, &f[..], "the bytes are there to write out");
+        assert_eq!(
+            (p.ts_ns, p.hook, p.reason, p.len, p.cap_len, p.mark),
+            (
+                whole.ts_ns,
+                whole.hook,
+                whole.reason,
+                whole.len,
+                whole.cap_len,
+                whole.mark
+            )
+        );
+        assert_eq!((p.l3, p.l4), (decode_frame(&[]).l3, decode_frame(&[]).l4));
+        assert_ne!(p.l3, whole.l3, "the frame was not parsed");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct EventReader {
     /// The last drain stopped at a ring's budget for one pass (see
     /// [`Ring::begin_pass`]) with records left: drain again at once.
     more: bool,
+    /// Parse each record's frame (else only its header: see
+    /// [`decode::decode_record_as`]).
+    frames: bool,
 }
 
 impl EventReader {
@@ -47,7 +50,15 @@ impl EventReader {
             drain,
             held: false,
             more: false,
+            frames: true,
         }
+    }
+
+    /// Whether records come with their frame parsed (the default), or with
+    /// only their header's fields (L3 and L4 empty), for a reader that
+    /// only writes the captured bytes out.
+    pub fn parse_frames(&mut self, frames: bool) {
+        self.frames = frames;
     }
 
     /// Adds a ring buffer (from [`crate::kernel::Kernel::take_new_rings`]).
@@ -108,6 +119,7 @@ impl EventReader {
     pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>), before: u64) -> usize {
         self.held = false;
         self.more = false;
+        let frames = self.frames;
         // Read in place: copying the whole record first cost as much as
         // decoding it.
         if let [src] = self.rings.as_mut_slice() {
@@ -115,7 +127,7 @@ impl EventReader {
             src.ring.get_mut().drain(|r| {
                 let mut at = 0;
                 while let Some((range, next)) = event_in(r, at) {
-                    f(decode::decode_record(&r[range]));
+                    f(decode::decode_record_as(&r[range], frames));
                     read += 1;
                     at = next;
                 }
@@ -146,7 +158,7 @@ impl EventReader {
             }
             let src = &mut self.rings[i];
             if let Some(ev) = src.head() {
-                f(decode::decode_record(ev));
+                f(decode::decode_record_as(ev, frames));
                 src.advance();
                 read += 1;
             }

@@ -316,6 +316,12 @@ impl Session {
         Ok(())
     }
 
+    /// Whether packets come with their frame parsed (the default), or with
+    /// only their record's header (see [`EventReader::parse_frames`]).
+    pub fn parse_frames(&mut self, frames: bool) {
+        self.reader.parse_frames(frames);
+    }
+
     /// Kernel per-hook counters.
     pub fn hook_stats(&self) -> anyhow::Result<BTreeMap<HookKey, HookStats>> {
         Ok(self.kernel.hook_stats()?)
