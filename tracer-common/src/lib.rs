@@ -603,12 +603,12 @@ pub struct Config {
     /// counters keep, and spares every packet the flow update (7-12 ns in
     /// traffic). `flows` mode always counts flows: it reports from them.
     pub count_flows: u32,
-    /// Non-zero: a TCP segment whose headers lie in the packet's head
-    /// (the kernel's linear area) while its first `snaplen` bytes do not
-    /// is copied up to the end of its headers. A local TCP sender keeps
-    /// the payload in page fragments, and copying from those costs 18-32
-    /// ns per packet and hook in traffic. Zero: copy `snaplen` bytes of
-    /// every packet wherever they lie.
+    /// Non-zero: an IPv4 TCP segment whose head (the kernel's linear
+    /// area) ends where its headers do, as a local sender's does with the
+    /// payload in page fragments, is copied up to the end of its headers:
+    /// copying from the fragments costs 20-32 ns per packet and hook in
+    /// traffic. Zero: copy `snaplen` bytes of every packet wherever they
+    /// lie.
     pub tcp_head_only: u32,
 }
 

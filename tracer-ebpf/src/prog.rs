@@ -302,9 +302,10 @@ struct Parsed {
     icmp_error: bool,
     /// The quoted packet's protocol, for an ICMP error.
     quoted_proto: u8,
-    /// Where a TCP segment's headers end, from the Ethernet header; 0 when
-    /// not read (not TCP, IPv4 options, a later fragment, a short packet).
-    tcp_end: u16,
+    /// A TCP segment's data offset (its header's length in 32-bit words);
+    /// 0 when not read (not TCP, IPv4 options, a later fragment, a short
+    /// packet).
+    tcp_doff: u8,
 }
 
 impl Parsed {
@@ -319,7 +320,7 @@ impl Parsed {
         ipv4: false,
         icmp_error: false,
         quoted_proto: 0,
-        tcp_end: 0,
+        tcp_doff: 0,
     };
 }
 
@@ -422,23 +423,34 @@ fn trace(ctx: &TcContext, dir: Direction) {
 }
 
 /// How many of the packet's `len` bytes to copy at most: all of them,
-/// except for a TCP segment whose headers lie in the packet's head (the
-/// kernel's linear area) while its first `snaplen` bytes do not: then its
-/// headers. A local TCP sender keeps the payload in page fragments, and
-/// copying from those walks them: 18-32 ns per packet at each hook in
-/// traffic. Only comparisons of packet pointers: their difference, the
-/// head's length, would need CAP_PERFMON.
+/// except for a TCP segment whose head (the kernel's linear area) ends
+/// where its headers do: then its headers. A local TCP sender builds its
+/// segments so, the payload in page fragments, and copying from those
+/// walks them: 20-32 ns per packet at each hook in traffic. A head that
+/// holds some payload, or not all the headers, is copied as before, and
+/// so is a probe, whose tag userspace reads.
+///
+/// Every comparison is of the packet's start plus a constant with its
+/// end, as in [`parse`]: by the verifier's rules a variable offset into a
+/// packet needs CAP_PERFMON (before 6.17's rework), and so does the two
+/// pointers' difference, the head's length.
 #[inline(always)]
 fn copy_len(ctx: &TcContext, p: &Parsed, len: u32) -> u32 {
-    let need = usize::from(p.tcp_end);
-    let snaplen = cfg!(snaplen);
-    let snap = (if snaplen < len { snaplen } else { len }) as usize & (2 * MAX_SNAPLEN - 1);
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if need != 0 && data + snap > end && data + need <= end {
-        need as u32
-    } else {
-        len
+    if p.probe {
+        return len;
     }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // The head ends `n` bytes in: its bytes reach `n`, and not `n + 1`.
+    let ends_at = |n: usize| data + n <= end && data + n + 1 > end;
+    macro_rules! headers_end_the_head {
+        ($($doff:literal),+) => {
+            match p.tcp_doff {
+                $($doff if ends_at(ETH_HLEN + 20 + $doff * 4) => (ETH_HLEN + 20 + $doff * 4) as u32,)+
+                _ => len,
+            }
+        };
+    }
+    headers_end_the_head!(5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 }
 
 /// This CPU's counters of the hook: at the interface's array slot, or in
@@ -480,7 +492,7 @@ fn parse(ctx: &TcContext) -> Parsed {
         ipv4: false,
         icmp_error: false,
         quoted_proto: 0,
-        tcp_end: 0,
+        tcp_doff: 0,
     };
     // skb->protocol is the EtherType, without reading the packet.
     if unsafe { (*ctx.skb.skb).protocol } != u32::from(ETH_P_IP.to_be()) {
@@ -554,7 +566,7 @@ fn parse_ipv4(p: &mut Parsed, h: &[u8; HDR_PEEK], have: usize) {
             p.dport = u16::from_be_bytes([h[22], h[23]]);
             if have >= 40 {
                 p.tcp_flags = h[33];
-                p.tcp_end = (ETH_HLEN + 20) as u16 + u16::from(h[32] >> 4) * 4;
+                p.tcp_doff = h[32] >> 4;
             }
             if full {
                 // Probe tag after a TCP header without options (as podtrace
