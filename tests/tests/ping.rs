@@ -256,8 +256,9 @@ fn lab_paths_and_bad_input() {
     // each probe with EPERM before it leaves. Each is a lost probe that
     // says so, with the kernel's drop, not an error of podtrace's. A
     // REJECT also sends the socket a port unreachable, which must not
-    // fail the next probe's send.
-    let cases: [(&str, &[&str], &[&str]); 3] = [
+    // fail the next probe's send. TCP's SYNs leave from a raw socket,
+    // refused the same way.
+    let cases: [(&str, &[&str], &[&str]); 4] = [
         (
             "udp DROP",
             &["OUTPUT", "-p", "udp", "--dport", "9400", "-j", "DROP"],
@@ -272,6 +273,11 @@ fn lab_paths_and_bad_input() {
             "icmp DROP",
             &["OUTPUT", "-p", "icmp", "-j", "DROP"],
             &["--proto", "icmp"],
+        ),
+        (
+            "tcp DROP",
+            &["OUTPUT", "-p", "tcp", "--dport", "9401", "-j", "DROP"],
+            &["--proto", "tcp", "--port", "9401"],
         ),
     ];
     for (target, refuse, proto) in cases {
