@@ -440,8 +440,12 @@ fn copy_len(ctx: &TcContext, p: &Parsed, len: u32) -> u32 {
         return len;
     }
     let (data, end) = (ctx.data(), ctx.data_end());
+    // A second, opaque copy of the end: LLVM cannot fold the two bounds
+    // below into `data + n == end`, which kernels before 6.9 refuse
+    // between packet pointers without CAP_PERFMON.
+    let end_again = unsafe { core::ptr::read_volatile(&end) };
     // The head ends `n` bytes in: its bytes reach `n`, and not `n + 1`.
-    let ends_at = |n: usize| data + n <= end && data + n + 1 > end;
+    let ends_at = |n: usize| data + n <= end && data + n + 1 > end_again;
     macro_rules! headers_end_the_head {
         ($($doff:literal),+) => {
             match p.tcp_doff {

@@ -60,10 +60,10 @@ pub struct ReportArgs {
     pub mode: Mode,
     /// Bytes of each packet to copy, from the Ethernet header (1-256),
     /// wherever the kernel keeps them. Without it, podtrace copies up to
-    /// 128 bytes, but only the headers of a TCP segment whose payload the
-    /// kernel keeps apart from them, as it keeps a local sender's in page
-    /// fragments (tens of ns per packet to copy from). Any --snaplen, even
-    /// 128, turns that off.
+    /// 128 bytes, but only the headers of an IPv4 TCP segment whose
+    /// payload the kernel keeps apart from them: a local sender's, in page
+    /// fragments (tens of ns per packet to copy from), and often a
+    /// received one after GRO. Any --snaplen, even 128, turns that off.
     #[arg(long, value_name = "BYTES", value_parser = parse_snaplen)]
     pub snaplen: Option<u32>,
     /// In `flows` mode, also report 1 in N packets (0: no sampling).
