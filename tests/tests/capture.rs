@@ -1462,11 +1462,57 @@ async fn each_packet_brings_its_first_snaplen_bytes() {
     }
 }
 
+/// Sends one TCP segment carrying `payload` from a raw socket in netns
+/// `ns` to `dst`: the kernel builds it in one buffer, the payload in the
+/// head with the headers (no listener answers but with a RST).
+fn raw_tcp_segment(ns: &str, dst: &'static str, payload: &'static [u8]) {
+    podtrace_tests::traffic::in_netns(ns, move || {
+        let dst: std::net::Ipv4Addr = dst.parse().unwrap();
+        let mut seg = vec![0u8; 20];
+        seg[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        seg[2..4].copy_from_slice(&7079u16.to_be_bytes());
+        seg[4..8].copy_from_slice(&1u32.to_be_bytes());
+        seg[12] = 5 << 4;
+        seg[13] = 0x18;
+        seg[14..16].copy_from_slice(&1024u16.to_be_bytes());
+        seg.extend_from_slice(payload);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(dst).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a socket of our own, a buffer and an address that outlive
+        // the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let sent = libc::sendto(
+                fd,
+                seg.as_ptr().cast(),
+                seg.len(),
+                0,
+                std::ptr::from_ref(&addr).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            libc::close(fd);
+            assert_eq!(
+                sent,
+                seg.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+    });
+}
+
 /// By default a TCP segment whose payload lies apart from its headers (a
 /// local sender's, in page fragments) is copied up to the end of its
-/// headers, while an ICMP echo's payload, kept with its headers, is copied.
-/// With `tcp_head_only` off (`--snaplen` given), the payload is copied
-/// from the fragments.
+/// headers, while one whose payload lies in the head with them (from a raw
+/// socket), and an ICMP echo, are copied whole. With `tcp_head_only` off
+/// (`--snaplen` given), the payload is copied from the fragments.
 #[tokio::test]
 async fn by_default_a_tcp_senders_payload_is_not_copied() {
     let _serial = serial();
@@ -1484,9 +1530,11 @@ async fn by_default_a_tcp_senders_payload_is_not_copied() {
         );
         let addr: SocketAddr = format!("{}:{port}", VethPair::IP_B).parse().unwrap();
         assert_eq!(tcp_echo(&pair.b, &pair.a, addr, MSG), MSG);
+        const RAW: &[u8] = &[b'q'; 90];
+        raw_tcp_segment(&pair.a, VethPair::IP_B, RAW);
         VethPair::exec(&pair.a, &["ping", "-c", "1", "-s", "400", VethPair::IP_B]);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (mut segments, mut echoes) = (0, 0);
+        let (mut segments, mut raw, mut echoes) = (0, 0, 0);
         reader
             .drain_settled(&kernel, |r| {
                 let (p, frame) = r.unwrap();
@@ -1495,6 +1543,11 @@ async fn by_default_a_tcp_senders_payload_is_not_copied() {
                 // Ethernet, IPv4 without options, TCP with its options.
                 let headers = frame.get(46).map(|off| 34 + usize::from(off >> 4) * 4);
                 match (frame.get(23), headers) {
+                    (Some(6), Some(54)) if len == 54 + RAW.len() => {
+                        raw += 1;
+                        assert_eq!(cap, 128, "the payload is in the head: {frame:?}");
+                        assert!(frame[54..].iter().all(|&b| b == b'q'), "{frame:?}");
+                    }
                     (Some(6), Some(headers)) if len == headers + MSG.len() => {
                         segments += 1;
                         if head_only == 1 {
@@ -1513,8 +1566,13 @@ async fn by_default_a_tcp_senders_payload_is_not_copied() {
             })
             .await
             .unwrap();
-        // The request out and its echo in, and the ping's two ways.
-        assert_eq!((segments, echoes), (2, 2), "tcp_head_only {head_only}");
+        // The request out and its echo in, the raw segment out, and the
+        // ping's two ways.
+        assert_eq!(
+            (segments, raw, echoes),
+            (2, 1, 2),
+            "tcp_head_only {head_only}"
+        );
     }
 }
 
