@@ -1476,35 +1476,8 @@ fn raw_tcp_segment(ns: &str, dst: &'static str, payload: &'static [u8]) {
         seg[13] = 0x18;
         seg[14..16].copy_from_slice(&1024u16.to_be_bytes());
         seg.extend_from_slice(payload);
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(dst).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: a socket of our own, a buffer and an address that outlive
-        // the calls.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            let sent = libc::sendto(
-                fd,
-                seg.as_ptr().cast(),
-                seg.len(),
-                0,
-                std::ptr::from_ref(&addr).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            );
-            libc::close(fd);
-            assert_eq!(
-                sent,
-                seg.len() as isize,
-                "{}",
-                std::io::Error::last_os_error()
-            );
-        }
+        let fd = tracer::probe::raw_socket(libc::IPPROTO_TCP).expect("raw socket");
+        tracer::probe::send_to(&fd, &seg, dst).expect("send the segment");
     });
 }
 

@@ -202,7 +202,9 @@ fn hand_on(tx: &Tx, spec: &ProbeSpec, res: ProbeResult, sent: Instant) -> bool {
     true
 }
 
-fn raw_socket(proto: i32) -> io::Result<OwnedFd> {
+/// A raw IPv4 socket for `proto` (`libc::IPPROTO_*`): what it sends gets
+/// an IP header from the kernel, and is built in one buffer.
+pub fn raw_socket(proto: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
     if fd < 0 {
@@ -212,7 +214,8 @@ fn raw_socket(proto: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn send_to(fd: &OwnedFd, buf: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+/// Sends `buf` from a [`raw_socket`] to `dst`.
+pub fn send_to(fd: &OwnedFd, buf: &[u8], dst: Ipv4Addr) -> io::Result<()> {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
