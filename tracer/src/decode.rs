@@ -402,7 +402,11 @@ pub fn decode_record_as(bytes: &[u8], frame: bool) -> Result<(Packet, &[u8]), De
     }
     let data = &bytes[DATA_AT..DATA_AT + cap];
     prefetch_following(bytes);
-    let mut pkt = decode_frame(if frame { data } else { &[] });
+    let mut pkt = if frame {
+        decode_frame(data)
+    } else {
+        unparsed(data.len())
+    };
     pkt.ts_ns = u64_at(bytes, offset_of!(PacketEvent, ts_ns));
     pkt.hook = HookId {
         netns_cookie: u64_at(bytes, offset_of!(PacketEvent, netns_cookie)),
@@ -418,7 +422,17 @@ pub fn decode_record_as(bytes: &[u8], frame: bool) -> Result<(Packet, &[u8]), De
 
 /// Decodes an Ethernet frame (or its first bytes); hook fields are zero.
 pub fn decode_frame(frame: &[u8]) -> Packet {
-    let mut pkt = Packet {
+    let mut pkt = unparsed(frame.len());
+    if !fast_ipv4(frame, &mut pkt) {
+        etherparse_frame(frame, &mut pkt);
+    }
+    pkt
+}
+
+/// A packet of `len` captured bytes, nothing read from them: no L3 or L4,
+/// hook fields zero.
+fn unparsed(len: usize) -> Packet {
+    Packet {
         ts_ns: 0,
         hook: HookId {
             netns_cookie: 0,
@@ -426,19 +440,15 @@ pub fn decode_frame(frame: &[u8]) -> Packet {
             dir: Direction::Ingress,
         },
         reason: 0,
-        len: frame.len() as u32,
-        cap_len: frame.len() as u32,
+        len: len as u32,
+        cap_len: len as u32,
         mark: 0,
         l3: L3::Other(0),
         l4: L4::None,
         payload_hash: 0,
         probe: false,
         length: 0,
-    };
-    if !fast_ipv4(frame, &mut pkt) {
-        etherparse_frame(frame, &mut pkt);
     }
-    pkt
 }
 
 /// [`decode_frame`] by etherparse's lax parser: every case.
