@@ -66,11 +66,7 @@ impl EventReader {
         // SAFETY: the ring buffer owns its map fd for as long as the
         // AsyncFd owns the ring buffer.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(io::Error::from)?;
-        self.rings.push(Source {
-            ring,
-            at: 0,
-            next: 0,
-        });
+        self.rings.push(Source { ring, at: 0 });
         Ok(())
     }
 
@@ -141,34 +137,32 @@ impl EventReader {
             ring.filled() > ring.size() / 2
         });
         let before = if pressed { u64::MAX } else { before };
-        let mut heads = BinaryHeap::with_capacity(self.rings.len());
         for src in &mut self.rings {
             src.ring.get_mut().begin_pass();
         }
+        // The rings' next events, oldest first. The oldest ring is read on
+        // in a run, without going back to the heap, for as long as its
+        // events are no newer than the next ring's head: one CPU's events
+        // come in runs, and one look at its ring serves a whole record.
+        let mut heads = BinaryHeap::with_capacity(self.rings.len());
         for (i, src) in self.rings.iter_mut().enumerate() {
-            if let Some(ev) = src.head() {
-                heads.push(Reverse((record_ts(ev), i)));
+            if let Some(ts) = src.head_ts() {
+                heads.push(Reverse((ts, i)));
             }
         }
         let mut read = 0;
-        while let Some(Reverse((ts, i))) = heads.pop() {
-            if ts >= before {
-                self.held = true;
-                break;
-            }
-            let src = &mut self.rings[i];
-            if let Some(ev) = src.head() {
-                f(decode::decode_record_as(ev, frames));
-                src.advance();
-                read += 1;
-            }
-            if let Some(ev) = src.head() {
-                heads.push(Reverse((record_ts(ev), i)));
-            } else if src.ring.get_ref().stopped() {
-                // This ring's next record may be older than the others':
-                // the merge goes on in the next pass.
-                self.more = true;
-                break;
+        while let Some(Reverse((_, i))) = heads.pop() {
+            let until = heads.peek().map_or(u64::MAX, |Reverse((ts, _))| *ts);
+            match self.rings[i].run(until, before, frames, &mut f, &mut read) {
+                Run::Next(ts) => heads.push(Reverse((ts, i))),
+                Run::Held => self.held = true,
+                Run::Empty => {}
+                Run::Stopped => {
+                    // This ring's next record may be older than the others':
+                    // the merge goes on in the next pass.
+                    self.more = true;
+                    break;
+                }
             }
         }
         for src in &mut self.rings {
@@ -223,30 +217,70 @@ struct Source {
     ring: AsyncFd<Ring>,
     /// Offset of the next event in the current record (0: its start).
     at: usize,
-    /// Offset of the event after the one [`Source::head`] returned.
-    next: usize,
+}
+
+/// Where a [`Source::run`] stopped.
+enum Run {
+    /// At an event newer than `until`, stamped so.
+    Next(u64),
+    /// At an event stamped `before` or later: the ring is done for now.
+    Held,
+    /// The ring had nothing more ready.
+    Empty,
+    /// The ring stopped at its budget for this pass, with records left.
+    Stopped,
 }
 
 impl Source {
-    /// The next event, past records already read through; None when the
-    /// ring has none ready.
-    fn head(&mut self) -> Option<&[u8]> {
+    /// The timestamp of the next event, past records already read
+    /// through; None when the ring has none ready.
+    fn head_ts(&mut self) -> Option<u64> {
         let ring = self.ring.get_mut();
-        let range = loop {
+        loop {
             let r = ring.peek()?;
-            if let Some((range, next)) = event_in(r, self.at) {
-                self.next = next;
-                break range;
+            if let Some((range, _)) = event_in(r, self.at) {
+                return Some(record_ts(&r[range]));
             }
             ring.consume();
             self.at = 0;
-        };
-        ring.peek().map(|r| &r[range])
+        }
     }
 
-    /// Moves past the event [`Source::head`] returned.
-    fn advance(&mut self) {
-        self.at = self.next;
+    /// Hands this ring's events to `f`, in order, for as long as they are
+    /// stamped no later than `until` and before `before`.
+    fn run(
+        &mut self,
+        until: u64,
+        before: u64,
+        frames: bool,
+        f: &mut impl FnMut(Record<'_>),
+        read: &mut usize,
+    ) -> Run {
+        let ring = self.ring.get_mut();
+        loop {
+            let Some(r) = ring.peek() else {
+                return if ring.stopped() {
+                    Run::Stopped
+                } else {
+                    Run::Empty
+                };
+            };
+            while let Some((range, next)) = event_in(r, self.at) {
+                let ev = &r[range];
+                let ts = record_ts(ev);
+                if ts >= before {
+                    return Run::Held;
+                }
+                if ts > until {
+                    return Run::Next(ts);
+                }
+                f(decode::decode_record_as(ev, frames));
+                *read += 1;
+                self.at = next;
+            }
+            ring.consume();
+            self.at = 0;
+        }
     }
 }
 
