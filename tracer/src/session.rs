@@ -65,6 +65,9 @@ pub struct Session {
     /// Packets stamped before this kernel time are counted, not handed on
     /// (see [`Kernel::restart_flows`]); 0 hands on everything.
     since_ns: u64,
+    /// Raises the readers' priority when they fall behind (see
+    /// [`crate::sched`]).
+    watch: Option<crate::sched::Watch>,
 }
 
 impl Session {
@@ -108,6 +111,7 @@ impl Session {
             received: BTreeMap::new(),
             undecodable: 0,
             since_ns: 0,
+            watch: None,
         };
         for i in 0..session.namespaces.len() {
             session
@@ -133,7 +137,13 @@ impl Session {
             session.since_ns = session.kernel.restart_flows();
         }
         crate::container::say_pod_side(&session.topology);
-        crate::sched::raise_all();
+        session.watch = match session.reader.gauges() {
+            Ok(gauges) => crate::sched::watch(gauges),
+            Err(e) => {
+                eprintln!("podtrace: note: reading at normal priority (mapping the rings: {e})");
+                None
+            }
+        };
         Ok(session)
     }
 
