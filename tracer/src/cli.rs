@@ -75,14 +75,11 @@ pub struct ReportArgs {
     /// counts climb. [default: 4096, or 256 per CPU where that is more]
     #[arg(long = "ring-size", value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
-    /// Never raise the readers' priority. By default they read at normal
-    /// priority, and are raised to `SCHED_FIFO` 1, the lowest real-time
-    /// priority, while they fall behind (a ring more than half full, or
-    /// 100 ms without a turn of their loop), until they have kept up for
-    /// 2 s: busy pods in other cgroups can otherwise keep the reader off
-    /// the CPU while its rings overflow. A thread at `SCHED_FIFO` 2 looks
-    /// every 5 ms. The reader drains and sleeps again, a few % of a core
-    /// (a quarter when printing JSON at 400k events/s).
+    /// Read the rings at normal priority. By default the threads that read
+    /// them run `SCHED_FIFO` at priority 1, the lowest real-time one: busy
+    /// pods in other cgroups can otherwise keep the reader off the CPU
+    /// while its rings overflow. It drains and sleeps again, a few % of a
+    /// core (a quarter when printing JSON at 400k events/s).
     #[arg(long = "no-realtime")]
     pub no_realtime: bool,
 }

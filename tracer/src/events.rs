@@ -12,7 +12,7 @@ use tracer_common::{BatchHeader, EventKind, MAX_SNAPLEN, PacketEvent, STAGE_DELA
 use crate::{
     decode::{self, DecodeError, Packet},
     kernel::{Kernel, KernelError},
-    ring::{Gauge, Ring},
+    ring::Ring,
 };
 
 /// A decoded packet and the bytes it was decoded from.
@@ -70,14 +70,6 @@ impl EventReader {
         Ok(())
     }
 
-    /// A gauge of each ring (see [`crate::ring::Gauge`]).
-    pub fn gauges(&self) -> io::Result<Vec<Gauge>> {
-        self.rings
-            .iter()
-            .map(|s| s.ring.get_ref().gauge())
-            .collect()
-    }
-
     /// Waits until records may be there, then hands each one, decoded, to
     /// `f`, up to what `kernel` says every CPU has handed over (see
     /// [`Kernel::complete_before`]); the rest waits for a later call.
@@ -105,7 +97,6 @@ impl EventReader {
                 () = tokio::time::sleep(HELD_RETRY), if self.held => {}
             }
         }
-        crate::sched::beat();
         let before = if self.rings.len() > 1 {
             kernel.complete_before().map_err(io::Error::other)?
         } else {

@@ -147,9 +147,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// A runtime for commands that read the rings: once they are attached,
-/// this thread, which runs their loop, is raised to real-time priority
-/// whenever it falls behind (see `tracer::sched`), unless `normal`. If the
-/// kernel refuses, the command
+/// this thread, which runs their loop, runs at real-time priority (see
+/// `tracer::sched`), unless `normal`. If the kernel refuses, the command
 /// says so when `say`: `ping` does not, since it reads a few records and
 /// its output is a contract (a container in a cgroup without real-time
 /// runtime, under CONFIG_RT_GROUP_SCHED, is refused even when privileged).
@@ -159,7 +158,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// kernel and every timer, two context switches where one does: the
 /// reader took 104 ns of CPU per event where it now takes 86 (capture
 /// `-w` at 500 k events/s). A thread the runtime starts later (its
-/// blocking pool) joins this one's priority while it is raised.
+/// blocking pool) joins this one's priority.
 fn reader_runtime(normal: bool, say: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     if !normal {
         sched::want(say);

@@ -217,7 +217,7 @@ impl Ring {
     /// Starts a pass: [`peek`](Self::peek) returns records worth at most
     /// one ring's size until the next pass. Under a kernel that writes as
     /// fast as the reader reads, a pass still ends, and the reader gets
-    /// back to its signals and timers (it may run at real-time priority,
+    /// back to its signals and timers (it runs at real-time priority,
     /// where nothing else would take the CPU from it).
     pub fn begin_pass(&mut self) {
         self.budget = self.size;
@@ -243,96 +243,6 @@ impl Ring {
         }
         self.publish();
         read
-    }
-}
-
-impl Ring {
-    /// A [`Gauge`] of this ring, for another thread.
-    pub fn gauge(&self) -> io::Result<Gauge> {
-        Gauge::new(self.fd.as_fd(), self.page, self.size)
-    }
-}
-
-/// How full a ring is, read through read-only mappings of its own (its
-/// consumer and producer pages, not its data), for a thread other than the
-/// reader's: the one that raises the reader's priority when it falls
-/// behind (see [`crate::sched`]). The mappings hold the map, so a gauge
-/// stays valid whatever becomes of the ring.
-pub struct Gauge {
-    consumer: NonNull<u8>,
-    producer: NonNull<u8>,
-    page: usize,
-    size: usize,
-}
-
-// SAFETY: the mappings are owned by the Gauge, read-only, and only read
-// atomically.
-unsafe impl Send for Gauge {}
-// SAFETY: as above.
-unsafe impl Sync for Gauge {}
-
-impl Gauge {
-    fn new(fd: BorrowedFd<'_>, page: usize, size: usize) -> io::Result<Self> {
-        let len = std::num::NonZeroUsize::new(page).expect("a page is not empty");
-        // SAFETY: a fresh shared read-only mapping of the map's first page
-        // (the consumer position); unmapped in Drop.
-        let consumer =
-            unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, fd, 0) }?;
-        // SAFETY: as above, of its second page (the producer position).
-        let producer = match unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ,
-                MapFlags::MAP_SHARED,
-                fd,
-                i64::try_from(page).expect("page size fits"),
-            )
-        } {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: mapped just above with this length.
-                let _ = unsafe { munmap(consumer, page) };
-                return Err(e.into());
-            }
-        };
-        Ok(Self {
-            consumer: consumer.cast(),
-            producer: producer.cast(),
-            page,
-            size,
-        })
-    }
-
-    /// Bytes committed or reserved that the reader has not yet told the
-    /// kernel it read (it publishes its position in steps: see
-    /// [`PUBLISH_EVERY`]).
-    pub fn filled(&self) -> usize {
-        // SAFETY: the first word of each page, written by the kernel or
-        // the reader with release semantics.
-        let (prod, cons) = unsafe {
-            (
-                self.producer.cast::<AtomicUsize>().as_ref(),
-                self.consumer.cast::<AtomicUsize>().as_ref(),
-            )
-        };
-        let cons = cons.load(Ordering::Acquire);
-        prod.load(Ordering::Acquire).wrapping_sub(cons)
-    }
-
-    /// Bytes of the ring's data area.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-}
-
-impl Drop for Gauge {
-    fn drop(&mut self) {
-        // SAFETY: mapped in `new` with these lengths, unmapped once.
-        unsafe {
-            let _ = munmap(self.consumer.cast(), self.page);
-            let _ = munmap(self.producer.cast(), self.page);
-        }
     }
 }
 

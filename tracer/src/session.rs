@@ -65,9 +65,6 @@ pub struct Session {
     /// Packets stamped before this kernel time are counted, not handed on
     /// (see [`Kernel::restart_flows`]); 0 hands on everything.
     since_ns: u64,
-    /// Raises the readers' priority when they fall behind (see
-    /// [`crate::sched`]).
-    watch: Option<crate::sched::Watch>,
 }
 
 impl Session {
@@ -111,7 +108,6 @@ impl Session {
             received: BTreeMap::new(),
             undecodable: 0,
             since_ns: 0,
-            watch: None,
         };
         for i in 0..session.namespaces.len() {
             session
@@ -137,13 +133,7 @@ impl Session {
             session.since_ns = session.kernel.restart_flows();
         }
         crate::container::say_pod_side(&session.topology);
-        session.watch = match session.reader.gauges() {
-            Ok(gauges) => crate::sched::watch(gauges),
-            Err(e) => {
-                eprintln!("podtrace: note: reading at normal priority (mapping the rings: {e})");
-                None
-            }
-        };
+        crate::sched::raise_all();
         Ok(session)
     }
 

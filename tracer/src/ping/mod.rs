@@ -57,10 +57,9 @@ pub struct PingArgs {
     /// Print one JSON document (the contract scripts depend on) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Never raise the readers' priority. By default, as in `capture`,
-    /// they are raised to `SCHED_FIFO` 1 while they fall behind (100 ms
-    /// without a turn of their loop, or a ring more than half full), so
-    /// that busy pods cannot hold the reports back past the timeout.
+    /// Read the probes' reports at normal priority. By default, as in
+    /// `capture`, the threads that read them run `SCHED_FIFO` 1, so that
+    /// busy pods cannot hold the reports back past the timeout.
     #[arg(long = "no-realtime")]
     pub no_realtime: bool,
     #[command(flatten)]
