@@ -152,8 +152,10 @@ impl EventReader {
         }
         let mut read = 0;
         while let Some(Reverse((_, i))) = heads.pop() {
-            let until = heads.peek().map_or(u64::MAX, |Reverse((ts, _))| *ts);
-            match self.rings[i].run(until, before, frames, &mut f, &mut read) {
+            // The next ring's head, as the heap orders them: by time, then
+            // by ring.
+            let until = heads.peek().map_or((u64::MAX, usize::MAX), |Reverse(h)| *h);
+            match self.rings[i].run(i, until, before, frames, &mut f, &mut read) {
                 Run::Next(ts) => heads.push(Reverse((ts, i))),
                 Run::Held => self.held = true,
                 Run::Empty => {}
@@ -221,7 +223,7 @@ struct Source {
 
 /// Where a [`Source::run`] stopped.
 enum Run {
-    /// At an event newer than `until`, stamped so.
+    /// At an event that comes after `until`, stamped so.
     Next(u64),
     /// At an event stamped `before` or later: the ring is done for now.
     Held,
@@ -247,10 +249,13 @@ impl Source {
     }
 
     /// Hands this ring's events to `f`, in order, for as long as they are
-    /// stamped no later than `until` and before `before`.
+    /// stamped before `before` and, as the heap orders rings' heads (time,
+    /// then ring), before the next ring's head `until`; this ring is ring
+    /// `me`.
     fn run(
         &mut self,
-        until: u64,
+        me: usize,
+        until: (u64, usize),
         before: u64,
         frames: bool,
         f: &mut impl FnMut(Record<'_>),
@@ -271,7 +276,7 @@ impl Source {
                 if ts >= before {
                     return Run::Held;
                 }
-                if ts > until {
+                if (ts, me) > until {
                     return Run::Next(ts);
                 }
                 f(decode::decode_record_as(ev, frames));
