@@ -51,36 +51,49 @@ pub fn judge(results: &Results, micro: &Micro) -> String {
     s
 }
 
-fn median_ratio(results: &Results, s: Scenario, t: Tracer) -> f64 {
-    Spread::of(results.ratios(s, t)).map_or(0.0, |r| r.median)
+/// The runs' throughput ratios to no tracer (all 0 without runs).
+fn ratio_spread(results: &Results, s: Scenario, t: Tracer) -> Spread {
+    Spread::of(results.ratios(s, t)).unwrap_or(Spread {
+        median: 0.0,
+        min: 0.0,
+        max: 0.0,
+    })
+}
+
+/// `median [min-max]`, so that a verdict shows how far apart the runs
+/// were next to how far the median is from its goal.
+fn spread_text(r: &Spread, digits: usize) -> String {
+    format!("{:.digits$} [runs {:.2}-{:.2}]", r.median, r.min, r.max)
 }
 
 /// Flows mode against no tracer; packets mode against tcpdump.
 fn throughput(results: &Results, v: &mut Vec<Verdict>) {
     for (s, want) in FLOWS_RATIO {
-        let got = median_ratio(results, s, Tracer::Flows);
+        let got = ratio_spread(results, s, Tracer::Flows);
         v.push(Verdict {
             goal: format!(
                 "flows mode, {}: throughput >= {want:.2} of no tracer",
                 s.label()
             ),
-            measured: format!("{got:.4} (median of the runs' ratios)"),
-            met: got >= want,
+            measured: format!("{} (median of the runs' ratios)", spread_text(&got, 4)),
+            met: got.median >= want,
         });
     }
     for s in Scenario::ALL {
-        let p = median_ratio(results, s, Tracer::Packets);
-        let t = median_ratio(results, s, Tracer::Tcpdump);
+        let p = ratio_spread(results, s, Tracer::Packets);
+        let t = ratio_spread(results, s, Tracer::Tcpdump);
         let pm = results.missed(s, Tracer::Packets);
         let tm = results.missed(s, Tracer::Tcpdump);
         v.push(Verdict {
             goal: format!("packets mode ahead of tcpdump, {}", s.label()),
             measured: format!(
-                "throughput ratio {p:.3} vs {t:.3}; missed {:.2} % vs {:.2} %",
+                "throughput ratio {} vs {}; missed {:.2} % vs {:.2} %",
+                spread_text(&p, 3),
+                spread_text(&t, 3),
                 pm * 100.0,
                 tm * 100.0
             ),
-            met: p >= t && pm <= tm,
+            met: p.median >= t.median && pm <= tm,
         });
     }
 }
@@ -249,7 +262,7 @@ fn userspace(results: &Results, micro: &Micro, v: &mut Vec<Verdict>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{verdict, worst};
+    use super::{Spread, spread_text, verdict, worst};
 
     #[test]
     fn worst_is_the_largest_cost_above_its_own_floor() {
@@ -266,6 +279,17 @@ mod tests {
             Some((39.0, Some(40.0)))
         );
         assert_eq!(worst(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_ratio_comes_with_the_runs_spread() {
+        let r = Spread {
+            median: 0.969_12,
+            min: 0.915,
+            max: 0.984,
+        };
+        assert_eq!(spread_text(&r, 3), "0.969 [runs 0.92-0.98]");
+        assert_eq!(spread_text(&r, 4), "0.9691 [runs 0.92-0.98]");
     }
 
     #[test]
