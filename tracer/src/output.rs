@@ -578,7 +578,8 @@ impl<W: Write> LineOut<W> {
 /// saw a packet, added as the first one does.
 pub struct PcapngOut {
     writer: PcapNgWriter<BufWriter<File>>,
-    ids: BTreeMap<(u64, u32), u32>,
+    /// Interface ids by (netns cookie, ifindex), looked up per packet.
+    ids: crate::correlate::table::Map<(u64, u32), u32>,
     snaplen: u32,
     clock: Clock,
 }
@@ -591,7 +592,7 @@ impl PcapngOut {
             .context("writing the pcapng header")?;
         Ok(Self {
             writer,
-            ids: BTreeMap::new(),
+            ids: crate::correlate::table::Map::with_hasher(crate::correlate::table::Seeded(0)),
             snaplen,
             clock: Clock::now(),
         })

@@ -43,6 +43,10 @@ pub enum HookChange {
     },
 }
 
+/// Records received per hook (see [`Session::received`]).
+pub(crate) type Received =
+    std::collections::HashMap<(u64, u32, u32), u64, crate::correlate::table::Seeded>;
+
 /// A running session.
 pub struct Session {
     kernel: Kernel,
@@ -58,8 +62,10 @@ pub struct Session {
     /// When the first of them was noticed.
     churned_at: tokio::time::Instant,
     _watchers: Vec<tokio::task::JoinHandle<()>>,
-    /// Records received from the kernel, per hook.
-    pub received: BTreeMap<(u64, u32, u32), u64>,
+    /// Records received from the kernel, per hook (netns cookie, ifindex,
+    /// direction): hashed with the engine's hasher, a few ns per record
+    /// where the ordered map's search took a tenth of a `-w` reader's time.
+    pub(crate) received: Received,
     /// Records that could not be decoded.
     pub undecodable: u64,
     /// Packets stamped before this kernel time are counted, not handed on
@@ -105,7 +111,7 @@ impl Session {
             churned: BTreeSet::new(),
             churned_at: tokio::time::Instant::now(),
             _watchers: watchers,
-            received: BTreeMap::new(),
+            received: Received::with_hasher(crate::correlate::table::Seeded(0)),
             undecodable: 0,
             since_ns: 0,
         };
@@ -442,7 +448,7 @@ fn watch_links(
 /// What `next` and `drain` do with every record: count it at its hook (or
 /// as undecodable) and hand the packet to `on_packet`.
 fn tally<'a, F: FnMut(&Packet, &[u8], &Topology)>(
-    received: &'a mut BTreeMap<(u64, u32, u32), u64>,
+    received: &'a mut Received,
     undecodable: &'a mut u64,
     topo: &'a Topology,
     since_ns: u64,

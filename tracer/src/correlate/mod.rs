@@ -38,7 +38,7 @@ mod model;
 mod paths;
 mod pending;
 mod places;
-mod table;
+pub(crate) mod table;
 
 #[cfg(test)]
 mod bench;
