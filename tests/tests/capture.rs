@@ -1446,7 +1446,12 @@ async fn each_packet_brings_its_first_snaplen_bytes() {
         reader
             .drain_settled(&kernel, |r| {
                 let (p, frame) = r.unwrap();
-                seen.push((p.len, p.cap_len, frame.len(), frame[12..14] == [8, 0]));
+                seen.push((
+                    p.len,
+                    u32::from(p.cap_len),
+                    frame.len(),
+                    frame[12..14] == [8, 0],
+                ));
             })
             .await
             .unwrap();

@@ -151,8 +151,9 @@ pub struct Packet {
     pub reason: u32,
     /// Whole packet length on the wire.
     pub len: u32,
-    /// Bytes captured.
-    pub cap_len: u32,
+    /// Bytes captured (at most [`MAX_SNAPLEN`]: 16 bits keep the packet,
+    /// copied per event, at 112 bytes).
+    pub cap_len: u16,
     /// skb mark.
     pub mark: u32,
     /// Network layer.
@@ -166,8 +167,10 @@ pub struct Packet {
     pub probe: bool,
     /// The `length` tcpdump prints, from the headers (not what was
     /// captured): a TCP segment's or UDP datagram's payload, an ICMP
-    /// message with its header, else the IP payload; 0 for no IP.
-    pub length: u16,
+    /// message with its header, else the IP payload; 0 for no IP. An IPv4
+    /// packet whose total length is 0 (a BIG TCP send, over 64 KiB) takes
+    /// it from the packet's length on the wire, as tcpdump does.
+    pub length: u32,
 }
 
 /// The packet an ICMPv4 error is about, read from the IPv4 header and the
@@ -333,8 +336,9 @@ pub fn decode(ev: &PacketEvent) -> Result<Packet, DecodeError> {
     };
     pkt.reason = ev.reason;
     pkt.len = ev.pkt_len;
-    pkt.cap_len = ev.cap_len;
+    pkt.cap_len = cap as u16;
     pkt.mark = ev.mark;
+    gso_length(&mut pkt, &ev.data[..cap]);
     Ok(pkt)
 }
 
@@ -415,9 +419,41 @@ pub fn decode_record_as(bytes: &[u8], frame: bool) -> Result<(Packet, &[u8]), De
     };
     pkt.reason = u32_at(bytes, offset_of!(PacketEvent, reason));
     pkt.len = u32_at(bytes, offset_of!(PacketEvent, pkt_len));
-    pkt.cap_len = cap_len;
+    pkt.cap_len = cap as u16;
+    if frame {
+        gso_length(&mut pkt, data);
+    }
     pkt.mark = u32_at(bytes, offset_of!(PacketEvent, mark));
     Ok((pkt, data))
+}
+
+/// An IPv4 packet over 64 KiB (BIG TCP: a GSO send the kernel has not yet
+/// cut into segments) carries total length 0. tcpdump then takes the
+/// length from the packet on the wire; so does this, with the packet's
+/// length as the kernel gave it (`pkt.len`), less the headers.
+fn gso_length(pkt: &mut Packet, frame: &[u8]) {
+    const ETH: usize = 14;
+    let L3::Ipv4 {
+        total_len: 0,
+        frag: 0,
+        ..
+    } = pkt.l3
+    else {
+        return;
+    };
+    let Some(&vihl) = frame.get(ETH) else {
+        return;
+    };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let l4 = match pkt.l4 {
+        L4::Tcp { .. } => frame
+            .get(ETH + ihl + 12)
+            .map_or(0, |&d| usize::from(d >> 4) * 4),
+        L4::Udp { .. } => 8,
+        _ => 0,
+    };
+    let headers = u32::try_from(ETH + ihl + l4).unwrap_or(u32::MAX);
+    pkt.length = pkt.len.saturating_sub(headers);
 }
 
 /// Decodes an Ethernet frame (or its first bytes); hook fields are zero.
@@ -441,7 +477,7 @@ fn unparsed(len: usize) -> Packet {
         },
         reason: 0,
         len: len as u32,
-        cap_len: len as u32,
+        cap_len: u16::try_from(len).unwrap_or(u16::MAX),
         mark: 0,
         l3: L3::Other(0),
         l4: L4::None,
@@ -518,7 +554,7 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
             t.payload()
         }
         Some(TransportSlice::Udp(u)) => {
-            pkt.length = u.length().saturating_sub(8);
+            pkt.length = u32::from(u.length().saturating_sub(8));
             pkt.l4 = L4::Udp {
                 sport: u.source_port(),
                 dport: u.destination_port(),
@@ -635,8 +671,8 @@ fn l4_header<'a>(proto: u8, t: &'a [u8], ip_len: usize, pkt: &mut Packet) -> Opt
 }
 
 /// A length from IP headers, which never exceeds 16 bits.
-fn clamp16(n: usize) -> u16 {
-    u16::try_from(n).unwrap_or(u16::MAX)
+fn clamp16(n: usize) -> u32 {
+    u32::from(u16::try_from(n).unwrap_or(u16::MAX))
 }
 
 /// An ICMP or ICMPv6 header's bytes 5 to 8: an echo's identifier and
@@ -764,7 +800,7 @@ impl fmt::Display for Packet {
             L3::Other(_) if self.cap_len < 14 => return write!(f, "[|ether], length {}", self.len),
             L3::Other(et) => return write!(f, "ethertype 0x{et:04x}, length {}", self.len),
         };
-        self.fmt_l4(f, ip, src, dst, u32::from(self.length), proto)?;
+        self.fmt_l4(f, ip, src, dst, self.length, proto)?;
         // The first fragment of a datagram: its header reads as usual, and
         // the later fragments give the same id.
         match self.l3 {
@@ -1308,7 +1344,7 @@ mod tests {
                 let want = {
                     let mut p = decode_frame(&[]);
                     p.len = f.len() as u32;
-                    p.cap_len = f.len() as u32;
+                    p.cap_len = f.len() as u16;
                     etherparse_frame(&f, &mut p);
                     p
                 };
@@ -1383,6 +1419,38 @@ mod tests {
             DecodeError::UnknownKind(0)
         );
         assert_eq!(decode_record(&[0; 10]).unwrap_err(), DecodeError::Short(10));
+    }
+
+    /// A BIG TCP send (IPv4 over 64 KiB) has total length 0 in its header:
+    /// its length comes from the packet's, as tcpdump's does; any other
+    /// packet's from its headers.
+    #[test]
+    fn a_big_tcp_segment_takes_its_length_from_the_wire() {
+        let mut f = frame!(
+            eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(40000, 8080, 1, 65535)
+                .ack(7),
+            &[0x55; 100],
+        );
+        let (_, mut ev) = udp_record();
+        ev.data = [0; MAX_SNAPLEN];
+        ev.data[..f.len()].copy_from_slice(&f);
+        ev.cap_len = f.len() as u32;
+        ev.pkt_len = f.len() as u32;
+        let (p, _) = decode_record(&bytes(&ev)).unwrap();
+        assert_eq!(p.length, 100, "from the headers");
+        // 14 + 20 + 20 bytes of headers and 150000 of payload.
+        f[16..18].copy_from_slice(&[0, 0]);
+        ev.data[..f.len()].copy_from_slice(&f);
+        ev.pkt_len = 54 + 150_000;
+        let (p, _) = decode_record(&bytes(&ev)).unwrap();
+        assert_eq!(p.length, 150_000);
+        assert!(p.to_string().ends_with("length 150000"), "{p}");
+        assert_eq!(p, decode(&ev).unwrap(), "both decoders agree");
+        // A record read without its frame has no length to give.
+        let (q, _) = decode_record_as(&bytes(&ev), false).unwrap();
+        assert_eq!(q.length, 0);
     }
 
     #[test]

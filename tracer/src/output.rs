@@ -1170,7 +1170,11 @@ mod tests {
                     l4,
                     payload_hash: i as u64,
                     probe: i.is_multiple_of(7),
-                    length: if i.is_multiple_of(4) { u16::MAX } else { 64 },
+                    length: if i.is_multiple_of(4) {
+                        u32::from(u16::MAX)
+                    } else {
+                        64
+                    },
                 });
                 i += 1;
             }
