@@ -1554,6 +1554,102 @@ async fn by_default_a_tcp_senders_payload_is_not_copied() {
     }
 }
 
+/// Sets `dev`'s largest GSO and GRO packet, IPv4's included, to `size`
+/// in `ns`: what `ip link set gso_ipv4_max_size` does from iproute2 6.3,
+/// which this host's 6.1 lacks.
+fn set_big_tcp(ns: &str, dev: &str, size: u32) {
+    use futures_util::TryStreamExt as _;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let dev = dev.to_owned();
+    podtrace_tests::traffic::in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            let conn = tokio::spawn(conn);
+            let link = handle
+                .link()
+                .get()
+                .match_name(dev.clone())
+                .execute()
+                .try_next()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("no link {dev}"));
+            let mut msg = rtnetlink::LinkUnspec::new_with_index(link.header.index).build();
+            msg.attributes.extend([
+                LinkAttribute::GsoMaxSize(size),
+                LinkAttribute::GroMaxSize(size),
+                LinkAttribute::GsoIpv4MaxSize(size),
+                LinkAttribute::GroIpv4MaxSize(size),
+            ]);
+            handle.link().set(msg).execute().await.unwrap();
+            conn.abort();
+        });
+    });
+}
+
+/// A BIG TCP send: with its device's IPv4 GSO size above 64 KiB, a local
+/// sender hands the device TCP packets of more than 64 KiB, whose IPv4
+/// total length reads 0. Their lines give tcpdump's length, from the
+/// packet's, not 0.
+#[tokio::test]
+async fn a_big_tcp_send_reads_with_its_whole_length() {
+    let _serial = serial();
+    let pair = VethPair::new("cb");
+    set_big_tcp(&pair.a, "va", 185_000);
+    set_big_tcp(&pair.b, "vb", 185_000);
+    let (kernel, mut reader) = attach_va(&pair, &LoadOptions::default());
+    let addr: SocketAddr = format!("{}:7073", VethPair::IP_B).parse().unwrap();
+    let listener = podtrace_tests::traffic::in_netns(&pair.b, move || {
+        std::net::TcpListener::bind(addr).unwrap()
+    });
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match std::io::Read::read(&mut s, &mut buf).unwrap() {
+                0 => break got,
+                n => got += n,
+            }
+        }
+    });
+    podtrace_tests::traffic::in_netns(&pair.a, move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let chunk = vec![b'b'; 1 << 20];
+        for _ in 0..16 {
+            std::io::Write::write_all(&mut s, &chunk).unwrap();
+        }
+    });
+    assert_eq!(sink.join().unwrap(), 16 << 20);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut big = Vec::new();
+    reader
+        .drain_settled(&kernel, |r| {
+            let (p, frame) = r.unwrap();
+            if p.len > 65_535 && matches!(p.l4, L4::Tcp { .. }) {
+                big.push((p, frame.get(46).copied()));
+            }
+        })
+        .await
+        .unwrap();
+    assert!(!big.is_empty(), "no TCP packet over 64 KiB was seen");
+    for (p, doff) in big {
+        let headers = 14 + 20 + usize::from(doff.unwrap() >> 4) * 4;
+        let want = p.len as usize - headers;
+        assert!(
+            matches!(p.l3, tracer::decode::L3::Ipv4 { total_len: 0, .. }),
+            "{:?}",
+            p.l3
+        );
+        assert_eq!(p.length as usize, want, "{p}");
+        assert!(p.to_string().ends_with(&format!("length {want}")), "{p}");
+    }
+}
+
 #[test]
 fn write_alone_prints_no_lines_like_tcpdump() {
     let _serial = serial();
