@@ -441,6 +441,10 @@ fn gso_length(pkt: &mut Packet, frame: &[u8]) {
     else {
         return;
     };
+    // A frame read as IPv4 behind a VLAN tag has its headers elsewhere.
+    if frame.get(12..14) != Some(&[0x08, 0x00]) {
+        return;
+    }
     let Some(&vihl) = frame.get(ETH) else {
         return;
     };

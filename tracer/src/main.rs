@@ -55,7 +55,8 @@ hand over: raise --ring-size).
 Lines read like tcpdump's, `length` included: a TCP segment's or UDP
 datagram's payload, an ICMP message's length, taken from the headers
 (so also where the payload was not copied; JSON's `len` is the whole
-packet's). A record holds up to 128 bytes of its packet; of an IPv4 TCP
+packet's), or from the packet's length for a BIG TCP packet over 64 KiB,
+whose IPv4 header says 0. A record holds up to 128 bytes of its packet; of an IPv4 TCP
 segment whose payload the kernel keeps apart from its headers (a local
 sender's, often a received one after GRO), only the headers. Any
 --snaplen copies that many bytes of every packet.")]

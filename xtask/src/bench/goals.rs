@@ -63,7 +63,10 @@ fn ratio_spread(results: &Results, s: Scenario, t: Tracer) -> Spread {
 /// `median [min-max]`, so that a verdict shows how far apart the runs
 /// were next to how far the median is from its goal.
 fn spread_text(r: &Spread, digits: usize) -> String {
-    format!("{:.digits$} [runs {:.2}-{:.2}]", r.median, r.min, r.max)
+    format!(
+        "{:.digits$} [runs {:.digits$}-{:.digits$}]",
+        r.median, r.min, r.max
+    )
 }
 
 /// Flows mode against no tracer; packets mode against tcpdump.
@@ -288,8 +291,8 @@ mod tests {
             min: 0.915,
             max: 0.984,
         };
-        assert_eq!(spread_text(&r, 3), "0.969 [runs 0.92-0.98]");
-        assert_eq!(spread_text(&r, 4), "0.9691 [runs 0.92-0.98]");
+        assert_eq!(spread_text(&r, 3), "0.969 [runs 0.915-0.984]");
+        assert_eq!(spread_text(&r, 4), "0.9691 [runs 0.9150-0.9840]");
     }
 
     #[test]
