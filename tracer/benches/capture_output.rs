@@ -77,6 +77,7 @@ fn packets() -> Vec<Packet> {
                 0 | 1 => L4::Udp {
                     sport: 40_000 + (i % 1000) as u16,
                     dport: 5201,
+                    ulen: 72,
                 },
                 2 => L4::Tcp {
                     sport: 5201,

@@ -239,7 +239,7 @@ fn renew_packet(p: &mut Packet, ts: u64, round: u32) {
     if let decode::L3::Ipv4 { id, .. } = &mut p.l3 {
         *id = round as u16;
     }
-    if let decode::L4::Udp { sport, dport } = p.l4 {
+    if let decode::L4::Udp { sport, dport, .. } = p.l4 {
         let key = (u64::from(sport) << 48) | (u64::from(dport) << 32) | u64::from(round);
         p.payload_hash = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }

@@ -99,6 +99,8 @@ pub enum L4 {
         sport: u16,
         /// Destination port.
         dport: u16,
+        /// The header's length field, the header's 8 bytes included.
+        ulen: u16,
     },
     /// ICMPv4; id and seq are meaningful for echo (type 8 and 0).
     Icmp {
@@ -562,6 +564,7 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
             pkt.l4 = L4::Udp {
                 sport: u.source_port(),
                 dport: u.destination_port(),
+                ulen: u.length(),
             };
             u.payload()
         }
@@ -645,11 +648,13 @@ fn l4_header<'a>(proto: u8, t: &'a [u8], ip_len: usize, pkt: &mut Packet) -> Opt
             if t.len() < 8 {
                 return None;
             }
+            let ulen = u16::from_be_bytes([t[4], t[5]]);
             pkt.l4 = L4::Udp {
                 sport: u16::from_be_bytes([t[0], t[1]]),
                 dport: u16::from_be_bytes([t[2], t[3]]),
+                ulen,
             };
-            let len = usize::from(u16::from_be_bytes([t[4], t[5]]));
+            let len = usize::from(ulen);
             pkt.length = clamp16(len.saturating_sub(8));
             if t.len() < len || len < 8 {
                 &t[8..]
@@ -838,7 +843,12 @@ impl Packet {
                 "{ip} {src}.{sport} > {dst}.{dport}: Flags [{}], seq {seq}, ack {ack}, length {len}",
                 tcp_flags(flags)
             ),
-            L4::Udp { sport, dport } => {
+            // tcpdump's words for a length field shorter than the header.
+            L4::Udp { sport, dport, ulen } if ulen < 8 => write!(
+                f,
+                "{ip} {src}.{sport} > {dst}.{dport}: truncated-udplength {ulen}"
+            ),
+            L4::Udp { sport, dport, .. } => {
                 write!(f, "{ip} {src}.{sport} > {dst}.{dport}: UDP, length {len}")
             }
             L4::Icmp { ty, code, id, seq } if src.is_ipv4() => {
@@ -1232,7 +1242,8 @@ mod tests {
             udp.l4,
             L4::Udp {
                 sport: 53,
-                dport: 5353
+                dport: 5353,
+                ulen: 13
             }
         );
         assert_eq!(
@@ -1276,6 +1287,32 @@ mod tests {
         assert!(!p.probe);
     }
 
+    /// A UDP length field shorter than the header reads as tcpdump's
+    /// `truncated-udplength N` (it printed `length 0`), in both parsers.
+    #[test]
+    fn a_udp_length_below_the_header_reads_like_tcpdumps() {
+        for (ulen, want) in [
+            (4u16, "truncated-udplength 4"),
+            (0, "truncated-udplength 0"),
+            (8, "UDP, length 0"),
+            (28, "UDP, length 20"),
+        ] {
+            let mut f = frame!(
+                eth().ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(5000, 6000),
+                &[b'x'; 20],
+            );
+            f[38..40].copy_from_slice(&ulen.to_be_bytes());
+            let p = decode_frame(&f);
+            assert_eq!(
+                p.to_string(),
+                format!("IP 10.0.0.1.5000 > 10.0.0.2.6000: {want}")
+            );
+            let mut e = decode_frame(&[]);
+            etherparse_frame(&f, &mut e);
+            assert_eq!((e.l4, e.length), (p.l4, p.length), "ulen {ulen}");
+        }
+    }
+
     #[test]
     fn udp_and_payload_hash_ignores_headers() {
         let a = decode_frame(&frame!(
@@ -1286,7 +1323,14 @@ mod tests {
             eth().ipv4([9, 9, 9, 9], [10, 0, 0, 2], 63).udp(7, 2),
             b"hello"
         ));
-        assert_eq!(a.l4, L4::Udp { sport: 1, dport: 2 });
+        assert_eq!(
+            a.l4,
+            L4::Udp {
+                sport: 1,
+                dport: 2,
+                ulen: 13
+            }
+        );
         assert_eq!(a.payload_hash, b.payload_hash);
     }
 

@@ -460,7 +460,7 @@ impl Dropped {
                 format!("{dst}:{dport}"),
                 crate::decode::tcp_flags(flags),
             ),
-            L4::Udp { sport, dport } => (
+            L4::Udp { sport, dport, .. } => (
                 "udp".into(),
                 format!("{src}:{sport}"),
                 format!("{dst}:{dport}"),

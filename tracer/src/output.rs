@@ -364,7 +364,7 @@ pub fn format_json_line(buf: &mut Vec<u8>, p: &Packet, topo: &Topology, clock: &
         _ => None,
     };
     let ports = match p.l4 {
-        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => Some((sport, dport)),
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => Some((sport, dport)),
         _ => None,
     };
     buf.extend_from_slice(match p.hook.dir {
@@ -897,7 +897,7 @@ mod tests {
                     json!({"seq": seq, "ack": ack, "flags": crate::decode::tcp_flags(flags)}),
                 );
             }
-            L4::Udp { sport, dport } => {
+            L4::Udp { sport, dport, .. } => {
                 obj.insert("sport".into(), json!(sport));
                 obj.insert("dport".into(), json!(dport));
             }
@@ -1100,6 +1100,7 @@ mod tests {
             L4::Udp {
                 sport: 0,
                 dport: u16::MAX,
+                ulen: 8,
             },
             L4::None,
         ];

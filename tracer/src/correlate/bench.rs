@@ -47,6 +47,7 @@ fn packet(
         l4: L4::Udp {
             sport: ports.0,
             dport: ports.1,
+            ulen: 72,
         },
         payload_hash: hash,
         probe: false,

@@ -123,7 +123,7 @@ pub(crate) fn observe(pkt: &Packet) -> Option<Observed> {
             fp.payload_hash = 0;
             (sport, dport)
         }
-        L4::Udp { sport, dport } => (sport, dport),
+        L4::Udp { sport, dport, .. } => (sport, dport),
         L4::Icmp { ty, code, id, seq } => {
             (fp.a, fp.c, fp.d) = (u32::from(seq), ty, code);
             icmp_ports(ty, id)

@@ -137,7 +137,16 @@ impl Pkt {
     }
 
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Self {
-        Self::new(src, dst, 17, L4::Udp { sport, dport })
+        Self::new(
+            src,
+            dst,
+            17,
+            L4::Udp {
+                sport,
+                dport,
+                ulen: 72,
+            },
+        )
     }
 
     pub fn id(mut self, ip_id: u16) -> Self {

@@ -321,7 +321,7 @@ impl Seen {
             return None;
         };
         let (sport, dport, icmp_id) = match p.l4 {
-            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => {
+            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
                 (Some(sport), Some(dport), None)
             }
             L4::Icmp { id, .. } => (None, None, Some(id)),

@@ -148,7 +148,11 @@ impl Lab {
                 flags: 0x18,
             }
         };
-        let udp = |s, d| L4::Udp { sport: s, dport: d };
+        let udp = |s, d| L4::Udp {
+            sport: s,
+            dport: d,
+            ulen: 40,
+        };
         let icmp = |ty, id| L4::Icmp {
             ty,
             code: 0,
