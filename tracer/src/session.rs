@@ -44,8 +44,7 @@ pub enum HookChange {
 }
 
 /// Records received per hook (see [`Session::received`]).
-pub(crate) type Received =
-    std::collections::HashMap<(u64, u32, u32), u64, crate::correlate::table::Seeded>;
+pub(crate) type Received = crate::correlate::table::Map<(u64, u32, u32), u64>;
 
 /// A running session.
 pub struct Session {
