@@ -1376,6 +1376,68 @@ async fn hook_counters_hold_what_the_flow_table_would() {
     }
 }
 
+/// CLOCK_MONOTONIC_COARSE now, in ns: the clock flows mode stamps with.
+fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) },
+        0
+    );
+    u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
+}
+
+#[tokio::test]
+async fn flows_mode_stamps_flows_with_the_coarse_clock() {
+    let _serial = serial();
+    let pair = VethPair::new("cc");
+    let (kernel, _reader) = attach_va(
+        &pair,
+        &LoadOptions {
+            config: Config {
+                mode: tracer_common::mode::FLOWS,
+                ..Config::DEFAULT
+            },
+            ..LoadOptions::default()
+        },
+    );
+    let va = ifindex(&pair.a, "va");
+    // One socket: both datagrams are one flow.
+    let (socket, addr) = udp_to_b(&pair, 6200);
+    // The programs read the clock once per tick per CPU: a stamp may trail
+    // it by two ticks, 20 ms at the lowest HZ (100).
+    const TICKS: u64 = 25_000_000;
+    const GAP: Duration = Duration::from_millis(200);
+    let before = coarse_ns();
+    socket.send_to(b"first", addr).unwrap();
+    tokio::time::sleep(GAP).await;
+    socket.send_to(b"last", addr).unwrap();
+    let after = coarse_ns();
+    let flows = kernel.flow_stats().unwrap();
+    let (_, s) = flows
+        .iter()
+        .find(|(k, _)| k.ifindex == va && k.direction == Direction::Egress as u8 && k.dport == 6200)
+        .unwrap_or_else(|| panic!("the flow leaving va: {flows:#?}"));
+    assert_eq!(s.packets, 2, "both datagrams: {s:?}");
+    assert!(
+        s.first_ns + TICKS >= before && s.last_ns <= after,
+        "stamps {}..{} within the clock's {before}..{after}",
+        s.first_ns,
+        s.last_ns
+    );
+    // Whichever CPUs sent them, flow_stats merges a flow's CPUs into one
+    // span, which must hold the gap between the two packets.
+    let gap = u64::try_from(GAP.as_nanos()).unwrap();
+    assert!(
+        s.last_ns - s.first_ns + TICKS >= gap,
+        "last packet {} ns after the first, sent {gap} ns apart",
+        s.last_ns - s.first_ns
+    );
+}
+
 #[tokio::test]
 async fn a_full_flow_table_keeps_the_newest_flows() {
     let _serial = serial();

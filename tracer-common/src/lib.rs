@@ -136,6 +136,14 @@ pub struct CpuState {
     /// past its flow's first packets: an error this CPU sees after a quiet
     /// spell is reported, whatever its flow's count.
     pub error_ns: u64,
+    /// The flows-mode clock, cached: the kernel's coarse clock as this CPU
+    /// read it (`clock_ns`) in jiffy `clock_jiffies`. The coarse clock
+    /// moves only at a tick, and reading it is a helper call that costs
+    /// 20-25 ns per hook on a VM, where the jiffies counter is one load:
+    /// a CPU reads the clock once per tick, not once per packet.
+    pub clock_jiffies: u64,
+    /// See `clock_jiffies`.
+    pub clock_ns: u64,
 }
 
 /// Most time a record waits in a [`Stage`] before it goes to the ring.
@@ -515,9 +523,12 @@ pub struct FlowStats {
     pub packets: u64,
     /// Bytes counted (`skb->len`).
     pub bytes: u64,
-    /// Kernel time of the first packet on this CPU. Coarse: the kernel's
-    /// tick-resolution CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`), a few
-    /// ns per packet instead of tens for the precise clock.
+    /// Kernel time of the first packet on this CPU. In flows mode coarse:
+    /// the kernel's tick-resolution CLOCK_MONOTONIC
+    /// (`bpf_ktime_get_coarse_ns`), read once per tick per CPU (see
+    /// [`CpuState::clock_jiffies`]), so up to two ticks behind; a load per
+    /// packet where the precise clock is a helper call. In packets mode the
+    /// precise clock, which the packet's record reads anyway.
     pub first_ns: u64,
     /// Kernel time of the last packet on this CPU, coarse as `first_ns`.
     pub last_ns: u64,
@@ -667,7 +678,7 @@ const _: () = {
     assert!(core::mem::size_of::<DropEvent>() == 40 + DROP_SNAP);
     assert!(core::mem::size_of::<DropConfig>() == 48);
     assert!(core::mem::size_of::<DropBudget>() == 24);
-    assert!(core::mem::size_of::<CpuState>() == 24);
+    assert!(core::mem::size_of::<CpuState>() == 40);
     assert!(STAGE_MAX.is_power_of_two());
     assert!(core::mem::size_of::<Stage>() == 32 + STAGE_MAX + 48 + MAX_SNAPLEN);
     assert!(PacketEvent::record_len(MAX_SNAPLEN as u32) == 48 + MAX_SNAPLEN);

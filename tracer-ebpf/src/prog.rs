@@ -7,9 +7,9 @@ use aya_ebpf::{
     },
     btf_maps::{self, ArrayOfMaps, RingBuf},
     helpers::{
-        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_ringbuf_output, bpf_skb_load_bytes,
-        bpf_timer_init, bpf_timer_set_callback, bpf_timer_start,
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_ringbuf_output,
+        bpf_skb_load_bytes, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start,
     },
     macros::{btf_map, classifier, map, raw_tracepoint},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf as LegacyRingBuf},
@@ -364,7 +364,7 @@ fn trace(ctx: &TcContext, dir: Direction) {
     let now = if precise {
         unsafe { bpf_ktime_get_ns() }
     } else {
-        unsafe { bpf_ktime_get_coarse_ns() }
+        coarse_now()
     };
     // Packets mode counts flows only for a reader that merges them; the
     // hook's counters above hold its totals either way.
@@ -958,6 +958,25 @@ fn quiet_error(now: u64) -> bool {
     }
     state.error_ns = now;
     true
+}
+
+/// The coarse clock, read once per tick per CPU (see
+/// [`CpuState::clock_jiffies`]): the verifier turns `bpf_jiffies64` into a
+/// load of the kernel's counter. A value may trail the coarse clock by up
+/// to a tick more (a CPU may read the clock in the instant between a
+/// tick's jiffies and its clock update): "first/last seen" and the flow
+/// table's eviction order need no better.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    let Some(state) = cpu_state() else {
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    let jiffies = unsafe { bpf_jiffies64() };
+    if state.clock_jiffies != jiffies {
+        state.clock_jiffies = jiffies;
+        state.clock_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    state.clock_ns
 }
 
 /// This CPU's [`CpuState`].

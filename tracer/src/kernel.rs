@@ -1067,7 +1067,7 @@ mod tests {
         let state = |staged_since| CpuState {
             unwoken: 0,
             staged_since,
-            error_ns: 0,
+            ..CpuState::default()
         };
         // Nothing gathering: everything but the last instant may go.
         let recent = now - HOLD_SLACK_NS;
