@@ -1405,17 +1405,25 @@ async fn flows_mode_stamps_flows_with_the_coarse_clock() {
         },
     );
     let va = ifindex(&pair.a, "va");
-    // One socket: both datagrams are one flow.
+    // One socket, so both datagrams are one flow, and one CPU, whose
+    // program sees both at va's egress: a clock cached too long shows
+    // only when one CPU stamps both.
     let (socket, addr) = udp_to_b(&pair, 6200);
+    let cpu = my_cpus()[0];
     // The programs read the clock once per tick per CPU: a stamp may trail
     // it by two ticks, 20 ms at the lowest HZ (100).
     const TICKS: u64 = 25_000_000;
     const GAP: Duration = Duration::from_millis(200);
-    let before = coarse_ns();
-    socket.send_to(b"first", addr).unwrap();
-    tokio::time::sleep(GAP).await;
-    socket.send_to(b"last", addr).unwrap();
-    let after = coarse_ns();
+    let (before, after) = tokio::task::spawn_blocking(move || {
+        pin_to(cpu);
+        let before = coarse_ns();
+        socket.send_to(b"first", addr).unwrap();
+        std::thread::sleep(GAP);
+        socket.send_to(b"last", addr).unwrap();
+        (before, coarse_ns())
+    })
+    .await
+    .unwrap();
     let flows = kernel.flow_stats().unwrap();
     let (_, s) = flows
         .iter()

@@ -526,9 +526,10 @@ pub struct FlowStats {
     /// Kernel time of the first packet on this CPU. In flows mode coarse:
     /// the kernel's tick-resolution CLOCK_MONOTONIC
     /// (`bpf_ktime_get_coarse_ns`), read once per tick per CPU (see
-    /// [`CpuState::clock_jiffies`]), so up to two ticks behind; a load per
-    /// packet where the precise clock is a helper call. In packets mode the
-    /// precise clock, which the packet's record reads anyway.
+    /// [`CpuState::clock_jiffies`]), so up to two ticks behind; a few loads
+    /// per packet where the precise clock is a helper call. In packets mode
+    /// the precise clock, which the packet's record reads anyway (but for
+    /// ping's programs, which report only probes and stamp flows coarse).
     pub first_ns: u64,
     /// Kernel time of the last packet on this CPU, coarse as `first_ns`.
     pub last_ns: u64,
