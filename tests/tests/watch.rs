@@ -244,21 +244,22 @@ fn watch_shows_the_lab_flow_and_restores_the_terminal() {
     tmux.send(&["/"]);
     tmux.send(&["-l", "pod-3"]);
     tmux.send(&["Enter", "Enter"]);
-    let s = tmux.wait_for("the detail pane", 10, |s| {
-        s.contains("request: latest packet")
-    });
-    let hop = |iface: &str, dir: &str| {
+    // The whole pane, not its first lines: tmux may show a frame half
+    // drawn, the heading there and the hops not yet.
+    let hop = |s: &str, iface: &str, dir: &str| {
         s.lines()
             .any(|l| l.contains(iface) && l.contains(dir) && l.contains(&p1.ip.to_string()))
     };
-    assert!(
-        hop(&p1.host_veth, "ingress"),
-        "pod-1's veth ingress hop:\n{s}"
-    );
-    assert!(hop("ens5", "egress"), "node-a ens5 egress hop:\n{s}");
-    assert!(
-        s.contains("pod veth of pod-1") && s.contains("ENI 0 (primary)"),
-        "roles:\n{s}"
+    tmux.wait_for(
+        "the detail pane: pod-1's veth ingress and node-a's ens5 egress hops, and their roles",
+        10,
+        |s| {
+            s.contains("request: latest packet")
+                && hop(s, &p1.host_veth, "ingress")
+                && hop(s, "ens5", "egress")
+                && s.contains("pod veth of pod-1")
+                && s.contains("ENI 0 (primary)")
+        },
     );
     // pod-2 to the internet host: SNAT to node-a's ens5 address, and
     // conntrack's tuples in the (still open) detail pane.
@@ -270,17 +271,21 @@ fn watch_shows_the_lab_flow_and_restores_the_terminal() {
     tmux.send(&["/", "BSpace", "BSpace", "BSpace", "BSpace", "BSpace"]);
     tmux.send(&["-l", "pod-2"]);
     tmux.send(&["Enter"]);
-    let s = tmux.wait_for("the SNAT flow's conntrack entry", 10, |s| {
-        s.contains("conntrack") && s.contains(&format!("original {} > {internet}", p2.ip))
-    });
-    let row = s
-        .lines()
-        .find(|l| l.contains("pod-2") && l.contains(&internet));
-    assert!(
-        row.is_some_and(|l| l.contains("snat") && l.contains("ens5") && l.contains("SNAT")),
-        "the SNAT row:\n{s}"
+    tmux.wait_for(
+        "the SNAT row (snat, ens5, SNAT), the rewrite under its hop and conntrack's tuples",
+        10,
+        |s| {
+            s.lines().any(|l| {
+                l.contains("pod-2")
+                    && l.contains(&internet)
+                    && l.contains("snat")
+                    && l.contains("ens5")
+                    && l.contains("SNAT")
+            }) && s.contains("^ SNAT")
+                && s.contains("conntrack")
+                && s.contains(&format!("original {} > {internet}", p2.ip))
+        },
     );
-    assert!(s.contains("^ SNAT"), "the rewrite under its hop:\n{s}");
     tmux.send(&["q"]);
     w.assert_left_cleanly(&tmux, "q");
     drop(w);
@@ -304,6 +309,52 @@ fn watch_shows_the_lab_flow_and_restores_the_terminal() {
     tmux.send(&["!"]);
     let back = w.assert_left(&tmux, "a panic", 101);
     assert!(back.contains("test panic requested"), "{back}");
+}
+
+/// The terminal vanishes (its tmux server, ssh connection or window
+/// gone): watch must end, detach everything and not spin, whether the
+/// hangup's SIGHUP reaches it or is ignored (`trap '' HUP`, as under
+/// nohup), when only the terminal's end tells.
+#[test]
+fn watch_ends_when_its_terminal_hangs_up() {
+    let _serial = serial();
+    let lab = LabGuard::up();
+    for ignore_hup in [false, true] {
+        let tmux = Tmux::start();
+        tmux.wait_for("the shell prompt", 10, |s| s.contains("watch-test$"));
+        if ignore_hup {
+            tmux.send(&["-l", "trap '' HUP"]);
+            tmux.send(&["Enter"]);
+        }
+        let w = Watch::start(&tmux, &lab);
+        let pid = w.pid();
+        let _ = tmux.tmux(&["kill-server"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: kill(2) with signal 0 only asks whether the pid lives.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if Instant::now() >= deadline {
+                // SAFETY: ends the stuck watch we started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!(
+                    "watch (SIGHUP ignored: {ignore_hup}) still running 10 s after its terminal hung up: {state}"
+                );
+            }
+            // A zombie has ended; its parent shell is gone with tmux.
+            if state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            podtrace_links(),
+            vec![],
+            "programs attached after the hangup (SIGHUP ignored: {ignore_hup})"
+        );
+    }
 }
 
 /// A terminal that never answers "where is your cursor?" (the bare pty

@@ -195,14 +195,17 @@ impl Edge<'_> {
         while !app.quit {
             tokio::select! {
                 () = self.stop.wait() => break,
-                Some(ev) = screen.events.recv() => match ev {
-                    Event::Key(k) => {
+                ev = screen.events.recv() => match ev {
+                    Some(Event::Key(k)) => {
                         test_panic(&k);
                         keys::handle(app, k);
                         draw(&mut offscreen, app, self.engine, screen)?;
                     }
-                    Event::Resize(..) => draw(&mut offscreen, app, self.engine, screen)?,
-                    _ => {}
+                    Some(Event::Resize(..)) => draw(&mut offscreen, app, self.engine, screen)?,
+                    Some(_) => {}
+                    // The terminal is gone (hung up even under nohup, or
+                    // unreadable): no one can see the screen or quit it.
+                    None => break,
                 },
                 _ = frame_tick.tick() => {
                     let now = crate::output::kernel_now_ns();

@@ -97,10 +97,12 @@ impl Screen {
         let (etx, erx) = mpsc::channel(256);
         screen.events = erx;
         let stop = Arc::clone(&screen.stop_reader);
+        // SAFETY: isatty(3) only asks about the descriptor.
+        let tty_stdin = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
         screen.reader = Some(
             std::thread::Builder::new()
                 .name("watch-keys".into())
-                .spawn(move || read_events(&stop, &etx))?,
+                .spawn(move || read_events(&stop, &etx, tty_stdin))?,
         );
         Ok(screen)
     }
@@ -134,8 +136,17 @@ impl Screen {
         };
         self.stop_reader.store(true, Ordering::SeqCst);
         restore();
+        // The reader notices within its poll's 50 ms. One stuck in the
+        // terminal library (whatever a gone terminal does to it) is left
+        // to end with the process rather than hold the exit.
         if let Some(r) = self.reader.take() {
-            let _ = r.join();
+            let deadline = std::time::Instant::now() + READER_GRACE;
+            while !r.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if r.is_finished() {
+                let _ = r.join();
+            }
         }
         painted
     }
@@ -166,9 +177,34 @@ fn paint(
     Ok(())
 }
 
-fn read_events(stop: &AtomicBool, tx: &mpsc::Sender<event::Event>) {
+/// How long leaving waits for the key reader to stop.
+const READER_GRACE: Duration = Duration::from_millis(500);
+
+/// True once the terminal on standard input has hung up (its window
+/// closed, its ssh connection or tmux server gone): a hung-up terminal
+/// polls readable for ever, and reading it yields no key, so the reader
+/// would spin. Only asked when standard input was a terminal at the start.
+fn hung_up() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&raw mut fd, 1, 0) };
+    n == 1 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Sends the terminal's events until told to stop, the loop stops
+/// listening, or the terminal is gone: then the channel closes, which
+/// ends `watch` (a screen no one can see or quit).
+fn read_events(stop: &AtomicBool, tx: &mpsc::Sender<event::Event>, tty_stdin: bool) {
     while !stop.load(Ordering::SeqCst) {
+        if tty_stdin && hung_up() {
+            break;
+        }
         match event::poll(Duration::from_millis(50)) {
+            Ok(true) if tty_stdin && hung_up() => break,
             Ok(true) => match event::read() {
                 Ok(ev) => {
                     if tx.blocking_send(ev).is_err() {
