@@ -1,6 +1,6 @@
 //! `podtrace`: which path did my pod's packet take?
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tracer::{capture, lab, ping, sched, trace, watch};
@@ -133,7 +133,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("podtrace: {}", one_line(&e));
+            // Not eprintln!, which panics when stderr fails (a terminal
+            // that hung up): the exit code says it either way.
+            let _ = writeln!(std::io::stderr(), "podtrace: {}", one_line(&e));
             ExitCode::from(2)
         }
     }

@@ -19,7 +19,7 @@ pub mod ui;
 #[cfg(test)]
 mod tests;
 
-use std::{process::ExitCode, time::Duration};
+use std::{io::Write as _, process::ExitCode, time::Duration};
 
 use clap::Args;
 use ratatui::{Terminal, backend::TestBackend, crossterm::event::Event};
@@ -149,25 +149,33 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let res = edge.run(&mut app, &mut screen).await;
     let not_filed = edge.unfiled.given_up;
     let not_shown = session.drops_suppressed();
+    // Detaches every program first: leaving writes to the terminal, which
+    // may be stalled (a frozen ssh connection) for as long as it likes.
+    drop(session);
     let left = screen.leave();
     let (events, lost) = (app.header.events, app.header.lost);
-    // Detaches every program before the summary is printed.
-    drop(session);
     res?;
     left?;
     let st = engine.stats();
-    eprintln!(
+    // To a terminal that may have hung up: a failed write is no error.
+    let mut err = std::io::stderr();
+    let _ = writeln!(
+        err,
         "podtrace: {} flows on screen at exit ({} evicted, {} idle); {events} events received, {lost} lost",
         st.flows, st.flows_evicted, st.flows_expired
     );
-    match no_drops {
-        Some(e) => eprintln!("podtrace: the kernel's dropped packets were not shown: {e}"),
-        None if not_shown + not_filed > 0 => eprintln!(
+    let _ = match no_drops {
+        Some(e) => writeln!(
+            err,
+            "podtrace: the kernel's dropped packets were not shown: {e}"
+        ),
+        None if not_shown + not_filed > 0 => writeln!(
+            err,
             "podtrace: kernel drops not on screen: {not_shown} over the budget or a full ring, \
              {not_filed} with no flow traced"
         ),
-        None => {}
-    }
+        None => Ok(()),
+    };
     Ok(ExitCode::SUCCESS)
 }
 
@@ -203,11 +211,21 @@ impl Edge<'_> {
                     }
                     Some(Event::Resize(..)) => draw(&mut offscreen, app, self.engine, screen)?,
                     Some(_) => {}
-                    // The terminal is gone (hung up even under nohup, or
-                    // unreadable): no one can see the screen or quit it.
-                    None => break,
+                    // The reader stopped: the terminal hung up, or reading
+                    // it failed. Either way no one could quit the screen.
+                    None => match screen.reader_error() {
+                        Some(e) => {
+                            return Err(anyhow::Error::new(e).context("reading the terminal's keys"));
+                        }
+                        None => break,
+                    },
                 },
                 _ = frame_tick.tick() => {
+                    // Gone with its SIGHUP ignored (`trap '' HUP`): nothing
+                    // else would tell.
+                    if screen.hung_up() {
+                        break;
+                    }
                     let now = crate::output::kernel_now_ns();
                     self.engine.advance(now, |u| app.apply(u));
                     for d in self.session.take_drops() {

@@ -55,7 +55,9 @@ pub struct Screen {
     frames: Option<std_mpsc::SyncSender<Buffer>>,
     painter: Option<JoinHandle<io::Result<()>>>,
     stop_reader: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
+    reader: Option<JoinHandle<io::Result<()>>>,
+    /// Standard input was a terminal at the start: its hangup is watched.
+    tty_stdin: bool,
     /// Key presses, resizes (and mouse events, unused) from the terminal.
     pub events: mpsc::Receiver<event::Event>,
 }
@@ -72,6 +74,8 @@ impl Screen {
             painter: None,
             stop_reader: Arc::new(AtomicBool::new(false)),
             reader: None,
+            // SAFETY: isatty(3) only asks about the descriptor.
+            tty_stdin: unsafe { libc::isatty(libc::STDIN_FILENO) } == 1,
             events: mpsc::channel(1).1,
         };
         // From here on, an error drops `screen`, which restores.
@@ -97,14 +101,33 @@ impl Screen {
         let (etx, erx) = mpsc::channel(256);
         screen.events = erx;
         let stop = Arc::clone(&screen.stop_reader);
-        // SAFETY: isatty(3) only asks about the descriptor.
-        let tty_stdin = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+        let tty_stdin = screen.tty_stdin;
         screen.reader = Some(
             std::thread::Builder::new()
                 .name("watch-keys".into())
                 .spawn(move || read_events(&stop, &etx, tty_stdin))?,
         );
         Ok(screen)
+    }
+
+    /// True once the terminal on standard input has hung up (see
+    /// [`hung_up`]). Asked by the loop on every frame: the key reader may
+    /// be caught in the terminal library by then, polling a descriptor
+    /// that is always ready.
+    pub fn hung_up(&self) -> bool {
+        self.tty_stdin && hung_up()
+    }
+
+    /// Why the key reader stopped, if it stopped on an error (once it has
+    /// stopped: its channel closed).
+    pub fn reader_error(&mut self) -> Option<io::Error> {
+        if !self.reader.as_ref()?.is_finished() {
+            return None;
+        }
+        match self.reader.take()?.join() {
+            Ok(res) => res.err(),
+            Err(_) => Some(io::Error::other("the key reader panicked")),
+        }
     }
 
     /// The terminal's size now (columns, rows).
@@ -182,8 +205,9 @@ const READER_GRACE: Duration = Duration::from_millis(500);
 
 /// True once the terminal on standard input has hung up (its window
 /// closed, its ssh connection or tmux server gone): a hung-up terminal
-/// polls readable for ever, and reading it yields no key, so the reader
-/// would spin. Only asked when standard input was a terminal at the start.
+/// polls readable for ever and reading it yields no key, so the terminal
+/// library's wait for a key spins. Only asked when standard input was a
+/// terminal at the start.
 fn hung_up() -> bool {
     let mut fd = libc::pollfd {
         fd: libc::STDIN_FILENO,
@@ -196,25 +220,22 @@ fn hung_up() -> bool {
 }
 
 /// Sends the terminal's events until told to stop, the loop stops
-/// listening, or the terminal is gone: then the channel closes, which
-/// ends `watch` (a screen no one can see or quit).
-fn read_events(stop: &AtomicBool, tx: &mpsc::Sender<event::Event>, tty_stdin: bool) {
+/// listening, the terminal is gone (seen between two waits: a hangup
+/// during one leaves the library spinning, which [`Screen::hung_up`]
+/// catches from the loop) or reading fails: then the channel closes,
+/// which ends `watch`, since no one could quit it.
+fn read_events(
+    stop: &AtomicBool,
+    tx: &mpsc::Sender<event::Event>,
+    tty_stdin: bool,
+) -> io::Result<()> {
     while !stop.load(Ordering::SeqCst) {
         if tty_stdin && hung_up() {
             break;
         }
-        match event::poll(Duration::from_millis(50)) {
-            Ok(true) if tty_stdin && hung_up() => break,
-            Ok(true) => match event::read() {
-                Ok(ev) => {
-                    if tx.blocking_send(ev).is_err() {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            },
-            Ok(false) => {}
-            Err(_) => break,
+        if event::poll(Duration::from_millis(50))? && tx.blocking_send(event::read()?).is_err() {
+            break;
         }
     }
+    Ok(())
 }
