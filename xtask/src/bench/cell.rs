@@ -53,7 +53,10 @@ pub fn measure(
     let start = Instant::now();
     let rate = load::run(scenario, pair, secs, dir)?;
     let wall = start.elapsed().as_secs_f64();
-    let after = pair.counters()?;
+    // A connection's last segments (FIN, its ACK) may cross the veth
+    // after the client has exited; read the veth once they have, so that
+    // both ends count over the same packets.
+    let after = pair.settled_counters()?;
     let report = running.finish(cpu)?;
     let links = [after[0].since(before[0]), after[1].since(before[1])];
     let mut cell = Cell {
@@ -71,7 +74,11 @@ pub fn measure(
             let t = Totals::parse(&report.totals)?;
             cell.events = t.received;
             cell.lost = t.lost;
-            cell.exact = Some(t.matches(pair, links));
+            let mismatches = t.mismatches(pair, links);
+            for m in &mismatches {
+                println!("   not exact: {m}");
+            }
+            cell.exact = Some(mismatches.is_empty());
             cell.accounted = matches!(tracer, Tracer::Packets | Tracer::PacketsJson)
                 .then(|| t.hooks.iter().all(|h| h.events + h.lost == h.matched));
         }
@@ -165,16 +172,25 @@ impl Totals {
     /// `pkts` holds every packet that matched (all are IPv4): the flow
     /// counters' sum in flows mode, the hook's IPv4 count in packets mode
     /// (capture's packets mode counts no flows).
-    fn matches(&self, pair: &Pair, links: [Link; 2]) -> bool {
-        self.hooks.iter().all(|h| {
-            let link = if h.name.starts_with(&format!("{}/", pair.a)) {
-                links[0]
-            } else {
-                links[1]
-            };
-            let want = if h.dir == "in" { link.rx } else { link.tx };
-            h.seen == want && h.pkts == h.matched
-        })
+    /// The hooks where it does not, each said with its figures.
+    fn mismatches(&self, pair: &Pair, links: [Link; 2]) -> Vec<String> {
+        self.hooks
+            .iter()
+            .filter_map(|h| {
+                let link = if h.name.starts_with(&format!("{}/", pair.a)) {
+                    links[0]
+                } else {
+                    links[1]
+                };
+                let want = if h.dir == "in" { link.rx } else { link.tx };
+                (h.seen != want || h.pkts != h.matched).then(|| {
+                    format!(
+                        "{} {}: the veth counted {want}, the hook saw {}, matched {}, counted {} in flows or as IPv4",
+                        h.name, h.dir, h.seen, h.matched, h.pkts
+                    )
+                })
+            })
+            .collect()
     }
 }
 

@@ -83,6 +83,21 @@ impl Pair {
     pub fn counters(&self) -> Result<[Link; 2]> {
         Ok([Link::read(&self.a)?, Link::read(&self.b)?])
     }
+
+    /// Both ends' counters once they have stopped moving (two readings
+    /// 50 ms apart agree), or as they are after 2 s.
+    pub fn settled_counters(&self) -> Result<[Link; 2]> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut last = self.counters()?;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = self.counters()?;
+            if now == last || std::time::Instant::now() >= deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
 }
 
 /// One end's packet counters (`ip -s link`).
