@@ -87,7 +87,8 @@ fn describe(f: &FilterArgs) -> String {
     }
 }
 
-/// Runs `podtrace watch` until `q`, Ctrl-C or SIGTERM.
+/// Runs `podtrace watch` until `q`, Ctrl-C, SIGTERM or SIGHUP, or until its
+/// terminal goes away.
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     args.report.check()?;
     // The packets the kernel drops, filed with their flows (label
