@@ -1741,6 +1741,87 @@ async fn a_big_tcp_send_reads_with_its_whole_length() {
     }
 }
 
+/// A BIG TCP packet the kernel drops: its header's total length is 0, and
+/// the pcapng record must still carry its bytes and its whole length.
+#[test]
+fn a_dropped_big_tcp_packet_keeps_its_length_in_the_pcapng() {
+    let _serial = serial();
+    let pair = VethPair::new("cg");
+    if !(set_big_tcp(&pair.a, "va", 185_000) && set_big_tcp(&pair.b, "vb", 185_000)) {
+        eprintln!("skipped: this kernel has no IPv4 BIG TCP (6.3 and later do)");
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("{}.pcapng", pair.a));
+    let cap = start_drops(&pair, "tcp", &["-w", file.to_str().unwrap()]);
+    let addr: SocketAddr = format!("{}:7074", VethPair::IP_B).parse().unwrap();
+    let listener = podtrace_tests::traffic::in_netns(&pair.b, move || {
+        std::net::TcpListener::bind(addr).unwrap()
+    });
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+    });
+    let mut s = podtrace_tests::traffic::in_netns(&pair.a, move || {
+        std::net::TcpStream::connect(addr).unwrap()
+    });
+    // Up to speed first (BIG TCP sends once the window allows), then b's
+    // firewall drops the rest of the stream.
+    let chunk = vec![b'g'; 1 << 20];
+    for _ in 0..16 {
+        std::io::Write::write_all(&mut s, &chunk).unwrap();
+    }
+    let rule = [
+        "INPUT", "-i", "vb", "-p", "tcp", "--dport", "7074", "-j", "DROP",
+    ];
+    VethPair::exec(&pair.b, &[&["iptables", "-I"], &rule[..]].concat());
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    for _ in 0..16 {
+        if std::io::Write::write_all(&mut s, &chunk).is_err() {
+            break;
+        }
+    }
+    let (out, _) = stop_drops(cap);
+    drop(s);
+    sink.join().unwrap();
+    let fields = sh(&[
+        "tshark",
+        "-r",
+        file.to_str().unwrap(),
+        "-Y",
+        "frame.comment",
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-e",
+        "frame.len",
+        "-e",
+        "frame.cap_len",
+    ]);
+    let _ = std::fs::remove_file(&file);
+    let drops: Vec<(u32, u32)> = String::from_utf8_lossy(&fields.stdout)
+        .lines()
+        .filter_map(|l| {
+            let v: Vec<u32> = l.split(',').filter_map(|f| f.parse().ok()).collect();
+            (v.len() == 2).then(|| (v[0], v[1]))
+        })
+        .collect();
+    // Before, a record whose header said 0 kept 20 bytes and said 20.
+    let big: Vec<_> = drops.iter().filter(|d| d.0 > 65_535).collect();
+    assert!(
+        !big.is_empty(),
+        "no dropped packet over 64 KiB (BIG TCP) in {drops:?}; {}",
+        out.stderr
+    );
+    for (len, cap_len) in big {
+        // The bytes the kernel had in the packet's head: the headers.
+        assert!(*cap_len >= 40, "{len} {cap_len}: {drops:?}");
+    }
+}
+
 #[test]
 fn write_alone_prints_no_lines_like_tcpdump() {
     let _serial = serial();

@@ -260,8 +260,10 @@ pub struct DropEvent {
     /// IPv4 header, at most [`DROP_SNAP`] (the payload of a large packet
     /// may sit in page fragments, not copied).
     pub copied: u32,
-    /// Zero.
-    pub _reserved: u32,
+    /// The packet's length from its IPv4 header on, from the kernel's
+    /// `sk_buff` (0 when not read): what the header of a packet over
+    /// 64 KiB (BIG TCP), whose total length is 0, does not say.
+    pub ip_len: u32,
     /// The packet from its IPv4 header on; zeros past `copied`.
     pub data: [u8; DROP_SNAP],
 }
@@ -308,6 +310,10 @@ pub struct DropConfig {
     /// namespace is taken only for IPv4, not for the buffers of Unix or
     /// netlink sockets, which are freed the same way and have no device.
     pub skb_protocol: u32,
+    /// `sk_buff.len`: the bytes from `sk_buff.data` on.
+    pub skb_len: u32,
+    /// `sk_buff.data` (a pointer), from which `len` counts.
+    pub skb_data: u32,
 }
 
 /// Drops reported per CPU in one window when every packet counts: a node
@@ -677,7 +683,7 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 80);
     assert!(core::mem::size_of::<BatchHeader>() == 8);
     assert!(core::mem::size_of::<DropEvent>() == 40 + DROP_SNAP);
-    assert!(core::mem::size_of::<DropConfig>() == 48);
+    assert!(core::mem::size_of::<DropConfig>() == 56);
     assert!(core::mem::size_of::<DropBudget>() == 24);
     assert!(core::mem::size_of::<CpuState>() == 40);
     assert!(STAGE_MAX.is_power_of_two());

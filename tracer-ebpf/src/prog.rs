@@ -107,6 +107,8 @@ static DROP_CONFIG: DropConfig = DropConfig {
     skb_sk: 0,
     sk_net: 0,
     skb_protocol: 0,
+    skb_len: 0,
+    skb_data: 0,
 };
 
 /// The traced namespaces' cookies, when every dropped packet counts.
@@ -159,6 +161,7 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         drop_cfg!(net_cookie),
     );
     let tail_at = drop_cfg!(skb_tail);
+    let (len_at, data_at) = (drop_cfg!(skb_len), drop_cfg!(skb_data));
     let (sk_at, sk_net_at, proto_at) = (
         drop_cfg!(skb_sk),
         drop_cfg!(sk_net),
@@ -222,7 +225,7 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
             reason,
             ifindex,
             copied: n as u32,
-            _reserved: 0,
+            ip_len: 0,
             data: [0; DROP_SNAP],
         };
         bpf_probe_read_kernel_buf((head + u64::from(nh)) as *const u8, &mut ev.data[..n]).ok()?;
@@ -254,6 +257,16 @@ fn report_drop(ctx: &RawTracePointContext) -> Option<()> {
         }
         ev.ts_ns = bpf_ktime_get_ns();
         ev.location = ctx.arg(1);
+        // skb->len counts from skb->data, which may sit before the IPv4
+        // header (at the MAC header) or after it (at the transport one).
+        if len_at != 0 && data_at != 0 {
+            let len: u32 = bpf_probe_read_kernel((skb + len_at) as *const u32).unwrap_or(0);
+            let data: u64 = bpf_probe_read_kernel((skb + data_at) as *const u64).unwrap_or(0);
+            let from_ip = (u64::from(len) + data).wrapping_sub(head + u64::from(nh));
+            if data != 0 && from_ip < 1 << 24 {
+                ev.ip_len = from_ip as u32;
+            }
+        }
         let budget = &mut *DROP_BUDGET.get_ptr_mut(0)?;
         // A node may drop answers by the thousand (a scan's RSTs): only
         // ping's own probes go unlimited.

@@ -433,7 +433,7 @@ pub fn decode_record_as(bytes: &[u8], frame: bool) -> Result<(Packet, &[u8]), De
 /// cut into segments) carries total length 0. tcpdump then takes the
 /// length from the packet on the wire; so does this, with the packet's
 /// length as the kernel gave it (`pkt.len`), less the headers.
-fn gso_length(pkt: &mut Packet, frame: &[u8]) {
+pub(crate) fn gso_length(pkt: &mut Packet, frame: &[u8]) {
     const ETH: usize = 14;
     let L3::Ipv4 {
         total_len: 0,

@@ -227,6 +227,8 @@ pub fn offsets(btf: &Btf) -> Result<DropConfig, String> {
         skb_sk: get("sk_buff", "sk")?,
         sk_net: get("sock_common", "skc_net")?,
         skb_protocol: get("sk_buff", "protocol")?,
+        skb_len: get("sk_buff", "len")?,
+        skb_data: get("sk_buff", "data")?,
     })
 }
 
@@ -349,6 +351,12 @@ pub fn packet(d: &DropEvent) -> Packet {
     frame[14..].copy_from_slice(&d.data);
     let mut p = crate::decode::decode_frame(&frame);
     p.ts_ns = d.ts_ns;
+    if d.ip_len != 0 {
+        // The packet's own length, not the copy's: a BIG TCP packet's
+        // header says 0, and its length comes from this.
+        p.len = 14 + d.ip_len;
+        crate::decode::gso_length(&mut p, &frame);
+    }
     p
 }
 
@@ -766,6 +774,46 @@ mod tests {
         assert_eq!(s.name(0x10), None);
     }
 
+    /// A dropped TCP segment: IPv4 total length `total`, a 32-byte TCP
+    /// header, and the kernel's length of it from its IPv4 header.
+    fn tcp_drop(total: u16, ip_len: u32) -> DropEvent {
+        let mut data = [0u8; DROP_SNAP];
+        data[0] = 0x45;
+        data[2..4].copy_from_slice(&total.to_be_bytes());
+        data[8] = 64;
+        data[9] = 6;
+        data[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        data[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        data[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        data[22..24].copy_from_slice(&5201u16.to_be_bytes());
+        data[32] = 8 << 4;
+        data[33] = 0x10;
+        DropEvent {
+            ts_ns: 1,
+            location: 0,
+            netns_cookie: 0,
+            reason: 0,
+            ifindex: 0,
+            copied: 52,
+            ip_len,
+            data,
+        }
+    }
+
+    #[test]
+    fn a_dropped_big_tcp_packet_reads_with_its_whole_length() {
+        // BIG TCP: the header says 0, the kernel's sk_buff says 100000.
+        let p = packet(&tcp_drop(0, 100_000));
+        assert_eq!(p.length, 100_000 - 20 - 32, "{p:?}");
+        assert!(p.to_string().contains("length 99948"), "{}", p);
+        // An ordinary one: the header's length, as before.
+        let p = packet(&tcp_drop(1052, 1052));
+        assert_eq!(p.length, 1000, "{p:?}");
+        // A record without the kernel's length still reads.
+        let p = packet(&tcp_drop(1052, 0));
+        assert_eq!(p.length, 1000, "{p:?}");
+    }
+
     #[test]
     fn reads_this_kernels_btf() {
         // Every kernel podtrace runs on has BTF (its maps need it); a build
@@ -778,6 +826,9 @@ mod tests {
         assert!(o.skb_head > 0 && o.skb_network_header > 0 && o.net_cookie > 0);
         // The socket's pointer and its namespace's: a drop with no device.
         assert!(o.skb_sk > 0 && o.sk_net > 0 && o.skb_protocol > 0, "{o:?}");
+        // The packet's length: `len` from `data` (`len` is sk_buff's
+        // first u32 after its list heads and socket, never at 0).
+        assert!(o.skb_len > 0 && o.skb_data > 0, "{o:?}");
         // Numbered differently from one kernel to the next.
         assert!(reason_names(&btf).values().any(|n| n == "NOT_SPECIFIED"));
     }

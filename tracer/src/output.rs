@@ -676,9 +676,13 @@ impl PcapngOut {
             ));
             idb
         })?;
-        // The IPv4 total length; the record holds what the kernel copied
-        // of it (its linear part, at most DROP_SNAP bytes).
-        let total = u32::from(u16::from_be_bytes([d.data[2], d.data[3]]));
+        // The IPv4 total length (the kernel's, for a BIG TCP packet whose
+        // header says 0); the record holds what the kernel copied of it
+        // (its linear part, at most DROP_SNAP bytes).
+        let total = match u32::from(u16::from_be_bytes([d.data[2], d.data[3]])) {
+            0 => d.ip_len,
+            t => t,
+        };
         let cap = (total.min(d.copied) as usize).clamp(20, tracer_common::DROP_SNAP);
         let epb = EnhancedPacketBlock {
             interface_id: id,
