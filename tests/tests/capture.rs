@@ -1752,7 +1752,19 @@ fn a_dropped_big_tcp_packet_keeps_its_length_in_the_pcapng() {
         return;
     }
     let file = std::env::temp_dir().join(format!("{}.pcapng", pair.a));
-    let cap = start_drops(&pair, "tcp", &["-w", file.to_str().unwrap()]);
+    // The file alone: no lines to fill a pipe no one reads meanwhile.
+    let cap = Podtrace::start(&[
+        "capture",
+        "--netns",
+        &pair.a,
+        "--netns",
+        &pair.b,
+        "--filter-proto",
+        "tcp",
+        "--drops",
+        "-w",
+        file.to_str().unwrap(),
+    ]);
     let addr: SocketAddr = format!("{}:7074", VethPair::IP_B).parse().unwrap();
     let listener = podtrace_tests::traffic::in_netns(&pair.b, move || {
         std::net::TcpListener::bind(addr).unwrap()
@@ -1766,25 +1778,32 @@ fn a_dropped_big_tcp_packet_keeps_its_length_in_the_pcapng() {
     let mut s = podtrace_tests::traffic::in_netns(&pair.a, move || {
         std::net::TcpStream::connect(addr).unwrap()
     });
-    // Up to speed first (BIG TCP sends once the window allows), then b's
-    // firewall drops the rest of the stream.
-    let chunk = vec![b'g'; 1 << 20];
-    for _ in 0..16 {
-        std::io::Write::write_all(&mut s, &chunk).unwrap();
-    }
+    // A stream at full speed (BIG TCP sends once the window allows), into
+    // which b's firewall starts dropping: the packets in flight then are
+    // BIG ones.
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let sending = Arc::clone(&sending);
+        std::thread::spawn(move || {
+            let chunk = vec![b'g'; 1 << 20];
+            while sending.load(std::sync::atomic::Ordering::Relaxed)
+                && std::io::Write::write_all(&mut s, &chunk).is_ok()
+            {}
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     let rule = [
         "INPUT", "-i", "vb", "-p", "tcp", "--dport", "7074", "-j", "DROP",
     ];
     VethPair::exec(&pair.b, &[&["iptables", "-I"], &rule[..]].concat());
-    s.set_write_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    for _ in 0..16 {
-        if std::io::Write::write_all(&mut s, &chunk).is_err() {
-            break;
-        }
-    }
-    let (out, _) = stop_drops(cap);
-    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cap.stop(libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
     sink.join().unwrap();
     let fields = sh(&[
         "tshark",
