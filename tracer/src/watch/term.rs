@@ -110,20 +110,19 @@ impl Screen {
         Ok(screen)
     }
 
-    /// True once the terminal on standard input has hung up (see
-    /// [`hung_up`]). Asked by the loop on every frame: the key reader may
-    /// be caught in the terminal library by then, polling a descriptor
-    /// that is always ready.
+    /// True once the terminal has hung up (see [`hung_up`]): standard
+    /// output, which watch requires to be a terminal, or standard input
+    /// when it is one. Asked by the loop on every frame: the key reader
+    /// may be caught in the terminal library by then, polling a
+    /// descriptor that is always ready.
     pub fn hung_up(&self) -> bool {
-        self.tty_stdin && hung_up()
+        hung_up(libc::STDOUT_FILENO) || (self.tty_stdin && hung_up(libc::STDIN_FILENO))
     }
 
-    /// Why the key reader stopped, if it stopped on an error (once it has
-    /// stopped: its channel closed).
+    /// Why the key reader stopped, if it stopped on an error. Asked once
+    /// its channel has closed: it holds the only sender, so it has
+    /// returned, and joining it takes no time.
     pub fn reader_error(&mut self) -> Option<io::Error> {
-        if !self.reader.as_ref()?.is_finished() {
-            return None;
-        }
         match self.reader.take()?.join() {
             Ok(res) => res.err(),
             Err(_) => Some(io::Error::other("the key reader panicked")),
@@ -162,8 +161,12 @@ impl Screen {
         // The reader notices within its poll's 50 ms. One stuck in the
         // terminal library (whatever a gone terminal does to it) is left
         // to end with the process rather than hold the exit.
+        // A reader whose terminal hung up is spinning in the library: no
+        // use waiting for it.
+        let gone = self.hung_up();
         if let Some(r) = self.reader.take() {
-            let deadline = std::time::Instant::now() + READER_GRACE;
+            let deadline =
+                std::time::Instant::now() + if gone { Duration::ZERO } else { READER_GRACE };
             while !r.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -206,11 +209,11 @@ const READER_GRACE: Duration = Duration::from_millis(500);
 /// True once the terminal on standard input has hung up (its window
 /// closed, its ssh connection or tmux server gone): a hung-up terminal
 /// polls readable for ever and reading it yields no key, so the terminal
-/// library's wait for a key spins. Only asked when standard input was a
-/// terminal at the start.
-fn hung_up() -> bool {
+/// library's wait for a key spins. `fd` must be a terminal, or have been
+/// one at the start.
+fn hung_up(fd: libc::c_int) -> bool {
     let mut fd = libc::pollfd {
-        fd: libc::STDIN_FILENO,
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
@@ -230,7 +233,7 @@ fn read_events(
     tty_stdin: bool,
 ) -> io::Result<()> {
     while !stop.load(Ordering::SeqCst) {
-        if tty_stdin && hung_up() {
+        if tty_stdin && hung_up(libc::STDIN_FILENO) {
             break;
         }
         if event::poll(Duration::from_millis(50))? && tx.blocking_send(event::read()?).is_err() {
