@@ -53,16 +53,18 @@ pub fn measure(
     let start = Instant::now();
     let rate = load::run(scenario, pair, secs, dir)?;
     let wall = start.elapsed().as_secs_f64();
+    // The tracer's CPU over the traffic, not over the wait below.
+    let cpu_secs = running.cpu_secs()? - cpu;
     // A connection's last segments (FIN, its ACK) may cross the veth
     // after the client has exited; read the veth once they have, so that
     // both ends count over the same packets.
     let after = pair.settled_counters()?;
-    let report = running.finish(cpu)?;
+    let report = running.finish()?;
     let links = [after[0].since(before[0]), after[1].since(before[1])];
     let mut cell = Cell {
         rate,
         secs: wall,
-        cpu_secs: report.cpu_secs,
+        cpu_secs,
         peak_rss_kib: report.peak_rss_kib,
         programs: report.programs,
         ..Cell::default()
@@ -168,11 +170,10 @@ impl Totals {
         Ok(t)
     }
 
-    /// Whether every hook saw exactly the packets the veth carried, and
-    /// `pkts` holds every packet that matched (all are IPv4): the flow
-    /// counters' sum in flows mode, the hook's IPv4 count in packets mode
-    /// (capture's packets mode counts no flows).
-    /// The hooks where it does not, each said with its figures.
+    /// The hooks where `seen` is not the veth's own packet counter, or the
+    /// flow counters (in flows mode) or the IPv4 count (in packets mode,
+    /// which counts no flows) do not add up to `matched`: each said with
+    /// its figures.
     fn mismatches(&self, pair: &Pair, links: [Link; 2]) -> Vec<String> {
         self.hooks
             .iter()

@@ -157,7 +157,7 @@ pub fn run(podtrace: &Path, pair: &Pair, dir: &Path) -> Result<Vec<Isolated>> {
             let _stats = BpfStats::enable()?;
             measure(true)?;
         }
-        let report = running.finish(0.0)?;
+        let report = running.finish()?;
         if tracer == Tracer::Packets {
             // Every run is a record: had the ring been full, some runs
             // would have timed the lost path instead.

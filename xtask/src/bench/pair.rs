@@ -84,18 +84,27 @@ impl Pair {
         Ok([Link::read(&self.a)?, Link::read(&self.b)?])
     }
 
-    /// Both ends' counters once they have stopped moving (two readings
-    /// 50 ms apart agree), or as they are after 2 s.
+    /// Both ends' counters once they have stopped moving for 300 ms (a
+    /// delayed ACK waits up to 200), read every 50 ms; or as they are
+    /// after 3 s, said so.
     pub fn settled_counters(&self) -> Result<[Link; 2]> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        use std::time::{Duration, Instant};
+        let deadline = Instant::now() + Duration::from_secs(3);
         let mut last = self.counters()?;
+        let mut quiet_since = Instant::now();
         loop {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
             let now = self.counters()?;
-            if now == last || std::time::Instant::now() >= deadline {
+            if now != last {
+                quiet_since = Instant::now();
+                last = now;
+            } else if quiet_since.elapsed() >= Duration::from_millis(300) {
                 return Ok(now);
             }
-            last = now;
+            if Instant::now() >= deadline {
+                println!("   the veth's counters still moved after 3 s");
+                return Ok(now);
+            }
         }
     }
 }

@@ -93,8 +93,6 @@ pub struct Running {
 pub struct Report {
     /// podtrace's totals or tcpdump's statistics.
     pub totals: String,
-    /// CPU seconds (user + system) of the tracer's processes.
-    pub cpu_secs: f64,
     /// Their peak resident memory (`VmHWM`), summed, in KiB.
     pub peak_rss_kib: u64,
     /// Run time of podtrace's programs.
@@ -241,11 +239,8 @@ impl Running {
 
     /// Reads what only a live tracer shows (peak RSS, program run times),
     /// stops it like Ctrl-C would, and collects what it printed.
-    pub fn finish(mut self, cpu_at_start: f64) -> Result<Report> {
-        let mut report = Report {
-            cpu_secs: self.cpu_secs()? - cpu_at_start,
-            ..Report::default()
-        };
+    pub fn finish(mut self) -> Result<Report> {
+        let mut report = Report::default();
         for p in &self.procs {
             report.peak_rss_kib += procfs::peak_rss_kib(p.child.id())?;
             if self.tracer.has_programs() {
