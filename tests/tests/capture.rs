@@ -42,6 +42,26 @@ fn json_lines(stdout: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The frames of the pcapng `file` that tshark's display filter `filter`
+/// keeps (all of them with `None`), each a row of `fields` separated by
+/// commas; the file is removed once read.
+fn tshark_rows(file: &std::path::Path, filter: Option<&str>, fields: &[&str]) -> Vec<String> {
+    let mut args = vec!["tshark", "-r", file.to_str().unwrap()];
+    if let Some(f) = filter {
+        args.extend(["-Y", f]);
+    }
+    args.extend(["-T", "fields", "-E", "separator=,"]);
+    for f in fields {
+        args.extend(["-e", f]);
+    }
+    let out = sh(&args);
+    let _ = std::fs::remove_file(file);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn count(events: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
     events.iter().filter(|e| pred(e)).count()
 }
@@ -967,32 +987,18 @@ fn pcapng_is_read_by_tshark() {
     let out = cap.stop(libc::SIGINT);
     assert!(out.status.success(), "{out:?}");
     let events = json_lines(&out.stdout);
-    let fields = sh(&[
-        "tshark",
-        "-r",
-        file.to_str().unwrap(),
-        "-T",
-        "fields",
-        "-E",
-        "separator=,",
-        "-e",
-        "frame.interface_name",
-        "-e",
-        "ip.src",
-        "-e",
-        "ip.dst",
-        "-e",
-        "frame.p2p_dir",
-        "-e",
-        "ipv6.src",
-        "-e",
-        "ipv6.dst",
-    ]);
-    let _ = std::fs::remove_file(&file);
-    let rows: Vec<String> = String::from_utf8_lossy(&fields.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let rows = tshark_rows(
+        &file,
+        None,
+        &[
+            "frame.interface_name",
+            "ip.src",
+            "ip.dst",
+            "frame.p2p_dir",
+            "ipv6.src",
+            "ipv6.dst",
+        ],
+    );
     assert_eq!(rows.len(), events.len(), "one frame per event: {rows:?}");
     let name = format!("{}/va", pair.a);
     for (row, ev) in rows.iter().zip(&events) {
@@ -1093,30 +1099,11 @@ fn drops_show_where_and_why_in_lines_and_in_the_pcapng() {
         "{}",
         out.stderr
     );
-    let fields = sh(&[
-        "tshark",
-        "-r",
-        file.to_str().unwrap(),
-        "-Y",
-        "frame.comment",
-        "-T",
-        "fields",
-        "-E",
-        "separator=,",
-        "-e",
-        "frame.interface_name",
-        "-e",
-        "ip.src",
-        "-e",
-        "ip.dst",
-        "-e",
-        "frame.comment",
-    ]);
-    let _ = std::fs::remove_file(&file);
-    let rows: Vec<String> = String::from_utf8_lossy(&fields.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let rows = tshark_rows(
+        &file,
+        Some("frame.comment"),
+        &["frame.interface_name", "ip.src", "ip.dst", "frame.comment"],
+    );
     assert_eq!(rows.len(), 2, "{rows:?}");
     for row in &rows {
         assert!(
@@ -1805,29 +1792,17 @@ fn a_dropped_big_tcp_packet_keeps_its_length_in_the_pcapng() {
     let out = cap.stop(libc::SIGINT);
     assert!(out.status.success(), "{out:?}");
     sink.join().unwrap();
-    let fields = sh(&[
-        "tshark",
-        "-r",
-        file.to_str().unwrap(),
-        "-Y",
-        "frame.comment",
-        "-T",
-        "fields",
-        "-E",
-        "separator=,",
-        "-e",
-        "frame.len",
-        "-e",
-        "frame.cap_len",
-    ]);
-    let _ = std::fs::remove_file(&file);
-    let drops: Vec<(u32, u32)> = String::from_utf8_lossy(&fields.stdout)
-        .lines()
-        .filter_map(|l| {
-            let v: Vec<u32> = l.split(',').filter_map(|f| f.parse().ok()).collect();
-            (v.len() == 2).then(|| (v[0], v[1]))
-        })
-        .collect();
+    let drops: Vec<(u32, u32)> = tshark_rows(
+        &file,
+        Some("frame.comment"),
+        &["frame.len", "frame.cap_len"],
+    )
+    .iter()
+    .filter_map(|l| {
+        let v: Vec<u32> = l.split(',').filter_map(|f| f.parse().ok()).collect();
+        (v.len() == 2).then(|| (v[0], v[1]))
+    })
+    .collect();
     // Before, a record whose header said 0 kept 20 bytes and said 20.
     let big: Vec<_> = drops.iter().filter(|d| d.0 > 65_535).collect();
     assert!(
