@@ -174,9 +174,22 @@ pub fn run(scenario: Scenario, pair: &Pair, secs: u32, dir: &Path) -> Result<f64
     }
 }
 
+/// Whether [`iperf`] pins iperf3's ends, one per CPU: on two CPUs or more.
+pub fn pinned() -> bool {
+    std::thread::available_parallelism().map_or(1, usize::from) >= 2
+}
+
 /// `iperf3 -c` from `a` to `b`, its JSON report.
+///
+/// The client runs on the first CPU and has the server run on the second
+/// (`-A 0,1`). Left to the scheduler, the two ends share a CPU at some
+/// moments and not at others, and a tracer's wake-ups move them (sampled
+/// here: together in 3-11 of 25 samples of a run with no tracer, 11-17
+/// under podtrace), so an unpinned run measures where the scheduler put
+/// iperf3 as well as what the tracer costs. The tracers are not pinned.
 fn iperf(pair: &Pair, secs: u32, extra: &[&str], dir: &Path) -> Result<serde_json::Value> {
     let out = dir.join("iperf3.json");
+    let pin = pinned().then_some(["-A", "0,1"]);
     let mut client = Background::spawn(
         Command::new("ip")
             .args([
@@ -191,6 +204,7 @@ fn iperf(pair: &Pair, secs: u32, extra: &[&str], dir: &Path) -> Result<serde_jso
                 "-t",
                 &secs.to_string(),
             ])
+            .args(pin.iter().flatten())
             .args(extra)
             .stdout(File::create(&out).context("iperf3's report file")?),
     )?;
