@@ -23,7 +23,9 @@ pub fn init() {
     // Ctrl-C reaches the children too (same process group) and they stop on
     // their own; xtask only notes it, so that it outlives them and can remove
     // what it created (scratch namespaces) before exiting.
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    // A closed terminal (SIGHUP) too: bench must still put back what it
+    // changed in /sys.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let handler: extern "C" fn(libc::c_int) = on_signal;
         // SAFETY: the handler only stores to an atomic (async-signal-safe).
         unsafe { libc::signal(signal, handler as libc::sighandler_t) };
@@ -44,7 +46,7 @@ pub fn init() {
     }
 }
 
-/// Whether the user pressed Ctrl-C (or xtask got SIGTERM).
+/// Whether the user pressed Ctrl-C (or xtask got SIGTERM or SIGHUP).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }

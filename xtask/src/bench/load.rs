@@ -174,22 +174,30 @@ pub fn run(scenario: Scenario, pair: &Pair, secs: u32, dir: &Path) -> Result<f64
     }
 }
 
-/// Whether [`iperf`] pins iperf3's ends, one per CPU: on two CPUs or more.
-pub fn pinned() -> bool {
-    std::thread::available_parallelism().map_or(1, usize::from) >= 2
+/// The CPUs [`iperf`] pins iperf3's client and server to: the first two
+/// that xtask may run on, `None` with fewer.
+pub fn pinned() -> Option<(usize, usize)> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity writes
+    // at most its size, and CPU_ISSET reads within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) } != 0 {
+        return None;
+    }
+    let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) });
+    Some((cpus.next()?, cpus.next()?))
 }
 
 /// `iperf3 -c` from `a` to `b`, its JSON report.
 ///
-/// The client runs on the first CPU and has the server run on the second
-/// (`-A 0,1`). Left to the scheduler, the two ends share a CPU at some
+/// The client runs on the first CPU xtask may use and has the server run
+/// on the second (`-A 0,1` on most machines; see [`pinned`]). Left to the scheduler, the two ends share a CPU at some
 /// moments and not at others, and a tracer's wake-ups move them (sampled
 /// here: together in 3-11 of 25 samples of a run with no tracer, 11-17
 /// under podtrace), so an unpinned run measures where the scheduler put
 /// iperf3 as well as what the tracer costs. The tracers are not pinned.
 fn iperf(pair: &Pair, secs: u32, extra: &[&str], dir: &Path) -> Result<serde_json::Value> {
     let out = dir.join("iperf3.json");
-    let pin = pinned().then_some(["-A", "0,1"]);
+    let pin = pinned().map(|(client, server)| ["-A".to_owned(), format!("{client},{server}")]);
     let mut client = Background::spawn(
         Command::new("ip")
             .args([

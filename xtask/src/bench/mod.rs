@@ -95,7 +95,7 @@ pub fn run(opts: &Options) -> Result<()> {
         fs::copy(&podtrace, &this).context("copying this tree's podtrace")?;
         println!("\n== {machine}: this tree against {}", other.display());
         prioritize()?;
-        let _poll = idle::HaltPoll::default_polling()?;
+        let _poll = idle::HaltPoll::default_polling();
         let pair = Pair::create()?;
         let _servers = Servers::start(&pair, dir.path())?;
         let _stats = BpfStats::enable()?;
@@ -112,7 +112,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
     println!("\n== network: {runs} runs x {secs} s per cell, configurations interleaved");
     prioritize()?;
-    let poll = idle::HaltPoll::default_polling()?;
+    let poll = idle::HaltPoll::default_polling();
     let load_before = load_average();
     let results = {
         let pair = Pair::create()?;
@@ -129,19 +129,20 @@ pub fn run(opts: &Options) -> Result<()> {
         results
     };
     let load_after = load_average();
-    let polled = poll.as_ref().map(|p| p.was().to_owned());
+    let polled = poll.as_ref().map(idle::HaltPoll::was);
     drop(poll);
 
     println!("\n== results\n");
     println!("{machine}; load average {load_before} before the network runs, {load_after} after.");
     if let Some(was) = polled {
         println!(
-            "Idle CPUs polled up to 200 µs before halting during the network runs (haltpoll's default; this machine had guest_halt_poll_ns={was})."
+            "Idle CPUs polled up to {} µs before halting during the network runs (haltpoll's default; this machine had guest_halt_poll_ns={was}).",
+            idle::DEFAULT_NS / 1000
         );
     }
-    if load::pinned() {
+    if let Some((client, server)) = load::pinned() {
         println!(
-            "iperf3's client ran on CPU 0 and its server on CPU 1; the tracers where the scheduler put them."
+            "iperf3's client ran on CPU {client} and its server on CPU {server}; the tracers where the scheduler put them."
         );
     }
     println!(
