@@ -78,6 +78,7 @@ fn packets() -> Vec<Packet> {
                     sport: 40_000 + (i % 1000) as u16,
                     dport: 5201,
                     ulen: 72,
+                    room: 72,
                 },
                 2 => L4::Tcp {
                     sport: 5201,

@@ -101,6 +101,9 @@ pub enum L4 {
         dport: u16,
         /// The header's length field, the header's 8 bytes included.
         ulen: u16,
+        /// What the IP header leaves for the datagram, header included
+        /// (65535 at most): a `ulen` past it is tcpdump's `bad length`.
+        room: u16,
     },
     /// ICMPv4; id and seq are meaningful for echo (type 8 and 0).
     Icmp {
@@ -565,6 +568,7 @@ fn etherparse_frame(frame: &[u8], pkt: &mut Packet) {
                 sport: u.source_port(),
                 dport: u.destination_port(),
                 ulen: u.length(),
+                room: u16::try_from(ip_len).unwrap_or(u16::MAX),
             };
             u.payload()
         }
@@ -653,6 +657,7 @@ fn l4_header<'a>(proto: u8, t: &'a [u8], ip_len: usize, pkt: &mut Packet) -> Opt
                 sport: u16::from_be_bytes([t[0], t[1]]),
                 dport: u16::from_be_bytes([t[2], t[3]]),
                 ulen,
+                room: u16::try_from(ip_len).unwrap_or(u16::MAX),
             };
             let len = usize::from(ulen);
             pkt.length = clamp16(len.saturating_sub(8));
@@ -822,6 +827,11 @@ impl fmt::Display for Packet {
 }
 
 impl Packet {
+    /// Part of a fragmented IPv4 datagram (more to come, or not the first).
+    fn fragment(&self) -> bool {
+        matches!(self.l3, L3::Ipv4 { frag, .. } if frag & (MORE_FRAGMENTS | 0x1fff) != 0)
+    }
+
     fn fmt_l4(
         &self,
         f: &mut fmt::Formatter<'_>,
@@ -844,9 +854,24 @@ impl Packet {
                 tcp_flags(flags)
             ),
             // tcpdump's words for a length field shorter than the header.
-            L4::Udp { sport, dport, ulen } if ulen < 8 => write!(
+            L4::Udp {
+                sport, dport, ulen, ..
+            } if ulen < 8 => write!(
                 f,
                 "{ip} {src}.{sport} > {dst}.{dport}: truncated-udplength {ulen}"
+            ),
+            // A length field past what the IP header leaves, as tcpdump
+            // says it (a fragment's first part is short by design).
+            L4::Udp {
+                sport,
+                dport,
+                ulen,
+                room,
+            } if ulen > room && !self.fragment() => write!(
+                f,
+                "{ip} {src}.{sport} > {dst}.{dport}: UDP, bad length {} > {}",
+                ulen - 8,
+                room.saturating_sub(8)
             ),
             L4::Udp { sport, dport, .. } => {
                 write!(f, "{ip} {src}.{sport} > {dst}.{dport}: UDP, length {len}")
@@ -1243,7 +1268,8 @@ mod tests {
             L4::Udp {
                 sport: 53,
                 dport: 5353,
-                ulen: 13
+                ulen: 13,
+                room: 13
             }
         );
         assert_eq!(
@@ -1296,6 +1322,8 @@ mod tests {
             (0, "truncated-udplength 0"),
             (8, "UDP, length 0"),
             (28, "UDP, length 20"),
+            (29, "UDP, bad length 21 > 20"),
+            (100, "UDP, bad length 92 > 20"),
         ] {
             let mut f = frame!(
                 eth().ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(5000, 6000),
@@ -1328,7 +1356,8 @@ mod tests {
             L4::Udp {
                 sport: 1,
                 dport: 2,
-                ulen: 13
+                ulen: 13,
+                room: 13
             }
         );
         assert_eq!(a.payload_hash, b.payload_hash);

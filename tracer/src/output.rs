@@ -1105,6 +1105,7 @@ mod tests {
                 sport: 0,
                 dport: u16::MAX,
                 ulen: 8,
+                room: 8,
             },
             L4::None,
         ];

@@ -48,6 +48,7 @@ fn packet(
             sport: ports.0,
             dport: ports.1,
             ulen: 72,
+            room: 72,
         },
         payload_hash: hash,
         probe: false,

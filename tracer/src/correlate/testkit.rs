@@ -145,6 +145,7 @@ impl Pkt {
                 sport,
                 dport,
                 ulen: 72,
+                room: 72,
             },
         )
     }

@@ -152,6 +152,7 @@ impl Lab {
             sport: s,
             dport: d,
             ulen: 40,
+            room: 40,
         };
         let icmp = |ty, id| L4::Icmp {
             ty,
