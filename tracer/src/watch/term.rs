@@ -158,11 +158,9 @@ impl Screen {
         };
         self.stop_reader.store(true, Ordering::SeqCst);
         restore();
-        // The reader notices within its poll's 50 ms. One stuck in the
-        // terminal library (whatever a gone terminal does to it) is left
-        // to end with the process rather than hold the exit.
-        // A reader whose terminal hung up is spinning in the library: no
-        // use waiting for it.
+        // The reader notices within its poll's 50 ms; one still running
+        // after READER_GRACE (or at once, when the terminal hung up and it
+        // spins in the terminal library) is left to end with the process.
         let gone = self.hung_up();
         if let Some(r) = self.reader.take() {
             let deadline =
@@ -206,11 +204,11 @@ fn paint(
 /// How long leaving waits for the key reader to stop.
 const READER_GRACE: Duration = Duration::from_millis(500);
 
-/// True once the terminal on standard input has hung up (its window
-/// closed, its ssh connection or tmux server gone): a hung-up terminal
-/// polls readable for ever and reading it yields no key, so the terminal
-/// library's wait for a key spins. `fd` must be a terminal, or have been
-/// one at the start.
+/// True once the terminal on `fd` has hung up (its window closed, its
+/// ssh connection or tmux server gone): a hung-up terminal polls readable
+/// for ever and reading it yields no key, so the terminal library's wait
+/// for a key spins. `fd` must be a terminal, or have been one at the
+/// start.
 fn hung_up(fd: libc::c_int) -> bool {
     let mut fd = libc::pollfd {
         fd,

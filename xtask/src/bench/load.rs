@@ -190,11 +190,12 @@ pub fn pinned() -> Option<(usize, usize)> {
 /// `iperf3 -c` from `a` to `b`, its JSON report.
 ///
 /// The client runs on the first CPU xtask may use and has the server run
-/// on the second (`-A 0,1` on most machines; see [`pinned`]). Left to the scheduler, the two ends share a CPU at some
-/// moments and not at others, and a tracer's wake-ups move them (sampled
-/// here: together in 3-11 of 25 samples of a run with no tracer, 11-17
-/// under podtrace), so an unpinned run measures where the scheduler put
-/// iperf3 as well as what the tracer costs. The tracers are not pinned.
+/// on the second (`-A 0,1` on most machines; see [`pinned`]). Left to the
+/// scheduler, the two ends share a CPU at some moments and not at others,
+/// and a tracer's wake-ups move them (sampled here: together in 3-11 of
+/// 25 samples of a run with no tracer, 11-17 under podtrace), so an
+/// unpinned run measures where the scheduler put iperf3 as well as what
+/// the tracer costs. The tracers are not pinned.
 fn iperf(pair: &Pair, secs: u32, extra: &[&str], dir: &Path) -> Result<serde_json::Value> {
     let out = dir.join("iperf3.json");
     let pin = pinned().map(|(client, server)| ["-A".to_owned(), format!("{client},{server}")]);
